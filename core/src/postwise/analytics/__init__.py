@@ -1,0 +1,1 @@
+"""Events and analytics: tracking, the event pipeline and metrics."""

@@ -1,0 +1,49 @@
+"""What every ``postwise`` subcommand shares: the runtime and output helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from postwise.runtime import Runtime
+from postwise.settings import load_settings
+
+__all__ = ["emit_json", "get_runtime", "pass_runtime"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def get_runtime(ctx: click.Context) -> Runtime:
+    """The runtime of this invocation, built once from settings and closed when it ends."""
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    runtime: Runtime | None = root.obj.get("runtime")
+    if runtime is None:
+        settings = load_settings(config_file=root.obj.get("config_file"))
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        runtime = Runtime(settings)
+        root.obj["runtime"] = runtime
+        root.call_on_close(runtime.close)
+    return runtime
+
+
+def pass_runtime(func: F) -> F:
+    """Decorate a command so it receives the runtime as its first argument."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(get_runtime(click.get_current_context()), *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as one line of JSON."""
+    click.echo(json.dumps(data, default=str, sort_keys=False))

@@ -1,0 +1,1 @@
+"""Contacts: normalisation, import, segments."""

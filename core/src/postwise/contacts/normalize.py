@@ -1,0 +1,54 @@
+"""Email address normalisation and the hash suppressions are kept under.
+
+Normalising: trim, lower-case the domain (IDNA-encoded), keep the local part as written except
+that it is compared case-insensitively by every mailbox provider that matters, so it is
+lower-cased too. Addresses are validated for shape, not deliverability.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from postwise.errors import ValidationError
+
+__all__ = ["email_hash", "email_domain", "normalize_email"]
+
+_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def normalize_email(value: str) -> str:
+    """The normalised form of ``value``; a malformed address raises ValidationError."""
+    if not isinstance(value, str):
+        raise ValidationError("must be a string", field="email")
+    address = value.strip()
+    if any(ch in address for ch in "\r\n\t\0 "):
+        raise ValidationError(f"{value!r} contains whitespace or control characters",
+                              field="email")
+    local, sep, domain = address.rpartition("@")
+    if not sep or not local or not domain:
+        raise ValidationError(f"{value!r} is not an email address (no user@domain)", field="email")
+    if len(local) > 64 or not _LOCAL_RE.match(local) or local.startswith(".") \
+            or local.endswith(".") or ".." in local:
+        raise ValidationError(f"{value!r} has an invalid local part", field="email")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise ValidationError(f"{value!r} has an invalid domain", field="email") from None
+    labels = ascii_domain.rstrip(".").split(".")
+    if len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels):
+        raise ValidationError(f"{value!r} has an invalid domain", field="email")
+    result = f"{local.lower()}@{'.'.join(labels)}"
+    if len(result) > 254:
+        raise ValidationError(f"{value!r} is longer than 254 characters", field="email")
+    return result
+
+
+def email_domain(normalized: str) -> str:
+    return normalized.rpartition("@")[2]
+
+
+def email_hash(value: str) -> str:
+    """SHA-256 of the normalised address: how suppressions remember an erased address."""
+    return hashlib.sha256(normalize_email(value).encode()).hexdigest()

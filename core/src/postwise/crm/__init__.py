@@ -1,0 +1,1 @@
+"""CRM connectors: contacts flow in, engagement flows back."""

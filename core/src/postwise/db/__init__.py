@@ -1,0 +1,1 @@
+"""Storage: the SQLModel data model, engines and migrations."""

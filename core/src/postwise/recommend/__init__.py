@@ -1,0 +1,1 @@
+"""Recommenders that fill recommendation blocks in templates."""

@@ -1,0 +1,90 @@
+"""The runtime: settings plus the connections and plugins built from them.
+
+One :class:`Runtime` is the root of everything a process needs: the CLI builds one per command,
+the server one per app (in its lifespan), a worker one per process. Connections are opened on
+first use and closed by :meth:`Runtime.close`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from postwise.db.engine import create_db_engine, session_scope
+from postwise.redis_client import connect_redis
+from postwise.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import redis
+    from sqlalchemy.engine import Engine
+    from sqlmodel import Session
+
+    from postwise.delivery.provider import Provider
+    from postwise.plugins import PluginHost
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Settings, database engine, Redis client and plugin host of one process."""
+
+    def __init__(self, settings: Settings | None = None, *, plugins: PluginHost | None = None):
+        self.settings = settings if settings is not None else load_settings()
+        if plugins is not None:
+            self.__dict__["plugins"] = plugins
+        self._providers: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def engine(self) -> Engine:
+        return create_db_engine(self.settings.resolved_database_url)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return connect_redis(self.settings.redis_url)
+
+    @cached_property
+    def plugins(self) -> PluginHost:
+        from postwise.plugins import create_plugin_host
+
+        return create_plugin_host(self.settings)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A database session that commits on success."""
+        with session_scope(self.engine) as session:
+            yield session
+
+    def migrate(self) -> None:
+        """Bring the database schema up to date."""
+        from postwise.db.engine import upgrade
+
+        upgrade(self.engine)
+
+    def component(self, kind: str, name: str) -> Any:
+        """The registered component ``name`` of ``kind``; unknown names list what is installed."""
+        return self.plugins.registry(kind).get(name)
+
+    def provider(self, name: str | None = None) -> Provider:
+        """The configured provider (or ``name``), built once per runtime and reused (pooling)."""
+        name = name or self.settings.provider
+        with self._lock:
+            provider = self._providers.get(name)
+            if provider is None:
+                factory = self.component("providers", name)
+                options = self.settings.provider_options.get(name, {})
+                provider = factory(self.settings, options)
+                self._providers[name] = provider
+            return provider
+
+    def close(self) -> None:
+        for provider in self._providers.values():
+            provider.close()
+        self._providers.clear()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "redis" in self.__dict__:
+            self.redis.close()

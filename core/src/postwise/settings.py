@@ -1,0 +1,313 @@
+"""postwise settings: ``POSTWISE_*`` environment variables over an optional TOML config file.
+
+Every setting has an embedded default that needs no servers: a SQLite file and an in-process
+Redis stand-in. ``POSTWISE_DATABASE_URL`` and ``POSTWISE_REDIS_URL`` switch to PostgreSQL and
+Redis. Settings are validated once, at start-up; an invalid value raises
+:class:`postwise.errors.ConfigurationError` with one line naming the setting, the value and what
+is allowed.
+
+Nested settings use a double underscore in the environment:
+``POSTWISE_PROVIDER_OPTIONS__SENDGRID__API_KEY=...`` sets ``provider_options["sendgrid"]["api_key"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from postwise.errors import ConfigurationError
+
+__all__ = ["RateLimit", "Settings", "load_settings"]
+
+ENV_PREFIX = "POSTWISE_"
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|m|min|h|hour)\s*$")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
+
+
+class RateLimit(BaseModel):
+    """A token-bucket rate: ``rate`` tokens per ``per_seconds``, holding at most ``burst``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rate: float
+    per_seconds: float
+    burst: int
+
+    @property
+    def per_second(self) -> float:
+        return self.rate / self.per_seconds
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """Parse ``"1000/m"``, ``"50/s"``, ``"100000/h"`` or ``"1000/m burst 200"``."""
+        rate_part, _, burst_part = text.partition("burst")
+        match = _RATE_RE.match(rate_part)
+        if not match:
+            raise ValueError(
+                f"{text!r} is not a rate; write it as COUNT/UNIT with UNIT one of s, m, h "
+                "(for example '1000/m'), optionally followed by 'burst N'"
+            )
+        count, multiplier, unit = match.groups()
+        rate = float(count)
+        per = _UNIT_SECONDS[unit] * (int(multiplier) if multiplier else 1)
+        if rate <= 0:
+            raise ValueError(f"{text!r}: the rate must be positive")
+        burst = int(burst_part) if burst_part.strip() else max(1, int(min(rate, rate / per * 10)))
+        return cls(rate=rate, per_seconds=per, burst=burst)
+
+    def __str__(self) -> str:
+        return f"{self.rate:g}/{self.per_seconds:g}s burst {self.burst}"
+
+
+class Settings(BaseModel):
+    """All of postwise's settings. Build it with :func:`load_settings`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Field(default=Path("postwise-data"), description="Embedded state lives here.")
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty means a SQLite file in data_dir."
+    )
+    redis_url: str = Field(
+        default="fakeredis://",
+        description="redis://host:port/db, or fakeredis:// for the in-process stand-in.",
+    )
+    secret_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Signs tracking, unsubscribe and consent tokens. Empty: generated once and "
+        "kept in data_dir/secret.key (fine for one machine, set it explicitly for several).",
+    )
+    previous_secret_keys: list[SecretStr] = Field(
+        default_factory=list, description="Old keys still accepted when verifying tokens."
+    )
+    base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Public URL of the server; tracking and unsubscribe links point here.",
+    )
+    cdn_base_url: str = Field(default="", description="Asset URLs are rewritten to this base.")
+    tracking_link_ttl_days: int = Field(default=90, ge=1, le=3650)
+
+    sender: str = Field(default="postwise demo <hello@example.com>")
+    postal_address: str = Field(
+        default="postwise demo, 1 Example Street, Springfield, 00000",
+        description="CAN-SPAM postal address included in marketing mail.",
+    )
+    unsubscribe_mailto: str = Field(default="", description="mailto address for List-Unsubscribe.")
+
+    provider: str = Field(default="smtp", description="The ESP provider plugin to send with.")
+    provider_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    smtp_implicit_tls: bool = False
+    smtp_pool_size: int = Field(default=4, ge=1, le=256)
+    smtp_timeout: float = Field(default=30.0, gt=0)
+
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=dict,
+        description="Per-provider token buckets, e.g. POSTWISE_RATE_LIMITS='smtp=1000/m,sendgrid=600/s'.",
+    )
+    batch_size: int = Field(default=500, ge=1, le=10000, description="Messages per RQ job.")
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    retry_base_seconds: float = Field(default=30.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+
+    dkim_domain: str = ""
+    dkim_selector: str = "postwise"
+    dkim_private_key_path: Path | None = None
+    dkim_algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+    frequency_cap: str = Field(
+        default="3/24h", description="At most N marketing emails per contact per window."
+    )
+    quiet_hours: str = Field(default="", description="e.g. '22-8' in the contact's time zone.")
+    require_consent: bool = Field(
+        default=False, description="Marketing sends need a granted 'marketing' consent."
+    )
+    consent_regions: list[str] = Field(
+        default_factory=list,
+        description="Country codes where consent is required even if require_consent is off.",
+    )
+
+    analytics_sink: str = "sql"
+    event_stream_maxlen: int = Field(default=1_000_000, ge=1000)
+    attribution_window_days: int = Field(default=7, ge=1, le=365)
+
+    experiment_alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    experiment_sequential_tuning: int = Field(
+        default=5000, ge=100, description="N* of the sequential test's mixing variance."
+    )
+
+    disabled_plugins: list[str] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _parse_rate_limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = dict(_split_pairs(value))
+        if isinstance(value, Mapping):
+            return {k: RateLimit.parse(v) if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("disabled_plugins", "consent_regions", mode="before")
+    @classmethod
+    def _parse_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix|fakeredis)://", value):
+            raise ValueError("must start with redis://, rediss://, unix:// or fakeredis://")
+        return value
+
+    @field_validator("base_url", "cdn_base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, with the embedded SQLite default filled in."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'postwise.sqlite3').resolve()}"
+
+    def signing_keys(self) -> list[bytes]:
+        """Token signing keys, newest first; the embedded default is generated once."""
+        current = self.secret_key.get_secret_value()
+        if not current:
+            current = _embedded_secret(self.data_dir)
+        return [current.encode()] + [k.get_secret_value().encode() for k in self.previous_secret_keys]
+
+    def rate_limit_for(self, provider: str) -> RateLimit | None:
+        return self.rate_limits.get(provider)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings with secrets masked, for logs and ``postwise config``."""
+        return json.loads(self.model_dump_json())  # SecretStr dumps as "**********"
+
+
+def _split_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for chunk in text.split(","):
+        if not chunk.strip():
+            continue
+        name, sep, value = chunk.partition("=")
+        if not sep:
+            raise ValueError(f"{chunk.strip()!r} is not NAME=VALUE")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _embedded_secret(data_dir: Path) -> str:
+    path = data_dir / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "POSTWISE_CONFIG":
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        if path[0].startswith("test_"):
+            continue
+        target = values
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        target[path[-1]] = value
+    return values
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build validated settings: defaults < config file < environment < ``overrides``.
+
+    The config file is ``config_file``, else ``$POSTWISE_CONFIG``, else ``postwise.toml`` in the
+    working directory when it exists.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get("POSTWISE_CONFIG")
+    if path is None and Path("postwise.toml").exists():
+        path = "postwise.toml"
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigurationError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        values = _merge(values, data.get("postwise", data))
+    values = _merge(values, _env_values(environ))
+    values = _merge(values, overrides)
+    try:
+        return Settings.model_validate(values)
+    except PydanticValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+def _describe(exc: PydanticValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        name = ENV_PREFIX + "__".join(loc).upper()
+        value = error.get("input")
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{name}: unknown setting; see `postwise config --help` for the list")
+        else:
+            shown = "<hidden>" if "secret" in name.lower() or "password" in name.lower() else value
+            lines.append(f"{name}={shown!r}: {message}")
+    return "invalid settings: " + "; ".join(lines)

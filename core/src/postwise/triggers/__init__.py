@@ -1,0 +1,1 @@
+"""Behaviour triggers: product events matched against conditions fire follow-up email."""

@@ -1,0 +1,211 @@
+"""Test harness shared by the whole suite.
+
+The suite runs in two modes, chosen by environment:
+
+* embedded defaults (no servers): SQLite and the in-process Redis stand-in;
+* real servers: ``POSTWISE_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test`` and
+  ``POSTWISE_TEST_REDIS_URL=redis://127.0.0.1:6379``. tox's ``servers`` env and CI set them.
+
+Either way, each test session gets a database of its own (a fresh PostgreSQL database created
+from the admin URL, or a migrated SQLite file copied per test) and a Redis database number of its
+own (claimed atomically in db 0), so concurrent runs on one machine never see each other's data.
+
+Tests that exercise Redis- or PostgreSQL-specific behaviour ask for ``real_redis`` /
+``pg_url`` directly; they need those servers whatever the mode (they always run in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from postwise.db.engine import create_db_engine, upgrade
+from postwise.db.models import SQLModel
+from postwise.runtime import Runtime
+from postwise.settings import Settings, load_settings
+
+REDIS_URL = os.environ.get("POSTWISE_TEST_REDIS_URL", "")
+DATABASE_URL = os.environ.get("POSTWISE_TEST_DATABASE_URL", "")
+REAL_REDIS_URL = REDIS_URL or "redis://127.0.0.1:6379"
+PG_ADMIN_URL = (
+    DATABASE_URL
+    if DATABASE_URL.startswith("postgresql")
+    else "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _claim_redis_db() -> tuple[int, redis.Redis]:
+    """Claim a Redis database number (1-15) for this session; released at the end."""
+    admin = redis.Redis.from_url(REAL_REDIS_URL)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for number in range(1, 16):
+        if admin.set(f"postwise:test-db-claim:{number}", token, nx=True, ex=3 * 3600):
+            return number, admin
+    raise RuntimeError("all 15 Redis test databases are claimed; is a test run stuck?")
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    number, admin = _claim_redis_db()
+    try:
+        yield number
+    finally:
+        redis.Redis.from_url(REAL_REDIS_URL, db=number).flushdb()
+        admin.delete(f"postwise:test-db-claim:{number}")
+
+
+@pytest.fixture
+def real_redis_url(redis_db: int) -> Iterator[str]:
+    """A real Redis database of this session's own, emptied before each test."""
+    client = redis.Redis.from_url(REAL_REDIS_URL, db=redis_db)
+    client.flushdb()
+    yield f"{REAL_REDIS_URL.rstrip('/')}/{redis_db}"
+    client.close()
+
+
+@pytest.fixture
+def real_redis(real_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(real_redis_url)
+    yield client
+    client.close()
+
+
+def _create_pg_database() -> str:
+    name = f"postwise_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = sa.create_engine(_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _driver(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(scope="session")
+def pg_session_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of this session's own."""
+    url = _create_pg_database()
+    engine = create_db_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        _drop_pg_database(url)
+
+
+def _truncate_all(url: str) -> None:
+    engine = create_db_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_session_url: str) -> str:
+    """This session's PostgreSQL database, emptied before the test."""
+    _truncate_all(pg_session_url)
+    return pg_session_url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies, so migrations run once per session."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "postwise.sqlite3"
+    engine = create_db_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database of this test: PostgreSQL in the real-servers mode, else a SQLite copy."""
+    if DATABASE_URL.startswith("postgresql"):
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    template: Path = request.getfixturevalue("sqlite_template")
+    target = tmp_path / "db" / "postwise.sqlite3"
+    target.parent.mkdir()
+    shutil.copy(template, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Redis of this test: a real one in the real-servers mode, else a fresh stand-in."""
+    if REDIS_URL:
+        url: str = request.getfixturevalue("real_redis_url")
+        return url
+    return f"fakeredis://test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str, redis_url: str) -> Any:
+    """Build settings for this test's database and Redis, with overrides."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "secret_key": "test-secret-key-not-for-production",
+        }
+        values.update(overrides)
+        return load_settings(environ={}, config_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Any) -> Settings:
+    result: Settings = make_settings()
+    return result
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """A runtime on this test's (migrated) database and Redis, with every plugin loaded."""
+    rt = Runtime(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def api_key(runtime: Runtime) -> str:
+    from postwise.apikeys import create_api_key
+
+    with runtime.session() as session:
+        return create_api_key(session, f"test-{uuid.uuid4().hex[:6]}").key
+
+
+@pytest.fixture
+def client(runtime: Runtime, api_key: str) -> Iterator[Any]:
+    """A Litestar test client on the full app, authenticated with a fresh API key."""
+    from litestar.testing import TestClient
+
+    from postwise.server.app import create_app
+
+    app = create_app(runtime=runtime)
+    with TestClient(app=app, raise_server_exceptions=False) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {api_key}"
+        yield test_client
