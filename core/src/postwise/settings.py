@@ -139,6 +139,28 @@ class Settings(BaseModel):
         default_factory=list,
         description="Country codes where consent is required even if require_consent is off.",
     )
+    soft_bounce_limit: int = Field(
+        default=3, ge=1, le=100,
+        description="Soft bounces within soft_bounce_window_days after which an address is "
+        "suppressed.",
+    )
+    soft_bounce_window_days: int = Field(default=7, ge=1, le=365)
+    bounce_mailbox: str = Field(
+        default="",
+        description="Where DSNs and mailto unsubscribes arrive: a maildir path or an "
+        "imap(s)://user@host/FOLDER URL; empty: none is read.",
+    )
+    reputation_window_hours: int = Field(
+        default=24, ge=1, le=720, description="Rolling window of the reputation rates."
+    )
+    reputation_min_volume: int = Field(
+        default=1000, ge=1,
+        description="Messages sent in the window before a rate may warn or pause a stream.",
+    )
+    reputation_complaint_warn: float = Field(default=0.001, gt=0, lt=1)
+    reputation_complaint_pause: float = Field(default=0.003, gt=0, lt=1)
+    reputation_bounce_warn: float = Field(default=0.02, gt=0, lt=1)
+    reputation_bounce_pause: float = Field(default=0.05, gt=0, lt=1)
 
     analytics_sink: str = "sql"
     event_stream_maxlen: int = Field(default=1_000_000, ge=1000)
