@@ -232,6 +232,8 @@ class Trigger(SQLModel, table=True):
 
 class MessageStatus(enum.StrEnum):
     QUEUED = "queued"
+    #: Claimed by one delivery attempt (``claim_token``) until ``claimed_until``.
+    SENDING = "sending"
     ACCEPTED = "accepted"
     RETRYING = "retrying"
     BOUNCED = "bounced"
@@ -267,6 +269,11 @@ class Message(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=1000)
     provider_message_id: str | None = Field(default=None, max_length=200)
     transactional: bool = Field(default=False)
+    #: Extra merge values of a send request (``SendRequest.context``); None for campaigns.
+    context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    #: The delivery attempt that holds the row while it is ``sending``, and until when.
+    claim_token: str | None = Field(default=None, max_length=32)
+    claimed_until: datetime | None = _ts_nullable()
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     sent_at: datetime | None = _ts_nullable()
