@@ -29,8 +29,14 @@ if TYPE_CHECKING:
 
     from postwise.settings import Settings
 
-__all__ = ["ENTRY_POINT_GROUP", "KINDS", "PluginFailure", "PluginHost", "PluginInfo",
-           "create_plugin_host"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "PluginFailure",
+    "PluginHost",
+    "PluginInfo",
+    "create_plugin_host",
+]
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +186,9 @@ class PluginHost:
         """Every plugin with its distribution, version and contributions, and the failures."""
         self.registries()
         return {
-            "plugins": [info.to_dict() for info in sorted(self.infos.values(), key=lambda i: i.name)],
+            "plugins": [
+                info.to_dict() for info in sorted(self.infos.values(), key=lambda i: i.name)
+            ],
             "failed": [
                 {"name": f.name, "distribution": f.distribution, "error": f.error}
                 for f in self.failures
@@ -200,18 +208,19 @@ def create_plugin_host(settings: Settings | None = None, *, discover: bool = Tru
     if not discover:
         return host
     disabled = set(settings.disabled_plugins if settings else ())
-    names = sorted(
-        {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)} - disabled
-    )
+    origins = _entry_point_origins()
+    names = sorted(set(origins) - disabled)
     if not names:
         return host
 
     from stevedore import NamedExtensionManager
 
     def on_failure(_manager: Any, entry_point: Any, exc: BaseException) -> None:
-        dist = getattr(getattr(entry_point, "dist", None), "name", None)
-        host._fail(entry_point.name, exc, dist)
+        host._fail(entry_point.name, exc, origins.get(entry_point.name, (None, None))[0])
 
+    # stevedore memoises entry points per namespace for the life of the process; a fresh host
+    # must see plugins installed since the last one (a new distribution, a test's fake site).
+    NamedExtensionManager.ENTRY_POINT_CACHE.pop(ENTRY_POINT_GROUP, None)
     manager = NamedExtensionManager(
         namespace=ENTRY_POINT_GROUP,
         names=names,
@@ -221,11 +230,16 @@ def create_plugin_host(settings: Settings | None = None, *, discover: bool = Tru
     )
     ext: Extension
     for ext in manager:
-        dist = getattr(ext.entry_point, "dist", None)
-        host.register(
-            ext.plugin,
-            ext.name,
-            distribution=getattr(dist, "name", None),
-            version=getattr(dist, "version", None),
-        )
+        distribution, version = origins.get(ext.name, (None, None))
+        host.register(ext.plugin, ext.name, distribution=distribution, version=version)
     return host
+
+
+def _entry_point_origins() -> dict[str, tuple[str | None, str | None]]:
+    """Entry-point name -> (distribution, version) for the ``postwise`` group."""
+    origins: dict[str, tuple[str | None, str | None]] = {}
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group == ENTRY_POINT_GROUP:
+                origins[ep.name] = (dist.metadata["Name"], dist.version)
+    return origins

@@ -95,7 +95,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``postwise`` console script."""
     try:
-        cli.main(args=argv, prog_name="postwise", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="postwise", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
@@ -107,3 +107,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)

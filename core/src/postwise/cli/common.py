@@ -28,6 +28,9 @@ def get_runtime(ctx: click.Context) -> Runtime:
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        # Migrations and HTTP clients narrate at INFO; postwise's own INFO lines are the story.
+        for noisy in ("alembic", "httpx", "rq.worker"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         runtime = Runtime(settings)
         root.obj["runtime"] = runtime
         root.call_on_close(runtime.close)

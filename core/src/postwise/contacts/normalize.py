@@ -12,7 +12,7 @@ import re
 
 from postwise.errors import ValidationError
 
-__all__ = ["email_hash", "email_domain", "normalize_email"]
+__all__ = ["email_domain", "email_hash", "normalize_email"]
 
 _LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -24,13 +24,17 @@ def normalize_email(value: str) -> str:
         raise ValidationError("must be a string", field="email")
     address = value.strip()
     if any(ch in address for ch in "\r\n\t\0 "):
-        raise ValidationError(f"{value!r} contains whitespace or control characters",
-                              field="email")
+        raise ValidationError(f"{value!r} contains whitespace or control characters", field="email")
     local, sep, domain = address.rpartition("@")
     if not sep or not local or not domain:
         raise ValidationError(f"{value!r} is not an email address (no user@domain)", field="email")
-    if len(local) > 64 or not _LOCAL_RE.match(local) or local.startswith(".") \
-            or local.endswith(".") or ".." in local:
+    if (
+        len(local) > 64
+        or not _LOCAL_RE.match(local)
+        or local.startswith(".")
+        or local.endswith(".")
+        or ".." in local
+    ):
         raise ValidationError(f"{value!r} has an invalid local part", field="email")
     try:
         ascii_domain = domain.encode("idna").decode("ascii").lower()

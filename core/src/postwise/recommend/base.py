@@ -57,7 +57,5 @@ class Recommender(abc.ABC):
         """Learn from ``interactions``; replaces what was learnt before."""
 
     @abc.abstractmethod
-    def recommend(
-        self, contact_id: int, n: int, *, exclude: Iterable[str] = ()
-    ) -> list[Item]:
+    def recommend(self, contact_id: int, n: int, *, exclude: Iterable[str] = ()) -> list[Item]:
         """Up to ``n`` items for ``contact_id``, best first, without the ids in ``exclude``."""

@@ -1,0 +1,205 @@
+"""``/v1/contacts`` and ``/v1/segments``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import Parameter
+from pydantic import ValidationError as PydanticValidationError
+from sqlmodel import Session, col, select
+
+from postwise.contacts.normalize import normalize_email
+from postwise.contacts.segments import (
+    count_segment,
+    get_segment,
+    iter_segment_ids,
+    validate_rules,
+)
+from postwise.contacts.service import ContactData, contact_dict, get_contact, upsert_contact
+from postwise.db.models import Contact, ContactTag, Segment, SegmentMember
+from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.runtime import Runtime
+
+__all__ = ["ContactsController", "SegmentsController"]
+
+
+def _parse_contact(body: Any, *, partial_email: str | None = None) -> ContactData:
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object")
+    if partial_email is not None:
+        body = {**body, "email": body.get("email", partial_email)}
+    try:
+        return ContactData.model_validate(body)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field; allowed: " + ", ".join(ContactData.model_fields)
+        raise ValidationError(message, field=where) from None
+
+
+def _tags(session: Session, contact_id: int) -> list[str]:
+    return sorted(session.exec(select(ContactTag.tag).where(ContactTag.contact_id == contact_id)))
+
+
+class ContactsController(Controller):
+    path = "/v1/contacts"
+    tags = ["contacts"]
+
+    @post("/", sync_to_thread=True)
+    def upsert(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        runtime: Runtime,
+        data: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Create a contact, or update the one with the same normalised email."""
+        contact, created = upsert_contact(
+            session, _parse_contact(data), source="api", plugins=runtime.plugins
+        )
+        assert contact.id is not None
+        return {"created": created, "contact": contact_dict(contact, _tags(session, contact.id))}
+
+    @get("/", sync_to_thread=True)
+    def list_contacts(
+        self,
+        session: Session,
+        after: int = Parameter(default=0, ge=0, description="Return ids greater than this."),
+        limit: int = Parameter(default=100, ge=1, le=1000),
+        email: str | None = None,
+    ) -> dict[str, Any]:
+        """Contacts in id order, paged by ``after`` (keyset pagination)."""
+        query = select(Contact).where(col(Contact.id) > after)
+        if email:
+            query = query.where(Contact.email == normalize_email(email))
+        rows = list(session.exec(query.order_by(col(Contact.id)).limit(limit)))
+        return {
+            "contacts": [contact_dict(c) for c in rows],
+            "next_after": rows[-1].id if len(rows) == limit else None,
+        }
+
+    @get("/{contact_id:int}", sync_to_thread=True)
+    def show(self, session: Session, contact_id: int) -> dict[str, Any]:
+        contact = get_contact(session, contact_id)
+        return contact_dict(contact, _tags(session, contact_id))
+
+    @patch("/{contact_id:int}", sync_to_thread=True)
+    def update(
+        self, session: Session, runtime: Runtime, contact_id: int, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Change fields of a contact; the email cannot change (create another contact)."""
+        contact = get_contact(session, contact_id)
+        if "email" in data and normalize_email(str(data["email"])) != contact.email:
+            raise ValidationError("the email of a contact cannot change", field="email")
+        parsed = _parse_contact(data, partial_email=contact.email)
+        contact, _ = upsert_contact(session, parsed, source="api", plugins=runtime.plugins)
+        return contact_dict(contact, _tags(session, contact_id))
+
+
+@dataclass
+class SegmentIn:
+    name: str
+    kind: str = "rules"
+    rules: dict[str, Any] | None = None
+    contact_ids: list[int] | None = None
+
+
+class SegmentsController(Controller):
+    path = "/v1/segments"
+    tags = ["segments"]
+
+    @post("/", sync_to_thread=True)
+    def create(self, session: Session, data: SegmentIn) -> dict[str, Any]:
+        """Create a rule-based segment (``rules``) or a static list (``contact_ids``)."""
+        if not data.name.strip() or len(data.name) > 200:
+            raise ValidationError("must be 1-200 characters", field="name")
+        if session.exec(select(Segment).where(Segment.name == data.name)).first():
+            raise ConflictError(f"a segment called {data.name!r} exists already")
+        if data.kind not in ("rules", "static"):
+            raise ValidationError("must be 'rules' or 'static'", field="kind")
+        if data.kind == "rules":
+            if not data.rules:
+                raise ValidationError("a rule segment needs rules", field="rules")
+            validate_rules(data.rules, session=session)
+        segment = Segment(name=data.name, kind=data.kind, rules=data.rules or {})
+        session.add(segment)
+        session.flush()
+        if data.kind == "static" and data.contact_ids:
+            add_members(session, segment, data.contact_ids)
+        return {
+            "id": segment.id,
+            "name": segment.name,
+            "kind": segment.kind,
+            "count": count_segment(session, segment),
+        }
+
+    @get("/", sync_to_thread=True)
+    def list_segments(self, session: Session) -> list[dict[str, Any]]:
+        return [
+            {"id": s.id, "name": s.name, "kind": s.kind, "rules": s.rules}
+            for s in session.exec(select(Segment).order_by(col(Segment.name)))
+        ]
+
+    @get("/{name:str}", sync_to_thread=True)
+    def show(self, session: Session, name: str) -> dict[str, Any]:
+        segment = get_segment(session, name)
+        return {
+            "id": segment.id,
+            "name": segment.name,
+            "kind": segment.kind,
+            "rules": segment.rules,
+            "count": count_segment(session, segment),
+        }
+
+    @get("/{name:str}/members", sync_to_thread=True)
+    def members(
+        self,
+        session: Session,
+        name: str,
+        after: int = Parameter(default=0, ge=0),
+        limit: int = Parameter(default=1000, ge=1, le=10000),
+    ) -> dict[str, Any]:
+        """Member ids in id order, paged by ``after``."""
+        segment = get_segment(session, name)
+        extra = col(Contact.id) > after
+        page = next(iter_segment_ids(session, segment, page_size=limit, extra=extra), [])
+        return {"contact_ids": page, "next_after": page[-1] if len(page) == limit else None}
+
+    @post("/{name:str}/members", sync_to_thread=True)
+    def add(self, session: Session, name: str, data: list[int]) -> dict[str, Any]:
+        segment = get_segment(session, name)
+        return {"added": add_members(session, segment, data)}
+
+    @delete("/{name:str}", sync_to_thread=True, status_code=204)
+    def remove(self, session: Session, name: str) -> None:
+        segment = get_segment(session, name)
+        session.execute(sa.delete(SegmentMember).where(col(SegmentMember.segment_id) == segment.id))
+        session.delete(segment)
+
+
+def add_members(session: Session, segment: Segment, contact_ids: list[int]) -> int:
+    """Add contacts to a static segment; unknown ids are an error naming them."""
+    if segment.kind != "static":
+        raise ValidationError("only static segments have explicit members", field="kind")
+    ids = sorted(set(contact_ids))
+    found = set(session.exec(select(Contact.id).where(col(Contact.id).in_(ids))))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFoundError(f"no contacts with ids {missing[:20]}")
+    present = set(
+        session.exec(
+            select(SegmentMember.contact_id).where(
+                SegmentMember.segment_id == segment.id, col(SegmentMember.contact_id).in_(ids)
+            )
+        )
+    )
+    new = [i for i in ids if i not in present]
+    for cid in new:
+        assert segment.id is not None
+        session.add(SegmentMember(segment_id=segment.id, contact_id=cid))
+    return len(new)
