@@ -401,7 +401,10 @@ def _classify_feedback(message: Message) -> BounceClassification:
         recipient=report.recipient,
         message_id=report.message_id,
         feedback_type=report.feedback_type,
-        diagnostic=_clean(report.user_agent or ""),
+        diagnostic=_clean(
+            f"Feedback-Type: {report.feedback_type}"
+            + (f"; User-Agent: {report.user_agent}" if report.user_agent else "")
+        ),
         reason=f"ARF feedback report ({report.feedback_type})",
     )
 

@@ -1,0 +1,286 @@
+"""Classification of SMTP replies and returned messages (postwise.compliance.bounces)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from postwise.compliance.bounces import (
+    BounceClassification,
+    BounceKind,
+    classify_message,
+    classify_smtp_reply,
+    parse_status,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "kind", "status"),
+    [
+        (550, "5.1.1 <bob@example.com>: Recipient address rejected: User unknown", "hard", "5.1.1"),
+        (550, "No such user here", "hard", None),
+        (553, "5.1.3 Bad recipient address syntax", "hard", "5.1.3"),
+        (550, "5.2.1 The email account that you tried to reach is disabled", "hard", "5.2.1"),
+        (452, "4.2.2 The email account that you tried to reach is over quota", "soft", "4.2.2"),
+        (552, "5.2.2 Mailbox full", "soft", "5.2.2"),
+        (552, "5.3.4 Message size exceeds fixed limit", "soft", "5.3.4"),
+        (421, "Service not available, closing transmission channel", "soft", None),
+        (451, "4.7.1 Greylisting in action, please come back later", "soft", "4.7.1"),
+        (450, "4.2.0 <bob@example.com>: Recipient address rejected: Greylisted", "soft", "4.2.0"),
+        (550, "5.7.1 Message rejected as spam by Content Filtering", "block", "5.7.1"),
+        (
+            554,
+            "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            "block",
+            "5.7.1",
+        ),
+        (550, "5.7.1 Rejected by policy", "block", "5.7.1"),
+        (
+            550,
+            "5.7.26 Unauthenticated email from example.com is not accepted due to DMARC policy",
+            "block",
+            "5.7.26",
+        ),
+        (
+            421,
+            "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to user complaints",
+            "block",
+            "4.7.0",
+        ),
+        (553, "5.1.8 Domain of sender address does not exist", "block", "5.1.8"),
+        (554, "Transaction failed", "hard", None),
+    ],
+)
+def test_smtp_replies_are_classified_by_code_status_and_wording(
+    code: int, text: str, kind: str, status: str | None
+) -> None:
+    result = classify_smtp_reply(code, text)
+    assert result.kind == kind, result.reason
+    assert result.status == status
+    assert result.smtp_code == code
+    assert result.diagnostic.startswith(str(code))
+
+
+def test_a_success_reply_is_not_a_failure() -> None:
+    result = classify_smtp_reply(250, "2.0.0 OK queued")
+    assert result.kind is BounceKind.UNKNOWN
+    assert "not a failure" in result.reason
+
+
+def test_an_enhanced_code_contradicting_the_reply_code_is_ignored() -> None:
+    result = classify_smtp_reply(550, "4.2.2 over quota?")
+    assert result.status is None
+    assert result.kind is BounceKind.SOFT  # the wording still says quota
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("550 5.1.1 user unknown", "5.1.1"),
+        ("#5.1.10 RESOLVER.ADR.RecipientNotFound", "5.1.10"),
+        ("host [192.0.2.153] said: 550 user unknown", None),
+        ("(5.7.606)", "5.7.606"),
+        ("version 5.9.1 is not a status", None),
+    ],
+)
+def test_parse_status_finds_rfc3463_codes_not_ip_addresses(text: str, status: str | None) -> None:
+    assert parse_status(text) == status
+
+
+def test_to_dict_is_json_ready_with_the_kind_as_a_string() -> None:
+    result = BounceClassification(kind=BounceKind.HARD, recipient="a@example.com", status="5.1.1")
+    assert result.to_dict() == {
+        "kind": "hard",
+        "recipient": "a@example.com",
+        "status": "5.1.1",
+        "diagnostic": "",
+        "reason": "",
+        "smtp_code": None,
+        "message_id": None,
+        "feedback_type": None,
+    }
+
+
+def test_a_dsn_yields_recipient_status_code_and_our_message_id() -> None:
+    result = classify_message(fixture("postfix-user-unknown.eml"))
+    assert result.kind is BounceKind.HARD
+    assert result.recipient == "bob@example.net"
+    assert result.status == "5.1.1"
+    assert result.smtp_code == 550
+    assert result.message_id == "pw-0a1b2c"
+    assert "User unknown in virtual mailbox table" in result.diagnostic
+
+
+def test_a_multiline_smtp_reply_in_a_dsn_is_joined_without_repeated_codes() -> None:
+    result = classify_message(fixture("gmail-dsn-no-such-user.eml"))
+    assert result.diagnostic.count("5.1.1") == 1
+    assert "does not exist" in result.diagnostic
+
+
+def test_an_arf_report_is_a_complaint_tied_to_the_ledger() -> None:
+    result = classify_message(fixture("arf-yahoo-style-abuse.eml"))
+    assert result.kind is BounceKind.COMPLAINT
+    assert result.feedback_type == "abuse"
+    assert result.recipient == "carol@yahoo.example.com"
+    assert result.message_id == "pw-91d2"
+
+
+def test_an_arf_report_without_original_rcpt_to_uses_the_returned_messages_to() -> None:
+    raw = fixture("arf-yahoo-style-abuse.eml").replace(
+        b"Original-Rcpt-To: carol@yahoo.example.com\n", b""
+    )
+    assert classify_message(raw).recipient == "carol@yahoo.example.com"
+
+
+def test_not_spam_feedback_is_not_counted_as_a_complaint() -> None:
+    result = classify_message(fixture("arf-not-spam.eml"))
+    assert result.kind is BounceKind.UNKNOWN
+    assert result.feedback_type == "not-spam"
+
+
+def test_a_bounce_text_is_read_only_up_to_the_returned_message() -> None:
+    # The returned copy's subject says "spam"; the diagnostic above it says "user unknown".
+    result = classify_message(fixture("exim-user-unknown.eml"))
+    assert result.kind is BounceKind.HARD
+    assert result.message_id == "pw-ex0001"
+
+
+def test_x_failed_recipients_beats_the_returned_messages_to_list() -> None:
+    result = classify_message(fixture("gmail-text-user-unknown.eml"))
+    assert result.recipient == "userunknown@example.jp"
+
+
+def test_an_out_of_office_reply_is_not_a_bounce() -> None:
+    result = classify_message(fixture("autoreply-exchange-ooo.eml"))
+    assert result.kind is BounceKind.AUTO_REPLY
+    assert result.recipient == "alice@contoso.example.com"
+
+
+def test_a_postfix_bounce_marked_auto_replied_is_still_a_bounce() -> None:
+    # Postfix and Exim set Auto-Submitted: auto-replied on bounces.
+    assert classify_message(fixture("exim-quota.eml")).kind is BounceKind.SOFT
+
+
+def test_a_delivery_report_of_success_is_not_a_failure() -> None:
+    result = classify_message(fixture("rfc3464-a4-delivered.eml"))
+    assert result.kind is BounceKind.UNKNOWN
+    assert "delivered" in result.reason
+
+
+def test_failed_with_a_4xx_status_after_retries_is_soft_not_hard() -> None:
+    result = classify_message(fixture("rfc3464-a1-simple-dsn.eml"))
+    assert result.kind is BounceKind.SOFT
+    assert result.status == "4.0.0"
+
+
+def test_an_amazon_ses_notification_carries_our_message_id_from_its_header_list() -> None:
+    result = classify_message(fixture("ses-sns-bounce-json.eml"))
+    assert (result.kind, result.message_id) == (BounceKind.HARD, "pw-ses01")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason_part"),
+    [
+        (b"", "empty"),
+        (b"   \r\n", "empty"),
+        (b"\x00\xff" * 100, "no report part"),
+        (b"From: MAILER-DAEMON@example.com\n\n", "without a status code"),
+    ],
+)
+def test_degenerate_input_is_unknown_with_a_reason(raw: bytes, reason_part: str) -> None:
+    result = classify_message(raw)
+    assert result.kind is BounceKind.UNKNOWN
+    assert reason_part in result.reason
+
+
+def test_deeply_nested_multiparts_do_not_raise() -> None:
+    depth = 3000
+    head = b"From: MAILER-DAEMON@example.com\nMIME-Version: 1.0\n"
+    body = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i) for i in range(depth)
+    )
+    result = classify_message(head + body + b"Content-Type: text/plain\n\n550 5.1.1 x\n")
+    assert isinstance(result.kind, BounceKind)
+
+
+def test_a_dsn_part_in_base64_is_decoded_before_reading_its_fields() -> None:
+    import base64
+
+    fields = b"Reporting-MTA: dns; mx.example.org\n\nFinal-Recipient: rfc822; ann@example.org\n"
+    fields += b"Action: failed\nStatus: 5.1.1\n"
+    raw = (
+        b"From: MAILER-DAEMON@example.org\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="X"\n\n'
+        b"--X\nContent-Type: text/plain\n\nfailed\n--X\n"
+        b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(fields)
+        + b"--X--\n"
+    )
+    result = classify_message(raw)
+    assert (result.kind, result.recipient, result.status) == (
+        BounceKind.HARD,
+        "ann@example.org",
+        "5.1.1",
+    )
+
+
+def test_a_dsn_whose_mime_structure_was_lost_is_read_from_its_text() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@example.org\nSubject: Returned mail\n\n"
+        b"Delivery failed.\n\nReporting-MTA: dns; mx.example.org\n\n"
+        b"Final-Recipient: rfc822; ann@example.org\nAction: failed\nStatus: 5.2.2\n"
+    )
+    result = classify_message(raw)
+    assert (result.kind, result.recipient, result.status) == (
+        BounceKind.SOFT,
+        "ann@example.org",
+        "5.2.2",
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_classify_message_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
+    result = classify_message(raw)
+    assert isinstance(result.kind, BounceKind)
+    assert isinstance(result.reason, str)
+
+
+_MIME_PIECES = st.sampled_from(
+    [
+        b"From: MAILER-DAEMON@example.org\n",
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\n',
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="B"\n',
+        b"Content-Type: message/delivery-status\n",
+        b"Content-Type: message/feedback-report\n",
+        b"Content-Type: message/rfc822\n",
+        b"Content-Type: text/plain; charset=x-nonsense\n",
+        b"Content-Transfer-Encoding: base64\n",
+        b"Content-Transfer-Encoding: quoted-printable\n",
+        b"Final-Recipient: rfc822; a@example.org\n",
+        b"Action: failed\n",
+        b"Status: 5.1.1\n",
+        b"Feedback-Type: abuse\n",
+        b"Diagnostic-Code: smtp; 550 5.1.1 nope\n",
+        b"--B\n",
+        b"--B--\n",
+        b"\n",
+        b"=?utf-8?q?=FF?=\n",
+        b"\xff\xfe\x00",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_MIME_PIECES, max_size=40))
+def test_classify_message_never_raises_on_shuffled_report_pieces(pieces: list[bytes]) -> None:
+    result = classify_message(b"".join(pieces))
+    assert isinstance(result.kind, BounceKind)
