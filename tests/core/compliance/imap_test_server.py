@@ -116,7 +116,8 @@ class _Handler(socketserver.StreamRequestHandler):
         assert self.selected is not None
         with store.lock:
             messages = store.folders[self.selected]
-            wanted = {int(u) for u in args[0].split(",")} if command.startswith("UID ") else set()
+            uid_set = args[0] if command.startswith("UID ") and command != "UID SEARCH" else ""
+            wanted = {int(u) for u in uid_set.split(",") if u}
             if command == "UID SEARCH" and [a.upper() for a in args] == ["UNSEEN"]:
                 uids = [str(m.uid) for m in messages if "\\Seen" not in m.flags]
                 self._send("* SEARCH" + "".join(f" {u}" for u in uids))
