@@ -1,0 +1,447 @@
+"""HTTP API of the compliance subsystem.
+
+Under ``/v1`` (API key required):
+
+* ``/v1/contacts/{id}/consent``: the ledger (GET), a grant or withdrawal (POST), a withdrawal
+  in one call (DELETE ``/v1/contacts/{id}/consent/{purpose}``);
+* ``/v1/contacts/{id}/erase`` (POST) and ``/v1/contacts/{id}/export`` (GET);
+* ``/v1/suppressions``: list, add, check an address, lift an entry;
+* ``/v1/reputation``: rates and pauses; ``POST /v1/reputation/resume`` and ``/pause``.
+
+Public (authenticated by the signed token in the path):
+
+* ``/c/{token}``: the double opt-in confirmation. GET shows a page with one button, POST
+  confirms. Confirming on GET would let mail scanners that prefetch links (corporate security
+  gateways do) confirm on the person's behalf, which is not consent.
+* ``/c/{token}/withdraw``: the one-click withdrawal link, likewise GET page and POST.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Controller, MediaType, Request, Response, delete, get, post
+from litestar.params import Parameter
+from sqlmodel import Session
+
+from postwise import tokens
+from postwise.compliance import consent as consent_ledger
+from postwise.compliance import reputation, suppression
+from postwise.compliance.erasure import erase_contact, export_contact
+from postwise.compliance.processing import counters
+from postwise.contacts.normalize import email_hash
+from postwise.db.models import ConsentRecord, Contact, Suppression
+from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.runtime import Runtime
+
+__all__ = [
+    "ConsentController",
+    "ConsentLinkController",
+    "PrivacyController",
+    "ReputationController",
+    "SuppressionsController",
+]
+
+
+@dataclass
+class ConsentIn:
+    """A grant (``granted: true``) or withdrawal of consent for one purpose."""
+
+    purpose: str = consent_ledger.MARKETING
+    granted: bool = True
+    source: str = "api"
+    #: The IP address the person gave consent from (not the API caller's).
+    ip: str | None = None
+    #: Which version of the consent wording the person saw.
+    wording_version: str | None = None
+    #: Record the grant unconfirmed and return a confirmation link to send to the person.
+    double_opt_in: bool = False
+
+
+@dataclass
+class ConsentOut:
+    id: int
+    purpose: str
+    granted: bool
+    confirmed: bool
+    at: str
+    source: str
+    ip: str | None
+    wording_version: str | None
+
+
+@dataclass
+class ConsentChange:
+    record: ConsentOut
+    #: For a double opt-in: the link that confirms the grant (send it to the person).
+    confirmation_url: str | None = None
+    #: The link that withdraws this purpose in one click (put it in every mail).
+    withdrawal_url: str | None = None
+
+
+@dataclass
+class ConsentLedger:
+    contact_id: int
+    #: The record in force per purpose.
+    current: dict[str, ConsentOut]
+    #: Every record, oldest first.
+    history: list[ConsentOut]
+    #: Whether marketing may go to this contact under the consent rule.
+    marketing_allowed: bool
+
+
+def _iso(value: datetime) -> str:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _consent_out(record: ConsentRecord) -> ConsentOut:
+    assert record.id is not None
+    return ConsentOut(
+        id=record.id,
+        purpose=record.purpose,
+        granted=record.granted,
+        confirmed=record.confirmed,
+        at=_iso(record.at),
+        source=record.source,
+        ip=record.ip,
+        wording_version=record.wording_version,
+    )
+
+
+class ConsentController(Controller):
+    path = "/v1/contacts/{contact_id:int}/consent"
+    tags = ["compliance"]
+
+    @get("/", sync_to_thread=True)
+    def ledger(self, session: Session, contact_id: int) -> ConsentLedger:
+        """The consent ledger of one contact and whether marketing to it is allowed."""
+        if session.get(Contact, contact_id) is None:
+            raise NotFoundError(f"contact {contact_id} does not exist")
+        history = consent_ledger.consent_history(session, contact_id)
+        current = consent_ledger.current_consents(session, contact_id)
+        return ConsentLedger(
+            contact_id=contact_id,
+            current={p: _consent_out(r) for p, r in current.items()},
+            history=[_consent_out(r) for r in history],
+            marketing_allowed=consent_ledger.has_valid_consent(session, contact_id),
+        )
+
+    @post("/", sync_to_thread=True, status_code=201)
+    def change(
+        self, session: Session, runtime: Runtime, contact_id: int, data: ConsentIn
+    ) -> ConsentChange:
+        """Grant (optionally with double opt-in) or withdraw consent for one purpose."""
+        settings = runtime.settings
+        if data.granted:
+            grant = consent_ledger.grant_consent(
+                session,
+                settings,
+                contact_id,
+                data.purpose,
+                source=data.source,
+                ip=data.ip,
+                wording_version=data.wording_version,
+                double_opt_in=data.double_opt_in,
+            )
+            record, confirm = grant.record, grant.confirmation_url
+        else:
+            if data.double_opt_in:
+                raise ValidationError("only a grant can be double opt-in", field="double_opt_in")
+            record = consent_ledger.withdraw_consent(
+                session, contact_id, data.purpose, source=data.source, ip=data.ip
+            )
+            confirm = None
+        return ConsentChange(
+            record=_consent_out(record),
+            confirmation_url=confirm,
+            withdrawal_url=consent_ledger.withdrawal_url(settings, contact_id, record.purpose),
+        )
+
+    @delete("/{purpose:str}", sync_to_thread=True, status_code=200)
+    def withdraw(
+        self, session: Session, runtime: Runtime, contact_id: int, purpose: str
+    ) -> ConsentChange:
+        """Withdraw consent for ``purpose`` in one call (withdrawing ``marketing`` unsubscribes)."""
+        record = consent_ledger.withdraw_consent(session, contact_id, purpose, source="api")
+        return ConsentChange(record=_consent_out(record))
+
+
+class PrivacyController(Controller):
+    path = "/v1/contacts/{contact_id:int}"
+    tags = ["compliance"]
+
+    @post("/erase", sync_to_thread=True, status_code=200)
+    def erase(
+        self, request: Request[Any, Any, Any], runtime: Runtime, contact_id: int
+    ) -> dict[str, Any]:
+        """Erase the contact from every store; keeps a hashed suppression and an audit record."""
+        actor = "api:" + str(request.scope.get("state", {}).get("api_key_name", "unknown"))
+        return erase_contact(runtime, contact_id=contact_id, actor=actor).to_dict()
+
+    @get("/export", sync_to_thread=True)
+    def export(self, runtime: Runtime, contact_id: int) -> dict[str, Any]:
+        """Everything held about the contact, as JSON (the right of access)."""
+        return export_contact(runtime, contact_id=contact_id)
+
+
+@dataclass
+class SuppressionIn:
+    email: str
+    reason: str = suppression.SuppressionReason.MANUAL.value
+    scope: str = suppression.SuppressionScope.ALL.value
+    detail: str | None = None
+
+
+@dataclass
+class SuppressionOut:
+    id: int
+    email_hash: str
+    scope: str
+    reason: str
+    detail: str | None
+    created_at: str
+
+
+@dataclass
+class SuppressionPage:
+    items: list[SuppressionOut]
+    #: Pass as ``after`` to get the next page; null on the last page.
+    next_after: int | None
+
+
+@dataclass
+class AddressIn:
+    email: str
+
+
+@dataclass
+class SuppressionCheck:
+    email_hash: str
+    #: Marketing to this address is blocked.
+    suppressed_marketing: bool
+    #: Every message (transactional too) is blocked.
+    suppressed_all: bool
+    entries: list[SuppressionOut] = field(default_factory=list)
+
+
+def _suppression_out(entry: Suppression) -> SuppressionOut:
+    assert entry.id is not None
+    return SuppressionOut(
+        id=entry.id,
+        email_hash=entry.email_hash,
+        scope=entry.scope,
+        reason=entry.reason,
+        detail=entry.detail,
+        created_at=_iso(entry.created_at),
+    )
+
+
+class SuppressionsController(Controller):
+    path = "/v1/suppressions"
+    tags = ["compliance"]
+
+    @get("/", sync_to_thread=True)
+    def list_entries(
+        self,
+        session: Session,
+        reason: str | None = None,
+        after: int = Parameter(default=0, ge=0),
+        limit: int = Parameter(default=100, ge=1, le=1000),
+    ) -> SuppressionPage:
+        """Suppressions in id order; page with ``after``."""
+        items = suppression.list_suppressions(session, reason=reason, after_id=after, limit=limit)
+        out = [_suppression_out(e) for e in items]
+        return SuppressionPage(items=out, next_after=out[-1].id if len(out) == limit else None)
+
+    @post("/", sync_to_thread=True, status_code=201)
+    def add(self, session: Session, data: SuppressionIn) -> SuppressionOut:
+        """Suppress an address (kept only as its hash)."""
+        if data.reason == suppression.SuppressionReason.ERASURE:
+            raise ValidationError(
+                "erasure suppressions come from erasing a contact: POST /v1/contacts/{id}/erase",
+                field="reason",
+            )
+        entry = suppression.suppress(
+            session, data.email, reason=data.reason, scope=data.scope, detail=data.detail
+        )
+        return _suppression_out(entry)
+
+    @post("/check", sync_to_thread=True, status_code=200)
+    def check(self, session: Session, data: AddressIn) -> SuppressionCheck:
+        """Whether an address is suppressed, and by which entries."""
+        entries = suppression.suppressions_for(session, data.email)
+        return SuppressionCheck(
+            email_hash=email_hash(data.email),
+            suppressed_marketing=bool(entries),
+            suppressed_all=any(e.scope == suppression.SuppressionScope.ALL for e in entries),
+            entries=[_suppression_out(e) for e in entries],
+        )
+
+    @delete("/{suppression_id:int}", sync_to_thread=True, status_code=204)
+    def lift(self, session: Session, suppression_id: int) -> None:
+        """Lift one suppression (not those recording an erasure)."""
+        suppression.lift_suppression(session, suppression_id)
+
+
+@dataclass
+class StreamIn:
+    #: ``provider:NAME``, ``sending_domain:DOMAIN`` or ``recipient_domain:DOMAIN``.
+    stream: str
+    reason: str = "paused by an operator"
+
+
+class ReputationController(Controller):
+    path = "/v1/reputation"
+    tags = ["compliance"]
+
+    @get("/", sync_to_thread=True)
+    def status(self, runtime: Runtime) -> dict[str, Any]:
+        """Rates per stream over the window, the thresholds, and the paused streams."""
+        settings = runtime.settings
+        return {
+            "window_hours": settings.reputation_window_hours,
+            "min_volume": settings.reputation_min_volume,
+            "thresholds": {
+                "complaint": {
+                    "warn": settings.reputation_complaint_warn,
+                    "pause": settings.reputation_complaint_pause,
+                },
+                "bounce": {
+                    "warn": settings.reputation_bounce_warn,
+                    "pause": settings.reputation_bounce_pause,
+                },
+            },
+            "paused": reputation.paused_streams(runtime.redis),
+            "streams": [r.to_dict() for r in reputation.report(runtime.redis, settings)],
+            "reports": counters(runtime.redis),
+        }
+
+    @post("/resume", sync_to_thread=True, status_code=200)
+    def resume(self, runtime: Runtime, data: StreamIn) -> dict[str, Any]:
+        """Resume a paused stream; its counters start afresh."""
+        lifted = reputation.resume(runtime.redis, data.stream)
+        return {"resumed": data.stream, "pause": lifted}
+
+    @post("/pause", sync_to_thread=True, status_code=200)
+    def pause(self, runtime: Runtime, data: StreamIn) -> dict[str, Any]:
+        """Pause a stream by hand until it is resumed."""
+        if not reputation.pause(runtime.redis, data.stream, reason=data.reason):
+            raise ConflictError(f"stream {data.stream!r} is paused already")
+        return {"paused": data.stream, "reason": data.reason}
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport"
+content="width=device-width, initial-scale=1"><meta name="robots" content="noindex">
+<title>{title}</title></head>
+<body style="font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em">
+<h1 style="font-size:1.4em">{title}</h1><p>{body}</p>{form}</body></html>"""
+
+
+def _page(
+    title: str, body: str, *, status: int = 200, button: str | None = None, action: str = ""
+) -> Response[str]:
+    form = ""
+    if button is not None:
+        form = (
+            f'<form method="post" action="{html.escape(action)}">'
+            f'<button type="submit" style="font-size:1.1em;padding:.5em 1.2em">'
+            f"{html.escape(button)}</button></form>"
+        )
+    return Response(
+        _PAGE.format(title=html.escape(title), body=html.escape(body), form=form),
+        status_code=status,
+        media_type=MediaType.HTML,
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+def _client_ip(request: Request[Any, Any, Any]) -> str | None:
+    """The peer's IP address, or None when the peer is not an IP socket (a test client)."""
+    host = request.client.host if request.client is not None else None
+    try:
+        return str(ipaddress.ip_address(host)) if host else None
+    except ValueError:
+        return None
+
+
+_BAD_LINK = (
+    "This link is not valid",
+    "The link is incomplete, altered or has expired. Please use the most recent email we sent you.",
+)
+
+
+class ConsentLinkController(Controller):
+    """The public double opt-in and withdrawal links (no API key: the token is the proof)."""
+
+    path = "/c"
+    tags = ["compliance"]
+    include_in_schema = False
+
+    @get("/{token:str}", sync_to_thread=True)
+    def confirm_page(self, runtime: Runtime, token: str) -> Response[str]:
+        try:
+            consent_ledger.verify_consent_token(
+                runtime.settings, token, consent_ledger.ConsentAction.CONFIRM
+            )
+        except tokens.InvalidToken:
+            return _page(*_BAD_LINK, status=404)
+        return _page(
+            "Confirm your subscription",
+            "Press the button to confirm that you want to receive our emails.",
+            button="Confirm",
+        )
+
+    @post("/{token:str}", sync_to_thread=True, status_code=200)
+    def confirm(
+        self, request: Request[Any, Any, Any], session: Session, runtime: Runtime, token: str
+    ) -> Response[str]:
+        try:
+            consent_ledger.confirm_consent(session, runtime.settings, token, ip=_client_ip(request))
+        except tokens.InvalidToken:
+            return _page(*_BAD_LINK, status=404)
+        except NotFoundError:
+            return _page("Nothing to confirm", "This request no longer exists.", status=404)
+        except ConflictError:
+            return _page(
+                "Nothing was confirmed",
+                "Your choice changed after this email was sent, so this link no longer applies.",
+                status=409,
+            )
+        return _page(
+            "Subscription confirmed",
+            "Thank you. You can withdraw at any time with the link in every email we send.",
+        )
+
+    @get("/{token:str}/withdraw", sync_to_thread=True)
+    def withdraw_page(self, runtime: Runtime, token: str) -> Response[str]:
+        try:
+            consent_ledger.verify_consent_token(
+                runtime.settings, token, consent_ledger.ConsentAction.WITHDRAW
+            )
+        except tokens.InvalidToken:
+            return _page(*_BAD_LINK, status=404)
+        return _page(
+            "Withdraw your consent",
+            "Press the button and we will stop sending you these emails.",
+            button="Withdraw",
+        )
+
+    @post("/{token:str}/withdraw", sync_to_thread=True, status_code=200)
+    def withdraw(
+        self, request: Request[Any, Any, Any], session: Session, runtime: Runtime, token: str
+    ) -> Response[str]:
+        try:
+            consent_ledger.withdraw_by_token(
+                session, runtime.settings, token, ip=_client_ip(request)
+            )
+        except tokens.InvalidToken:
+            return _page(*_BAD_LINK, status=404)
+        except NotFoundError:
+            return _page("Nothing to withdraw", "We hold no data about you any more.", status=404)
+        return _page("Consent withdrawn", "Done. You will not receive these emails any more.")

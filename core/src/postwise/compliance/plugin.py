@@ -1,0 +1,24 @@
+"""The built-in compliance plugin: consent, privacy, suppression and reputation routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postwise import hookimpl
+
+
+@hookimpl
+def postwise_register_routes(register: Any) -> None:
+    from postwise.compliance.api import (
+        ConsentController,
+        ConsentLinkController,
+        PrivacyController,
+        ReputationController,
+        SuppressionsController,
+    )
+
+    register("consent-api", ConsentController)
+    register("privacy-api", PrivacyController)
+    register("suppressions-api", SuppressionsController)
+    register("reputation-api", ReputationController)
+    register("consent-links", ConsentLinkController)
