@@ -193,6 +193,7 @@ _HARD_RE = _patterns(
     r"(account|mailbox) (has been |is )?(disabled|deactivated|inactive|closed|discontinued)",
     r"mailbox (is )?disabled",
     r"no mailbox here by that name",
+    r"not listed in (the )?(domino directory|public name (&|and) address book)",
     r"address not found",
     r"bad destination mailbox",
     r"(domain|host) (name )?(not found|does not exist)",
@@ -635,6 +636,8 @@ def _first_reply(text: str) -> tuple[int, str] | None:
             stripped = line.strip()
             if re.match(rf"{code}[ -]", stripped):
                 parts.append(stripped[4:].strip())
+            elif line[:1] in {" ", "\t"} and stripped and not _REPLY_IN_TEXT_RE.match(stripped):
+                parts.append(stripped)  # a wrapped reply (Exim, Postfix indent the rest)
             else:
                 break
         return int(code), _join_reply_lines(" ".join(parts))
