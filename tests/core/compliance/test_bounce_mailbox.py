@@ -111,7 +111,7 @@ def seeded_store(capabilities: tuple[str, ...] = ("IMAP4rev1", "MOVE", "UIDPLUS"
     return store
 
 
-def imap_source(port: int, **kwargs: object) -> ImapSource:
+def imap_source(port: int, move_to: str | None = None) -> ImapSource:
     return ImapSource(
         "127.0.0.1",
         port=port,
@@ -119,7 +119,7 @@ def imap_source(port: int, **kwargs: object) -> ImapSource:
         password="s3cret pass",
         use_ssl=False,
         timeout=5,
-        **kwargs,  # type: ignore[arg-type]
+        move_to=move_to,
     )
 
 
@@ -190,7 +190,7 @@ def test_open_mailbox_reads_an_imap_url_with_its_folder_and_password() -> None:
         source = open_mailbox(f"imap://bounces:s3cret%20pass@127.0.0.1:{port}/Bounces")
         assert isinstance(source, ImapSource)
         with source:
-            assert [m.raw for m in source.fetch_unseen()] == [SOFT]
+            assert [m.raw for m in source.messages()] == [SOFT]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ outcome recorded. A message that is never acknowledged (the process crashed, the
 down) stays unseen and is read again on the next run, so nothing is lost; the price is that
 the consumer must tolerate seeing a message twice.
 
-Acknowledging marks the message seen (maildir: moved to ``cur/`` with the ``S`` flag; IMAP:
+Both sources offer ``messages()`` (for IMAP the same as ``fetch_unseen()``). Acknowledging
+marks the message seen (maildir: moved to ``cur/`` with the ``S`` flag; IMAP:
 ``\\Seen``) or, when ``move_to`` is given, moves it to another maildir or IMAP folder.
 
 :func:`open_mailbox` builds a source from the ``bounce_mailbox`` setting: a maildir path or an
@@ -203,6 +204,10 @@ class ImapSource:
                 source_id=f"{self.folder}/{uid}",
                 _acknowledge=self._acknowledger(uid),
             )
+
+    def messages(self) -> Iterator[InboundMessage]:
+        """The interface both sources share; for IMAP it is :meth:`fetch_unseen`."""
+        return self.fetch_unseen()
 
     def close(self) -> None:
         """Log out and close the connection. Safe to call twice."""
