@@ -5,9 +5,11 @@ belongs to. The built-in types (time window, engagement threshold, segment membe
 history, attribute and property matches) and third-party ones implement this same contract and are
 registered through ``postwise_register_conditions``.
 
-The engine evaluates many events at once: it prefetches what the conditions of a batch declare in
-:attr:`ConditionType.requires` and hands each evaluation a :class:`ConditionContext` that answers
-from memory, so a condition never issues a query per event.
+The engine evaluates many events at once and hands each evaluation a :class:`ConditionContext`
+that answers from data loaded for the whole batch: the batch's contacts in one query, and each
+segment or event-history window in one query for all the batch's contacts the first time any
+condition asks for it. A condition therefore never issues a query per event. A condition that
+needs other data declares it in :attr:`ConditionType.requires`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from postwise.errors import ValidationError
 
-__all__ = ["ConditionContext", "ConditionType", "TriggerEvent"]
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+    from sqlmodel import Session
+
+__all__ = ["ConditionContext", "ConditionType", "TriggerEvent", "describe_error"]
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -48,7 +54,10 @@ class ConditionContext(Protocol):
 
     @property
     def contact(self) -> Mapping[str, Any]:
-        """The contact: ``email``, ``timezone``, ``status``, ``tags`` and its attributes."""
+        """The contact: ``id``, ``email``, ``first_name``, ``last_name``, ``timezone``,
+        ``country``, ``status``, ``tags`` (a frozenset), ``engagement_score``, ``created_at``,
+        and every key of its ``attributes`` (which are also under ``"attributes"``; the built-in
+        fields win when names clash)."""
 
     def engagement_score(self) -> float:
         """The contact's current (decayed) engagement score."""
@@ -56,8 +65,9 @@ class ConditionContext(Protocol):
     def in_segment(self, segment: str) -> bool:
         """Whether the contact belongs to the named segment."""
 
-    def count_events(self, event_type: str, since: datetime) -> int:
-        """How many events of ``event_type`` the contact had since ``since``."""
+    def count_events(self, event_type: str, since: datetime, until: datetime | None = None) -> int:
+        """How many events of ``event_type`` the contact had with ``since <= occurred_at <
+        until`` (``until`` defaults to :attr:`now`). The event being evaluated never counts."""
 
 
 class ConditionType(abc.ABC, Generic[ConfigT]):
@@ -74,15 +84,23 @@ class ConditionType(abc.ABC, Generic[ConfigT]):
     description: ClassVar[str] = ""
 
     def parse_config(self, raw: Mapping[str, Any]) -> ConfigT:
-        """Validate a raw configuration; errors name the offending field."""
+        """Validate a raw configuration; errors name the offending field.
+
+        The :class:`~postwise.errors.ValidationError` raised has ``field`` set to the path inside
+        the configuration (``"hours"``, ``"days_of_week.1"``) and a short message (``"must be >
+        0"``); trigger validation prefixes the field with where the condition sits in the tree.
+        """
         try:
             return self.config_model.model_validate(dict(raw))  # type: ignore[return-value]
         except PydanticValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or None
-            raise ValidationError(
-                f"invalid configuration for condition {self.name!r}: {first['msg']}", field=where
-            ) from None
+            raise ValidationError(describe_error(first), field=where) from None
+
+    def check_references(self, config: ConfigT, session: Session) -> None:
+        """Check that what the configuration names exists (a segment, ...); raise
+        :class:`~postwise.errors.ValidationError` with ``field`` naming the configuration key
+        otherwise. Called when a trigger is saved; the default checks nothing."""
 
     @abc.abstractmethod
     def evaluate(self, config: ConfigT, event: TriggerEvent, context: ConditionContext) -> bool:
@@ -91,3 +109,33 @@ class ConditionType(abc.ABC, Generic[ConfigT]):
     def explain(self, config: ConfigT) -> str:
         """A one-line human description of the configured condition, for dry runs."""
         return f"{self.name} {config.model_dump(exclude_defaults=True)}"
+
+
+_COMPARISONS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def describe_error(error: ErrorDetails) -> str:
+    """A short message for one pydantic error, worded for the field it is attached to.
+
+    ``{"type": "greater_than", "ctx": {"gt": 0}}`` becomes ``"must be > 0"``; pydantic's
+    "Input should be ..." becomes "must be ...".
+    """
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind in _COMPARISONS:
+        key, symbol = _COMPARISONS[kind]
+        bound = ctx.get(key)
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"must be {symbol} {bound}"
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return message.replace("Input should be", "must be", 1)

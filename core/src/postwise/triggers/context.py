@@ -1,0 +1,244 @@
+"""The evaluation context of a batch of events: what conditions ask, loaded once per batch.
+
+:class:`BatchContext` loads the batch's contacts (with their tags) in one query when it is
+built. Segment membership and event history are loaded the first time any condition asks, for
+every contact of the batch at once: one query per segment, one per event type (re-run only if a
+later question reaches further back in time than the loaded window). Each event then gets a
+light :class:`EventContext` that answers from memory.
+
+Failures while loading are remembered, so a broken segment raises for each condition that asks
+about it without a query per event.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from postwise.db.models import Contact, ContactTag, Event
+from postwise.triggers.conditions import TriggerEvent
+
+__all__ = ["BatchContext", "EventContext", "ScoreFunction", "engagement_decay", "load_contacts"]
+
+#: score, updated_at, now -> the score as of now. The analytics subsystem owns the decay.
+ScoreFunction = Callable[[float, datetime | None, datetime], float]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands timestamps back naive; postwise stores UTC everywhere.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def load_contacts(session: Session, contact_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The contacts (as condition-facing mappings, tags included), in one query."""
+    ids = sorted(set(contact_ids))
+    if not ids:
+        return {}
+    query = (
+        sa.select(
+            col(Contact.id),
+            col(Contact.email),
+            col(Contact.first_name),
+            col(Contact.last_name),
+            col(Contact.timezone),
+            col(Contact.country),
+            col(Contact.status),
+            col(Contact.attributes),
+            col(Contact.engagement_score),
+            col(Contact.engagement_updated_at),
+            col(Contact.created_at),
+            col(ContactTag.tag),
+        )
+        .outerjoin(ContactTag, col(ContactTag.contact_id) == col(Contact.id))
+        .where(col(Contact.id).in_(ids))
+    )
+    contacts: dict[int, dict[str, Any]] = {}
+    tags: dict[int, set[str]] = {}
+    for row in session.execute(query):
+        cid = row[0]
+        if cid not in contacts:
+            attributes = row[7] or {}
+            contact = dict(attributes)
+            contact.update(
+                id=cid,
+                email=row[1],
+                first_name=row[2],
+                last_name=row[3],
+                timezone=row[4] or "UTC",
+                country=row[5],
+                status=row[6],
+                attributes=attributes,
+                engagement_score=float(row[8] or 0.0),
+                engagement_updated_at=_aware(row[9]) if row[9] is not None else None,
+                created_at=_aware(row[10]) if row[10] is not None else None,
+            )
+            contacts[cid] = contact
+            tags[cid] = set()
+        if row[11] is not None:
+            tags[cid].add(row[11])
+    for cid, contact in contacts.items():
+        contact["tags"] = frozenset(tags[cid])
+    return contacts
+
+
+class _History:
+    """Times of one event type for the batch's contacts, from ``since`` on."""
+
+    __slots__ = ("since", "times")
+
+    def __init__(self, since: datetime, times: dict[int, list[tuple[datetime, str]]]) -> None:
+        self.since = since
+        self.times = times
+
+
+class BatchContext:
+    """Everything conditions may ask about the contacts of one batch of events."""
+
+    def __init__(
+        self,
+        session: Session,
+        events: Sequence[TriggerEvent],
+        *,
+        now: datetime,
+        score: ScoreFunction | None = None,
+        contacts: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
+        self.session = session
+        self.events = events
+        self.now = now
+        self._score = score
+        self.contact_ids = sorted({event.contact_id for event in events})
+        self.contacts = (
+            contacts if contacts is not None else load_contacts(session, self.contact_ids)
+        )
+        self._segments: dict[str, set[int] | BaseException] = {}
+        self._history: dict[str, _History | BaseException] = {}
+        self.queries = 1 if contacts is None else 0
+
+    def for_event(self, event: TriggerEvent) -> EventContext:
+        return EventContext(self, event)
+
+    def engagement_score(self, contact_id: int) -> float:
+        contact = self.contacts.get(contact_id)
+        if contact is None:
+            return 0.0
+        score: float = contact["engagement_score"]
+        if self._score is None:
+            return score
+        return self._score(score, contact["engagement_updated_at"], self.now)
+
+    def in_segment(self, contact_id: int, segment: str) -> bool:
+        members = self._segments.get(segment)
+        if members is None:
+            from postwise.contacts.segments import contacts_in_segment
+
+            try:
+                self.queries += 1
+                members = contacts_in_segment(self.session, segment, self.contact_ids)
+            except Exception as exc:
+                self._segments[segment] = exc
+                raise
+            self._segments[segment] = members
+        if isinstance(members, BaseException):
+            raise members
+        return contact_id in members
+
+    def count_events(
+        self,
+        event: TriggerEvent,
+        event_type: str,
+        since: datetime,
+        until: datetime | None,
+    ) -> int:
+        history = self._history.get(event_type)
+        if isinstance(history, BaseException):
+            raise history
+        if history is None or since < history.since:
+            try:
+                history = self._load_history(event_type, since)
+            except Exception as exc:
+                self._history[event_type] = exc
+                raise
+            self._history[event_type] = history
+        times = history.times.get(event.contact_id)
+        if not times:
+            return 0
+        end = self.now if until is None else until
+        low = bisect.bisect_left(times, (since, ""))
+        high = bisect.bisect_left(times, (end, ""))
+        count = high - low
+        if count and since <= event.occurred_at < end and event.type == event_type:
+            # The event under evaluation is never part of its own history.
+            index = bisect.bisect_left(times, (event.occurred_at, event.event_id), low, high)
+            if index < high and times[index] == (event.occurred_at, event.event_id):
+                count -= 1
+        return count
+
+    def _load_history(self, event_type: str, since: datetime) -> _History:
+        self.queries += 1
+        query = sa.select(col(Event.contact_id), col(Event.occurred_at), col(Event.event_id)).where(
+            col(Event.type) == event_type,
+            col(Event.contact_id).in_(self.contact_ids),
+            col(Event.occurred_at) >= since,
+        )
+        times: dict[int, list[tuple[datetime, str]]] = {}
+        seen: set[str] = set()
+        for contact_id, occurred_at, event_id in self.session.execute(query):
+            times.setdefault(contact_id, []).append((_aware(occurred_at), event_id))
+            seen.add(event_id)
+        # Events of this batch may not have reached the event table yet: add them.
+        for event in self.events:
+            if (
+                event.type == event_type
+                and event.event_id not in seen
+                and event.occurred_at >= since
+            ):
+                times.setdefault(event.contact_id, []).append((event.occurred_at, event.event_id))
+        for values in times.values():
+            values.sort()
+        return _History(since, times)
+
+
+class EventContext:
+    """The :class:`~postwise.triggers.conditions.ConditionContext` of one event of a batch."""
+
+    __slots__ = ("_batch", "_event")
+
+    def __init__(self, batch: BatchContext, event: TriggerEvent) -> None:
+        self._batch = batch
+        self._event = event
+
+    @property
+    def now(self) -> datetime:
+        return self._batch.now
+
+    @property
+    def contact(self) -> Mapping[str, Any]:
+        return self._batch.contacts.get(self._event.contact_id, _EMPTY)
+
+    def engagement_score(self) -> float:
+        return self._batch.engagement_score(self._event.contact_id)
+
+    def in_segment(self, segment: str) -> bool:
+        return self._batch.in_segment(self._event.contact_id, segment)
+
+    def count_events(self, event_type: str, since: datetime, until: datetime | None = None) -> int:
+        return self._batch.count_events(self._event, event_type, since, until)
+
+
+def engagement_decay() -> ScoreFunction | None:
+    """The analytics subsystem's decay of stored engagement scores, when it provides one."""
+    try:
+        from postwise.analytics import engagement  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    decay: ScoreFunction | None = getattr(engagement, "current_score", None)
+    return decay

@@ -1,0 +1,552 @@
+"""The trigger engine: a consumer of the event stream that turns events into send requests.
+
+It reads ``postwise:events`` as the consumer group ``triggers`` (add consumers — processes, on any
+machine — to scale out) and handles each batch of entries in five steps:
+
+1. decode the events and keep those with a contact and at least one trigger on their type;
+2. evaluate every such trigger's conditions against one :class:`BatchContext` for the batch (the
+   contacts in one query; segments and history in one query each, when first asked);
+3. claim the cooldown of every match in one atomic Redis round trip;
+4. act, highest priority first within an event: submit the send to delivery
+   (``submit_send``, which applies the compliance gate and the global frequency cap), holding it
+   to the end of quiet hours in the contact's zone, or schedule it when the trigger has a delay;
+5. add the batch's counters and acknowledge its entries in one Redis transaction.
+
+At-least-once reading, exactly-once firing: a batch is acknowledged only after it is handled;
+if the consumer dies first, its entries are read again — by itself after a restart, or by another
+consumer through XAUTOCLAIM once they have been idle for ``claim_idle_ms``. The re-read finds its
+own cooldown claims (they hold the event id) and resubmits with the same dedupe key,
+``trigger:<id>:event:<event id>``, which delivery turns into the same message id: the send
+happens once. Because counters and acknowledgement commit together, they count each event once.
+
+A condition that raises is isolated: it is logged with the plugin that registered it, counted
+as an error of the trigger, and only that trigger is skipped for that event. Database and Redis
+failures are not isolated: the batch stays unacknowledged and is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import redis
+from sqlalchemy.exc import DBAPIError
+
+from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
+from postwise.errors import PostwiseError
+from postwise.events import EVENT_STREAM, decode_event
+from postwise.triggers.builtin import contact_zone
+from postwise.triggers.compiled import CompiledTrigger, TriggerSet, load_trigger_set
+from postwise.triggers.conditions import TriggerEvent
+from postwise.triggers.context import BatchContext, ScoreFunction, engagement_decay
+from postwise.triggers.cooldown import (
+    EVENT_DEDUPE_SECONDS,
+    Claim,
+    ClaimOutcome,
+    TriggerKeys,
+    claim_many,
+    release,
+)
+from postwise.triggers.definitions import ConditionFailed
+from postwise.triggers.quiet_hours import QuietHours
+from postwise.triggers.schedule import ScheduledSend, claim_due, finish, schedule
+from postwise.triggers.stats import StatsBatch
+
+if TYPE_CHECKING:
+    from postwise.runtime import Runtime
+
+__all__ = [
+    "CONSUMER_GROUP",
+    "BatchReport",
+    "Submitter",
+    "TriggerEngine",
+    "dedupe_key",
+    "default_consumer_name",
+    "to_trigger_event",
+]
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "triggers"
+#: Failures that mean "try the batch again later", never "skip this trigger".
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    DBAPIError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+Submitter = Callable[["Runtime", SendRequest], SubmitResult]
+Entry = tuple[bytes | str, Any]
+
+
+def default_consumer_name() -> str:
+    """``<host>-<pid>``: unique per process, recognisable in XINFO CONSUMERS."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def dedupe_key(trigger_id: int, event_id: str) -> str:
+    """The dedupe key of the send ``trigger_id`` makes for ``event_id``."""
+    return f"trigger:{trigger_id}:event:{event_id}"
+
+
+def to_trigger_event(envelope: Any) -> TriggerEvent | None:
+    """The trigger view of an :class:`~postwise.events.EventEnvelope` (None without contact)."""
+    if envelope.contact_id is None:
+        return None
+    occurred = envelope.occurred_at
+    if occurred.tzinfo is None:
+        occurred = occurred.replace(tzinfo=UTC)
+    return TriggerEvent(
+        event_id=envelope.event_id,
+        type=envelope.type,
+        contact_id=int(envelope.contact_id),
+        occurred_at=occurred,
+        properties=envelope.properties or {},
+    )
+
+
+def _submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
+    from postwise.delivery.dispatch import submit_send
+
+    result: SubmitResult = submit_send(runtime, request)
+    return result
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one batch did (also in the Redis counters; this is for callers and benchmarks)."""
+
+    entries: int = 0
+    events: int = 0
+    matched: int = 0
+    fired: int = 0
+    scheduled: int = 0
+    held: int = 0
+    capped: int = 0
+    errors: int = 0
+    queries: int = 0
+    fired_at: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Candidate:
+    event: TriggerEvent
+    trigger: CompiledTrigger
+    claim: Claim
+
+
+class TriggerEngine:
+    """One consumer of the ``triggers`` group. Run one per process; add processes to scale."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        consumer: str | None = None,
+        group: str = CONSUMER_GROUP,
+        stream: str = EVENT_STREAM,
+        keys: TriggerKeys | None = None,
+        batch_size: int = 500,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        due_lease_ms: int = 60_000,
+        submit: Submitter | None = None,
+        score: ScoreFunction | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.redis: redis.Redis = runtime.redis
+        self.consumer = consumer or default_consumer_name()
+        self.group = group
+        self.stream = stream
+        self.keys = keys or TriggerKeys()
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.due_lease_ms = due_lease_ms
+        self.submit: Submitter = submit or _submit_send
+        self.score = score if score is not None else engagement_decay()
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.quiet = QuietHours.parse(runtime.settings.quiet_hours)
+        self.registry = runtime.plugins.registry("conditions")
+        self.triggers = TriggerSet()
+        self._version: Any = None
+        self._loaded_at = 0.0
+        self._checked_at = 0.0
+        self._claimed_at = 0.0
+        self._claim_cursor: bytes | str = "0-0"
+        self._own_pending = True
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def ensure_group(self, start_id: str = "$") -> None:
+        """Create the consumer group (and the stream) unless it exists.
+
+        ``start_id="$"`` starts a new group at new events; ``"0"`` would replay the whole stream.
+        """
+        try:
+            self.redis.xgroup_create(self.stream, self.group, id=start_id, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def reload(self) -> TriggerSet:
+        """Load and compile the triggers now."""
+        version = self.redis.get(self.keys.version)
+        with self.runtime.session() as session:
+            self.triggers = load_trigger_set(session, self.registry)
+        self._version = version
+        self._loaded_at = self._checked_at = time.monotonic()
+        return self.triggers
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._loaded_at > 30.0:
+            self.reload()
+        elif now - self._checked_at > 1.0:
+            self._checked_at = now
+            if self.redis.get(self.keys.version) != self._version:
+                self.reload()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        idle_exit: float | None = None,
+    ) -> None:
+        """Consume until ``stop`` is set (or, with ``idle_exit``, after that many idle seconds)."""
+        stop = stop or threading.Event()
+        self.ensure_group()
+        self.reload()
+        idle_since = time.monotonic()
+        failures = 0
+        while not stop.is_set():
+            try:
+                handled = self.step()
+                failures = 0
+            except INFRASTRUCTURE_ERRORS as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                log.warning("trigger engine: %s; retrying in %.1f s", exc, delay)
+                self._own_pending = True
+                stop.wait(delay)
+                continue
+            if handled:
+                idle_since = time.monotonic()
+            elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                return
+
+    def step(self) -> int:
+        """One iteration: reclaim, read one batch, handle due sends. Returns entries handled."""
+        self._maybe_reload()
+        handled = 0
+        if self._own_pending:
+            # Entries this consumer read but never acknowledged (it crashed, or a batch failed).
+            entries = self._read("0", block=None)
+            if entries:
+                self.process(entries, redelivered=True)
+                handled += len(entries)
+            else:
+                self._own_pending = False
+        if time.monotonic() - self._claimed_at > self.claim_idle_ms / 4000:
+            handled += self._autoclaim()
+        handled += self.process_due()
+        block = None if handled else self.block_ms
+        entries = self._read(">", block=block)
+        if entries:
+            self.process(entries, redelivered=False)
+            handled += len(entries)
+        return handled
+
+    def _read(self, start: str, *, block: int | None) -> list[Entry]:
+        reply: Any = self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=self.batch_size, block=block
+        )
+        if not reply:
+            return []
+        entries: list[Entry] = reply[0][1]
+        return entries
+
+    def _autoclaim(self) -> int:
+        self._claimed_at = time.monotonic()
+        reply: Any = self.redis.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self.batch_size,
+        )
+        cursor, entries, *rest = reply
+        self._claim_cursor = cursor
+        deleted = rest[0] if rest else []
+        if deleted:
+            self.redis.xack(self.stream, self.group, *deleted)
+        if entries:
+            log.info("reclaimed %d idle entries from dead or stuck consumers", len(entries))
+            self.process(entries, redelivered=True)
+        return len(entries)
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def process(self, entries: Sequence[Entry], *, redelivered: bool) -> BatchReport:
+        """Handle a batch of stream entries and acknowledge them.
+
+        ``redelivered`` says the entries were read before (pending after a crash): their claims
+        and sends may already exist and are then completed rather than counted as duplicates.
+        """
+        report = BatchReport(entries=len(entries))
+        stats = StatsBatch(self.keys)
+        events: list[TriggerEvent] = []
+        for _entry_id, fields in entries:
+            if not fields:
+                continue  # trimmed from the stream while pending
+            try:
+                event = to_trigger_event(decode_event(fields))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping an undecodable stream entry %r: %s", _entry_id, exc)
+                stats.add_engine("undecodable")
+                continue
+            if event is not None and self.triggers.for_event_type(event.type):
+                events.append(event)
+        report.events = len(events)
+        if events:
+            self._handle(events, redelivered, stats, report)
+        stats.add_engine("entries", len(entries))
+        pipe = self.redis.pipeline(transaction=True)
+        stats.write(pipe)
+        pipe.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        pipe.execute()
+        return report
+
+    def _handle(
+        self,
+        events: list[TriggerEvent],
+        redelivered: bool,
+        stats: StatsBatch,
+        report: BatchReport,
+    ) -> None:
+        now = self.clock()
+        candidates: list[_Candidate] = []
+        with self.runtime.session() as session:
+            context = BatchContext(session, events, now=now, score=self.score)
+            for event in events:
+                if event.contact_id not in context.contacts:
+                    stats.add_engine("unknown_contact")
+                    continue
+                event_context = context.for_event(event)
+                for trigger in self.triggers.for_event_type(event.type):
+                    assert trigger.conditions is not None
+                    try:
+                        matched = trigger.conditions.evaluate(event, event_context)
+                    except ConditionFailed as failed:
+                        if isinstance(failed.error, INFRASTRUCTURE_ERRORS):
+                            raise failed.error from failed
+                        self._condition_error(trigger, event, failed)
+                        stats.add(trigger.id, "errors")
+                        report.errors += 1
+                        continue
+                    if matched:
+                        stats.add(trigger.id, "matched")
+                        candidates.append(_Candidate(event, trigger, self._claim(trigger, event)))
+            report.queries = context.queries
+            contacts = context.contacts
+        report.matched = len(candidates)
+        outcomes = claim_many(self.redis, [c.claim for c in candidates])
+        scheduled = self.redis.pipeline(transaction=False)
+        for candidate, outcome in zip(candidates, outcomes, strict=True):
+            trigger = candidate.trigger
+            if outcome is ClaimOutcome.HELD:
+                stats.add(trigger.id, "cooldown")
+                report.held += 1
+                continue
+            if outcome is ClaimOutcome.OWN and not redelivered:
+                stats.add(trigger.id, "duplicates")
+                continue
+            due = now + timedelta(seconds=trigger.delay_seconds)
+            if self.quiet is not None and not trigger.transactional:
+                due = (
+                    self.quiet.hold_until(due, contact_zone(contacts[candidate.event.contact_id]))
+                    or due
+                )
+            if trigger.delay_seconds:
+                send = ScheduledSend(
+                    dedupe_key(trigger.id, candidate.event.event_id),
+                    trigger.id,
+                    candidate.event,
+                    due,
+                    candidate.claim.key,
+                )
+                schedule(scheduled, self.keys, send)
+                stats.add(trigger.id, "scheduled")
+                report.scheduled += 1
+                continue
+            not_before = due if due > now else None
+            self._send(
+                trigger,
+                candidate.event,
+                candidate.claim,
+                not_before=not_before,
+                completing=redelivered,
+                stats=stats,
+                report=report,
+            )
+        if len(scheduled):
+            scheduled.execute()
+
+    def _claim(self, trigger: CompiledTrigger, event: TriggerEvent) -> Claim:
+        if trigger.cooldown_seconds:
+            return Claim(
+                self.keys.cooldown(trigger.id, event.contact_id),
+                event.event_id,
+                trigger.cooldown_seconds * 1000,
+            )
+        return Claim(
+            self.keys.event(trigger.id, event.event_id), event.event_id, EVENT_DEDUPE_SECONDS * 1000
+        )
+
+    def _send(
+        self,
+        trigger: CompiledTrigger,
+        event: TriggerEvent,
+        claim: Claim,
+        *,
+        not_before: datetime | None,
+        completing: bool,
+        stats: StatsBatch,
+        report: BatchReport,
+    ) -> None:
+        assert trigger.template_id is not None
+        request = SendRequest(
+            contact_id=event.contact_id,
+            template_id=trigger.template_id,
+            dedupe_key=dedupe_key(trigger.id, event.event_id),
+            reason="trigger",
+            not_before=not_before,
+            trigger_id=trigger.id,
+            campaign_id=trigger.campaign_id,
+            experiment_id=trigger.experiment_id,
+            transactional=trigger.transactional,
+            context={"event": dict(event.properties), "event_type": event.type},
+        )
+        try:
+            result = self.submit(self.runtime, request)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except PostwiseError as exc:
+            log.error(
+                "trigger %r (id %s): delivery rejected the send for event %s: %s",
+                trigger.name,
+                trigger.id,
+                event.event_id,
+                exc,
+            )
+            stats.add(trigger.id, "errors")
+            report.errors += 1
+            release(self.redis, claim.key, claim.event_id)
+            return
+        if result.status == SubmitStatus.QUEUED or (
+            result.status == SubmitStatus.DUPLICATE and completing
+        ):
+            stats.add(trigger.id, "fired")
+            report.fired += 1
+            report.fired_at.append((event.event_id, time.time()))
+        elif result.status == SubmitStatus.DUPLICATE:
+            stats.add(trigger.id, "duplicates")
+        else:
+            stats.add(trigger.id, "capped" if result.reason == "frequency_cap" else "skipped")
+            if result.reason == "frequency_cap":
+                report.capped += 1
+            # Nothing was sent, so the cooldown must not hold the next chance back.
+            release(self.redis, claim.key, claim.event_id)
+
+    def _condition_error(
+        self, trigger: CompiledTrigger, event: TriggerEvent, failed: ConditionFailed
+    ) -> None:
+        log.error(
+            "condition %r of plugin %r raised on trigger %r (id %s) for event %s; the trigger is "
+            "skipped for this event: %s: %s",
+            failed.leaf.condition.name,
+            failed.leaf.plugin,
+            trigger.name,
+            trigger.id,
+            event.event_id,
+            type(failed.error).__name__,
+            failed.error,
+        )
+
+    # -- delayed sends --------------------------------------------------------------------------
+
+    def process_due(self, limit: int | None = None) -> int:
+        """Handle delayed sends that have come due: exit check, then submit. Returns how many."""
+        now = self.clock()
+        sends = claim_due(
+            self.redis,
+            self.keys,
+            now=now,
+            limit=limit or self.batch_size,
+            lease_ms=self.due_lease_ms,
+        )
+        if not sends:
+            return 0
+        stats = StatsBatch(self.keys)
+        report = BatchReport()
+        live: list[tuple[ScheduledSend, CompiledTrigger]] = []
+        for send in sends:
+            trigger = self.triggers.by_id.get(send.trigger_id)
+            if trigger is None or not trigger.active or not trigger.usable:
+                stats.add(send.trigger_id, "cancelled")
+            else:
+                live.append((send, trigger))
+        to_submit: list[tuple[ScheduledSend, CompiledTrigger]] = []
+        if live:
+            with self.runtime.session() as session:
+                context = BatchContext(
+                    session, [s.event for s, _ in live], now=now, score=self.score
+                )
+                for send, trigger in live:
+                    if trigger.exit_conditions is None:
+                        to_submit.append((send, trigger))
+                        continue
+                    try:
+                        exited = trigger.exit_conditions.evaluate(
+                            send.event, context.for_event(send.event)
+                        )
+                    except ConditionFailed as failed:
+                        if isinstance(failed.error, INFRASTRUCTURE_ERRORS):
+                            raise failed.error from failed
+                        self._condition_error(trigger, send.event, failed)
+                        stats.add(trigger.id, "errors")
+                        continue
+                    if exited:
+                        stats.add(trigger.id, "exited")
+                    else:
+                        to_submit.append((send, trigger))
+        for send, trigger in to_submit:
+            claim = Claim(send.claim_key, send.event.event_id, 0)
+            # A due send handled twice can only be one whose first handling died before
+            # finishing, so a duplicate here completes that handling.
+            self._send(
+                trigger,
+                send.event,
+                claim,
+                not_before=None,
+                completing=True,
+                stats=stats,
+                report=report,
+            )
+        pipe = self.redis.pipeline(transaction=True)
+        stats.write(pipe)
+        for send in sends:
+            finish(pipe, self.keys, send)
+        pipe.execute()
+        return len(sends)
