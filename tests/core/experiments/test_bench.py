@@ -1,0 +1,21 @@
+"""The decision figure: 10 variants, 10 million exposures, from aggregates, well under 50 ms."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from postwise.experiments.bench import bench_experiments, decision_benchmark
+
+
+def test_a_decision_for_10_variants_and_10_million_exposures_takes_under_50_ms() -> None:
+    figure = decision_benchmark(variants=10, exposures=10_000_000, repeat=20)
+    assert figure["variants"] == 10
+    assert figure["exposures"] == 10_000_000
+    assert figure["median_ms"] < 50
+    assert figure["min_ms"] <= figure["median_ms"] <= figure["max_ms"]
+
+
+def test_bench_command_prints_the_decision_and_assignment_figures() -> None:
+    out = CliRunner().invoke(bench_experiments, ["--repeat", "3", "--contacts", "2000"])
+    assert out.exit_code == 0, out.output
+    assert "decision (sequential, 10 variants, 10,000,000 exposures): median" in out.output
+    assert "assignment (2,000 contacts)" in out.output
