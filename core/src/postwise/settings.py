@@ -122,6 +122,20 @@ class Settings(BaseModel):
     max_attempts: int = Field(default=8, ge=1, le=50)
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
+    delivery_lease_seconds: int = Field(
+        default=600,
+        ge=2,
+        le=86400,
+        description="How long one delivery attempt may hold its batch (also the RQ job timeout); "
+        "a crashed worker's messages are recovered once it has passed.",
+    )
+    delivery_chunk_size: int = Field(
+        default=1,
+        ge=1,
+        le=10000,
+        description="Messages handed to the provider per call. After a worker crash at most this "
+        "many messages are in doubt; raise it for HTTP providers that send in bulk.",
+    )
 
     dkim_domain: str = ""
     dkim_selector: str = "postwise"

@@ -1,0 +1,320 @@
+"""Delivering one batch: claim, re-check, render, rate-limit, send, record.
+
+:func:`deliver` is what the RQ job runs. The steps, each once per batch unless said otherwise:
+
+1. recover rows of this batch whose earlier attempt died (expired claim), then claim the rows
+   that wait for an attempt: rows already sent, skipped or claimed by a live attempt are left
+   alone, which is what makes a re-delivered job harmless;
+2. load the contacts (one query) and re-check the compliance gate: an unsubscribe that arrived
+   after the message was queued means it is not sent;
+3. defer what a reputation pause covers (provider, sending domain, recipient domain);
+4. take tokens from the provider's bucket for the rest; what is over the limit waits in the
+   queue until the bucket refills;
+5. per chunk of ``delivery_chunk_size`` messages: render and sign, ask the ``before_send``
+   hooks, journal, send, call the ``after_send`` hooks;
+6. record every outcome (:class:`~postwise.delivery.outcomes.Settlement`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from postwise.contacts.normalize import email_domain
+from postwise.db.models import utcnow
+from postwise.delivery.compose import ContactData, load_contacts
+from postwise.delivery.gate import Pauses, Recipient, SkipReason
+from postwise.delivery.journal import Journal
+from postwise.delivery.ledger import ClaimedRow, claim
+from postwise.delivery.outcomes import Settlement
+from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+from postwise.delivery.services import DeliveryServices, services_for
+from postwise.errors import DeliveryError, NotFoundError, PostwiseError
+
+if TYPE_CHECKING:
+    from postwise.runtime import Runtime
+
+__all__ = ["PAUSE_RECHECK_SECONDS", "deliver"]
+
+log = logging.getLogger(__name__)
+
+#: How long messages covered by a reputation pause wait before they are looked at again.
+PAUSE_RECHECK_SECONDS = 300.0
+
+#: After this many consecutive transient failures in one batch the rest of the batch is not
+#: attempted: a relay that is down fails every message the same way, each after a timeout.
+MAX_CONSECUTIVE_TRANSIENT = 3
+
+_JOURNAL_GRACE_SECONDS = 86400
+
+
+def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
+    """Deliver the messages among ``message_ids`` that wait for an attempt; returns counts."""
+    from postwise.delivery.recovery import recover_stale
+
+    if not message_ids:
+        return {}
+    recover_stale(runtime, message_ids=message_ids)
+    services = services_for(runtime)
+    settings = runtime.settings
+    token = uuid.uuid4().hex
+    now = utcnow()
+    with runtime.engine.begin() as connection:
+        rows = claim(
+            connection,
+            message_ids,
+            token=token,
+            until=now + timedelta(seconds=settings.delivery_lease_seconds),
+            now=now,
+        )
+    if not rows:
+        return {"claimed": 0}
+    settlement = Settlement(
+        runtime, token=token, sending_domain=services.composer.sending_domain, now=now
+    )
+    journal = Journal(
+        runtime.redis, token, ttl=settings.delivery_lease_seconds + _JOURNAL_GRACE_SECONDS
+    )
+    attempt = _Attempt(runtime, services, settlement, journal)
+    try:
+        attempt.run(rows)
+    except Exception as exc:
+        # Record what is known: a message with the provider when it failed is in doubt, the
+        # rest failed transiently (so a failure that repeats ends in the dead letters instead
+        # of looping). If even this fails, the claim stays and recovery takes over.
+        log.exception("delivery of a batch of %d messages failed", len(rows))
+        attempt.abandon(rows, f"worker error: {type(exc).__name__}: {exc}")
+    counts: Counter[str] = settlement.commit()
+    journal.discard()
+    counts["claimed"] = len(rows)
+    return dict(counts)
+
+
+class _Attempt:
+    """One attempt at a claimed batch."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        services: DeliveryServices,
+        settlement: Settlement,
+        journal: Journal,
+    ) -> None:
+        self.runtime = runtime
+        self.services = services
+        self.settlement = settlement
+        self.journal = journal
+        self.composer = services.composer
+        self.hook = runtime.plugins.hook
+        self.in_flight: list[ClaimedRow] = []
+
+    def abandon(self, rows: list[ClaimedRow], reason: str) -> None:
+        """Settle every row not settled yet after the attempt failed with ``reason``."""
+        doubtful = {row.id for row in self.in_flight}
+        for row in rows:
+            if row.id in self.settlement.settled:
+                continue
+            if row.id in doubtful:
+                self.settlement.in_doubt(row)
+            else:
+                self.settlement.result(row, SendResult(row.id, Outcome.TRANSIENT, reason=reason))
+
+    def run(self, rows: list[ClaimedRow]) -> None:
+        contacts, segments, sendable = self._gate(rows)
+        pauses = Pauses.load(self.runtime.redis)
+        by_provider: dict[str, list[ClaimedRow]] = {}
+        for row in sendable:
+            by_provider.setdefault(row.provider, []).append(row)
+        for provider_name, group in by_provider.items():
+            unpaused = self._apply_pauses(group, contacts, pauses, provider_name)
+            granted = self._take_tokens(unpaused, provider_name)
+            if granted:
+                self._send(self.runtime.provider(provider_name), granted, contacts, segments)
+
+    def _gate(
+        self, rows: list[ClaimedRow]
+    ) -> tuple[dict[int, ContactData], dict[int, set[str]], list[ClaimedRow]]:
+        from postwise.contacts.segments import contacts_in_segment
+
+        settlement = self.settlement
+        with self.runtime.session() as session:
+            contacts = load_contacts(session, (r.contact_id for r in rows if r.contact_id))
+            ready: list[ClaimedRow] = []
+            for row in rows:
+                if row.contact_id is None or row.contact_id not in contacts:
+                    settlement.skipped(row, SkipReason.INVALID_CONTACT)
+                    continue
+                ready.append(row)
+            self.composer.prepare(session, ready)
+            sendable: list[ClaimedRow] = []
+            for marketing in (True, False):
+                part = [r for r in ready if self.composer.is_marketing(r) == marketing]
+                if not part:
+                    continue
+                recipients = [_recipient(contacts[r.contact_id]) for r in part if r.contact_id]
+                skips = self.services.gate.check(session, recipients, marketing=marketing)
+                for row in part:
+                    assert row.contact_id is not None
+                    reason = skips.get(row.contact_id)
+                    if reason is None:
+                        sendable.append(row)
+                    else:
+                        settlement.skipped(row, reason)
+            segments: dict[int, set[str]] = {}
+            ids = [r.contact_id for r in sendable if r.contact_id is not None]
+            for name in sorted(self.composer.segments_needed(sendable)):
+                try:
+                    members = contacts_in_segment(session, name, ids)
+                except NotFoundError:
+                    members = set()
+                for contact_id in members:
+                    segments.setdefault(contact_id, set()).add(name)
+        order = {row.id: i for i, row in enumerate(rows)}
+        sendable.sort(key=lambda r: order[r.id])
+        return contacts, segments, sendable
+
+    def _apply_pauses(
+        self,
+        rows: list[ClaimedRow],
+        contacts: dict[int, ContactData],
+        pauses: Pauses,
+        provider: str,
+    ) -> list[ClaimedRow]:
+        if not pauses:
+            return rows
+        whole = pauses.provider(provider) or pauses.sending_domain(self.composer.sending_domain)
+        delay = PAUSE_RECHECK_SECONDS * (1 + random.random() / 10)
+        if whole:
+            for row in rows:
+                self.settlement.deferred(row, delay, f"reputation pause: {whole}")
+            return []
+        kept: list[ClaimedRow] = []
+        for row in rows:
+            assert row.contact_id is not None
+            reason = pauses.recipient_domain(contacts[row.contact_id].email)
+            if reason:
+                self.settlement.deferred(row, delay, f"reputation pause: {reason}")
+            else:
+                kept.append(row)
+        return kept
+
+    def _take_tokens(self, rows: list[ClaimedRow], provider: str) -> list[ClaimedRow]:
+        bucket = self.services.bucket(provider)
+        if bucket is None or not rows:
+            return rows
+        grant = bucket.take(len(rows))
+        if grant.granted < len(rows):
+            # A little jitter keeps workers deferred at the same moment from all returning at once.
+            delay = grant.retry_after * (1 + random.random() / 10)
+            reason = f"rate limit of {provider} ({bucket.limit})"
+            for row in rows[grant.granted :]:
+                self.settlement.deferred(row, delay, reason)
+        return rows[: grant.granted]
+
+    def _send(
+        self,
+        provider: Provider,
+        rows: list[ClaimedRow],
+        contacts: dict[int, ContactData],
+        segments: dict[int, set[str]],
+    ) -> None:
+        chunk_size = self.runtime.settings.delivery_chunk_size
+        unflushed: list[SendResult] = []
+        consecutive_transient = 0
+        last_reason = ""
+        for start in range(0, len(rows), chunk_size):
+            chunk = rows[start : start + chunk_size]
+            if consecutive_transient >= MAX_CONSECUTIVE_TRANSIENT:
+                reason = (
+                    f"not attempted: {consecutive_transient} messages in a row failed "
+                    f"transiently at {provider.name} (last: {last_reason})"
+                )
+                for row in rows[start:]:
+                    self.settlement.result(
+                        row, SendResult(row.id, Outcome.TRANSIENT, reason=reason)
+                    )
+                break
+            outgoing = self._compose(chunk, contacts, segments)
+            if not outgoing:
+                continue
+            self.journal.write(unflushed, started=[m.message_id for _, m in outgoing])
+            self.in_flight = [row for row, _ in outgoing]
+            results = _send_batch(provider, [m for _, m in outgoing])
+            self.in_flight = []
+            unflushed = results
+            for (row, message), result in zip(outgoing, results, strict=True):
+                self.settlement.result(
+                    row, result, recipient_domain=email_domain(message.recipient)
+                )
+            for (_, message), result in zip(outgoing, results, strict=True):
+                self._after_send(message, result)
+                if result.outcome is Outcome.TRANSIENT:
+                    consecutive_transient += 1
+                    last_reason = result.reason
+                else:
+                    consecutive_transient = 0
+        self.journal.write(unflushed)
+
+    def _after_send(self, message: OutgoingMessage, result: SendResult) -> None:
+        try:
+            self.hook.postwise_after_send(message=message, result=result)
+        except Exception:
+            # The message is sent and recorded; an observer's failure must not change that.
+            log.exception("a postwise_after_send hook failed for message %s", message.message_id)
+
+    def _compose(
+        self,
+        chunk: list[ClaimedRow],
+        contacts: dict[int, ContactData],
+        segments: dict[int, set[str]],
+    ) -> list[tuple[ClaimedRow, OutgoingMessage]]:
+        outgoing: list[tuple[ClaimedRow, OutgoingMessage]] = []
+        for row in chunk:
+            assert row.contact_id is not None
+            try:
+                message = self.composer.compose(
+                    row, contacts[row.contact_id], segments=segments.get(row.contact_id, ())
+                )
+            except PostwiseError as exc:
+                self.settlement.failed(row, f"could not build the message: {exc}")
+                continue
+            verdicts = self.hook.postwise_before_send(message=message, contact_id=row.contact_id)
+            if any(verdict is False for verdict in verdicts):
+                self.settlement.skipped(row, SkipReason.VETOED)
+                continue
+            outgoing.append((row, message))
+        return outgoing
+
+
+def _recipient(contact: ContactData) -> Recipient:
+    return Recipient(contact.id, contact.email, contact.status, contact.country)
+
+
+def _send_batch(provider: Provider, messages: list[OutgoingMessage]) -> list[SendResult]:
+    """The provider's results, one per message in order, whatever the provider did."""
+    started = time.monotonic()
+    try:
+        results = provider.send_batch(messages)
+    except DeliveryError as exc:
+        return [SendResult(m.message_id, Outcome.TRANSIENT, reason=str(exc)) for m in messages]
+    by_id = {r.message_id: r for r in results}
+    if len(results) != len(messages) or len(by_id) != len(messages):
+        log.error(
+            "provider %s returned %d results for %d messages (after %.1fs); messages without "
+            "a result are retried",
+            provider.name,
+            len(results),
+            len(messages),
+            time.monotonic() - started,
+        )
+    return [
+        by_id.get(m.message_id)
+        or SendResult(m.message_id, Outcome.TRANSIENT, reason="the provider returned no result")
+        for m in messages
+    ]

@@ -1,0 +1,101 @@
+"""The attempt journal: what one delivery attempt has handed to its provider, message by message.
+
+The ledger is updated once per batch (one executemany), but a worker can die at any moment in
+between. So before each provider call the attempt marks the messages it is about to hand over
+(``started``), and after the call it writes each outcome, both to one Redis hash per attempt,
+in a single pipelined round trip per call. When a claim expires, recovery reads the dead
+attempt's journal:
+
+* an outcome → it is recorded as if the attempt had finished;
+* ``started`` without an outcome → the message is *in doubt*: the provider may or may not have
+  accepted it. SMTP cannot tell (RFC 1047), so it is dead-lettered, never sent again: a lost
+  message is recorded with its reason, a duplicate could not be taken back;
+* nothing → it was never handed over and is sent normally.
+
+With ``delivery_chunk_size = 1`` (the default) at most one message per crashed attempt is in
+doubt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from postwise.delivery.provider import Outcome, SendResult
+
+__all__ = ["KEY_PREFIX", "STARTED", "Journal", "JournalEntry", "read_journal"]
+
+KEY_PREFIX = "postwise:delivery:journal:"
+STARTED = b"S"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """What the journal says about one message: ``result`` is None while it is in doubt."""
+
+    message_id: str
+    result: SendResult | None
+
+
+class Journal:
+    """The journal of one attempt (token); kept ``ttl`` seconds after its last write."""
+
+    def __init__(self, client: redis.Redis, token: str, *, ttl: int) -> None:
+        self.client = client
+        self.key = KEY_PREFIX + token
+        self.ttl = ttl
+
+    def write(self, results: Sequence[SendResult] = (), *, started: Iterable[str] = ()) -> None:
+        """Record ``results`` and mark ``started`` ids as handed over, in one round trip."""
+        mapping: dict[str, bytes] = {r.message_id: _encode(r) for r in results}
+        mapping.update((message_id, STARTED) for message_id in started)
+        if not mapping:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key, mapping=mapping)  # type: ignore[arg-type]
+        pipe.expire(self.key, self.ttl)
+        pipe.execute()
+
+    def discard(self) -> None:
+        """Forget the journal once the ledger holds every outcome."""
+        self.client.delete(self.key)
+
+
+def read_journal(client: redis.Redis, token: str) -> dict[str, JournalEntry]:
+    """Everything the attempt ``token`` journaled, by message id."""
+    raw: Mapping[bytes, bytes] = client.hgetall(KEY_PREFIX + token)  # type: ignore[assignment]
+    entries: dict[str, JournalEntry] = {}
+    for key, value in raw.items():
+        message_id = key.decode()
+        entries[message_id] = JournalEntry(
+            message_id, None if value == STARTED else _decode(message_id, value)
+        )
+    return entries
+
+
+def _encode(result: SendResult) -> bytes:
+    return json.dumps(
+        {
+            "o": result.outcome.value,
+            "c": result.code,
+            "s": result.status,
+            "r": result.reason[:500],
+            "p": result.provider_message_id,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _decode(message_id: str, value: bytes) -> SendResult:
+    data = json.loads(value)
+    return SendResult(
+        message_id=message_id,
+        outcome=Outcome(data["o"]),
+        code=data.get("c"),
+        status=data.get("s"),
+        reason=data.get("r") or "",
+        provider_message_id=data.get("p"),
+    )

@@ -1,0 +1,212 @@
+"""Recording what happened to each message of an attempt: ledger, events, retries.
+
+A :class:`Settlement` collects the outcome of every message of one attempt and commits them in
+an order that survives a crash at any point:
+
+1. events go on the stream first (pipelined ``XADD``, ``MAXLEN ~``), with deterministic ids
+   (``sent:<message id>``...), so writing them twice after a crash is harmless: consumers are
+   idempotent by event id;
+2. the ledger rows are updated in one transaction, each only while the attempt's claim holds;
+3. retries and deferrals are enqueued for their time. Rows going back to waiting carry a due-by
+   time, so a crash before this step leaves them to the sweeper rather than losing them.
+
+Outcomes: accepted → ``accepted`` and a ``sent`` event; permanent → ``bounced`` and a ``bounce``
+event for the compliance consumer; transient → ``retrying`` with exponential backoff, or after
+``max_attempts`` ``dead`` with a ``dead_letter`` event.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from postwise.db.models import MessageStatus, utcnow
+from postwise.delivery.gate import SkipReason
+from postwise.delivery.ledger import ClaimedRow, RowUpdate, apply_updates, pending_status
+from postwise.delivery.provider import Outcome, SendResult
+from postwise.delivery.retry import backoff_seconds, is_exhausted
+from postwise.events import EVENT_STREAM, EventEnvelope, encode_event
+
+if TYPE_CHECKING:
+    from postwise.runtime import Runtime
+
+__all__ = ["IN_DOUBT_REASON", "Settlement"]
+
+log = logging.getLogger(__name__)
+
+IN_DOUBT_REASON = (
+    "in doubt: the worker stopped while the provider had this message, so it may have been "
+    "accepted; not sent again to avoid a duplicate"
+)
+
+
+class Settlement:
+    """The outcomes of one attempt (``token``), committed together."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        token: str,
+        sending_domain: str | None = None,
+        now: datetime | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.token = token
+        self.sending_domain = sending_domain
+        self.now = now or utcnow()
+        self.rng = rng or random.Random()
+        self.updates: list[RowUpdate] = []
+        self.events: list[EventEnvelope] = []
+        #: (provider, delay in seconds) → message ids to enqueue again after that delay.
+        self.later: dict[tuple[str, float], list[str]] = {}
+        self._retry_delays: dict[int, float] = {}
+        self.counts: Counter[str] = Counter()
+
+    def result(
+        self, row: ClaimedRow, result: SendResult, *, recipient_domain: str | None = None
+    ) -> None:
+        """Record the provider's outcome for ``row``'s message."""
+        attempts = row.attempts + 1
+        common: dict[str, Any] = {
+            "attempts": attempts,
+            "last_code": result.code,
+            "last_status": result.status,
+        }
+        if result.outcome is Outcome.ACCEPTED:
+            self._update(
+                row,
+                MessageStatus.ACCEPTED,
+                provider_message_id=result.provider_message_id,
+                sent_at=self.now,
+                **common,
+            )
+            self._event(
+                "sent",
+                row,
+                smtp_code=result.code,
+                recipient_domain=recipient_domain,
+                sending_domain=self.sending_domain,
+                template_id=row.template_id,
+                template_version=row.template_version,
+            )
+        elif result.outcome is Outcome.PERMANENT:
+            self._update(row, MessageStatus.BOUNCED, last_error=result.reason, **common)
+            self._event(
+                "bounce",
+                row,
+                smtp_code=result.code,
+                status=result.status,
+                diagnostic=result.reason,
+                recipient_domain=recipient_domain,
+                sending_domain=self.sending_domain,
+            )
+        elif is_exhausted(attempts, self.settings):
+            self._dead(row, f"gave up after {attempts} attempts: {result.reason}", **common)
+        else:
+            delay = self._retry_delay(attempts)
+            self._update(
+                row,
+                MessageStatus.RETRYING,
+                last_error=result.reason,
+                due_by=self._due_by(delay),
+                **common,
+            )
+            self.later.setdefault((row.provider, delay), []).append(row.id)
+
+    def skipped(self, row: ClaimedRow, reason: SkipReason | str) -> None:
+        """``row`` must not be sent (the gate said no, or a plugin vetoed it)."""
+        self._update(row, MessageStatus.SKIPPED, attempts=row.attempts, last_error=str(reason))
+        self.counts[f"skipped:{reason}"] += 1
+
+    def failed(self, row: ClaimedRow, reason: str) -> None:
+        """``row`` cannot be built (a template or address error); retrying would not help."""
+        self._dead(row, reason, attempts=row.attempts)
+
+    def in_doubt(self, row: ClaimedRow) -> None:
+        """``row`` was with the provider when its attempt died; see :mod:`journal`."""
+        self._dead(row, IN_DOUBT_REASON, attempts=row.attempts + 1)
+
+    def deferred(self, row: ClaimedRow, delay: float, reason: str) -> None:
+        """Put ``row`` back to wait ``delay`` seconds (rate limit, reputation pause, recovery)."""
+        delay = round(max(0.0, delay), 3)
+        self._update(
+            row,
+            pending_status(row.attempts),
+            attempts=row.attempts,
+            last_error=reason,
+            due_by=self._due_by(delay),
+            count_as="deferred",
+        )
+        self.later.setdefault((row.provider, delay), []).append(row.id)
+
+    def commit(self) -> Counter[str]:
+        """Write events, then the ledger, then enqueue what must run again; returns counts."""
+        if self.events:
+            maxlen = self.settings.event_stream_maxlen
+            pipe = self.runtime.redis.pipeline(transaction=False)
+            for event in self.events:
+                pipe.xadd(EVENT_STREAM, encode_event(event), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.execute()
+        if self.updates:
+            with self.runtime.engine.begin() as connection:
+                apply_updates(connection, self.token, self.updates, now=self.now)
+        if self.later:
+            from postwise.delivery.jobs import enqueue_later
+
+            for (provider, delay), ids in self.later.items():
+                enqueue_later(self.runtime, provider, ids, delay)
+        return self.counts
+
+    def _dead(self, row: ClaimedRow, reason: str, **fields: Any) -> None:
+        self._update(row, MessageStatus.DEAD, last_error=reason, **fields)
+        self._event("dead_letter", row, reason=reason[:500], attempts=fields.get("attempts"))
+
+    def _retry_delay(self, attempts: int) -> float:
+        # One draw per attempt number and settlement: a batch's retries travel as one job.
+        delay = self._retry_delays.get(attempts)
+        if delay is None:
+            delay = round(backoff_seconds(attempts, self.settings, rng=self.rng), 3)
+            self._retry_delays[attempts] = delay
+        return delay
+
+    def _due_by(self, delay: float) -> datetime:
+        return self.now + timedelta(seconds=delay + self.settings.delivery_lease_seconds)
+
+    @property
+    def settled(self) -> set[str]:
+        """Ids of the messages whose outcome is recorded."""
+        return {update.id for update in self.updates}
+
+    def _update(
+        self, row: ClaimedRow, status: str, *, count_as: str | None = None, **fields: Any
+    ) -> None:
+        self.updates.append(RowUpdate(id=row.id, status=str(status), **fields))
+        if count_as is not None:
+            self.counts[count_as] += 1
+        elif status != MessageStatus.SKIPPED:
+            self.counts[str(status)] += 1
+
+    def _event(self, kind: str, row: ClaimedRow, **properties: Any) -> None:
+        props: Mapping[str, Any] = {k: v for k, v in properties.items() if v is not None}
+        self.events.append(
+            EventEnvelope(
+                event_id=f"{kind}:{row.id}",
+                type=kind,
+                occurred_at=self.now,
+                contact_id=row.contact_id,
+                message_id=row.id,
+                campaign_id=row.campaign_id,
+                trigger_id=row.trigger_id,
+                experiment_id=row.experiment_id,
+                variant=row.variant,
+                provider=row.provider,
+                properties=props,
+            )
+        )

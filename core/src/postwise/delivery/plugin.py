@@ -1,0 +1,48 @@
+"""The built-in delivery plugin: the SMTP provider and the templates, campaigns and sends API.
+
+Registered through the same hooks as any third-party plugin; imports stay inside the hooks so
+loading plugins costs nothing until a component is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from postwise import hookimpl
+
+if TYPE_CHECKING:
+    from postwise.delivery.smtp import SmtpProvider
+    from postwise.settings import Settings
+
+
+def smtp_provider(settings: Settings, options: Mapping[str, Any]) -> SmtpProvider:
+    """Build the SMTP provider from the ``smtp_*`` settings (``provider_options.smtp`` wins)."""
+    from postwise.delivery.smtp import SmtpProvider
+
+    username = options.get("username", settings.smtp_username) or None
+    password = options.get("password", settings.smtp_password.get_secret_value()) or None
+    return SmtpProvider(
+        str(options.get("host", settings.smtp_host)),
+        int(options.get("port", settings.smtp_port)),
+        username=username if password else None,
+        password=password if username else None,
+        starttls=options.get("starttls", settings.smtp_starttls),
+        implicit_tls=bool(options.get("implicit_tls", settings.smtp_implicit_tls)),
+        pool_size=int(options.get("pool_size", settings.smtp_pool_size)),
+        timeout=float(options.get("timeout", settings.smtp_timeout)),
+    )
+
+
+@hookimpl
+def postwise_register_providers(register: Any) -> None:
+    register("smtp", smtp_provider)
+
+
+@hookimpl
+def postwise_register_routes(register: Any) -> None:
+    from postwise.delivery.api import CampaignsController, SendsController, TemplatesController
+
+    register("templates-api", TemplatesController)
+    register("campaigns-api", CampaignsController)
+    register("sends-api", SendsController)

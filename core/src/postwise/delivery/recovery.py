@@ -1,0 +1,118 @@
+"""Recovering from crashed attempts and lost jobs: the ledger is the truth, the queue a hint.
+
+Two situations leave messages that no job will deliver:
+
+* a worker died mid-batch (killed, out of memory, machine lost): its rows stay ``sending``
+  under a claim that expires after ``delivery_lease_seconds``. :func:`recover_stale` settles
+  them from the attempt's journal (see :mod:`postwise.delivery.journal`) and re-enqueues the
+  ones never handed to the provider;
+* a process died between writing ledger rows and enqueueing their job, or a scheduled job was
+  lost: waiting rows whose due-by time has passed are re-enqueued by :func:`requeue_overdue`.
+
+Both are idempotent and safe to run from every worker at once (each ledger write is conditional
+on the claim it settles); :func:`sweep` runs both under a Redis lock so usually only one
+process does the work. Workers sweep when they start and then periodically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from postwise.db.models import utcnow
+from postwise.delivery.jobs import enqueue_batches
+from postwise.delivery.journal import KEY_PREFIX as JOURNAL_PREFIX
+from postwise.delivery.journal import read_journal
+from postwise.delivery.ledger import overdue_rows, postpone, stale_claims
+from postwise.delivery.outcomes import Settlement
+
+if TYPE_CHECKING:
+    from postwise.runtime import Runtime
+
+__all__ = ["SweepReport", "recover_stale", "requeue_overdue", "sweep"]
+
+log = logging.getLogger(__name__)
+
+_LOCK_KEY = "postwise:delivery:sweep-lock"
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What a sweep did."""
+
+    recovered: int = 0
+    in_doubt: int = 0
+    requeued: int = 0
+
+
+def recover_stale(
+    runtime: Runtime,
+    *,
+    message_ids: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> SweepReport:
+    """Settle rows whose attempt died (claim expired), from that attempt's journal."""
+    now = now or utcnow()
+    with runtime.engine.connect() as connection:
+        grouped = stale_claims(connection, now=now, message_ids=message_ids)
+    recovered = in_doubt = 0
+    for token, rows in grouped.items():
+        journal = read_journal(runtime.redis, token) if token else {}
+        settlement = Settlement(runtime, token=token, now=now)
+        for row in rows:
+            entry = journal.get(row.id)
+            if entry is None:
+                settlement.deferred(row, 0.0, "recovered after its worker stopped")
+            elif entry.result is None:
+                settlement.in_doubt(row)
+                in_doubt += 1
+            else:
+                settlement.result(row, entry.result)
+        settlement.commit()
+        if token:
+            runtime.redis.delete(JOURNAL_PREFIX + token)
+        recovered += len(rows)
+        log.warning(
+            "recovered %d messages of a stopped delivery attempt (%d in doubt, dead-lettered)",
+            len(rows),
+            sum(1 for r in rows if (e := journal.get(r.id)) is not None and e.result is None),
+        )
+    return SweepReport(recovered=recovered, in_doubt=in_doubt)
+
+
+def requeue_overdue(runtime: Runtime, *, now: datetime | None = None) -> int:
+    """Enqueue again waiting rows whose job should have picked them up by now."""
+    now = now or utcnow()
+    with runtime.engine.connect() as connection:
+        rows = overdue_rows(connection, now=now)
+    if not rows:
+        return 0
+    by_provider: dict[str, list[str]] = {}
+    for message_id, provider in rows:
+        by_provider.setdefault(provider, []).append(message_id)
+    size = runtime.settings.batch_size
+    lease = timedelta(seconds=runtime.settings.delivery_lease_seconds)
+    for provider, ids in by_provider.items():
+        enqueue_batches(runtime, provider, [ids[i : i + size] for i in range(0, len(ids), size)])
+        with runtime.engine.begin() as connection:
+            # Once per lease at most: a job that is merely late must not be duplicated forever.
+            postpone(connection, ids, due_by=now + lease, now=now)
+    log.warning("re-enqueued %d messages whose job was overdue", len(rows))
+    return len(rows)
+
+
+def sweep(runtime: Runtime, *, now: datetime | None = None) -> SweepReport:
+    """Recover stale claims and overdue rows, unless another process is sweeping right now."""
+    lease = runtime.settings.delivery_lease_seconds
+    lock = runtime.redis.set(_LOCK_KEY, "1", nx=True, ex=max(5, lease // 2))
+    if not lock:
+        return SweepReport()
+    try:
+        report = recover_stale(runtime, now=now)
+        requeued = requeue_overdue(runtime, now=now)
+    finally:
+        runtime.redis.delete(_LOCK_KEY)
+    return SweepReport(report.recovered, report.in_doubt, requeued)

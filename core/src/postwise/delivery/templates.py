@@ -1,0 +1,223 @@
+"""Templates as stored: a named template with immutable, validated versions.
+
+A version is checked when it is saved, never at send time: Jinja syntax (with line numbers),
+unknown variables, filters and tests, unsafe attribute access, and for marketing templates the
+CAN-SPAM rules (a postal address and a working unsubscribe link). A template may use the contact
+fields, the names :mod:`postwise.content` reserves (``contact``, ``segments``,
+``recommendations``, ``unsubscribe_url``), ``postal_address``, and the ``variables`` declared
+when saving (contact attributes and send-request context values such as ``order_id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from postwise.content import TemplateCache, TemplateSource, assert_valid_template
+from postwise.content.recommendations import RecommenderFn
+from postwise.content.templates import TemplateKind
+from postwise.db.models import Template, TemplateVersion
+from postwise.delivery.compose import CONTACT_FIELDS, no_recommendations
+from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.settings import Settings
+
+__all__ = [
+    "add_version",
+    "check_template",
+    "create_template",
+    "get_template",
+    "get_version",
+    "known_variables",
+    "preview",
+    "template_dict",
+]
+
+_NAME_LIMIT = 200
+_VARIABLE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def known_variables(variables: Iterable[str] = ()) -> set[str]:
+    """Names a template may use: contact fields, ``postal_address`` and declared ``variables``."""
+    names = set(CONTACT_FIELDS) | {"postal_address"}
+    for name in variables:
+        if not name or not set(name) <= _VARIABLE_CHARS or name[0].isdigit():
+            raise ValidationError(
+                f"{name!r} is not a variable name (letters, digits, underscores)",
+                field="variables",
+            )
+        names.add(name)
+    return names
+
+
+def check_template(
+    settings: Settings,
+    *,
+    subject: str,
+    html: str,
+    text: str | None,
+    kind: str,
+    variables: Iterable[str] = (),
+) -> None:
+    """Raise TemplateError (or ComplianceError for CAN-SPAM) unless the template may be saved."""
+    try:
+        TemplateKind(kind)
+    except ValueError:
+        raise ValidationError(
+            f"kind {kind!r} is unknown; use 'marketing' or 'transactional'", field="kind"
+        ) from None
+    assert_valid_template(
+        subject, html, text, known_variables=known_variables(variables), kind=kind
+    )
+    if kind == TemplateKind.MARKETING:
+        from postwise.compliance.canspam import require_marketing_template
+
+        require_marketing_template(html, text, postal_address=settings.postal_address)
+
+
+def create_template(
+    session: Session,
+    settings: Settings,
+    *,
+    name: str,
+    subject: str,
+    html: str,
+    text: str | None = None,
+    kind: str = TemplateKind.MARKETING.value,
+    variables: Iterable[str] = (),
+) -> Template:
+    """Create template ``name`` with its first version (validated)."""
+    name = name.strip()
+    if not name or len(name) > _NAME_LIMIT:
+        raise ValidationError(f"must be 1-{_NAME_LIMIT} characters", field="name")
+    if session.exec(select(Template).where(Template.name == name)).first() is not None:
+        raise ConflictError(f"a template called {name!r} exists; add a version to it instead")
+    check_template(settings, subject=subject, html=html, text=text, kind=kind, variables=variables)
+    template = Template(name=name, kind=kind, current_version=1)
+    session.add(template)
+    session.flush()
+    assert template.id is not None
+    session.add(
+        TemplateVersion(template_id=template.id, version=1, subject=subject, html=html, text=text)
+    )
+    session.flush()
+    return template
+
+
+def add_version(
+    session: Session,
+    settings: Settings,
+    template_id: int,
+    *,
+    subject: str,
+    html: str,
+    text: str | None = None,
+    variables: Iterable[str] = (),
+) -> TemplateVersion:
+    """Save a new version of a template and make it current (campaigns pin their version)."""
+    template = get_template(session, template_id)
+    check_template(
+        settings, subject=subject, html=html, text=text, kind=template.kind, variables=variables
+    )
+    latest = session.execute(
+        sa.select(sa.func.max(col(TemplateVersion.version))).where(
+            col(TemplateVersion.template_id) == template_id
+        )
+    ).scalar_one()
+    version = TemplateVersion(
+        template_id=template_id,
+        version=int(latest or 0) + 1,
+        subject=subject,
+        html=html,
+        text=text,
+    )
+    session.add(version)
+    template.current_version = version.version
+    session.add(template)
+    session.flush()
+    return version
+
+
+def get_template(session: Session, template_id_or_name: int | str) -> Template:
+    """The template with this id or name."""
+    if isinstance(template_id_or_name, int) or str(template_id_or_name).isdigit():
+        template = session.get(Template, int(template_id_or_name))
+    else:
+        template = session.exec(
+            select(Template).where(Template.name == template_id_or_name)
+        ).first()
+    if template is None:
+        raise NotFoundError(f"no template {template_id_or_name!r}")
+    return template
+
+
+def get_version(session: Session, template_id: int, version: int | None = None) -> TemplateVersion:
+    """A version of a template (the current one when ``version`` is None)."""
+    template = get_template(session, template_id)
+    number = template.current_version if version is None else version
+    found = session.exec(
+        select(TemplateVersion).where(
+            TemplateVersion.template_id == template_id, TemplateVersion.version == number
+        )
+    ).first()
+    if found is None:
+        raise NotFoundError(f"template {template_id} has no version {number}")
+    return found
+
+
+def template_dict(template: Template, version: TemplateVersion | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": template.id,
+        "name": template.name,
+        "kind": template.kind,
+        "current_version": template.current_version,
+        "created_at": template.created_at.isoformat() if template.created_at else None,
+    }
+    if version is not None:
+        data["version"] = {
+            "version": version.version,
+            "subject": version.subject,
+            "html": version.html,
+            "text": version.text,
+            "created_at": version.created_at.isoformat() if version.created_at else None,
+        }
+    return data
+
+
+def preview(
+    session: Session,
+    settings: Settings,
+    template_id: int,
+    *,
+    fields: Mapping[str, Any],
+    version: int | None = None,
+    segments: Iterable[str] = (),
+    recommender: RecommenderFn | None = None,
+) -> dict[str, str]:
+    """Render a version for ``fields`` (a contact's or made-up values), without tracking."""
+
+    template = get_template(session, template_id)
+    stored = get_version(session, template_id, version)
+    source = TemplateSource(
+        id=template_id,
+        version=stored.version,
+        subject=stored.subject,
+        html=stored.html,
+        text=stored.text,
+        kind=template.kind,
+    )
+    merged = {"postal_address": settings.postal_address, "id": 0, **fields}
+    content = (
+        TemplateCache(max_entries=1)
+        .get(source)
+        .render(
+            merged,
+            message_id="preview",
+            segments=segments,
+            recommender=recommender or no_recommendations,
+            unsubscribe_url=f"{settings.base_url}/u/preview",
+        )
+    )
+    return {"subject": content.subject, "html": content.html, "text": content.text}
