@@ -20,7 +20,7 @@ import hmac
 import json
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from postwise.errors import ConfigurationError, PostwiseError
@@ -43,6 +43,10 @@ _VERSION = 1
 _HEADER = struct.Struct(">BI")  # version, expiry as unsigned seconds since the epoch
 _MAC_BYTES = 16
 _MAX_EXPIRY = 2**32 - 1
+# ASCII-only JSON: any string, even one with a lone surrogate, encodes to bytes.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# The string encoder _ENCODER itself uses, so sign() and click_token() produce the same JSON.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 class Purpose(enum.StrEnum):
@@ -54,7 +58,7 @@ class Purpose(enum.StrEnum):
     CONFIRM_CONSENT = "confirm-consent"
 
 
-class InvalidToken(PostwiseError):  # noqa: N818 - the name the rest of postwise uses
+class InvalidToken(PostwiseError):
     """A token was tampered with, signed for another purpose or key, malformed or expired."""
 
 
@@ -88,19 +92,34 @@ def sign(
     Returns a URL-safe token (``[A-Za-z0-9_-]``) that :func:`verify` accepts until it expires.
     """
     _check_key(key)
+    return _seal(purpose, _ENCODER.encode(payload), key=key, expiry=_expiry(ttl, now))
+
+
+def click_token(
+    message_id: str, url: str, *, key: bytes, ttl: float, now: float | None = None
+) -> str:
+    """A click token binding ``message_id`` and the target ``url``: payload ``{"m", "u"}``.
+
+    Same format as :func:`sign`, built without the generic JSON encoder because rendering
+    signs one per link of every message.
+    """
+    _check_key(key)
+    body = f'{{"m":{_json_string(message_id)},"u":{_json_string(url)}}}'
+    return _seal(Purpose.CLICK, body, key=key, expiry=_expiry(ttl, now))
+
+
+def _expiry(ttl: float, now: float | None) -> int:
     if ttl <= 0:
         raise ConfigurationError(f"token ttl must be positive, got {ttl!r} seconds")
     expiry = int((time.time() if now is None else now) + ttl)
     if expiry > _MAX_EXPIRY:
         raise ConfigurationError(f"token ttl {ttl!r} seconds reaches past the year 2106")
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    signed = _HEADER.pack(_VERSION, expiry) + body
+    return expiry
+
+
+def _seal(purpose: str, body: str, *, key: bytes, expiry: int) -> str:
+    signed = _HEADER.pack(_VERSION, expiry) + body.encode("ascii")
     return base64.urlsafe_b64encode(signed + _mac(key, purpose, signed)).rstrip(b"=").decode()
-
-
-def click_token(message_id: str, url: str, *, key: bytes, ttl: float) -> str:
-    """A click token binding ``message_id`` and the target ``url`` (payload ``{"m", "u"}``)."""
-    return sign(Purpose.CLICK, {"m": message_id, "u": url}, key=key, ttl=ttl)
 
 
 def verify(
@@ -122,7 +141,9 @@ def verify(
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidToken("token is not valid base64url; the link was truncated or altered") from exc
+        raise InvalidToken(
+            "token is not valid base64url; the link was truncated or altered"
+        ) from exc
     if len(raw) < _HEADER.size + _MAC_BYTES:
         raise InvalidToken("token is too short; the link was truncated or altered")
     signed, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
