@@ -34,6 +34,7 @@ CSV_COLUMNS = frozenset(
 )
 _FIELDS = ("first_name", "last_name", "timezone", "country", "status")
 CHUNK = 1000
+CONTACTS: sa.Table = Contact.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +221,14 @@ def import_contacts(
 
 def _write_chunk(session: Session, chunk: Sequence[ContactData], report: ImportReport) -> None:
     emails = [d.email for d in chunk]
+    # Plain rows, not ORM objects: a 100,000-row import must not fill the session's identity map.
     existing = {
-        c.email: c
-        for c in session.execute(sa.select(Contact).where(col(Contact.email).in_(emails))).scalars()
+        row.email: row
+        for row in session.execute(
+            sa.select(
+                *(CONTACTS.c[name] for name in ("id", "email", "attributes", *_FIELDS))
+            ).where(CONTACTS.c.email.in_(emails))
+        )
     }
     now = utcnow()
     inserts: list[dict[str, Any]] = []
@@ -259,7 +265,7 @@ def _write_chunk(session: Session, chunk: Sequence[ContactData], report: ImportR
     ids: dict[str, int] = {email: c.id for email, c in existing.items() if c.id is not None}
     if inserts:
         result = session.execute(
-            sa.insert(Contact).returning(col(Contact.id), col(Contact.email)), inserts
+            sa.insert(CONTACTS).returning(CONTACTS.c.id, CONTACTS.c.email), inserts
         )
         ids.update({email: cid for cid, email in result})
         report.created += len(inserts)
@@ -267,9 +273,9 @@ def _write_chunk(session: Session, chunk: Sequence[ContactData], report: ImportR
         # Updates differ in their columns, so each is its own statement; re-imports are rare
         # and small next to first imports.
         values = {k: v for k, v in update.items() if k != "b_id"}
-        session.execute(sa.update(Contact).where(col(Contact.id) == update["b_id"]).values(values))
+        session.execute(sa.update(CONTACTS).where(CONTACTS.c.id == update["b_id"]).values(values))
     report.updated += len(updates)
-    existed = {c.id for c in existing.values()}
+    existed = {row.id for row in existing.values()}
     _write_tags(session, chunk, ids, report, existed - {u["b_id"] for u in updates})
 
 

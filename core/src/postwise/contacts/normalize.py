@@ -36,10 +36,13 @@ def normalize_email(value: str) -> str:
         or ".." in local
     ):
         raise ValidationError(f"{value!r} has an invalid local part", field="email")
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        raise ValidationError(f"{value!r} has an invalid domain", field="email") from None
+    if domain.isascii():
+        ascii_domain = domain.lower()
+    else:
+        try:
+            ascii_domain = domain.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            raise ValidationError(f"{value!r} has an invalid domain", field="email") from None
     labels = ascii_domain.rstrip(".").split(".")
     if len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels):
         raise ValidationError(f"{value!r} has an invalid domain", field="email")
