@@ -1,0 +1,130 @@
+"""``postwise campaigns``: create campaigns, send them and follow their progress."""
+
+from __future__ import annotations
+
+import click
+
+from postwise.cli.common import emit_json, get_runtime
+
+
+@click.group()
+def campaigns() -> None:
+    """Campaigns: a template sent to a segment (or every active contact)."""
+
+
+@campaigns.command()
+@click.argument("name")
+@click.option("--template", required=True, help="Template id or name.")
+@click.option("--version", "template_version", type=int, default=None)
+@click.option("--segment", default=None, help="Segment id or name (default: active contacts).")
+@click.option("--provider", default=None)
+@click.option("--experiment", "experiment_id", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def create(
+    ctx: click.Context,
+    *,
+    name: str,
+    template: str,
+    template_version: int | None,
+    segment: str | None,
+    provider: str | None,
+    experiment_id: int | None,
+    as_json: bool,
+) -> None:
+    """Create a draft campaign NAME."""
+    from postwise.delivery.campaigns import campaign_status, create_campaign
+
+    runtime = get_runtime(ctx)
+    runtime.migrate()
+    with runtime.session() as session:
+        campaign = create_campaign(
+            session,
+            name=name,
+            template=template,
+            template_version=template_version,
+            segment=segment,
+            provider=provider,
+            experiment_id=experiment_id,
+        )
+        assert campaign.id is not None
+        data = campaign_status(session, campaign.id)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"campaign {data['id']} {data['name']!r} created (draft)")
+
+
+@campaigns.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """List campaigns, newest first."""
+    from postwise.delivery.campaigns import list_campaigns
+
+    runtime = get_runtime(ctx)
+    with runtime.session() as session:
+        rows = [{"id": c.id, "name": c.name, "status": c.status} for c in list_campaigns(session)]
+    if as_json:
+        emit_json({"campaigns": rows})
+        return
+    for row in rows:
+        click.echo(f"{row['id']:>5}  {row['status']:<10} {row['name']}")
+
+
+@campaigns.command()
+@click.argument("campaign_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, campaign_id: int, as_json: bool) -> None:
+    """Where CAMPAIGN_ID stands: dispatch counters and messages by status."""
+    from postwise.delivery.campaigns import campaign_status
+
+    runtime = get_runtime(ctx)
+    with runtime.session() as session:
+        data = campaign_status(session, campaign_id)
+    if as_json:
+        emit_json(data)
+        return
+    dispatch = data["dispatch"]
+    click.echo(f"campaign {data['id']} {data['name']!r}: {data['status']}")
+    click.echo(
+        f"  audience {dispatch['audience']}, queued {dispatch['queued']}, "
+        f"skipped {sum(dispatch['skipped'].values())} {dispatch['skipped'] or ''}"
+    )
+    click.echo("  messages " + ", ".join(f"{k} {v}" for k, v in sorted(data["messages"].items())))
+
+
+@campaigns.command()
+@click.argument("campaign_id", type=int)
+@click.option(
+    "--drain/--no-drain",
+    default=None,
+    help="Deliver in this process after dispatching (default: only with the embedded Redis, "
+    "where no separate worker can run).",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def send(ctx: click.Context, campaign_id: int, drain: bool | None, as_json: bool) -> None:
+    """Dispatch CAMPAIGN_ID: gate its audience and queue its batches for the workers."""
+    from postwise.delivery.atomic import supports_lua
+    from postwise.delivery.campaigns import campaign_status
+    from postwise.delivery.dispatch import dispatch_campaign
+    from postwise.delivery.worker import drain as drain_queues
+
+    runtime = get_runtime(ctx)
+    report = dispatch_campaign(runtime, campaign_id)
+    if drain is None:
+        drain = not supports_lua(runtime.redis)
+    if drain:
+        drain_queues(runtime)
+    with runtime.session() as session:
+        data = campaign_status(session, campaign_id)
+    if as_json:
+        emit_json({"dispatch": report.to_dict(), "status": data})
+        return
+    click.echo(
+        f"campaign {campaign_id}: {report.queued} queued in {report.batches} batches, "
+        f"{sum(report.skipped.values())} skipped {dict(report.skipped) or ''}"
+    )
+    click.echo("  messages " + ", ".join(f"{k} {v}" for k, v in sorted(data["messages"].items())))
