@@ -282,6 +282,33 @@ def test_the_cache_compiles_each_version_once() -> None:
     assert len(cache) == 2
 
 
+def test_css_is_inlined_once_per_version_not_per_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import premailer
+
+    calls: list[int] = []
+    real_transform = premailer.Premailer.transform
+
+    def counted(self: premailer.Premailer, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real_transform(self, *args, **kwargs)
+
+    monkeypatch.setattr(premailer.Premailer, "transform", counted)
+    cache = TemplateCache()
+    src = source("<style>p { color: #123456 }</style><p>{{ first_name }}</p>" + FOOTER)
+
+    outputs = [
+        cache.get(src).render(
+            {"id": i, "first_name": f"n{i}"}, message_id=f"m{i}", unsubscribe_url=UNSUB
+        )
+        for i in range(50)
+    ]
+
+    assert len(calls) == 1
+    assert all(f'<p style="color:#123456">n{i}</p>' in out.html for i, out in enumerate(outputs))
+
+
 def test_changing_a_version_in_place_is_a_conflict() -> None:
     cache = TemplateCache()
     cache.get(source("<p>one</p>" + FOOTER))

@@ -3,15 +3,18 @@
 ``render_benchmark`` compiles a typical marketing template (30 paragraphs, a style sheet, ten
 tracked links of which four come from a recommendation block, a segment condition, an
 unsubscribe link) once, then times each step for ``n`` messages to different contacts and
-reports medians in microseconds. ``postwise bench`` shows the result.
+reports medians in microseconds. ``postwise bench render`` prints the result.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Mapping
 from typing import Any
+
+import click
 
 from postwise.content.links import AssetConfig, TrackingConfig
 from postwise.content.render import TemplateCache
@@ -19,7 +22,7 @@ from postwise.content.templates import TemplateSource
 from postwise.delivery.dkim import DkimSigner, generate_key
 from postwise.delivery.message import Mailbox, build_message
 
-__all__ = ["benchmark_template", "render_benchmark"]
+__all__ = ["bench_render", "benchmark_template", "render_benchmark"]
 
 # A small catalogue with sales counts; the benchmark's recommender returns bestsellers.
 _CATALOGUE: list[dict[str, Any]] = [
@@ -146,14 +149,26 @@ def render_benchmark(n: int = 2000) -> dict[str, float]:
         timings["ed"].append(t4 - t3)
         timings["total"].append(t3 - t0)
         size = len(signed)
-    medians = {k: statistics.median(v) * 1e6 for k, v in timings.items()}
+    medians = {k: round(statistics.median(v) * 1e6, 1) for k, v in timings.items()}
     return {
         "compile_ms": round(compile_ms, 2),
-        "render_us": round(medians["render"], 1),
-        "build_us": round(medians["build"], 1),
-        "sign_rsa_us": round(medians["rsa"], 1),
-        "sign_ed25519_us": round(medians["ed"], 1),
-        "total_rsa_us": round(medians["total"], 1),
+        "render_us": medians["render"],
+        "build_us": medians["build"],
+        "sign_rsa_us": medians["rsa"],
+        "sign_ed25519_us": medians["ed"],
+        "total_rsa_us": medians["total"],
         "messages_per_hour_per_core": round(3600e6 / medians["total"]),
         "message_bytes": size,
     }
+
+
+@click.command("render")
+@click.option("--messages", default=2000, show_default=True, help="Messages to render and sign.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_render(*, messages: int, as_json: bool) -> None:
+    """Content path: render, MIME build and DKIM signing, median microseconds per message."""
+    result = render_benchmark(messages)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(json.dumps(result, indent=2))

@@ -53,14 +53,15 @@ class _TextBuilder(HTMLParser):
             if tag == "li":
                 self.parts.append("- ")
         elif tag in ("td", "th"):
-            self.parts.append(" ")
+            if not self._at_space():
+                self.parts.append(" ")
         elif tag == "a":
             self._link_href = (dict(attrs).get("href") or "").strip()
             self._link_start = len(self.parts)
         elif tag == "img":
-            alt = (dict(attrs).get("alt") or "").strip()
+            alt = _SPACE.sub(" ", dict(attrs).get("alt") or "").strip()
             if alt:
-                self.parts.append(f" {alt} ")
+                self.parts.append(alt if self._at_space() else f" {alt}")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.handle_starttag(tag, attrs)
@@ -109,7 +110,21 @@ class _TextBuilder(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._skip_depth:
             return
-        self.parts.append(data if self._pre_depth else _SPACE.sub(" ", data))
+        if self._pre_depth:
+            self.parts.append(data)
+            return
+        text = _SPACE.sub(" ", data)
+        if text.startswith(" ") and self._at_space():
+            text = text[1:]
+        if text:
+            self.parts.append(text)
+
+    def _at_space(self) -> bool:
+        """Whether the output so far is empty or ends with a space or line break."""
+        for part in reversed(self.parts):
+            if part:
+                return part[-1] in " \n"
+        return True
 
 
 def html_to_text(html: str) -> str:
@@ -117,6 +132,6 @@ def html_to_text(html: str) -> str:
     builder = _TextBuilder()
     builder.feed(html)
     builder.close()
-    lines = [line.strip(" ") for line in "".join(builder.parts).split("\n")]
+    lines = [line.rstrip(" ") for line in "".join(builder.parts).split("\n")]
     text = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
     return text + "\n" if text else ""

@@ -51,7 +51,6 @@ DEFAULT_SIGNED_HEADERS: Final = (
     "x-postwise-message-id",
 )
 
-_WSP_RUN = re.compile(rb"[ \t]+")
 _LABELS = re.compile(
     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*"
 )
@@ -201,15 +200,26 @@ def sign_message(
 
 def _relaxed_header(field: bytes) -> bytes:
     name, _, value = field.partition(b":")
-    value = value.replace(b"\r\n", b"")
-    if b"\t" in value or b"  " in value:
-        value = _WSP_RUN.sub(b" ", value)
-    return name.strip().lower() + b":" + value.strip(b" \t") + b"\r\n"
+    value = _collapse_whitespace(value.replace(b"\r\n", b""))
+    return name.strip().lower() + b":" + value.strip(b" ") + b"\r\n"
 
 
 def _relaxed_body(body: bytes) -> bytes:
-    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n").rstrip(b"\r\n ")
+    body = _collapse_whitespace(body).replace(b" \r\n", b"\r\n").rstrip(b"\r\n ")
     return body + b"\r\n" if body else b""
+
+
+def _collapse_whitespace(data: bytes) -> bytes:
+    """Every run of spaces and tabs as one space.
+
+    Built from bytes.replace, not a regular expression: the regex engine tries a match at
+    every byte of the body, which made this the slowest step of signing.
+    """
+    if b"\t" in data:
+        data = data.replace(b"\t", b" ")
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data
 
 
 def _dns_record(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | object) -> str:
