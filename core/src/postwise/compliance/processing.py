@@ -721,15 +721,14 @@ def process_mailbox(
     A failure (database down) stops the pass with the message unacknowledged, so the next
     pass reads it again; nothing is lost.
     """
-    from postwise.compliance.mailbox import MaildirSource, open_mailbox
+    from postwise.compliance.mailbox import open_mailbox
 
     run = MailboxRun()
     source = open_mailbox(
         spec if spec is not None else runtime.settings.bounce_mailbox, move_to=move_to
     )
     with source:
-        inbound = source.messages() if isinstance(source, MaildirSource) else source.fetch_unseen()
-        for message in inbound:
+        for message in source.messages():
             outcome = process_raw_report(runtime, message.raw)
             message.acknowledge()
             run.read += 1
