@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import socket
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from postwise.delivery.provider import Outcome, OutgoingMessage
-from postwise.delivery.sink import SmtpSink
+from postwise.delivery.sink import SmtpSink, _SinkSession
 from postwise.delivery.smtp import SmtpProvider
 from postwise.errors import ConfigurationError
 
@@ -151,3 +153,26 @@ def test_stop_closes_the_port_and_start_serves_again(tmp_path: Path) -> None:
     finally:
         sink.stop()
     assert [f.name for f in eml_files(tmp_path)] == ["00000001-again@t.eml"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "<a@b.example>",
+        "<a.b+tag@sub.b.example> SIZE=1018 BODY=8BITMIME",
+        "<jürgen@exämple.de>  SMTPUTF8",
+        "<>",
+        '<"quoted local"@b.example>',
+        "<a@[192.0.2.1]>",
+        "<@relay.example:a@b.example>",
+        "a@b.example",
+    ],
+)
+def test_the_fast_address_path_parses_like_aiosmtpd(path: str) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fast = _SinkSession(object(), hostname="sink", loop=loop)
+        reference = SMTP(object(), hostname="sink", loop=loop)
+        assert fast._getaddr(path) == reference._getaddr(path)
+    finally:
+        loop.close()

@@ -204,6 +204,48 @@ def test_a_sender_waits_for_a_busy_connection_instead_of_opening_another(
     assert server.connections == 1
 
 
+def test_a_large_batch_is_spread_over_the_pool_and_each_message_is_sent_once(
+    server: FaultySmtpServer,
+) -> None:
+    messages = make_messages(200)
+    with SmtpProvider("127.0.0.1", server.port, pool_size=4, timeout=10.0) as provider:
+        results = provider.send_batch(messages)
+    assert [r.message_id for r in results] == [m.message_id for m in messages]
+    assert outcomes(results) == [Outcome.ACCEPTED] * 200
+    assert server.connections == 4
+    assert server.duplicates() == {}
+    assert sorted(server.accepted_ids(), key=str) == sorted(accepted_ids(results))
+
+
+def test_connections_the_relay_refuses_leave_their_share_to_the_others(
+    server: FaultySmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.fail_connections(3, code=421, text="4.7.0 Too many connections")
+    with (
+        SmtpProvider("127.0.0.1", server.port, pool_size=4, timeout=10.0) as provider,
+        caplog.at_level(logging.ERROR, logger="postwise.delivery.smtp"),
+    ):
+        results = provider.send_batch(make_messages(100))
+    assert outcomes(results) == [Outcome.ACCEPTED] * 100
+    assert server.connections == 4
+    assert "4.7.0 Too many connections" in caplog.text
+    assert len(caplog.records) == 1
+
+
+def test_faults_spread_over_several_connections_still_give_one_outcome_each(
+    server: FaultySmtpServer,
+) -> None:
+    server.drop_connections(2, stage="rcpt")
+    server.reject_recipients("rcpt1?@example.com")
+    with SmtpProvider("127.0.0.1", server.port, pool_size=3, timeout=10.0) as provider:
+        results = provider.send_batch(make_messages(90))
+    assert outcomes(results).count(Outcome.TRANSIENT) == 2
+    assert outcomes(results).count(Outcome.PERMANENT) == 10
+    assert outcomes(results).count(Outcome.ACCEPTED) == 78
+    assert server.duplicates() == {}
+    assert sorted(server.accepted_ids(), key=str) == sorted(accepted_ids(results))
+
+
 # -- replies and faults ----------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ __all__ = ["BackgroundSmtpServer", "SmtpSink"]
 log = logging.getLogger(__name__)
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*<?([^>\r\n]*)", re.IGNORECASE | re.MULTILINE)
+_PLAIN_PATH = re.compile(r"<([^\s<>()\[\]\\,;:@\"]+@[^\s<>()\[\]\\,;:@\"]+)>(?:\s+(.*))?")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
 _SEQUENCE = re.compile(r"(\d+)-")
 _MAX_ID_LENGTH = 100
@@ -214,7 +215,7 @@ class SmtpSink(BackgroundSmtpServer):
     def create_protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
         """An aiosmtpd session that hands each message to this sink."""
         # An explicit hostname matters: aiosmtpd would otherwise call getfqdn() per connection.
-        return SMTP(
+        return _SinkSession(
             _SinkHandler(self),
             hostname="postwise-sink",
             ident="postwise SMTP sink",
@@ -266,6 +267,18 @@ class SmtpSink(BackgroundSmtpServer):
             self._backlog.put(None)
             self._writer.join()
             self._writer = None
+
+
+class _SinkSession(SMTP):
+    """aiosmtpd's session, with a fast path for the plain ``<local@domain>`` paths it sees."""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd runs every MAIL and RCPT path through the email package's RFC 5322 parser,
+        # about 50 us each and a sixth of the sink's work per message; plain paths skip it.
+        match = _PLAIN_PATH.fullmatch(arg)
+        if match is None or self.local_part_limit:
+            return super()._getaddr(arg)
+        return match.group(1), match.group(2) or ""
 
 
 class _SinkHandler:

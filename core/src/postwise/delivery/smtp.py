@@ -46,6 +46,10 @@ _STARTTLS_MODES: tuple[str, ...] = ("opportunistic", "required", "off")
 #: rest of the batch is handed back as TRANSIENT instead of hammering a failing relay.
 MAX_CONSECUTIVE_CONNECTION_FAILURES = 3
 
+#: A batch is spread over as many pooled connections as give each at least this many messages:
+#: below that, opening a connection costs more than it saves.
+MESSAGES_PER_CONNECTION = 20
+
 _ENHANCED_STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _QUEUE_ID = re.compile(r"queued as\s+<?([^\s>]+)", re.IGNORECASE)
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -108,6 +112,36 @@ class _SessionError(Exception):
         self.reason = reason
         self.code = code
         self.status = status
+
+
+class _Batch:
+    """One send_batch call's messages, shared by the lanes sending them."""
+
+    def __init__(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.messages = messages
+        self.results: list[SendResult | None] = [None] * len(messages)
+        self.last_failure = ""
+        self.gave_up: _SessionError | None = None
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        """The index of the next message to send, or None when every one is taken."""
+        with self._lock:
+            if self._next == len(self.messages):
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def outcomes(self) -> list[SendResult]:
+        """Every result, with the reason the last lane gave up for messages no lane sent."""
+        error = self.gave_up or _SessionError("not attempted: no connection was available")
+        return [
+            result
+            if result is not None
+            else _transient(message, error.reason, error.code, error.status)
+            for message, result in zip(self.messages, self.results, strict=True)
+        ]
 
 
 @dataclass(slots=True)
@@ -194,10 +228,13 @@ class SmtpProvider(Provider):
         self.close()
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        """Send ``messages`` in order over one pooled connection; one result per message.
+        """Send ``messages`` over pooled connections; one result per message, in order.
 
-        A connection lost mid-batch is replaced and sending continues with the next message;
-        the message in flight is TRANSIENT. No message is sent twice within one call.
+        A large batch is spread over up to ``pool_size`` connections at once (each gets at
+        least :data:`MESSAGES_PER_CONNECTION` messages), using only connections that are free:
+        the first one is waited for up to ``timeout`` seconds, the others are not. A connection
+        lost mid-batch is replaced and sending goes on with the next message; the message in
+        flight is TRANSIENT. No message is sent twice within one call.
         """
         if not messages:
             return []
@@ -207,10 +244,22 @@ class SmtpProvider(Provider):
                 f"{self.timeout:g}s; raise pool_size or run fewer sending threads"
             )
             return [_transient(m, reason) for m in messages]
+        batch = _Batch(messages)
+        helpers: list[threading.Thread] = []
         try:
-            return self._send_all(messages)
+            wanted = min(self.pool_size, len(messages) // MESSAGES_PER_CONNECTION)
+            while len(helpers) + 1 < wanted and self._slots.acquire(blocking=False):
+                helper = threading.Thread(
+                    target=self._helper_lane, args=(batch,), name="smtp-send", daemon=True
+                )
+                helpers.append(helper)
+                helper.start()
+            self._lane(batch)
+            for helper in helpers:
+                helper.join()
         finally:
             self._slots.release()
+        return batch.outcomes()
 
     def close(self) -> None:
         """Close idle connections; connections in use are closed when their batch ends.
@@ -223,42 +272,61 @@ class SmtpProvider(Provider):
         for connection in idle:
             _quit(connection.smtp)
 
-    def _send_all(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        results: list[SendResult] = []
+    def _helper_lane(self, batch: _Batch) -> None:
+        try:
+            self._lane(batch)
+        finally:
+            self._slots.release()
+
+    def _lane(self, batch: _Batch) -> None:
+        """Send the batch's next messages over one connection until none are left.
+
+        A lane that cannot get a working connection stops and leaves the rest to the other
+        lanes; whatever no lane sent is TRANSIENT with the reason the last lane gave up.
+        """
         connection = self._checkout_idle()
         failures = 0
-        last_failure = ""
-        for index, message in enumerate(messages):
-            if connection is None:
-                if failures >= MAX_CONSECUTIVE_CONNECTION_FAILURES:
-                    reason = (
-                        f"not attempted: {failures} connections to {self.host}:{self.port} "
-                        f"failed in a row (last: {last_failure})"
-                    )
-                    self._log_failure(reason)
-                    results.extend(_transient(m, reason) for m in messages[index:])
-                    return results
-                try:
-                    connection = self._connect()
-                except _SessionError as error:
-                    self._log_failure(error.reason)
-                    results.extend(
-                        _transient(m, error.reason, error.code, error.status)
-                        for m in messages[index:]
-                    )
-                    return results
-            result, usable = self._transact(connection, message)
-            results.append(result)
-            if usable:
-                failures = 0
-            else:
+        try:
+            while True:
+                if connection is None:
+                    if failures >= MAX_CONSECUTIVE_CONNECTION_FAILURES:
+                        reason = (
+                            f"not attempted: {failures} connections to {self.host}:{self.port} "
+                            f"failed in a row (last: {batch.last_failure})"
+                        )
+                        self._give_up(batch, _SessionError(reason))
+                        return
+                    try:
+                        connection = self._connect()
+                    except _SessionError as error:
+                        self._give_up(batch, error)
+                        return
+                index = batch.take()
+                if index is None:
+                    return
+                result, usable = self._transact(connection, batch.messages[index])
+                batch.results[index] = result
+                if usable:
+                    failures = 0
+                else:
+                    connection.smtp.close()
+                    connection = None
+                    failures += 1
+                    batch.last_failure = result.reason
+        except Exception as error:
+            # A bug, not a delivery failure: the batch must still get a result per message.
+            log.exception("SMTP sending via %s:%s failed unexpectedly", self.host, self.port)
+            self._give_up(batch, _SessionError(f"not sent: internal error {_describe(error)}"))
+            if connection is not None:
                 connection.smtp.close()
                 connection = None
-                failures += 1
-                last_failure = result.reason
-        if connection is not None:
-            self._checkin(connection)
-        return results
+        finally:
+            if connection is not None:
+                self._checkin(connection)
+
+    def _give_up(self, batch: _Batch, error: _SessionError) -> None:
+        batch.gave_up = error
+        self._log_failure(error.reason)
 
     def _checkout_idle(self) -> _Connection | None:
         """Take an idle connection that still answers RSET, or None to open a new one."""
