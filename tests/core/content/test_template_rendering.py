@@ -127,6 +127,31 @@ def test_sandbox_escapes_fail_with_a_template_error(probe: str) -> None:
         render(src, {"id": 1})
 
 
+def test_variables_set_in_one_part_do_not_leak_into_the_others_or_the_next_message() -> None:
+    src = source(
+        "{% set first_name = 'Overwritten' %}<p>{{ first_name }}</p>" + FOOTER,
+        subject="{{ first_name }}",
+        text="{{ first_name }} {{ unsubscribe_url }}",
+    )
+    compiled = TemplateCache().get(src)
+
+    out = compiled.render({"id": 1, "first_name": "Ann"}, message_id="m", unsubscribe_url=UNSUB)
+    again = compiled.render({"id": 2, "first_name": "Bob"}, message_id="m", unsubscribe_url=UNSUB)
+
+    assert "<p>Overwritten</p>" in out.html
+    assert out.subject == "Ann"
+    assert out.text.startswith("Ann ")
+    assert again.subject == "Bob"
+
+
+def test_fields_named_like_dict_methods_are_the_fields() -> None:
+    src = source("<p>{{ contact.items }} / {{ contact.keys | default('none') }}</p>" + FOOTER)
+
+    out = render(src, {"id": 1, "items": "3 items"})
+
+    assert "<p>3 items / " in out.html
+
+
 def test_templates_cannot_mutate_the_data_they_are_given() -> None:
     contact: dict[str, Any] = {"id": 1, "tags": ["a"]}
     src = source("{{ contact.tags.append('hacked') }}" + FOOTER)

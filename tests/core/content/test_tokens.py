@@ -1,11 +1,21 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 
 import pytest
 from postwise.errors import ConfigurationError, PostwiseError
-from postwise.tokens import InvalidToken, Purpose, TokenExpired, click_token, sign, verify
+from postwise.tokens import (
+    InvalidToken,
+    Purpose,
+    TokenExpired,
+    click_signer,
+    click_token,
+    sign,
+    verify,
+)
 
 KEY = b"current-signing-key-0123456789abcdef"
 OLD_KEY = b"previous-signing-key-0123456789abcd"
@@ -104,3 +114,22 @@ def test_short_keys_are_refused_as_configuration_errors() -> None:
 def test_a_non_positive_ttl_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="ttl must be positive"):
         sign(Purpose.OPEN, {"m": "m"}, key=KEY, ttl=0)
+
+
+@pytest.mark.parametrize("key", [KEY, b"k" * 64, b"long-key-" * 20])
+def test_the_mac_is_hmac_sha256_of_purpose_and_signed_bytes_truncated_to_128_bits(
+    key: bytes,
+) -> None:
+    token = sign(Purpose.OPEN, {"m": "m1"}, key=key, ttl=60, now=NOW)
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    signed, mac = raw[:-16], raw[-16:]
+
+    assert mac == hmac.new(key, b"open\x00" + signed, hashlib.sha256).digest()[:16]
+
+
+def test_a_click_signer_makes_the_same_tokens_as_sign_for_every_url() -> None:
+    signer = click_signer("m-7", key=KEY, ttl=60, now=NOW)
+
+    for url in ("https://a.example/1", "https://b.example/?x=1&y=\u00e9", ""):
+        expected = sign(Purpose.CLICK, {"m": "m-7", "u": url}, key=KEY, ttl=60, now=NOW)
+        assert signer(url) == expected

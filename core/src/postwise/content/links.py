@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import html as htmllib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any, Final
@@ -34,7 +34,7 @@ from markupsafe import Markup, escape
 
 from postwise.content.markup import JinjaShield
 from postwise.errors import ConfigurationError
-from postwise.tokens import Purpose, click_token, sign
+from postwise.tokens import Purpose, click_signer, sign
 
 __all__ = [
     "AssetConfig",
@@ -101,7 +101,7 @@ class AssetConfig:
 class LinkTracker:
     """Per-message tracking: signs tokens for the links a rendered message actually contains."""
 
-    __slots__ = ("_cache", "_links", "_message_id", "_tracking", "_unsubscribe_url")
+    __slots__ = ("_cache", "_links", "_message_id", "_sign", "_tracking", "_unsubscribe_url")
 
     def __init__(
         self,
@@ -115,6 +115,7 @@ class LinkTracker:
         self._message_id = message_id
         self._tracking = tracking if tracking is not None and tracking.clicks else None
         self._unsubscribe_url = unsubscribe_url
+        self._sign: Callable[[str], str] | None = None
         # The HTML and the generated text part share links; each is signed once per message.
         self._cache: dict[str, str] = {}
         if tracking is not None and tracking.opens:
@@ -141,8 +142,9 @@ class LinkTracker:
     def _click_url(self, url: str) -> str:
         tracking = self._tracking
         assert tracking is not None
-        token = click_token(self._message_id, url, key=tracking.key, ttl=tracking.ttl)
-        tracked = f"{tracking.base_url}/t/c/{token}"
+        if self._sign is None:
+            self._sign = click_signer(self._message_id, key=tracking.key, ttl=tracking.ttl)
+        tracked = f"{tracking.base_url}/t/c/{self._sign(url)}"
         self._cache[url] = tracked
         return tracked
 

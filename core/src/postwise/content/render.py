@@ -42,7 +42,6 @@ __all__ = [
 
 # Static text of a generated text part that would read as Jinja syntax ("{{" from "&#123;{").
 _BRACE = re.compile(r"\{(?=[{%#])")
-_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
 _RENDER_ERRORS = (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
 
 
@@ -58,7 +57,15 @@ class RenderedContent:
 class CompiledTemplate:
     """A template version ready to render many messages. Build it with :class:`TemplateCache`."""
 
-    __slots__ = ("_collapse_blank_lines", "_html", "_links", "_subject", "_text", "source")
+    __slots__ = (
+        "_collapse_blank_lines",
+        "_globals",
+        "_html",
+        "_links",
+        "_subject",
+        "_text",
+        "source",
+    )
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class CompiledTemplate:
         self._html = html
         self._text = text
         self._links = links
+        self._globals = dict(html.globals)
 
     def render(
         self,
@@ -98,7 +106,8 @@ class CompiledTemplate:
             raise ComplianceError(
                 f"template {self.source.id!r} is marketing mail and needs an unsubscribe_url"
             )
-        context = dict(contact)
+        context = self._globals.copy()
+        context.update(contact)
         context["contact"] = contact
         context["segments"] = frozenset(segments)
         context["recommendations"] = bind_recommendations(recommender, contact.get("id"))
@@ -109,9 +118,9 @@ class CompiledTemplate:
         context["_pw"] = tracker
         context["_pw_open"] = tracker.open_pixel
         try:
-            subject = self._subject.render(context)
-            html = self._html.render(context)
-            text = self._text.render(context)
+            subject = _render(self._subject, context)
+            html = _render(self._html, context)
+            text = _render(self._text, context)
         except PostwiseError:
             raise
         except _RENDER_ERRORS as exc:
@@ -120,9 +129,18 @@ class CompiledTemplate:
                 f"for contact {contact.get('id')!r}: {exc}"
             ) from exc
         if self._collapse_blank_lines:
-            # Blocks of the HTML that rendered empty leave runs of blank lines in generated text.
-            text = _BLANK_LINES.sub("\n\n", text)
+            # Blocks of the HTML that rendered empty leave runs of blank lines in generated text
+            # (str.replace: a regular expression here cost as much as rendering the text).
+            while "\n\n\n" in text:
+                text = text.replace("\n\n\n", "\n\n")
         return RenderedContent(subject=subject, html=html, text=text)
+
+
+def _render(template: Template, context: dict[str, Any]) -> str:
+    # Template.render copies the context and merges the globals on every call; the three parts
+    # of a message share one context that already holds the globals, so they render from it
+    # directly (a shared context is read-only to the template: `set` writes to its own scope).
+    return "".join(template.root_render_func(template.new_context(context, shared=True)))
 
 
 def compile_template(

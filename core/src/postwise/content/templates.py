@@ -102,12 +102,19 @@ class Problem:
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    """The sandbox, made strict: an unsafe attribute fails at once instead of rendering empty."""
+    """The sandbox, made strict: an unsafe attribute fails at once instead of rendering empty.
+
+    ``obj.name`` on a dict (a contact, a recommended item) looks the key up first, so a field
+    called ``items`` or ``title`` wins over the dict method of that name, and the common case
+    costs no AttributeError. Anything else goes through the sandbox's checks unchanged.
+    """
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Even a missing private attribute is refused: a probe must fail loudly, not render "".
-        if attribute.startswith("_"):
+        if attribute[:1] == "_":
             self.unsafe_undefined(obj, attribute)
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
         return super().getattr(obj, attribute)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
