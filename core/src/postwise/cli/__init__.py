@@ -16,7 +16,7 @@ import click
 from postwise import __version__
 from postwise.errors import PostwiseError
 
-__all__ = ["main", "cli", "LazyGroup"]
+__all__ = ["LazyGroup", "cli", "main"]
 
 #: name -> "module:attribute" of every top-level command.
 COMMANDS: dict[str, str] = {

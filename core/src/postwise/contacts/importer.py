@@ -34,7 +34,7 @@ CSV_COLUMNS = frozenset(
 )
 _FIELDS = ("first_name", "last_name", "timezone", "country", "status")
 CHUNK = 1000
-CONTACTS: sa.Table = Contact.__table__
+CONTACTS: sa.Table = Contact.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)

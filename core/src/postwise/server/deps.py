@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING
-
 from litestar.datastructures import State
+from sqlmodel import Session  # imported at run time: Litestar resolves handler signatures
 
 from postwise.runtime import Runtime
-
-if TYPE_CHECKING:
-    from sqlmodel import Session
 
 __all__ = ["provide_runtime", "provide_session"]
 

@@ -61,8 +61,9 @@ def _http_error(_request: Request[Any, Any, Any], exc: HTTPException) -> Respons
     body = error_body(exc.detail)
     if exc.extra:
         body["details"] = exc.extra
-    return Response(body, status_code=exc.status_code, headers=exc.headers,
-                    media_type=MediaType.JSON)
+    return Response(
+        body, status_code=exc.status_code, headers=exc.headers, media_type=MediaType.JSON
+    )
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -1,0 +1,247 @@
+"""Contract test suites every plugin of a kind must pass.
+
+Usage, in a plugin's own tests::
+
+    from postwise.testing.contracts import ConditionContract
+
+    class TestMyCondition(ConditionContract):
+        valid_configs = [{"at_least": 10}]
+        invalid_configs = [({"at_least": -1}, "at_least")]
+
+        def make_condition(self):
+            return MyCondition()
+
+Each suite is a plain pytest class (its name does not start with ``Test``, so it is collected
+only through your subclass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import pytest
+
+from postwise.analytics.sinks import AnalyticsSink, StoredEvent
+from postwise.delivery.provider import Outcome, OutgoingMessage, Provider
+from postwise.errors import ValidationError
+from postwise.recommend.base import Interaction, Item, Recommender
+from postwise.triggers.conditions import ConditionType, TriggerEvent
+
+__all__ = [
+    "AnalyticsSinkContract",
+    "ConditionContract",
+    "ProviderContract",
+    "RecommenderContract",
+    "StaticContext",
+]
+
+
+@dataclass
+class StaticContext:
+    """A :class:`~postwise.triggers.conditions.ConditionContext` answering from given data."""
+
+    contact: Mapping[str, Any] = field(default_factory=dict)
+    score: float = 0.0
+    segments: set[str] = field(default_factory=set)
+    history: Sequence[tuple[str, datetime]] = ()
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def engagement_score(self) -> float:
+        return self.score
+
+    def in_segment(self, segment: str) -> bool:
+        return segment in self.segments
+
+    def count_events(self, event_type: str, since: datetime, until: datetime | None = None) -> int:
+        return sum(
+            1
+            for kind, at in self.history
+            if kind == event_type and at >= since and (until is None or at < until)
+        )
+
+
+class ConditionContract:
+    """Every condition type: named, validating its configuration, answering a bool."""
+
+    #: Configurations that must validate.
+    valid_configs: ClassVar[list[dict[str, Any]]] = []
+    #: (configuration, field named in the error) pairs that must be rejected.
+    invalid_configs: ClassVar[list[tuple[dict[str, Any], str]]] = []
+
+    def make_condition(self) -> ConditionType[Any]:
+        raise NotImplementedError("return an instance of your condition type")
+
+    def sample_event(self) -> TriggerEvent:
+        return TriggerEvent("evt-1", "signup", 1, datetime.now(UTC) - timedelta(minutes=5), {})
+
+    def sample_context(self) -> StaticContext:
+        return StaticContext(
+            contact={
+                "email": "a@example.com",
+                "timezone": "UTC",
+                "status": "active",
+                "attributes": {},
+                "tags": [],
+            }
+        )
+
+    def test_has_a_name_and_a_config_model(self) -> None:
+        condition = self.make_condition()
+        assert isinstance(condition.name, str) and condition.name
+        assert condition.requires <= {"contact", "engagement", "segments", "history"}
+
+    def test_valid_configurations_parse(self) -> None:
+        assert self.valid_configs, "list at least one valid configuration"
+        condition = self.make_condition()
+        for raw in self.valid_configs:
+            condition.parse_config(raw)
+
+    def test_invalid_configurations_are_rejected_naming_the_field(self) -> None:
+        condition = self.make_condition()
+        for raw, field_name in self.invalid_configs:
+            with pytest.raises(ValidationError) as info:
+                condition.parse_config(raw)
+            assert info.value.field is not None and field_name in info.value.field
+
+    def test_evaluate_returns_a_bool_and_explain_a_line(self) -> None:
+        condition = self.make_condition()
+        for raw in self.valid_configs:
+            config = condition.parse_config(raw)
+            result = condition.evaluate(config, self.sample_event(), self.sample_context())
+            assert isinstance(result, bool)
+            text = condition.explain(config)
+            assert isinstance(text, str) and text and "\n" not in text
+
+
+class ProviderContract:
+    """Every provider: exactly one result per message, in order, never raising per message."""
+
+    def make_provider(self) -> Provider:
+        raise NotImplementedError("return your provider, pointed at a local test server")
+
+    def make_messages(self, count: int) -> list[OutgoingMessage]:
+        messages = []
+        for index in range(count):
+            raw = (
+                f"From: sender@example.com\r\nTo: rcpt{index}@example.com\r\n"
+                f"Subject: contract {index}\r\nMessage-ID: <contract-{index}@example.com>\r\n"
+                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                f"Hello {index}\r\n"
+            ).encode()
+            messages.append(
+                OutgoingMessage(f"m{index}", "sender@example.com", f"rcpt{index}@example.com", raw)
+            )
+        return messages
+
+    def test_one_result_per_message_in_order(self) -> None:
+        provider = self.make_provider()
+        try:
+            messages = self.make_messages(5)
+            results = provider.send_batch(messages)
+            assert [r.message_id for r in results] == [m.message_id for m in messages]
+            assert all(isinstance(r.outcome, Outcome) for r in results)
+        finally:
+            provider.close()
+
+    def test_an_empty_batch_sends_nothing(self) -> None:
+        provider = self.make_provider()
+        try:
+            assert provider.send_batch([]) == []
+        finally:
+            provider.close()
+
+    def test_close_can_be_called_twice(self) -> None:
+        provider = self.make_provider()
+        provider.close()
+        provider.close()
+
+
+class RecommenderContract:
+    """Every recommender: at most n distinct items, never excluded ones, deterministic."""
+
+    def make_recommender(self) -> Recommender:
+        raise NotImplementedError("return a fresh instance of your recommender")
+
+    def catalogue(self) -> list[Item]:
+        return [Item(f"i{n}", f"Item {n}", f"https://shop.example.com/i{n}") for n in range(20)]
+
+    def interactions(self) -> list[Interaction]:
+        return [
+            Interaction(contact_id=c, item_id=f"i{(c * 3 + k) % 20}", weight=1.0 + k)
+            for c in range(1, 30)
+            for k in range(4)
+        ]
+
+    def _fitted(self) -> Recommender:
+        recommender = self.make_recommender()
+        recommender.fit(self.interactions(), self.catalogue())
+        return recommender
+
+    def test_at_most_n_distinct_known_items(self) -> None:
+        recommender = self._fitted()
+        known = {item.id for item in self.catalogue()}
+        for contact_id in (1, 5, 999):  # 999 has no history: cold start
+            items = recommender.recommend(contact_id, 4)
+            ids = [item.id for item in items]
+            assert len(ids) <= 4 and len(ids) == len(set(ids))
+            assert set(ids) <= known
+
+    def test_excluded_items_are_never_recommended(self) -> None:
+        recommender = self._fitted()
+        first = [item.id for item in recommender.recommend(2, 3)]
+        again = recommender.recommend(2, 3, exclude=first)
+        assert not {item.id for item in again} & set(first)
+
+    def test_recommendations_are_deterministic(self) -> None:
+        assert [i.id for i in self._fitted().recommend(3, 5)] == [
+            i.id for i in self._fitted().recommend(3, 5)
+        ]
+
+    def test_cold_start_contacts_still_get_items(self) -> None:
+        assert self._fitted().recommend(123456, 3)
+
+
+class AnalyticsSinkContract:
+    """Every analytics sink: idempotent by event id, erasable by contact."""
+
+    def make_sink(self) -> AnalyticsSink:
+        raise NotImplementedError("return your sink, connected to an empty test store")
+
+    def count_events(self, sink: AnalyticsSink, contact_id: int) -> int:
+        raise NotImplementedError("return how many stored events belong to contact_id")
+
+    def _events(self, contact_id: int, count: int) -> list[StoredEvent]:
+        now = datetime.now(UTC)
+        return [
+            StoredEvent(
+                f"contract-{contact_id}-{n}",
+                "open",
+                now,
+                contact_id=contact_id,
+                properties={"n": n},
+            )
+            for n in range(count)
+        ]
+
+    def test_write_is_idempotent_by_event_id(self) -> None:
+        sink = self.make_sink()
+        try:
+            events = self._events(7, 5)
+            assert sink.write_batch(events) == 5
+            assert sink.write_batch(events[:3]) == 0
+            assert self.count_events(sink, 7) == 5
+        finally:
+            sink.close()
+
+    def test_erase_contact_removes_only_that_contact(self) -> None:
+        sink = self.make_sink()
+        try:
+            sink.write_batch(self._events(8, 3) + self._events(9, 2))
+            assert sink.erase_contact(8) == 3
+            assert self.count_events(sink, 8) == 0
+            assert self.count_events(sink, 9) == 2
+        finally:
+            sink.close()
