@@ -129,6 +129,24 @@ def test_relaxed_canonicalisation_survives_refolding_and_trailing_whitespace() -
     assert dkim.verify(relayed, dnsfunc=dns_for(ED))
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\r\n", b"\r\n\r\n", b"a  b\t\tc \r\n\r\n\r\n", b" \t \r\n x", b"end  \t"],
+    ids=["empty", "one-crlf", "blank-lines", "runs-and-trailing", "leading-space", "no-final-crlf"],
+)
+@pytest.mark.parametrize("signer", [RSA, ED], ids=["rsa", "ed25519"])
+def test_body_canonicalisation_matches_dkimpy_on_edge_cases(
+    signer: DkimSigner, body: bytes
+) -> None:
+    raw = (
+        b"From: Ann <ann@example.com>\r\nTo: bob@example.org\r\n"
+        b"Subject:  spaced \t out\r\n\tfolded with a tab\r\n"
+        b"Date: Thu, 02 Jan 2025 03:04:05 +0000\r\n\r\n" + body
+    )
+
+    assert dkim.verify(signer.sign(raw), dnsfunc=dns_for(signer))
+
+
 def test_a_rendered_tracked_message_signs_and_verifies_end_to_end() -> None:
     src = TemplateSource(
         id="e2e",

@@ -51,6 +51,7 @@ DEFAULT_SIGNED_HEADERS: Final = (
     "x-postwise-message-id",
 )
 
+_SPACE_RUN = re.compile(rb"  +")
 _LABELS = re.compile(
     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*"
 )
@@ -205,20 +206,22 @@ def _relaxed_header(field: bytes) -> bytes:
 
 
 def _relaxed_body(body: bytes) -> bytes:
-    body = _collapse_whitespace(body).replace(b" \r\n", b"\r\n").rstrip(b"\r\n ")
+    # Bare CR and LF were refused earlier, so stripping CR and LF bytes strips whole empty lines.
+    body = _collapse_whitespace(body).replace(b" \r\n", b"\r\n").rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
 
 def _collapse_whitespace(data: bytes) -> bytes:
     """Every run of spaces and tabs as one space.
 
-    Built from bytes.replace, not a regular expression: the regex engine tries a match at
-    every byte of the body, which made this the slowest step of signing.
+    Tabs go first, by bytes.replace, so the pattern left starts with a literal two-space
+    prefix that the regex engine can search for quickly; matching every single space (as
+    ``[ \t]+`` does) made this the slowest step of signing.
     """
     if b"\t" in data:
         data = data.replace(b"\t", b" ")
-    while b"  " in data:
-        data = data.replace(b"  ", b" ")
+    if b"  " in data:
+        data = _SPACE_RUN.sub(b" ", data)
     return data
 
 
