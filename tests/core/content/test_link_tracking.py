@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+
 from postwise.content import AssetConfig, TemplateCache, TemplateSource, TrackingConfig
 from postwise.errors import ConfigurationError
 from postwise.tokens import InvalidToken, Purpose, verify

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+
 from postwise.content.bench import bench_render, benchmark_template, render_benchmark
 from postwise.content.templates import validate_template
 

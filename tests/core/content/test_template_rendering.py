@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+
 from postwise.content import TemplateCache, TemplateKind, TemplateSource
 from postwise.errors import ComplianceError, ConflictError, TemplateError
 
@@ -242,6 +243,26 @@ def test_css_is_inlined_into_elements_that_hold_merge_tags_and_blocks() -> None:
         out.html.index("Tea &lt;Sampler&gt;")
         < out.html.index("Teapot")
         < out.html.index("</table>")
+    )
+
+
+def test_template_blocks_inside_a_style_block_are_refused_not_dropped() -> None:
+    src = source(
+        "<style>{% if 'vip' in segments %}p { color: gold }{% endif %}</style><p>x</p>" + FOOTER
+    )
+
+    with pytest.raises(TemplateError, match="inside <style>"):
+        TemplateCache().get(src)
+
+
+def test_merge_tags_in_css_values_are_inlined() -> None:
+    src = source(
+        "<style>p.brand { color: {{ brand | default('black') }} }</style>"
+        '<p class="brand">x</p>' + FOOTER
+    )
+
+    assert (
+        '<p class="brand" style="color:teal">x</p>' in render(src, {"id": 1, "brand": "teal"}).html
     )
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from postwise.content import TemplateKind, TemplateSource, assert_valid_template, validate_template
 from postwise.errors import TemplateError, ValidationError
 

@@ -6,6 +6,7 @@ import hmac
 import re
 
 import pytest
+
 from postwise.errors import ConfigurationError, PostwiseError
 from postwise.tokens import (
     InvalidToken,

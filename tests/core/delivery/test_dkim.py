@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import dkim
 import pytest
+
 from postwise.content import TemplateCache, TemplateSource, TrackingConfig
 from postwise.delivery.dkim import DEFAULT_SIGNED_HEADERS, DkimSigner, generate_key, sign_message
 from postwise.delivery.message import Mailbox, build_message

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from postwise.content import TemplateCache, TemplateSource
 from postwise.delivery.message import Mailbox, build_message, sanitise_header_text
 from postwise.errors import ValidationError

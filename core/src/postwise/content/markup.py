@@ -62,6 +62,11 @@ class JinjaShield:
         match = self._pattern.search(text)
         return text if match is None else text[: match.start()]
 
+    def statements(self, text: str) -> list[str]:
+        """The ``{% ... %}`` tokens behind the placeholders of ``text``, in order."""
+        found = (self._tokens[int(m.group(1))] for m in self._pattern.finditer(text))
+        return [token for token in found if token.startswith("{%")]
+
     def code(self, text: str) -> str | None:
         """The Jinja code if ``text`` is exactly one placeholder (spaces around allowed)."""
         match = self._pattern.fullmatch(text.strip())

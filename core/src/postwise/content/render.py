@@ -156,7 +156,16 @@ def compile_template(
     shield = JinjaShield(source.html)
     protected = shield.hide(source.html)
     if "<style" in protected.lower():
-        protected = _inline_css(protected, name=name)
+        inlined = _inline_css(protected, name=name)
+        # Blocks inside <style> are parsed as CSS and vanish; a template that silently lost
+        # its conditional styles (or half of an if/endif pair) must not be sent.
+        if shield.statements(inlined) != shield.statements(protected):
+            raise TemplateError(
+                f"{name}: template tags such as {{% if %}} inside <style> cannot be kept when "
+                "the CSS is inlined; put the condition around elements or style attributes",
+                field=str(Part.HTML),
+            )
+        protected = inlined
     protected, links = rewrite_html(protected, shield, assets=assets)
     generated_text = text is None
     if text is None:
