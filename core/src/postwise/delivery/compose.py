@@ -23,7 +23,7 @@ from postwise import tokens
 from postwise.content import AssetConfig, TemplateCache, TemplateSource, TrackingConfig
 from postwise.content.recommendations import RecommenderFn
 from postwise.db.models import Contact, Template, TemplateVersion
-from postwise.delivery.ledger import ClaimedRow
+from postwise.delivery.ledger import ClaimedRow, id_in
 from postwise.delivery.message import Mailbox, build_message
 from postwise.delivery.provider import OutgoingMessage
 from postwise.errors import ConfigurationError, NotFoundError
@@ -107,7 +107,7 @@ def load_contacts(session: Session, contact_ids: Iterable[int]) -> dict[int, Con
         col(Contact.status),
         col(Contact.engagement_score),
         col(Contact.attributes),
-    ).where(col(Contact.id).in_(ids))
+    ).where(id_in(col(Contact.id), ids, session.connection()))
     return {row[0]: ContactData(*row) for row in session.execute(query)}
 
 

@@ -27,6 +27,7 @@ from sqlmodel import Session, col
 
 from postwise.contacts.normalize import email_domain, email_hash
 from postwise.db.models import ConsentRecord, ContactStatus, Suppression
+from postwise.delivery.ledger import id_in
 from postwise.errors import ValidationError
 from postwise.settings import Settings
 
@@ -95,7 +96,8 @@ class ComplianceGate:
         if hashes:
             scopes = ["all", "marketing"] if marketing else ["all"]
             query = sa.select(col(Suppression.email_hash)).where(
-                col(Suppression.email_hash).in_(list(hashes)), col(Suppression.scope).in_(scopes)
+                id_in(col(Suppression.email_hash), list(hashes), session.connection()),
+                col(Suppression.scope).in_(scopes),
             )
             for (hashed,) in session.execute(query):
                 for contact_id in hashes.get(hashed, ()):
@@ -114,16 +116,19 @@ class ComplianceGate:
         return skips
 
 
+_ACTIVE = ContactStatus.ACTIVE.value
+
+
 def _status_reason(status: str, *, marketing: bool) -> SkipReason | None:
-    if status == ContactStatus.ACTIVE:
+    if status == _ACTIVE:
         return None
-    if status == ContactStatus.BOUNCED:
+    if status == ContactStatus.BOUNCED.value:
         return SkipReason.BOUNCED
     if not marketing:
         return None
-    if status == ContactStatus.UNSUBSCRIBED:
+    if status == ContactStatus.UNSUBSCRIBED.value:
         return SkipReason.UNSUBSCRIBED
-    if status == ContactStatus.COMPLAINED:
+    if status == ContactStatus.COMPLAINED.value:
         return SkipReason.COMPLAINED
     # A status postwise does not know is not a licence to send marketing.
     return SkipReason.INVALID_CONTACT
@@ -138,7 +143,7 @@ def _consented(session: Session, contact_ids: Iterable[int]) -> set[int]:
             col(ConsentRecord.confirmed),
         )
         .where(
-            col(ConsentRecord.contact_id).in_(list(contact_ids)),
+            id_in(col(ConsentRecord.contact_id), list(contact_ids), session.connection()),
             col(ConsentRecord.purpose) == _MARKETING_PURPOSE,
         )
         .order_by(col(ConsentRecord.contact_id), col(ConsentRecord.at), col(ConsentRecord.id))

@@ -30,10 +30,12 @@ __all__ = [
     "apply_updates",
     "campaign_message_id",
     "claim",
+    "id_in",
     "insert_rows",
     "ledger_row",
     "overdue_rows",
     "pending_status",
+    "postpone",
     "stale_claims",
 ]
 
@@ -118,15 +120,46 @@ def insert_rows(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> se
     if not rows:
         return set()
     if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        return _insert_unnest(connection, rows)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        statement: Any = pg_insert(MESSAGE).on_conflict_do_nothing(index_elements=["id"])
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        statement = sqlite_insert(MESSAGE).on_conflict_do_nothing(index_elements=["id"])
+    statement = sqlite_insert(MESSAGE).on_conflict_do_nothing(index_elements=["id"])
     result = connection.execute(statement.returning(MESSAGE.c.id), list(rows))
     return {row[0] for row in result}
+
+
+def _insert_unnest(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    # One array parameter per column: the statement stays short and psycopg parses it once.
+    # (A multi-row VALUES list has a placeholder per value, and psycopg re-parses statements
+    # with more than 50 of them on every execution: that cost more than the insert itself.)
+    from psycopg.types.json import Json
+
+    columns = list(MESSAGE.columns)
+    arrays: dict[str, list[Any]] = {c.name: [] for c in columns}
+    json_columns = {c.name for c in columns if isinstance(c.type, sa.JSON)}
+    for row in rows:
+        for name, values in arrays.items():
+            value = row[name]
+            values.append(Json(value) if name in json_columns and value is not None else value)
+    casts = ", ".join(
+        f"%({c.name})s::{c.type.compile(dialect=connection.dialect)}[]" for c in columns
+    )
+    names = ", ".join(c.name for c in columns)
+    result = connection.exec_driver_sql(
+        f"INSERT INTO message ({names}) SELECT * FROM unnest({casts}) "  # noqa: S608 - column names from the model
+        "ON CONFLICT (id) DO NOTHING RETURNING id",
+        arrays,
+    )
+    return {row[0] for row in result}
+
+
+def id_in(column: Any, values: Sequence[Any], connection: Connection) -> Any:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(array)``, one parameter for all."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +194,7 @@ def claim(
     now = now or utcnow()
     statement = (
         MESSAGE.update()
-        .where(MESSAGE.c.id.in_(list(message_ids)), MESSAGE.c.status.in_(PENDING_STATES))
+        .where(id_in(MESSAGE.c.id, message_ids, connection), MESSAGE.c.status.in_(PENDING_STATES))
         .values(
             status=MessageStatus.SENDING.value,
             claim_token=token,
@@ -188,7 +221,7 @@ def stale_claims(
         MESSAGE.c.status == MessageStatus.SENDING.value, MESSAGE.c.claimed_until < now
     )
     if message_ids is not None:
-        query = query.where(MESSAGE.c.id.in_(list(message_ids)))
+        query = query.where(id_in(MESSAGE.c.id, message_ids, connection))
     grouped: dict[str, list[ClaimedRow]] = {}
     for *values, token in connection.execute(query.limit(limit)):
         grouped.setdefault(token or "", []).append(ClaimedRow(*values))
@@ -224,7 +257,7 @@ def postpone(
         return
     connection.execute(
         MESSAGE.update()
-        .where(MESSAGE.c.id.in_(ids), MESSAGE.c.status.in_(PENDING_STATES))
+        .where(id_in(MESSAGE.c.id, ids, connection), MESSAGE.c.status.in_(PENDING_STATES))
         .values(claimed_until=due_by, updated_at=now)
     )
 
