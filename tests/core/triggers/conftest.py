@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from postwise.db.models import Contact, Template, TemplateVersion
 from postwise.events import EVENT_STREAM, EventEnvelope, encode_event
 from postwise.runtime import Runtime
@@ -41,6 +42,9 @@ def template_id(runtime: Runtime) -> int:
 def make_contact(runtime: Runtime) -> Callable[..., int]:
     def make(**fields: Any) -> int:
         fields.setdefault("email", f"person{next(_ids)}-{uuid.uuid4().hex[:6]}@example.com")
+        if "engagement_score" in fields:
+            # A score is as of its update time; give it one so it is read undecayed.
+            fields.setdefault("engagement_updated_at", datetime.now(UTC))
         with runtime.session() as session:
             contact = Contact(**fields)
             session.add(contact)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+
 from postwise.cli import cli
 from postwise.errors import ValidationError
 from postwise.runtime import Runtime

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
 from postwise.db.models import ContactTag, Event, Segment, SegmentMember
 from postwise.runtime import Runtime
 from postwise.triggers.builtin import BUILTIN_CONDITIONS, compare, lookup
 from postwise.triggers.conditions import ConditionType, TriggerEvent
-from postwise.triggers.context import BatchContext
+from postwise.triggers.context import BatchContext, engagement_decay
 
 NOW = datetime(2026, 1, 5, 14, 0, tzinfo=UTC)  # a Monday: 09:00 in New York, 23:00 in Tokyo
 CONDITIONS = {c.name: c for c in BUILTIN_CONDITIONS}
@@ -36,7 +37,7 @@ def _check(
     condition: ConditionType[Any] = CONDITIONS[name]
     parsed = condition.parse_config(config)
     with runtime.session() as session:
-        context = BatchContext(session, events, now=now)
+        context = BatchContext(session, events, now=now, score=engagement_decay(runtime.settings))
         return [condition.evaluate(parsed, e, context.for_event(e)) for e in events]
 
 
@@ -81,6 +82,17 @@ def test_engagement_score_bounds(runtime: Runtime, make_contact: Callable[..., i
         True,
         False,
     ]
+
+
+def test_engagement_score_is_read_decayed_to_now(
+    runtime: Runtime, make_contact: Callable[..., int]
+) -> None:
+    # Half-life 30 days: a score of 100 stored 30 days ago reads as 50 now.
+    contact = make_contact(engagement_score=100.0, engagement_updated_at=NOW - timedelta(days=30))
+    never = make_contact(engagement_score=100.0, engagement_updated_at=None)
+    events = [_event(contact), _event(never)]
+    assert _check(runtime, "engagement_score", {"min": 45}, events) == [True, False]
+    assert _check(runtime, "engagement_score", {"min": 55}, events) == [False, False]
 
 
 def test_segment_membership_static_and_rules(

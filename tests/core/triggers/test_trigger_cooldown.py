@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
+
 from postwise.triggers.cooldown import Claim, ClaimOutcome, TriggerKeys, claim_many, peek, release
 
 KEYS = TriggerKeys("test-triggers")

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from postwise.db.models import Campaign, Segment
+
+from postwise.db.models import Campaign, Segment, Template
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.runtime import Runtime
 from postwise.triggers.definitions import parse_duration
@@ -196,8 +197,18 @@ def test_saving_bumps_the_version_engines_watch(runtime: Runtime, template_id: i
     assert int(runtime.redis.get("postwise:triggers:version") or 0) == before + 1
 
 
+def test_transactional_must_match_the_template_kind(runtime: Runtime, template_id: int) -> None:
+    error = _error(runtime, transactional=True)
+    assert error.field == "transactional"
+    assert "template is marketing" in str(error)
+    with runtime.session() as session:
+        session.add(Template(name="receipt", kind="transactional"))
+    trigger = _create(runtime, name="r", action={"type": "send_template", "template": "receipt"})
+    assert trigger.transactional is True
+
+
 def test_stored_definition_round_trips(runtime: Runtime, template_id: int) -> None:
-    trigger = _create(runtime, delay="90m", cooldown="2d", priority=3, transactional=True)
+    trigger = _create(runtime, delay="90m", cooldown="2d", priority=3, transactional=False)
     data = trigger_to_dict(trigger)
     data.pop("id")
     data.pop("created_at")
@@ -209,7 +220,7 @@ def test_stored_definition_round_trips(runtime: Runtime, template_id: int) -> No
         5400,
         172800,
         3,
-        True,
+        False,
     )
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from postwise.errors import ConfigurationError
 from postwise.triggers.quiet_hours import QuietHours
 

@@ -22,11 +22,13 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from postwise.db.models import Contact, ContactTag, Event
+from postwise.settings import Settings
 from postwise.triggers.conditions import TriggerEvent
 
 __all__ = ["BatchContext", "EventContext", "ScoreFunction", "engagement_decay", "load_contacts"]
 
-#: score, updated_at, now -> the score as of now. The analytics subsystem owns the decay.
+#: score, updated_at, now -> the score as of now. The analytics subsystem owns the decay
+#: (:func:`engagement_decay`); without one, conditions see the stored score.
 ScoreFunction = Callable[[float, datetime | None, datetime], float]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -234,11 +236,8 @@ class EventContext:
         return self._batch.count_events(self._event, event_type, since, until)
 
 
-def engagement_decay() -> ScoreFunction | None:
-    """The analytics subsystem's decay of stored engagement scores, when it provides one."""
-    try:
-        from postwise.analytics import engagement  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    decay: ScoreFunction | None = getattr(engagement, "current_score", None)
-    return decay
+def engagement_decay(settings: Settings) -> ScoreFunction:
+    """The analytics subsystem's decay of stored engagement scores to the time of reading."""
+    from postwise.analytics.engagement import EngagementModel
+
+    return EngagementModel.from_settings(settings).current

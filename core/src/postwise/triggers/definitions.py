@@ -131,7 +131,11 @@ class TriggerDefinition(BaseModel):
     priority: int = Field(default=0, ge=-1000, le=1000)
     active: bool = True
     exit_conditions: dict[str, Any] | list[Any] | None = None
-    transactional: bool = False
+    transactional: bool | None = Field(
+        default=None,
+        description="Exempt from the frequency cap and quiet hours. Delivery decides by the "
+        "template's kind, so this must match it; left out, it is taken from the template.",
+    )
     experiment_id: int | None = None
 
     @field_validator("name")
@@ -210,6 +214,15 @@ class Node:
     def leaves(self) -> list[Leaf]:
         raise NotImplementedError
 
+    @property
+    def cost(self) -> int:
+        """How expensive evaluating this node may be (0: the event alone; 3: a batch query)."""
+        raise NotImplementedError
+
+
+#: Evaluation cost of what a condition requires; conditions are evaluated cheapest first.
+_COSTS = {"contact": 1, "engagement": 1, "segments": 3, "history": 3}
+
 
 class Leaf(Node):
     """One configured condition."""
@@ -239,17 +252,25 @@ class Leaf(Node):
     def leaves(self) -> list[Leaf]:
         return [self]
 
+    @property
+    def cost(self) -> int:
+        return max((_COSTS.get(r, 2) for r in self.condition.requires), default=0)
+
 
 class AllOf(Node):
-    __slots__ = ("children",)
+    """True when every child is. Children are evaluated cheapest first (conditions are pure, so
+    the order changes only the cost); explanations follow the written order."""
+
+    __slots__ = ("_ordered", "children")
 
     def __init__(self, path: str, children: list[Node]) -> None:
         super().__init__(path)
         self.children = children
+        self._ordered = sorted(children, key=lambda child: child.cost)
 
     def evaluate(self, event: TriggerEvent, context: ConditionContext) -> bool:
         # A plain loop: all() over a generator costs a frame per call on the hottest path.
-        for child in self.children:  # noqa: SIM110
+        for child in self._ordered:  # noqa: SIM110
             if not child.evaluate(event, context):
                 return False
         return True
@@ -269,12 +290,16 @@ class AllOf(Node):
     def leaves(self) -> list[Leaf]:
         return [leaf for child in self.children for leaf in child.leaves()]
 
+    @property
+    def cost(self) -> int:
+        return max((child.cost for child in self.children), default=0)
+
 
 class AnyOf(AllOf):
     __slots__ = ()
 
     def evaluate(self, event: TriggerEvent, context: ConditionContext) -> bool:
-        for child in self.children:  # noqa: SIM110
+        for child in self._ordered:  # noqa: SIM110
             if child.evaluate(event, context):
                 return True
         return False
@@ -304,6 +329,10 @@ class Not(Node):
 
     def leaves(self) -> list[Leaf]:
         return self.child.leaves()
+
+    @property
+    def cost(self) -> int:
+        return self.child.cost
 
 
 def compile_conditions(
@@ -408,6 +437,7 @@ class ValidatedTrigger:
     action: dict[str, Any]
     conditions: dict[str, Any]
     exit_conditions: dict[str, Any]
+    transactional: bool
 
 
 def _normalise_tree(raw: Mapping[str, Any] | Sequence[Any] | None) -> dict[str, Any]:
@@ -454,6 +484,7 @@ def validate_definition(
                 field=field,
             )
         action["template_id"] = template.id
+        kind = template.kind
     else:
         ref = spec.campaign_id if spec.campaign_id is not None else spec.campaign
         field = "action.campaign_id" if spec.campaign_id is not None else "action.campaign"
@@ -469,6 +500,16 @@ def validate_definition(
         if campaign.status == CampaignStatus.CANCELLED:
             raise ValidationError(f"campaign {ref!r} is cancelled", field=field)
         action["campaign_id"] = campaign.id
+        template = session.get(Template, campaign.template_id)
+        kind = template.kind if template is not None else "marketing"
+    transactional = kind == "transactional"
+    if definition.transactional is not None and definition.transactional != transactional:
+        raise ValidationError(
+            f"the template is {kind}, and delivery treats a send by its template's kind; "
+            f"{'use a transactional template' if definition.transactional else 'drop the flag'} "
+            "or leave 'transactional' out",
+            field="transactional",
+        )
     if (
         definition.experiment_id is not None
         and session.get(Experiment, definition.experiment_id) is None
@@ -481,6 +522,7 @@ def validate_definition(
         action=action,
         conditions=_normalise_tree(definition.conditions),
         exit_conditions=_normalise_tree(definition.exit_conditions),
+        transactional=transactional,
     )
 
 

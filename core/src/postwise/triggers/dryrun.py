@@ -98,7 +98,7 @@ def dry_run(
     registry = runtime.plugins.registry("conditions")
     with runtime.session() as session:
         triggers = load_trigger_set(session, registry)
-        context = BatchContext(session, [event], now=now, score=engagement_decay())
+        context = BatchContext(session, [event], now=now, score=engagement_decay(runtime.settings))
         candidates = sorted(
             (t for t in triggers.by_id.values() if t.event_type == event.type),
             key=lambda t: (-t.priority, t.id),

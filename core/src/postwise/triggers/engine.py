@@ -32,7 +32,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +133,16 @@ class BatchReport:
     capped: int = 0
     errors: int = 0
     queries: int = 0
-    fired_at: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    trigger: CompiledTrigger
+    event: TriggerEvent
+    claim: Claim
+    not_before: datetime | None
+    #: Finishing an earlier, interrupted handling: a duplicate submission counts as fired.
+    completing: bool
 
 
 @dataclass(slots=True)
@@ -158,6 +168,7 @@ class TriggerEngine:
         claim_idle_ms: int = 60_000,
         due_lease_ms: int = 60_000,
         submit: Submitter | None = None,
+        send_workers: int = 4,
         score: ScoreFunction | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -172,7 +183,9 @@ class TriggerEngine:
         self.claim_idle_ms = claim_idle_ms
         self.due_lease_ms = due_lease_ms
         self.submit: Submitter = submit or _submit_send
-        self.score = score if score is not None else engagement_decay()
+        self.send_workers = send_workers
+        self._pool: ThreadPoolExecutor | None = None
+        self.score = score if score is not None else engagement_decay(runtime.settings)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.quiet = QuietHours.parse(runtime.settings.quiet_hours)
         self.registry = runtime.plugins.registry("conditions")
@@ -215,6 +228,12 @@ class TriggerEngine:
             if self.redis.get(self.keys.version) != self._version:
                 self.reload()
 
+    def close(self) -> None:
+        """Stop the send threads (the runtime stays open; its owner closes it)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     # -- the loop -------------------------------------------------------------------------------
 
     def run(
@@ -243,7 +262,8 @@ class TriggerEngine:
             if handled:
                 idle_since = time.monotonic()
             elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
-                return
+                break
+        self.close()
 
     def step(self) -> int:
         """One iteration: reclaim, read one batch, handle due sends. Returns entries handled."""
@@ -324,7 +344,8 @@ class TriggerEngine:
         stats.add_engine("entries", len(entries))
         pipe = self.redis.pipeline(transaction=True)
         stats.write(pipe)
-        pipe.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        if entries:
+            pipe.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
         pipe.execute()
         return report
 
@@ -363,6 +384,7 @@ class TriggerEngine:
         report.matched = len(candidates)
         outcomes = claim_many(self.redis, [c.claim for c in candidates])
         scheduled = self.redis.pipeline(transaction=False)
+        sends: list[_Send] = []
         for candidate, outcome in zip(candidates, outcomes, strict=True):
             trigger = candidate.trigger
             if outcome is ClaimOutcome.HELD:
@@ -391,17 +413,10 @@ class TriggerEngine:
                 report.scheduled += 1
                 continue
             not_before = due if due > now else None
-            self._send(
-                trigger,
-                candidate.event,
-                candidate.claim,
-                not_before=not_before,
-                completing=redelivered,
-                stats=stats,
-                report=report,
-            )
+            sends.append(_Send(trigger, candidate.event, candidate.claim, not_before, redelivered))
         if len(scheduled):
             scheduled.execute()
+        self._submit_all(sends, stats, report)
 
     def _claim(self, trigger: CompiledTrigger, event: TriggerEvent) -> Claim:
         if trigger.cooldown_seconds:
@@ -414,58 +429,89 @@ class TriggerEngine:
             self.keys.event(trigger.id, event.event_id), event.event_id, EVENT_DEDUPE_SECONDS * 1000
         )
 
-    def _send(
-        self,
-        trigger: CompiledTrigger,
-        event: TriggerEvent,
-        claim: Claim,
-        *,
-        not_before: datetime | None,
-        completing: bool,
-        stats: StatsBatch,
-        report: BatchReport,
-    ) -> None:
+    def _submit_all(self, sends: list[_Send], stats: StatsBatch, report: BatchReport) -> None:
+        """Submit the sends to delivery and count the results.
+
+        Each contact's sends go one after another in priority order (so when the frequency cap
+        leaves room for only some, the higher priority trigger gets it); different contacts'
+        sends run on ``send_workers`` threads, overlapping delivery's database and Redis waits.
+        """
+        if not sends:
+            return
+        groups: dict[int, list[_Send]] = {}
+        for send in sends:
+            groups.setdefault(send.event.contact_id, []).append(send)
+        if self.send_workers <= 1 or len(groups) == 1:
+            results = [self._submit_group(group) for group in groups.values()]
+        else:
+            results = list(self._executor().map(self._submit_group, groups.values()))
+        for group_results in results:
+            for send, outcome in group_results:
+                self._record(send, outcome, stats, report)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.send_workers, thread_name_prefix="trigger-send")
+        return self._pool
+
+    def _submit_group(self, group: list[_Send]) -> list[tuple[_Send, SubmitResult | PostwiseError]]:
+        results: list[tuple[_Send, SubmitResult | PostwiseError]] = []
+        for send in group:
+            try:
+                results.append((send, self.submit(self.runtime, self._request(send))))
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except PostwiseError as exc:
+                results.append((send, exc))
+        return results
+
+    def _request(self, send: _Send) -> SendRequest:
+        trigger, event = send.trigger, send.event
         assert trigger.template_id is not None
-        request = SendRequest(
+        return SendRequest(
             contact_id=event.contact_id,
             template_id=trigger.template_id,
             dedupe_key=dedupe_key(trigger.id, event.event_id),
             reason="trigger",
-            not_before=not_before,
+            not_before=send.not_before,
             trigger_id=trigger.id,
             campaign_id=trigger.campaign_id,
             experiment_id=trigger.experiment_id,
             transactional=trigger.transactional,
             context={"event": dict(event.properties), "event_type": event.type},
         )
-        try:
-            result = self.submit(self.runtime, request)
-        except INFRASTRUCTURE_ERRORS:
-            raise
-        except PostwiseError as exc:
+
+    def _record(
+        self,
+        send: _Send,
+        outcome: SubmitResult | PostwiseError,
+        stats: StatsBatch,
+        report: BatchReport,
+    ) -> None:
+        trigger, claim = send.trigger, send.claim
+        if isinstance(outcome, PostwiseError):
             log.error(
                 "trigger %r (id %s): delivery rejected the send for event %s: %s",
                 trigger.name,
                 trigger.id,
-                event.event_id,
-                exc,
+                send.event.event_id,
+                outcome,
             )
             stats.add(trigger.id, "errors")
             report.errors += 1
             release(self.redis, claim.key, claim.event_id)
             return
-        if result.status == SubmitStatus.QUEUED or (
-            result.status == SubmitStatus.DUPLICATE and completing
+        if outcome.status == SubmitStatus.QUEUED or (
+            outcome.status == SubmitStatus.DUPLICATE and send.completing
         ):
             stats.add(trigger.id, "fired")
             report.fired += 1
-            report.fired_at.append((event.event_id, time.time()))
-        elif result.status == SubmitStatus.DUPLICATE:
+        elif outcome.status == SubmitStatus.DUPLICATE:
             stats.add(trigger.id, "duplicates")
         else:
-            stats.add(trigger.id, "capped" if result.reason == "frequency_cap" else "skipped")
-            if result.reason == "frequency_cap":
-                report.capped += 1
+            capped = outcome.reason == "frequency_cap"
+            stats.add(trigger.id, "capped" if capped else "skipped")
+            report.capped += capped
             # Nothing was sent, so the cooldown must not hold the next chance back.
             release(self.redis, claim.key, claim.event_id)
 
@@ -531,19 +577,18 @@ class TriggerEngine:
                         stats.add(trigger.id, "exited")
                     else:
                         to_submit.append((send, trigger))
-        for send, trigger in to_submit:
-            claim = Claim(send.claim_key, send.event.event_id, 0)
-            # A due send handled twice can only be one whose first handling died before
-            # finishing, so a duplicate here completes that handling.
-            self._send(
-                trigger,
-                send.event,
-                claim,
-                not_before=None,
-                completing=True,
-                stats=stats,
-                report=report,
-            )
+        # A due send handled twice can only be one whose first handling died before finishing,
+        # so a duplicate here completes that handling.
+        self._submit_all(
+            [
+                _Send(
+                    trigger, send.event, Claim(send.claim_key, send.event.event_id, 0), None, True
+                )
+                for send, trigger in to_submit
+            ],
+            stats,
+            report,
+        )
         pipe = self.redis.pipeline(transaction=True)
         stats.write(pipe)
         for send in sends:

@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from postwise.db.models import Message, Trigger, utcnow
 from postwise.errors import ConflictError, NotFoundError
 from postwise.triggers.cooldown import TriggerKeys
-from postwise.triggers.definitions import TriggerDefinition, validate_definition
+from postwise.triggers.definitions import TriggerDefinition, ValidatedTrigger, validate_definition
 from postwise.triggers.stats import reset_stats
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class TriggerStore:
             once=True,
         )
 
-    def _apply(self, trigger: Trigger, validated: Any) -> None:
+    def _apply(self, trigger: Trigger, validated: ValidatedTrigger) -> None:
         definition: TriggerDefinition = validated.definition
         trigger.conditions = validated.conditions
         trigger.exit_conditions = validated.exit_conditions
@@ -167,7 +167,7 @@ class TriggerStore:
         trigger.cooldown_seconds = definition.cooldown_seconds
         trigger.priority = definition.priority
         trigger.active = definition.active
-        trigger.transactional = definition.transactional
+        trigger.transactional = validated.transactional
         trigger.experiment_id = definition.experiment_id
         trigger.updated_at = utcnow()
 
