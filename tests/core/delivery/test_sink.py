@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP
+
 from postwise.delivery.provider import Outcome, OutgoingMessage
 from postwise.delivery.sink import SmtpSink, _SinkSession
 from postwise.delivery.smtp import SmtpProvider

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from postwise.delivery.provider import Outcome, OutgoingMessage, SendResult
 from postwise.delivery.smtp import (
     MAX_CONSECUTIVE_CONNECTION_FAILURES,

@@ -1,7 +1,7 @@
 """The built-in SMTP provider: messages go to one relay over a pool of reused connections.
 
 A new SMTP session costs a TCP handshake, a greeting, EHLO and possibly STARTTLS and AUTH; on a
-local relay that cuts throughput to about a third of a reused connection's. So connections are
+local relay that cuts throughput to a third of a reused connection's, or less. So connections are
 pooled per provider (one relay host), checked out by one sender at a time, health-checked with
 RSET when they come back out of the pool, and replaced when they fail.
 
@@ -120,7 +120,6 @@ class _Batch:
     def __init__(self, messages: Sequence[OutgoingMessage]) -> None:
         self.messages = messages
         self.results: list[SendResult | None] = [None] * len(messages)
-        self.last_failure = ""
         self.gave_up: _SessionError | None = None
         self._next = 0
         self._lock = threading.Lock()
@@ -156,9 +155,10 @@ class _Connection:
 class SmtpProvider(Provider):
     """Deliver messages to one SMTP relay over pooled, reused connections.
 
-    Thread-safe: each :meth:`send_batch` call checks a connection out of the pool for the whole
-    batch, so up to ``pool_size`` threads send at once and further callers wait up to
-    ``timeout`` seconds for a free connection.
+    Thread-safe: a connection is used by one sender at a time, and at most ``pool_size`` are
+    open. Each :meth:`send_batch` call sends over one pooled connection, waiting up to
+    ``timeout`` seconds for a free one, and spreads a large batch over more connections when
+    they are free.
 
     ``starttls`` applies to plain connections: ``"opportunistic"`` upgrades when the relay offers
     STARTTLS, ``"required"`` refuses to send otherwise, ``"off"`` never upgrades. With
@@ -252,8 +252,12 @@ class SmtpProvider(Provider):
                 helper = threading.Thread(
                     target=self._helper_lane, args=(batch,), name="smtp-send", daemon=True
                 )
+                try:
+                    helper.start()
+                except RuntimeError:  # the process is out of threads: send with fewer lanes
+                    self._slots.release()
+                    break
                 helpers.append(helper)
-                helper.start()
             self._lane(batch)
             for helper in helpers:
                 helper.join()
@@ -286,13 +290,14 @@ class SmtpProvider(Provider):
         """
         connection = self._checkout_idle()
         failures = 0
+        last_failure = ""
         try:
             while True:
                 if connection is None:
                     if failures >= MAX_CONSECUTIVE_CONNECTION_FAILURES:
                         reason = (
                             f"not attempted: {failures} connections to {self.host}:{self.port} "
-                            f"failed in a row (last: {batch.last_failure})"
+                            f"failed in a row (last: {last_failure})"
                         )
                         self._give_up(batch, _SessionError(reason))
                         return
@@ -312,11 +317,12 @@ class SmtpProvider(Provider):
                     connection.smtp.close()
                     connection = None
                     failures += 1
-                    batch.last_failure = result.reason
+                    last_failure = result.reason
         except Exception as error:
             # A bug, not a delivery failure: the batch must still get a result per message.
             log.exception("SMTP sending via %s:%s failed unexpectedly", self.host, self.port)
-            self._give_up(batch, _SessionError(f"not sent: internal error {_describe(error)}"))
+            reason = f"internal error in the SMTP provider: {_describe(error)}"
+            self._give_up(batch, _SessionError(reason))
             if connection is not None:
                 connection.smtp.close()
                 connection = None
