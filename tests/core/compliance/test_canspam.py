@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from postwise.compliance.canspam import check_marketing_template, require_marketing_template
 from postwise.errors import ComplianceError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from postwise import tokens
 from postwise.compliance import consent
 from postwise.compliance.suppression import is_suppressed

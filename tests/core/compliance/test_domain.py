@@ -16,6 +16,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 from click.testing import CliRunner
+
 from postwise.cli import cli
 from postwise.compliance.domain import CheckStatus, check_domain, make_resolver
 from postwise.delivery.dkim import generate_key

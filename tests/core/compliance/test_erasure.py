@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from litestar.testing import TestClient
+from sqlmodel import select
+
+from postwise.analytics.collector import Collector, open_sink
 from postwise.apikeys import create_api_key
 from postwise.compliance.bounces import classify_message
 from postwise.compliance.erasure import erase_contact
@@ -25,10 +27,9 @@ from postwise.delivery.requests import SendRequest
 from postwise.delivery.sink import SmtpSink
 from postwise.delivery.templates import create_template
 from postwise.delivery.worker import drain
-from postwise.events import EVENT_STREAM, EventEnvelope, encode_event
+from postwise.errors import NotFoundError
 from postwise.runtime import Runtime
 from postwise.server.app import create_app
-from sqlmodel import select
 
 EMAIL = "zebediah.quillfeather@example.org"
 FIRST, LAST = "Zebediah", "Quillfeather"
@@ -193,27 +194,36 @@ def _create_through_every_path(runtime: Runtime, tmp_path: Path) -> tuple[int, T
     from dataclasses import replace
 
     apply_classification(runtime, replace(soft, recipient=EMAIL))
-    # Events: a product event naming the contact, on the stream and stored.
-    event = EventEnvelope(
-        event_id="evt-1",
-        type="purchase",
-        occurred_at=datetime.now(UTC),
-        contact_id=cid,
-        properties={"note": f"gift for {FIRST}"},
+    # Events: product events by address through the API, stored by the collector, and one
+    # left on the stream (not yet collected).
+    stored = client.post(
+        "/v1/events",
+        json=[
+            {
+                "event_id": "evt-1",
+                "type": "purchase",
+                "email": EMAIL,
+                "properties": {"note": f"gift for {FIRST}"},
+            },
+            {"event_id": "evt-2", "type": "click", "message_id": sent.message_id},
+        ],
     )
-    runtime.redis.xadd(EVENT_STREAM, encode_event(event))  # type: ignore[arg-type]
-    with runtime.session() as session:
-        from postwise.db.models import Event
-
-        session.add(
-            Event(
-                event_id="evt-1",
-                type="purchase",
-                occurred_at=event.occurred_at,
-                contact_id=cid,
-                properties=dict(event.properties),
-            )
-        )
+    assert stored.status_code == 202, stored.text
+    collector = Collector(runtime, open_sink(runtime))
+    collector.run(exit_when_idle=0.2)
+    assert collector.stats.stored >= 3  # the two above and the delivery's "sent" event
+    assert (
+        client.post(
+            "/v1/events",
+            json={
+                "event_id": "evt-3",
+                "type": "visit",
+                "email": EMAIL,
+                "properties": {"page": f"/{LAST}"},
+            },
+        ).status_code
+        == 202
+    )
     return cid, client
 
 
@@ -285,7 +295,7 @@ def test_export_returns_everything_held(world: Runtime, tmp_path: Path) -> None:
             f"{LAST}-0001",
             f"{LAST}-0002",
         }
-        assert [e["event_id"] for e in data["events"]] == ["evt-1"]
+        assert {"evt-1", "evt-2"} <= {e["event_id"] for e in data["events"]}
         json.dumps(data)
     finally:
         client.__exit__(None, None, None)
@@ -311,6 +321,7 @@ def test_an_erasure_suppression_cannot_be_lifted(client: Any, runtime: Runtime) 
 
 def test_the_cli_erases_by_address_and_exports(runtime: Runtime, tmp_path: Path) -> None:
     from click.testing import CliRunner
+
     from postwise.cli import cli
     from postwise.db.models import Contact
 
@@ -334,4 +345,5 @@ def test_the_cli_erases_by_address_and_exports(runtime: Runtime, tmp_path: Path)
     assert json.loads(erased.output)["counts"]["contacts"] == 1
     assert _database_hits(runtime) == {}
     missing = runner.invoke(cli, ["privacy", "export", "--id", "999"], env=env)
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert isinstance(missing.exception, NotFoundError)
+    assert "does not exist" in str(missing.exception)

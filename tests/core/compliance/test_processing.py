@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from imap_test_server import MailStore, running_imap_server
+from sqlmodel import select
+
 from postwise.compliance import reputation
 from postwise.compliance.bounces import BounceClassification, BounceKind, classify_message
 from postwise.compliance.processing import (
@@ -23,7 +25,6 @@ from postwise.compliance.suppression import is_suppressed
 from postwise.db.models import Contact, ContactStatus, Message, MessageStatus, Suppression
 from postwise.events import EVENT_STREAM, EventEnvelope, decode_event, encode_event
 from postwise.runtime import Runtime
-from sqlmodel import select
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 
@@ -50,7 +51,8 @@ def _suppressed(runtime: Runtime, email: str, *, transactional: bool = False) ->
 
 
 def _stream(runtime: Runtime) -> list[EventEnvelope]:
-    return [decode_event(fields) for _id, fields in runtime.redis.xrange(EVENT_STREAM)]
+    entries: Any = runtime.redis.xrange(EVENT_STREAM)
+    return [decode_event(fields) for _id, fields in entries]
 
 
 def _fixture(name: str) -> BounceClassification:

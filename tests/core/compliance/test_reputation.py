@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
 from postwise.cli import cli
 from postwise.compliance import reputation
 from postwise.compliance.reputation import PAUSED_KEY
@@ -47,7 +48,8 @@ def _send(
 
 
 def _alerts(runtime: Runtime) -> list[dict[str, Any]]:
-    events = [decode_event(f) for _i, f in runtime.redis.xrange(EVENT_STREAM)]
+    entries: Any = runtime.redis.xrange(EVENT_STREAM)
+    events = [decode_event(f) for _i, f in entries]
     return [dict(e.properties) for e in events if e.type == "reputation_alert"]
 
 

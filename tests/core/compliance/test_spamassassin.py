@@ -17,6 +17,7 @@ from typing import Any
 
 import dkim
 import pytest
+
 from postwise.content import TemplateCache, TemplateSource, TrackingConfig
 from postwise.delivery.demo import run_demo
 from postwise.delivery.dkim import DkimSigner, generate_key

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 
+from sqlmodel import select
+
 from postwise import tokens
 from postwise.compliance import consent
 from postwise.compliance.processing import process_raw_report
@@ -17,7 +19,6 @@ from postwise.contacts.normalize import email_hash
 from postwise.db.models import AuditRecord, Contact, ContactStatus, Message, MessageStatus
 from postwise.runtime import Runtime
 from postwise.settings import Settings
-from sqlmodel import select
 
 
 def _contact(runtime: Runtime, email: str = "bob@example.com") -> int:

@@ -7,9 +7,10 @@
   contact id, their merge context and any address or name in their last error, and those not
   sent yet are marked ``skipped`` so a queued job finds them skipped and sends nothing (RQ jobs
   carry ledger ids, never addresses);
-* stored events, through ``erase_contact`` of the configured analytics sink (SQL or ClickHouse);
-* the Redis event stream (entries naming the contact are deleted) and postwise's own per-address
-  keys (soft-bounce counters);
+* events, through :func:`postwise.analytics.erasure.erase_contact_events`: those in flight in
+  the collector are dropped, the entries naming the contact are deleted from the event and
+  dead-letter streams, and the configured sink (SQL or ClickHouse) erases the stored ones;
+* postwise's own per-address Redis keys (soft-bounce counters);
 * every plugin is told through ``postwise_contact_changed(changes={"erased": True})`` so that
   connectors and plugins drop what they hold (CRM sync state, caches).
 
@@ -51,18 +52,13 @@ from postwise.db.models import (
 from postwise.db.models import ConsentRecord as ConsentRow
 from postwise.db.models import Message as LedgerRow
 from postwise.errors import NotFoundError
-from postwise.events import EVENT_STREAM, decode_event
 
 if TYPE_CHECKING:
-    import redis
-
     from postwise.runtime import Runtime
 
 __all__ = ["ErasureReport", "erase_contact", "erase_email", "export_contact", "find_contact"]
 
 log = logging.getLogger(__name__)
-
-_STREAM_CHUNK = 5000
 
 
 @dataclass(slots=True)
@@ -155,45 +151,16 @@ def _erase_rows(session: Session, contact: Contact) -> dict[str, int]:
     return counts
 
 
-def _erase_stream(redis_client: redis.Redis, contact_id: int) -> int:
-    """Delete the stream entries that name ``contact_id``, scanning in chunks."""
-    removed = 0
-    start = "-"
-    while True:
-        entries: Any = redis_client.xrange(EVENT_STREAM, min=start, max="+", count=_STREAM_CHUNK)
-        if not entries:
-            return removed
-        doomed = []
-        for entry_id, fields in entries:
-            try:
-                event = decode_event(fields)
-            except (ValueError, KeyError, TypeError):
-                continue
-            if event.contact_id == contact_id:
-                doomed.append(entry_id)
-        if doomed:
-            removed += int(redis_client.xdel(EVENT_STREAM, *doomed))
-        if len(entries) < _STREAM_CHUNK:
-            return removed
-        last = entries[-1][0]
-        last_text = last.decode() if isinstance(last, bytes) else str(last)
-        start = "(" + last_text
-
-
 def _erase_events(runtime: Runtime, contact_id: int, report: ErasureReport) -> None:
-    name = runtime.settings.analytics_sink
+    """Stored events, the stream and events in flight, through the analytics subsystem."""
+    from postwise.analytics.erasure import erase_contact_events
+
     try:
-        factory = runtime.component("analytics_sinks", name)
-        sink = factory(runtime.settings, runtime.settings.provider_options.get(name, {}))
-    except Exception as exc:
-        report.incomplete["events"] = f"analytics sink {name!r} unavailable: {exc}"
+        counts = erase_contact_events(runtime, contact_id)
+    except Exception as exc:  # any store failing must be reported, not end the erasure
+        report.incomplete["events"] = f"{type(exc).__name__}: {exc}"
         return
-    try:
-        report.counts["events"] = int(sink.erase_contact(contact_id))
-    except Exception as exc:
-        report.incomplete["events"] = f"analytics sink {name!r} failed: {type(exc).__name__}: {exc}"
-    finally:
-        sink.close()
+    report.counts.update(counts)
 
 
 def erase_contact(
@@ -255,10 +222,6 @@ def _erase_elsewhere(
 ) -> None:
     if contact_id is not None:
         _erase_events(runtime, contact_id, report)
-        try:
-            report.counts["stream_entries"] = _erase_stream(runtime.redis, contact_id)
-        except Exception as exc:
-            report.incomplete["stream"] = f"{type(exc).__name__}: {exc}"
     if hashed:
         report.counts["redis_keys"] = int(runtime.redis.delete(soft_bounce_key(hashed)))
 
