@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import email.policy
+import re
 from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
 
+from litestar.testing import TestClient
 from sqlmodel import select
 
 from postwise import tokens
@@ -17,8 +23,19 @@ from postwise.compliance.unsubscribe import (
 )
 from postwise.contacts.normalize import email_hash
 from postwise.db.models import AuditRecord, Contact, ContactStatus, Message, MessageStatus
+from postwise.delivery.dispatch import submit_send
+from postwise.delivery.requests import SendRequest
+from postwise.delivery.sink import SmtpSink
+from postwise.delivery.templates import create_template
+from postwise.delivery.worker import drain
 from postwise.runtime import Runtime
+from postwise.server.app import create_app
 from postwise.settings import Settings
+
+MARKETING_HTML = (
+    "<p>Hello {{ first_name }}.</p>"
+    '<p>{{ postal_address }} <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+)
 
 
 def _contact(runtime: Runtime, email: str = "bob@example.com") -> int:
@@ -159,3 +176,57 @@ def test_the_mailbox_treats_mail_to_the_unsubscribe_address_as_unsubscribe(
         assert auto.kind == "auto_reply" and auto.action == "ignored"
     finally:
         runtime.close()
+
+
+def test_a_one_click_unsubscribe_stops_mail_already_queued(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    sink = SmtpSink(tmp_path / "outbox")
+    sink.start()
+    runtime = Runtime(
+        make_settings(smtp_port=sink.port, smtp_starttls="off", frequency_cap="100/24h")
+    )
+    try:
+        cid = _contact(runtime)
+        with runtime.session() as session:
+            news = create_template(
+                session, runtime.settings, name="news", subject="News", html=MARKETING_HTML
+            ).id
+            receipt = create_template(
+                session,
+                runtime.settings,
+                name="receipt",
+                subject="Receipt",
+                html="<p>Thanks for your order.</p>",
+                kind="transactional",
+            ).id
+        assert news is not None and receipt is not None
+        submit_send(runtime, SendRequest(contact_id=cid, template_id=news, dedupe_key="n1"))
+        drain(runtime)
+        assert sink.count == 1
+        queued = submit_send(
+            runtime, SendRequest(contact_id=cid, template_id=news, dedupe_key="n2")
+        )
+        assert queued.status == "queued"
+        # The recipient presses "unsubscribe" in the mail client: RFC 8058 one-click POST to
+        # the https URL of the List-Unsubscribe header of the message they received.
+        sink.flush()
+        [eml] = sorted((tmp_path / "outbox").glob("*.eml"))
+        header = BytesParser(policy=email.policy.default).parsebytes(eml.read_bytes())
+        url = re.search(r"<(https?://[^>]+)>", str(header["List-Unsubscribe"]))
+        assert url is not None
+        with TestClient(app=create_app(runtime=runtime)) as client:
+            path = url.group(1).removeprefix(runtime.settings.base_url)
+            answer = client.post(path, content=b"List-Unsubscribe=One-Click")
+        assert answer.status_code in (200, 202, 204), answer.text
+        drain(runtime)
+        assert sink.count == 1
+        with runtime.session() as session:
+            row = session.get(Message, queued.message_id)
+            assert row is not None and row.status == MessageStatus.SKIPPED
+        submit_send(runtime, SendRequest(contact_id=cid, template_id=receipt, dedupe_key="r1"))
+        drain(runtime)
+        assert sink.count == 2  # transactional mail still reaches an unsubscribed contact
+    finally:
+        runtime.close()
+        sink.stop()
