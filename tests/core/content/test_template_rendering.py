@@ -299,6 +299,23 @@ def test_a_text_part_is_generated_from_the_html_when_none_is_authored() -> None:
     assert "color" not in vip
 
 
+def test_block_tags_between_elements_leave_no_stray_spaces_in_generated_text() -> None:
+    src = source(
+        "<h1>Hi</h1>\n{% if 'vip' in segments %}\n<p>VIP</p>\n{% else %}\n<p>Hello</p>\n"
+        "{% endif %}\n{% for item in recommendations(2) %}\n"
+        '<div><a href="{{ item.url }}">{{ item.title }}</a></div>\n{% endfor %}\n' + FOOTER
+    )
+
+    text = render(src, {"id": 1}, recommender=popular, tracking=None).text
+
+    assert text == (
+        "Hi\n\nHello\n\n"
+        "Tea <Sampler> (https://shop.example.com/p/sku-4?src=mail&c=1)\n"
+        "Teapot (https://shop.example.com/p/sku-2?src=mail&c=1)\n\n"
+        f"Unsubscribe ({UNSUB})\n"
+    )
+
+
 def test_marketing_mail_cannot_render_without_an_unsubscribe_url() -> None:
     src = source("<p>Sale</p>" + FOOTER)
 

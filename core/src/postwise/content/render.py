@@ -169,7 +169,7 @@ def compile_template(
     protected, links = rewrite_html(protected, shield, assets=assets)
     generated_text = text is None
     if text is None:
-        generated = _BRACE.sub("{{ '{' }}", html_to_text(protected))
+        generated = _BRACE.sub("{{ '{' }}", _one_block_per_line(html_to_text(protected), shield))
         text = compile_part(Part.TEXT, shield.reveal(generated), name=name)
     protected = insert_open_pixel(protected, shield)
     html = compile_part(Part.HTML, shield.reveal(protected), name=name)
@@ -181,6 +181,22 @@ def compile_template(
         links=links,
         collapse_blank_lines=generated_text,
     )
+
+
+def _one_block_per_line(text: str, shield: JinjaShield) -> str:
+    """Split lines made only of block tags (``{% endif %} {% for ... %}``) into one per line.
+
+    A block tag alone on its line vanishes with its line break when rendered (trim_blocks),
+    while the space between two tags on one line would be printed.
+    """
+    lines: list[str] = []
+    for line in text.split("\n"):
+        words = line.split()
+        if len(words) > 1 and all((shield.code(w) or "").startswith("{%") for w in words):
+            lines.extend(words)
+        else:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _inline_css(html: str, *, name: str) -> str:
