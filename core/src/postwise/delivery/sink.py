@@ -11,6 +11,7 @@ event loop in a daemon thread, on a port the operating system picks.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import os
@@ -39,7 +40,7 @@ _SEQUENCE_WIDTH = 8
 _BACKLOG = 10_000
 
 
-class BackgroundSmtpServer:
+class BackgroundSmtpServer(abc.ABC):
     """An aiosmtpd server with its own event loop in a background thread.
 
     Subclasses say which protocol object serves a connection by overriding
@@ -68,9 +69,9 @@ class BackgroundSmtpServer:
             raise ConfigurationError(f"{type(self).__name__} is not running; call start() first")
         return self._port
 
+    @abc.abstractmethod
     def create_protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
         """Return the aiosmtpd protocol object for one new connection."""
-        raise NotImplementedError(f"{type(self).__name__} must override create_protocol()")
 
     def start(self) -> None:
         """Bind the socket and start serving in a daemon thread; does nothing if running."""
