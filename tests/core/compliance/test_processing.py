@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mailbox
 import shutil
 from collections.abc import Iterator
@@ -10,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from imap_test_server import MailStore, running_imap_server
 from sqlmodel import select
 
+from postwise import hookimpl
+from postwise.cli import cli
 from postwise.compliance import reputation
 from postwise.compliance.bounces import BounceClassification, BounceKind, classify_message
 from postwise.compliance.processing import (
@@ -337,3 +341,75 @@ def test_the_bounce_mailbox_can_be_read_over_imap(runtime: Runtime) -> None:
     assert run.by_kind == {"hard": 1}
     assert _status(runtime, cid) == ContactStatus.BOUNCED
     assert all("\\Seen" in m.flags for m in store.folders["INBOX"])
+
+
+class _Recorder:
+    """A plugin that records what postwise_contact_changed tells it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, Any], str]] = []
+
+    @hookimpl
+    def postwise_contact_changed(
+        self, contact_id: int, changes: dict[str, Any], source: str
+    ) -> None:
+        self.calls.append((contact_id, dict(changes), source))
+
+
+def test_plugins_hear_of_status_changes(runtime: Runtime) -> None:
+    recorder = _Recorder()
+    assert runtime.plugins.register(recorder, "recorder")
+    try:
+        cid = _contact(runtime, "bob@example.net")
+        apply_classification(runtime, _fixture("postfix-user-unknown.eml"))
+        apply_classification(runtime, _fixture("postfix-user-unknown.eml"))
+    finally:
+        runtime.plugins.unregister("recorder")
+    assert recorder.calls == [(cid, {"status": "bounced"}, "compliance")]
+
+
+def test_the_suppressions_api(client: Any) -> None:
+    added = client.post(
+        "/v1/suppressions", json={"email": "Mallory@Example.com", "reason": "manual"}
+    )
+    assert added.status_code == 201
+    entry = added.json()
+    assert entry["scope"] == "all" and "mallory" not in json.dumps(entry).lower()
+    check = client.post("/v1/suppressions/check", json={"email": "mallory@example.com"}).json()
+    assert check["suppressed_all"] and check["suppressed_marketing"]
+    assert client.get("/v1/suppressions").json()["items"][0]["id"] == entry["id"]
+    bad = client.post("/v1/suppressions", json={"email": "not an address"})
+    assert bad.status_code == 422 and bad.json()["field"] == "email"
+    reason = client.post("/v1/suppressions", json={"email": "a@example.com", "reason": "erasure"})
+    assert reason.status_code == 422 and reason.json()["field"] == "reason"
+    assert client.get("/v1/suppressions?limit=0").status_code == 400
+    assert client.delete(f"/v1/suppressions/{entry['id']}").status_code == 204
+    assert client.delete(f"/v1/suppressions/{entry['id']}").status_code == 404
+    assert not client.post("/v1/suppressions/check", json={"email": "mallory@example.com"}).json()[
+        "suppressed_all"
+    ]
+
+
+def test_the_cli_runs_the_consumer_once(real_runtime: Runtime) -> None:
+    runtime = real_runtime
+    cid = _contact(runtime, "bob@example.net")
+    _put(
+        runtime,
+        _event(
+            "b-cli",
+            "bounce",
+            contact_id=cid,
+            properties={"smtp_code": 550, "status": "5.1.1", "diagnostic": "user unknown"},
+        ),
+    )
+    settings = runtime.settings
+    env = {
+        "POSTWISE_DATA_DIR": str(settings.data_dir),
+        "POSTWISE_DATABASE_URL": settings.resolved_database_url,
+        "POSTWISE_REDIS_URL": settings.redis_url,
+        "POSTWISE_SECRET_KEY": settings.secret_key.get_secret_value(),
+    }
+    result = CliRunner().invoke(cli, ["reputation", "run", "--once"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "handled 1 stream entries" in result.output
+    assert _suppressed(runtime, "bob@example.net")

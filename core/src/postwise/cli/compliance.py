@@ -299,18 +299,21 @@ def reputation_run(
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     next_mailbox = 0.0
     handled = 0
-    while not stopping:
-        if runtime.settings.bounce_mailbox and time.monotonic() >= next_mailbox:
-            run = process_mailbox(runtime)
-            if run.read:
-                click.echo(f"mailbox: {json.dumps(run.to_dict())}")
-            next_mailbox = time.monotonic() + mailbox_interval
-        count = consumer.run_once(block_ms=None if once else 1000)
-        handled += count
-        if once and count == 0:
-            break
+    try:
+        while not stopping:
+            if runtime.settings.bounce_mailbox and time.monotonic() >= next_mailbox:
+                run = process_mailbox(runtime)
+                if run.read:
+                    click.echo(f"mailbox: {json.dumps(run.to_dict())}")
+                next_mailbox = time.monotonic() + mailbox_interval
+            count = consumer.run_once(block_ms=None if once else 1000)
+            handled += count
+            if once and count == 0:
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     click.echo(f"handled {handled} stream entries")

@@ -294,6 +294,7 @@ def apply_classification(
         )
     with runtime.session() as session:
         target = _resolve(session, classification, contact_id)
+        status_before = target.contact.status if target.contact is not None else None
         action, reason = _act(
             session,
             redis_client,
@@ -304,6 +305,13 @@ def apply_classification(
             now=now,
         )
         found_id = target.contact.id if target.contact is not None else None
+        status_after = target.contact.status if target.contact is not None else None
+    if found_id is not None and status_after != status_before:
+        # CRM connectors and other plugins keep the status in step (a bounced contact is
+        # marked so in the CRM too).
+        runtime.plugins.hook.postwise_contact_changed(
+            contact_id=found_id, changes={"status": str(status_after)}, source="compliance"
+        )
     provider = provider or target.provider
     recipient_domain = email_domain(target.address) if target.address else None
     sending_domain = sending_domain or reputation.default_sending_domain(settings)
