@@ -101,7 +101,15 @@ class AssetConfig:
 class LinkTracker:
     """Per-message tracking: signs tokens for the links a rendered message actually contains."""
 
-    __slots__ = ("_cache", "_links", "_message_id", "_sign", "_tracking", "_unsubscribe_url")
+    __slots__ = (
+        "_cache",
+        "_clicks",
+        "_links",
+        "_message_id",
+        "_sign",
+        "_unsubscribe_url",
+        "open_pixel",
+    )
 
     def __init__(
         self,
@@ -113,48 +121,45 @@ class LinkTracker:
     ) -> None:
         self._links = links
         self._message_id = message_id
-        self._tracking = tracking if tracking is not None and tracking.clicks else None
+        self._clicks = tracking if tracking is not None and tracking.clicks else None
         self._unsubscribe_url = unsubscribe_url
         self._sign: Callable[[str], str] | None = None
         # The HTML and the generated text part share links; each is signed once per message.
         self._cache: dict[str, str] = {}
-        if tracking is not None and tracking.opens:
-            self._cache[""] = self._open_pixel_html(tracking)
+        #: The open-tracking ``<img>``, empty when open tracking is off.
+        self.open_pixel = (
+            _open_pixel(tracking, message_id)
+            if tracking is not None and tracking.opens
+            else Markup("")
+        )
 
     def __getitem__(self, index: int) -> str:
         """The URL for static link ``index`` of the template: tracked when tracking is on."""
         url = self._links[index]
-        if self._tracking is None:
+        if self._clicks is None:
             return url
-        return self._cache.get(url) or self._click_url(url)
+        return self._cache.get(url) or self._click_url(self._clicks, url)
 
     def track(self, url: str) -> str:
         """The URL to put in place of a link whose target was computed while rendering."""
-        if self._tracking is None or not _is_web_url(url) or url == self._unsubscribe_url:
+        if self._clicks is None or not _is_web_url(url) or url == self._unsubscribe_url:
             return url
-        return self._cache.get(url) or self._click_url(url)
+        return self._cache.get(url) or self._click_url(self._clicks, url)
 
-    @property
-    def open_pixel(self) -> Markup:
-        """The open-tracking ``<img>`` (empty when open tracking is off)."""
-        return Markup(self._cache.get("", ""))  # noqa: S704 - built from escaped parts
-
-    def _click_url(self, url: str) -> str:
-        tracking = self._tracking
-        assert tracking is not None
+    def _click_url(self, tracking: TrackingConfig, url: str) -> str:
         if self._sign is None:
             self._sign = click_signer(self._message_id, key=tracking.key, ttl=tracking.ttl)
         tracked = f"{tracking.base_url}/t/c/{self._sign(url)}"
         self._cache[url] = tracked
         return tracked
 
-    def _open_pixel_html(self, tracking: TrackingConfig) -> str:
-        token = sign(Purpose.OPEN, {"m": self._message_id}, key=tracking.key, ttl=tracking.ttl)
-        src = escape(f"{tracking.base_url}/t/o/{token}.gif")
-        return (
-            f'<img src="{src}" width="1" height="1" alt="" '
-            'style="display:block;width:1px;height:1px;border:0" />'
-        )
+
+def _open_pixel(tracking: TrackingConfig, message_id: str) -> Markup:
+    token = sign(Purpose.OPEN, {"m": message_id}, key=tracking.key, ttl=tracking.ttl)
+    return Markup(  # noqa: S704 - the only variable part is escaped
+        f'<img src="{escape(f"{tracking.base_url}/t/o/{token}.gif")}" width="1" height="1" '
+        'alt="" style="display:block;width:1px;height:1px;border:0" />'
+    )
 
 
 @pass_context

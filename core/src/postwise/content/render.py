@@ -1,7 +1,7 @@
 """Compiled templates, cached per version, and rendering a message for one contact.
 
 Everything that does not depend on the contact happens once per template version in
-:func:`compile_template`: CSS inlining (premailer, ~0.6 ms a call), link and asset rewriting,
+:func:`compile_template`: CSS inlining (premailer, the costliest step), link and asset rewriting,
 generating the text part from the HTML, and compiling the three parts with Jinja. Rendering a
 message is then three sandboxed Jinja renders plus one signed token per link the message
 contains.
@@ -109,7 +109,8 @@ class CompiledTemplate:
         context = self._globals.copy()
         context.update(contact)
         context["contact"] = contact
-        context["segments"] = frozenset(segments)
+        # A lone name is one segment, not a set of letters.
+        context["segments"] = frozenset((segments,) if isinstance(segments, str) else segments)
         context["recommendations"] = bind_recommendations(recommender, contact.get("id"))
         context["unsubscribe_url"] = unsubscribe_url or ""
         tracker = LinkTracker(
