@@ -1,8 +1,9 @@
 """A local SMTP sink: an aiosmtpd server on loopback that writes every message to a folder.
 
 ``postwise demo`` and the benchmarks send real SMTP to it, so it must keep up with the provider
-(1,000+ messages/s): each message is one ``os.write`` into a new file, without fsync, named
-``<n>-<safe Message-ID>.eml`` and holding exactly the bytes received (CRLF line endings kept).
+(1,000+ messages/s): a writer thread puts each message into a new file with one ``os.write``
+and no fsync, named ``<n>-<safe Message-ID>.eml`` and holding exactly the bytes received (CRLF
+line endings kept).
 The envelope is not stored; the message headers carry what a reader of the outbox needs.
 
 :class:`BackgroundSmtpServer` is the reusable part: an aiosmtpd protocol served from its own
