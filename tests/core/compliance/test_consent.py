@@ -178,15 +178,6 @@ def test_a_single_opt_in_grant_does_not_lift_an_unsubscribe(runtime: Runtime) ->
         assert is_suppressed(session, "ann@example.com")
 
 
-def test_consent_is_required_by_setting_or_by_region(make_settings: Any) -> None:
-    contact_de = Contact(email="a@example.de", country="DE")
-    contact_us = Contact(email="a@example.com", country="US")
-    regional = make_settings(consent_regions="DE,FR")
-    assert consent.consent_required(regional, contact_de)
-    assert not consent.consent_required(regional, contact_us)
-    assert consent.consent_required(make_settings(require_consent=True), contact_us)
-
-
 def test_bad_input_is_rejected_with_the_field(runtime: Runtime) -> None:
     cid = _contact(runtime)
     with runtime.session() as session:
@@ -216,12 +207,12 @@ def test_the_api_grants_lists_and_withdraws_in_one_call(client: Any, runtime: Ru
     assert body["record"]["granted"] and body["record"]["confirmed"]
     assert "/c/" in body["withdrawal_url"] and body["withdrawal_url"].endswith("/withdraw")
     ledger = client.get(f"/v1/contacts/{cid}/consent").json()
-    assert ledger["marketing_allowed"] is True
+    assert ledger["marketing_consent"] is True
     assert ledger["current"]["marketing"]["ip"] == "192.0.2.1"
     withdrawn = client.delete(f"/v1/contacts/{cid}/consent/marketing")
     assert withdrawn.status_code == 200
     assert withdrawn.json()["record"]["granted"] is False
-    assert client.get(f"/v1/contacts/{cid}/consent").json()["marketing_allowed"] is False
+    assert client.get(f"/v1/contacts/{cid}/consent").json()["marketing_consent"] is False
 
 
 def test_the_api_answers_bad_input_with_4xx(client: Any, runtime: Runtime) -> None:

@@ -68,7 +68,7 @@ def consent_show(
         history = [_record_dict(r) for r in ledger.consent_history(session, cid)]
         allowed = ledger.has_valid_consent(session, cid)
     if as_json:
-        emit_json({"contact_id": cid, "marketing_allowed": allowed, "history": history})
+        emit_json({"contact_id": cid, "marketing_consent": allowed, "history": history})
         return
     for r in history:
         state = "granted" if r["granted"] else "withdrawn"
@@ -78,7 +78,7 @@ def consent_show(
             f"{r['at']}  {r['purpose']:<12} {state:<21} source={r['source']} "
             f"ip={r['ip'] or '-'} wording={r['wording_version'] or '-'}"
         )
-    click.echo(f"marketing allowed: {'yes' if allowed else 'no'}")
+    click.echo(f"marketing consent: {'valid' if allowed else 'none'}")
 
 
 @consent.command("grant")

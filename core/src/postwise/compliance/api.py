@@ -90,8 +90,9 @@ class ConsentLedger:
     current: dict[str, ConsentOut]
     #: Every record, oldest first.
     history: list[ConsentOut]
-    #: Whether marketing may go to this contact under the consent rule.
-    marketing_allowed: bool
+    #: Whether the latest ``marketing`` record is granted and confirmed (the gate's rule for
+    #: contacts that need consent).
+    marketing_consent: bool
 
 
 def _iso(value: datetime) -> str:
@@ -123,12 +124,14 @@ class ConsentController(Controller):
         if session.get(Contact, contact_id) is None:
             raise NotFoundError(f"contact {contact_id} does not exist")
         history = consent_ledger.consent_history(session, contact_id)
-        current = consent_ledger.current_consents(session, contact_id)
+        # The ledger is ordered, so the last record per purpose is the one in force.
+        current = {record.purpose: record for record in history}
+        marketing = current.get(consent_ledger.MARKETING)
         return ConsentLedger(
             contact_id=contact_id,
             current={p: _consent_out(r) for p, r in current.items()},
             history=[_consent_out(r) for r in history],
-            marketing_allowed=consent_ledger.has_valid_consent(session, contact_id),
+            marketing_consent=marketing is not None and marketing.granted and marketing.confirmed,
         )
 
     @post("/", sync_to_thread=True, status_code=201)

@@ -6,9 +6,9 @@ purpose is the one in force.
 
 **The rule the delivery gate applies** (and nothing else may weaken it): a marketing message may
 go to a contact that needs consent only if the latest ``marketing`` record of that contact is
-``granted`` *and* ``confirmed``. :func:`has_valid_consent` is that rule; :func:`consent_required`
-says whether a contact needs consent at all (``require_consent`` or the contact's country listed
-in ``consent_regions``).
+``granted`` *and* ``confirmed``. :func:`has_valid_consent` is that rule. Whether a contact needs
+consent at all is the gate's call: ``require_consent``, or the contact's country listed in
+``consent_regions`` (:mod:`postwise.delivery.gate`).
 
 Double opt-in: :func:`grant_consent` with ``double_opt_in=True`` records an unconfirmed grant
 and returns a signed confirmation link (token purpose ``confirm-consent``); following it appends
@@ -47,9 +47,7 @@ __all__ = [
     "confirm_consent",
     "confirmation_url",
     "consent_history",
-    "consent_required",
     "current_consent",
-    "current_consents",
     "grant_consent",
     "has_valid_consent",
     "verify_consent_token",
@@ -130,14 +128,6 @@ def current_consent(session: Session, contact_id: int, purpose: str) -> ConsentR
     ).first()
 
 
-def current_consents(session: Session, contact_id: int) -> dict[str, ConsentRecord]:
-    """The record in force per purpose for ``contact_id``."""
-    latest: dict[str, ConsentRecord] = {}
-    for record in consent_history(session, contact_id):
-        latest[record.purpose] = record
-    return latest
-
-
 def consent_history(session: Session, contact_id: int) -> list[ConsentRecord]:
     """Every record of ``contact_id``, oldest first."""
     return list(
@@ -153,14 +143,6 @@ def has_valid_consent(session: Session, contact_id: int, purpose: str = MARKETIN
     """The gate's rule: the latest record for ``purpose`` is granted and confirmed."""
     record = current_consent(session, contact_id, purpose)
     return record is not None and record.granted and record.confirmed
-
-
-def consent_required(settings: Settings, contact: Contact) -> bool:
-    """Whether marketing to ``contact`` needs a valid ``marketing`` consent."""
-    if settings.require_consent:
-        return True
-    country = (contact.country or "").upper()
-    return bool(country) and country in {c.upper() for c in settings.consent_regions}
 
 
 def _append(

@@ -124,7 +124,7 @@ def _erase_rows(session: Session, contact: Contact) -> dict[str, int]:
     ledger = 0
     skipped = 0
     for row in session.exec(select(LedgerRow).where(LedgerRow.contact_id == cid)):
-        if row.status in PENDING_STATES or row.status == MessageStatus.SENDING:
+        if row.status in PENDING_STATES:
             row.status = MessageStatus.SKIPPED
             row.last_error = "erased"
             skipped += 1

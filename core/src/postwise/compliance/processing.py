@@ -190,6 +190,21 @@ def _raise_status(session: Session, contact: Contact, status: ContactStatus) -> 
         session.flush()
 
 
+def _suppress_bounced(
+    session: Session,
+    hashed: str,
+    contact: Contact | None,
+    reason: SuppressionReason,
+    detail: str | None,
+) -> None:
+    """The address cannot receive mail: suppress it for everything, mark the contact bounced
+    and skip its unsent messages, transactional ones included."""
+    suppress_hash(session, hashed, reason=reason, detail=detail)
+    if contact is not None and contact.id is not None:
+        _raise_status(session, contact, ContactStatus.BOUNCED)
+        skip_queued_messages(session, contact.id, reason="bounced", include_transactional=True)
+
+
 def _act(
     session: Session,
     redis_client: redis.Redis,
@@ -210,10 +225,7 @@ def _act(
     if kind is BounceKind.HARD:
         if hashed is None:
             return "ignored", "hard bounce names no address or known contact"
-        suppress_hash(session, hashed, reason=SuppressionReason.HARD_BOUNCE, detail=detail)
-        if contact is not None and contact.id is not None:
-            _raise_status(session, contact, ContactStatus.BOUNCED)
-            skip_queued_messages(session, contact.id, reason="bounced", include_transactional=True)
+        _suppress_bounced(session, hashed, contact, SuppressionReason.HARD_BOUNCE, detail)
         return "suppressed", "hard bounce: address suppressed"
     if kind is BounceKind.SOFT:
         if hashed is None:
@@ -231,16 +243,11 @@ def _act(
                 f"soft bounce {recent} of {settings.soft_bounce_limit} "
                 f"within {settings.soft_bounce_window_days} days"
             )
-        suppress_hash(
-            session,
-            hashed,
-            reason=SuppressionReason.SOFT_BOUNCE,
-            detail=f"{recent} soft bounces within {settings.soft_bounce_window_days} days; "
-            f"last: {detail or 'no diagnostic'}",
+        summary = (
+            f"{recent} soft bounces within {settings.soft_bounce_window_days} days; "
+            f"last: {detail or 'no diagnostic'}"
         )
-        if contact is not None and contact.id is not None:
-            _raise_status(session, contact, ContactStatus.BOUNCED)
-            skip_queued_messages(session, contact.id, reason="bounced", include_transactional=True)
+        _suppress_bounced(session, hashed, contact, SuppressionReason.SOFT_BOUNCE, summary)
         return "soft_suppressed", f"{recent} soft bounces within the window: address suppressed"
     if kind is BounceKind.COMPLAINT:
         if hashed is None:
