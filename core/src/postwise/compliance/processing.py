@@ -293,7 +293,9 @@ def apply_classification(
     redis_client = runtime.redis
     settings = runtime.settings
     kind = classification.kind
-    now = time.time()
+    # Reports are counted when they happened: a consumer catching up on a backlog must not
+    # see a week of soft bounces as one burst.
+    now = min(time.time(), occurred_at.timestamp()) if occurred_at else time.time()
     _count(redis_client, f"received:{kind.value}")
     if redis_client.exists(_DONE + event_id):
         return ProcessingOutcome(
@@ -655,7 +657,7 @@ class ComplianceConsumer:
                 domains = {cid: email_domain(addr) for cid, addr in rows if cid is not None}
         settings = self.runtime.settings
         default_domain = reputation.default_sending_domain(settings)
-        grouped: dict[tuple[str, str | None, str | None, str | None], int] = {}
+        grouped: dict[tuple[str, str | None, str | None, str | None, int], int] = {}
         for event in events:
             recipient_domain = event.properties.get("recipient_domain") or (
                 domains.get(event.contact_id) if event.contact_id is not None else None
@@ -665,9 +667,10 @@ class ComplianceConsumer:
                 event.provider,
                 event.properties.get("sending_domain") or default_domain,
                 recipient_domain,
+                int(event.occurred_at.timestamp() // 60) * 60,
             )
             grouped[key] = grouped.get(key, 0) + 1
-        for (metric, provider, sending_domain, recipient_domain), count in grouped.items():
+        for (metric, provider, sending_domain, recipient_domain, at), count in grouped.items():
             reputation.record(
                 self.runtime.redis,
                 settings,
@@ -676,6 +679,7 @@ class ComplianceConsumer:
                 sending_domain=sending_domain,
                 recipient_domain=recipient_domain,
                 count=count,
+                at=at,
             )
 
 

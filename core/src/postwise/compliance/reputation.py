@@ -145,11 +145,17 @@ def record(
     count: int = 1,
     at: float | None = None,
 ) -> list[str]:
-    """Count ``count`` occurrences of ``metric`` for each stream given; returns the streams
-    that became paused as a result (bad metrics are evaluated at once)."""
+    """Count ``count`` occurrences of ``metric`` at time ``at`` (default: now) for each stream
+    given; returns the streams that became paused as a result (bad metrics are evaluated at
+    once, over the window ending now)."""
     metric = Metric(metric)
-    now = time.time() if at is None else at
-    bucket = int(now // _BUCKET_SECONDS)
+    now = time.time()
+    # Counted in the hour it happened (a consumer catching up must not pile a backlog into
+    # the current hour); what is older than the window no longer matters.
+    when = now if at is None else min(at, now)
+    if when < now - settings.reputation_window_hours * _BUCKET_SECONDS:
+        return []
+    bucket = int(when // _BUCKET_SECONDS)
     streams = _streams(provider, sending_domain, recipient_domain)
     if not streams:
         return []
