@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, meta, nodes
-from jinja2.exceptions import TemplateAssertionError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from postwise.content.links import track_filter
@@ -145,13 +144,14 @@ _ENVIRONMENTS: Final = {Part.SUBJECT: PLAIN_ENV, Part.HTML: HTML_ENV, Part.TEXT:
 
 
 def compile_part(part: Part, source: str, *, name: str) -> Template:
-    """Compile one part; syntax errors become :class:`TemplateError` with the line number."""
+    """Compile one part; syntax errors (and unknown filters, a TemplateSyntaxError subclass)
+    become :class:`TemplateError` with the part and line number."""
     try:
         return _ENVIRONMENTS[part].from_string(source)
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"{name} line {exc.lineno}: {exc.message}", field=str(part)) from exc
-    except TemplateAssertionError as exc:
-        raise TemplateError(f"{name}: {exc.message}", field=str(part)) from exc
+        raise TemplateError(
+            f"{name}, {part} line {exc.lineno}: {exc.message}", field=str(part)
+        ) from exc
 
 
 def validate_template(
@@ -162,7 +162,7 @@ def validate_template(
     known_variables: Iterable[str],
     kind: TemplateKind | str = TemplateKind.MARKETING,
 ) -> list[Problem]:
-    """Everything wrong with a template, in part then line order; empty when it is fine.
+    """Everything wrong with a template, part by part; empty when it is fine.
 
     ``known_variables`` are the contact fields templates may use. Reported: syntax errors,
     unknown variables, filters and tests, access to private attributes, includes/imports,
