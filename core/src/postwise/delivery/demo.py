@@ -186,12 +186,11 @@ def run_demo(
     runtime = Runtime(config.model_copy(update={"smtp_port": sink.port}))
     try:
         runtime.migrate()
-        rng = random.Random(20261128)
         with runtime.session() as session:
-            _seed_contacts(session, contacts, rng)
+            _seed_contacts(session, contacts)
             template_id = _seed_template(session, runtime)
-        _prefill_frequency_cap(runtime, rng)
-        _install_recommender(runtime, rng)
+        _prefill_frequency_cap(runtime)
+        _install_recommender(runtime)
         with runtime.session() as session:
             campaign = create_campaign(
                 session,
@@ -266,8 +265,12 @@ def _summarise(
     )
 
 
-def _seed_contacts(session: Session, count: int, rng: random.Random) -> None:
-    """Contacts demo-0 ... demo-(count-1), idempotently, and the demo's segments."""
+def _seed_contacts(session: Session, count: int) -> None:
+    """Contacts demo-0 ... demo-(count-1), idempotently, and the demo's segments.
+
+    Each contact's made-up details come from a generator seeded with its number, so every run
+    (and every --contacts) describes the same people the same way.
+    """
     from postwise.contacts.normalize import email_hash
 
     existing = {
@@ -293,6 +296,7 @@ def _seed_contacts(session: Session, count: int, rng: random.Random) -> None:
         email = f"demo-{i}@example.org"
         if email in existing:
             continue
+        rng = random.Random(f"postwise-demo-{i}")
         roll = rng.random()
         status = ContactStatus.ACTIVE
         if roll < 0.03:
@@ -318,6 +322,7 @@ def _seed_contacts(session: Session, count: int, rng: random.Random) -> None:
     session.flush()
     for contact in new:
         assert contact.id is not None
+        rng = random.Random(f"postwise-demo-consent-{contact.email}")
         session.add(SegmentMember(segment_id=segment.id or 0, contact_id=contact.id))
         if contact.country == _CONSENT_COUNTRY and rng.random() < 0.7:
             session.add(
@@ -349,7 +354,7 @@ def _seed_template(session: Session, runtime: Runtime) -> int:
     return template.id
 
 
-def _prefill_frequency_cap(runtime: Runtime, rng: random.Random) -> None:
+def _prefill_frequency_cap(runtime: Runtime) -> None:
     """Give a few contacts three recent messages already, as if sent by earlier campaigns."""
     from postwise.delivery.services import services_for
 
@@ -365,12 +370,13 @@ def _prefill_frequency_cap(runtime: Runtime, rng: random.Random) -> None:
                 .order_by(col(Contact.id))
             )
         ]
+    rng = random.Random("postwise-demo-cap")
     chosen = [cid for cid in ids if rng.random() < 0.01]
     for n in range(cap.limit):
         cap.count(runtime.redis, [(cid, f"earlier-campaign-{n}") for cid in chosen])
 
 
-def _install_recommender(runtime: Runtime, rng: random.Random) -> None:
+def _install_recommender(runtime: Runtime) -> None:
     """Fit the registry's popularity recommender on a small catalogue and made-up history."""
     from postwise.delivery.services import DEFAULT_RECOMMENDER, services_for
     from postwise.errors import UnknownComponentError
@@ -385,6 +391,7 @@ def _install_recommender(runtime: Runtime, rng: random.Random) -> None:
         Item(id=key, title=title, url=f"https://shop.example.com/{key}")
         for key, title in _CATALOGUE
     ]
+    rng = random.Random("postwise-demo-recommend")
     interactions = [
         Interaction(contact_id=rng.randint(1, 500), item_id=rng.choice(items[:5]).id)
         for _ in range(400)
