@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from click.testing import CliRunner
+
 from postwise.cli import cli
 from postwise.contacts.importer import import_contacts
 from postwise.db.models import Contact, ContactTag
@@ -139,3 +140,18 @@ def test_cli_import_exit_code_and_json_report(
     ok = runner.invoke(cli, ["contacts", "import", str(path), "--skip-invalid", "--json"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.output.strip().splitlines()[-1])["created"] == 2
+
+
+def test_import_never_resubscribes_an_unsubscribed_contact(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    with runtime.session() as session:
+        session.add(Contact(email="gone@example.com", status="unsubscribed"))
+    path = _write(tmp_path, "c.csv", "email,status,first_name\ngone@example.com,active,Gone\n")
+    with runtime.session() as session:
+        report = import_contacts(session, path)
+    assert report.status_kept == 1
+    assert report.updated == 1  # the name still changed
+    with runtime.session() as session:
+        contact = session.execute(sa.select(Contact)).scalar_one()
+        assert (contact.status, contact.first_name) == ("unsubscribed", "Gone")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.testing import TestClient
+
 from postwise.apikeys import create_api_key, revoke_api_key
 from postwise.db.models import ApiKey
 from postwise.runtime import Runtime
@@ -92,3 +93,12 @@ def test_segments_api_validates_rules_and_counts(client: Any) -> None:
         == 409
     )
     assert len(client.get("/v1/segments/vips/members").json()["contact_ids"]) == 1
+
+
+def test_the_api_refuses_to_resubscribe_an_unsubscribed_contact(client: Any) -> None:
+    made = client.post("/v1/contacts", json={"email": "u@example.com", "status": "unsubscribed"})
+    contact_id = made.json()["contact"]["id"]
+    again = client.patch(f"/v1/contacts/{contact_id}", json={"status": "active"})
+    assert again.status_code == 409
+    assert "consent confirmation" in again.json()["error"]
+    assert client.get(f"/v1/contacts/{contact_id}").json()["status"] == "unsubscribed"

@@ -24,7 +24,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import Session, col
 
 from postwise.contacts.service import ContactData
-from postwise.db.models import Contact, ContactTag, utcnow
+from postwise.db.models import Contact, ContactStatus, ContactTag, utcnow
 from postwise.errors import ValidationError
 
 __all__ = ["ImportReport", "RowError", "import_contacts"]
@@ -54,6 +54,9 @@ class ImportReport:
     unchanged: int = 0
     errors: list[RowError] = field(default_factory=list)
     written: bool = False
+    #: Rows that asked to change the status of an unsubscribed, bounced or complained contact;
+    #: the status was kept.
+    status_kept: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class ImportReport:
             "invalid": len(self.errors),
             "errors": [{"row": e.row, "message": e.message} for e in self.errors],
             "written": self.written,
+            "status_kept": self.status_kept,
         }
 
 
@@ -254,6 +258,10 @@ def _write_chunk(session: Session, chunk: Sequence[ContactData], report: ImportR
             value = getattr(data, name)
             if value is not None and getattr(current, name) != value:
                 change[name] = value
+        if "status" in change and current.status != ContactStatus.ACTIVE:
+            # An import never undoes an unsubscribe, bounce or complaint (see upsert_contact).
+            del change["status"]
+            report.status_kept += 1
         if data.attributes:
             merged = {**current.attributes, **data.attributes}
             if merged != current.attributes:

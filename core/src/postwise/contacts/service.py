@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from postwise.contacts.normalize import normalize_email
 from postwise.db.models import Contact, ContactStatus, ContactTag, utcnow
-from postwise.errors import NotFoundError, ValidationError
+from postwise.errors import ComplianceError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from postwise.plugins import PluginHost
@@ -136,6 +136,17 @@ def upsert_contact(
     if contact is None:
         contact = Contact(email=data.email)
         changes["email"] = data.email
+    if (
+        not created
+        and data.status is not None
+        and contact.status not in (data.status, ContactStatus.ACTIVE)
+    ):
+        # Unsubscribes, bounces and complaints are the person's or the mailbox's word; an
+        # operator or a CRM sync must not undo them. Resubscribing goes through consent.
+        raise ComplianceError(
+            f"contact {contact.id} is {contact.status}; its status cannot be changed by an "
+            "update — the person can opt in again through a consent confirmation link"
+        )
     for name in ("first_name", "last_name", "timezone", "country", "status"):
         value = getattr(data, name)
         if value is not None and getattr(contact, name) != value:
