@@ -1,0 +1,83 @@
+"""The ``sendgrid`` provider's options: ``POSTWISE_PROVIDER_OPTIONS__SENDGRID__<KEY>`` or the
+``[provider_options.sendgrid]`` table of the config file.
+
+The provider and the Event Webhook read the same table, so one place configures both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from postwise.errors import ConfigurationError
+
+__all__ = ["DEFAULT_BASE_URL", "SendGridOptions", "parse_options"]
+
+DEFAULT_BASE_URL = "https://api.sendgrid.com"
+
+
+class SendGridOptions(BaseModel):
+    """Everything the SendGrid plugin can be told."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_key: SecretStr = Field(
+        default=SecretStr(""), description="A SendGrid API key with the Mail Send permission."
+    )
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description="API host; https://api.eu.sendgrid.com for EU data residency.",
+    )
+    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per request.")
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Requests in flight at once per send_batch call (and pooled connections).",
+    )
+    vendor_tracking: bool = Field(
+        default=False,
+        description="Leave SendGrid's open/click tracking to the account settings instead of "
+        "switching it off per message (postwise tracks opens and clicks itself).",
+    )
+    sandbox_mode: bool = Field(
+        default=False, description="SendGrid validates each request and delivers nothing."
+    )
+    ip_pool_name: str = Field(default="", max_length=64)
+    webhook_public_key: str = Field(
+        default="",
+        description="The Signed Event Webhook's verification key (base64 DER as SendGrid shows "
+        "it, or PEM). Events are refused until it is set.",
+    )
+    webhook_max_age_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        le=7 * 86_400,
+        description="Oldest signed timestamp accepted; event ids are remembered this long, so "
+        "a replayed request is either recognised or refused.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value.rstrip("/")
+
+
+def parse_options(options: Mapping[str, Any]) -> SendGridOptions:
+    """Validate ``options``; raises ConfigurationError naming the option and what is allowed."""
+    try:
+        return SendGridOptions.model_validate(dict(options))
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "options"
+        message = (
+            "unknown option; known: " + ", ".join(sorted(SendGridOptions.model_fields))
+            if first["type"] == "extra_forbidden"
+            else first["msg"]
+        )
+        raise ConfigurationError(f"provider_options.sendgrid.{where}: {message}") from None

@@ -1,0 +1,351 @@
+"""The sendgrid provider against a local server speaking SendGrid's v3 Mail Send format."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+from fake_sendgrid import API_KEY, FakeSendGrid, Reply, errors
+
+from postwise.delivery.dkim import DkimSigner, generate_key
+from postwise.delivery.message import Mailbox, build_message
+from postwise.delivery.provider import Outcome, OutgoingMessage
+from postwise.errors import ConfigurationError
+from postwise.runtime import Runtime
+from postwise.settings import load_settings
+from postwise.testing.contracts import ProviderContract
+from postwise_sendgrid.options import parse_options
+from postwise_sendgrid.provider import SendGridProvider, classify_response, retry_after_seconds
+
+
+def make_provider(server: FakeSendGrid, **options: Any) -> SendGridProvider:
+    values: dict[str, Any] = {"api_key": API_KEY, "base_url": server.url, "timeout": 5}
+    values.update(options)
+    return SendGridProvider(parse_options(values))
+
+
+def plain(index: int, *, sender: str = "news@example.com") -> OutgoingMessage:
+    raw = (
+        f"From: Example News <{sender}>\r\nTo: rcpt{index}@example.net\r\n"
+        f"Subject: hello {index}\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"Hello {index}\r\n"
+    ).encode()
+    return OutgoingMessage(f"m{index}", sender, f"rcpt{index}@example.net", raw)
+
+
+class TestSendGridProviderContract(ProviderContract):
+    @pytest.fixture(autouse=True)
+    def _server(self, sendgrid_server: FakeSendGrid) -> None:
+        self.server = sendgrid_server
+
+    def make_provider(self) -> SendGridProvider:
+        return make_provider(self.server)
+
+    def test_contract_messages_are_all_accepted_by_the_local_sendgrid(self) -> None:
+        provider = self.make_provider()
+        try:
+            results = provider.send_batch(self.make_messages(5))
+        finally:
+            provider.close()
+        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
+        assert len(self.server.received) == 5
+
+
+def test_an_accepted_message_keeps_sendgrids_message_id(sendgrid_server: FakeSendGrid) -> None:
+    sendgrid_server.reply(Reply(202, {"X-Message-Id": "sg-abc123"}))
+    provider = make_provider(sendgrid_server)
+    try:
+        [result] = provider.send_batch([plain(1)])
+    finally:
+        provider.close()
+    assert result.outcome is Outcome.ACCEPTED
+    assert result.code == 202
+    assert result.provider_message_id == "sg-abc123"
+
+
+def test_the_request_carries_the_parsed_message_and_the_ledger_id(
+    sendgrid_server: FakeSendGrid,
+) -> None:
+    raw = build_message(
+        sender=Mailbox("news@example.com", "Example News"),
+        recipient=Mailbox("ann@example.net", "Ann Example"),
+        subject="Grüße aus Köln",
+        text="Hello Ann,\nthis is the text part.",
+        html="<p>Hello <b>Ann</b></p>",
+        message_id="ledger-0001",
+        unsubscribe_url="https://mail.example.com/u/token",
+        unsubscribe_mailto="unsubscribe@example.com",
+        reply_to=Mailbox("help@example.com"),
+        headers={"Feedback-ID": "c1:news:postwise"},
+    )
+    signed = DkimSigner("s1", "example.com", generate_key().private_key_pem).sign(raw)
+    message = OutgoingMessage(
+        "ledger-0001", "news@example.com", "ann@example.net", signed, {"campaign_id": "7"}
+    )
+    provider = make_provider(sendgrid_server)
+    try:
+        [result] = provider.send_batch([message])
+    finally:
+        provider.close()
+    assert result.outcome is Outcome.ACCEPTED, result.reason
+    [request] = sendgrid_server.received
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["content-type"] == "application/json"
+    body = request.body
+    assert body["from"] == {"email": "news@example.com", "name": "Example News"}
+    assert body["personalizations"] == [
+        {"to": [{"email": "ann@example.net", "name": "Ann Example"}]}
+    ]
+    assert body["reply_to"] == {"email": "help@example.com"}
+    assert body["subject"] == "Grüße aus Köln"
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+    assert "this is the text part." in body["content"][0]["value"]
+    assert "<b>Ann</b>" in body["content"][1]["value"]
+    headers = body["headers"]
+    assert headers["List-Unsubscribe"] == (
+        "<https://mail.example.com/u/token>, <mailto:unsubscribe@example.com>"
+    )
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert headers["X-Postwise-Message-Id"] == "ledger-0001"
+    assert headers["Feedback-ID"] == "c1:news:postwise"
+    assert not {"DKIM-Signature", "Message-ID", "Date", "MIME-Version"} & set(headers)
+    assert body["custom_args"] == {
+        "postwise_message_id": "ledger-0001",
+        "postwise_campaign_id": "7",
+    }
+    assert body["tracking_settings"]["click_tracking"]["enable"] is False
+    assert body["tracking_settings"]["open_tracking"]["enable"] is False
+
+
+def test_vendor_tracking_leaves_tracking_to_the_account(sendgrid_server: FakeSendGrid) -> None:
+    provider = make_provider(sendgrid_server, vendor_tracking=True, sandbox_mode=True)
+    try:
+        provider.send_batch([plain(1)])
+    finally:
+        provider.close()
+    body = sendgrid_server.received[0].body
+    assert "tracking_settings" not in body
+    assert body["mail_settings"] == {"sandbox_mode": {"enable": True}}
+
+
+def test_a_validation_error_is_permanent_and_names_sendgrids_reason(
+    sendgrid_server: FakeSendGrid,
+) -> None:
+    sendgrid_server.reply(
+        Reply(
+            400, body=errors(("personalizations.0.to.0.email", "Does not contain a valid address."))
+        )
+    )
+    provider = make_provider(sendgrid_server)
+    try:
+        first, second = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert first.outcome is Outcome.PERMANENT
+    assert first.code == 400
+    assert "personalizations.0.to.0.email: Does not contain a valid address." in first.reason
+    assert second.outcome is Outcome.ACCEPTED
+
+
+def test_a_429_is_transient_with_retry_after_and_the_rest_is_not_attempted(
+    sendgrid_server: FakeSendGrid,
+) -> None:
+    sendgrid_server.reply(
+        Reply(202), Reply(429, {"Retry-After": "7"}, errors((None, "too many requests")))
+    )
+    provider = make_provider(sendgrid_server, concurrency=1)
+    try:
+        results = provider.send_batch([plain(i) for i in range(4)])
+    finally:
+        provider.close()
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] + [Outcome.TRANSIENT] * 3
+    assert results[1].code == 429
+    assert "retry after 7 s" in results[1].reason
+    assert all(r.reason.startswith("not attempted: rate limited") for r in results[2:])
+    assert len(sendgrid_server.received) == 2
+
+
+def test_a_server_error_is_transient_and_sending_goes_on(sendgrid_server: FakeSendGrid) -> None:
+    sendgrid_server.reply(Reply(500, body=errors((None, "internal error"))), Reply(503))
+    provider = make_provider(sendgrid_server, concurrency=1)
+    try:
+        results = provider.send_batch([plain(i) for i in range(3)])
+    finally:
+        provider.close()
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT, Outcome.TRANSIENT, Outcome.ACCEPTED]
+    assert "HTTP 500" in results[0].reason and "internal error" in results[0].reason
+    assert results[1].code == 503
+
+
+def test_a_dropped_connection_is_transient_and_the_next_message_gets_a_new_one(
+    sendgrid_server: FakeSendGrid,
+) -> None:
+    sendgrid_server.reply(Reply(drop=True))
+    provider = make_provider(sendgrid_server, concurrency=1)
+    try:
+        first, second = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert first.outcome is Outcome.TRANSIENT
+    assert "connection to SendGrid lost" in first.reason
+    assert second.outcome is Outcome.ACCEPTED
+
+
+def test_no_answer_within_the_timeout_is_transient(sendgrid_server: FakeSendGrid) -> None:
+    sendgrid_server.reply(Reply(hang=1.5))
+    provider = make_provider(sendgrid_server, timeout=0.3)
+    try:
+        [result] = provider.send_batch([plain(1)])
+    finally:
+        provider.close()
+    assert result.outcome is Outcome.TRANSIENT
+    assert "no answer from SendGrid within 0.3 s" in result.reason
+
+
+def test_a_refused_api_key_is_transient_and_stops_the_batch(
+    sendgrid_server: FakeSendGrid,
+) -> None:
+    provider = make_provider(sendgrid_server, api_key="SG.revoked", concurrency=1)
+    try:
+        results = provider.send_batch([plain(i) for i in range(3)])
+    finally:
+        provider.close()
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+    assert "HTTP 401" in results[0].reason and "API key" in results[0].reason
+    assert results[2].reason.startswith("not attempted: SendGrid answered HTTP 401")
+    assert len(sendgrid_server.received) == 1
+
+
+def test_an_unreachable_host_is_transient() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    provider = SendGridProvider(
+        parse_options({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}", "timeout": 2})
+    )
+    try:
+        results = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 2
+    assert "cannot connect" in results[0].reason
+
+
+def test_requests_share_pooled_connections(sendgrid_server: FakeSendGrid) -> None:
+    provider = make_provider(sendgrid_server, concurrency=4)
+    try:
+        first = provider.send_batch([plain(i) for i in range(40)])
+        second = provider.send_batch([plain(i) for i in range(40, 60)])
+    finally:
+        provider.close()
+    assert all(r.outcome is Outcome.ACCEPTED for r in first + second)
+    assert [r.message_id for r in first] == [f"m{i}" for i in range(40)]
+    assert len(sendgrid_server.received) == 60
+    assert 1 <= sendgrid_server.connections <= 4
+
+
+def test_the_api_key_is_never_logged_nor_put_in_a_reason(
+    sendgrid_server: FakeSendGrid, caplog: pytest.LogCaptureFixture
+) -> None:
+    sendgrid_server.reply(Reply(400, body=errors(("from", "bad"))), Reply(500))
+    caplog.set_level(logging.DEBUG)
+    provider = make_provider(sendgrid_server, concurrency=1)
+    try:
+        results = provider.send_batch([plain(i) for i in range(3)])
+    finally:
+        provider.close()
+    assert caplog.records, "expected the HTTP client and the provider to log at DEBUG"
+    assert API_KEY not in caplog.text
+    assert all(API_KEY not in r.reason for r in results)
+    assert API_KEY not in repr(parse_options({"api_key": API_KEY}))
+
+
+def test_a_message_that_cannot_be_converted_is_permanent_and_not_sent(
+    sendgrid_server: FakeSendGrid,
+) -> None:
+    raw = b"To: a@example.net\r\nSubject: x\r\n\r\nno sender\r\n"
+    provider = make_provider(sendgrid_server)
+    try:
+        [result] = provider.send_batch([OutgoingMessage("m1", "", "a@example.net", raw)])
+    finally:
+        provider.close()
+    assert result.outcome is Outcome.PERMANENT
+    assert "no From header" in result.reason
+    assert sendgrid_server.received == []
+
+
+def test_the_provider_stays_usable_after_close(sendgrid_server: FakeSendGrid) -> None:
+    provider = make_provider(sendgrid_server)
+    provider.send_batch([plain(1), plain(2)])
+    provider.close()
+    results = provider.send_batch([plain(3)])
+    provider.close()
+    assert results[0].outcome is Outcome.ACCEPTED
+
+
+def test_settings_from_the_environment_pick_and_configure_the_provider(
+    sendgrid_server: FakeSendGrid, tmp_path: Any
+) -> None:
+    settings = load_settings(
+        environ={
+            "POSTWISE_PROVIDER": "sendgrid",
+            "POSTWISE_PROVIDER_OPTIONS__SENDGRID__API_KEY": API_KEY,
+            "POSTWISE_PROVIDER_OPTIONS__SENDGRID__BASE_URL": sendgrid_server.url,
+            "POSTWISE_PROVIDER_OPTIONS__SENDGRID__CONCURRENCY": "2",
+        },
+        config_file=None,
+        data_dir=tmp_path,
+        redis_url="fakeredis://sendgrid-settings",
+    )
+    runtime = Runtime(settings)
+    try:
+        provider = runtime.provider()
+        assert isinstance(provider, SendGridProvider)
+        assert provider.options.concurrency == 2
+        results = provider.send_batch([plain(1), plain(2)])
+    finally:
+        runtime.close()
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 2
+
+
+def test_a_missing_api_key_is_a_configuration_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError, match="POSTWISE_PROVIDER_OPTIONS__SENDGRID__API_KEY"):
+        SendGridProvider(parse_options({}))
+
+
+def test_an_unknown_option_is_a_configuration_error_listing_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"apikey: unknown option; known: api_key"):
+        parse_options({"apikey": "x"})
+    with pytest.raises(ConfigurationError, match="base_url"):
+        parse_options({"base_url": "api.sendgrid.com"})
+
+
+def test_retry_after_is_read_from_seconds_a_date_or_the_rate_limit_reset() -> None:
+    assert retry_after_seconds({"retry-after": "12"}) == 12
+    assert retry_after_seconds(
+        {"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, now=40
+    ) == pytest.approx(60)
+    assert retry_after_seconds({"x-ratelimit-reset": "1000"}, now=990) == 10
+    assert retry_after_seconds({}) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (202, Outcome.ACCEPTED),
+        (400, Outcome.PERMANENT),
+        (413, Outcome.PERMANENT),
+        (401, Outcome.TRANSIENT),
+        (403, Outcome.TRANSIENT),
+        (429, Outcome.TRANSIENT),
+        (500, Outcome.TRANSIENT),
+        (502, Outcome.TRANSIENT),
+    ],
+)
+def test_each_status_is_classified(status: int, outcome: Outcome) -> None:
+    result, _stop = classify_response("m1", status, {}, b"")
+    assert result.outcome is outcome
+    assert result.code == status
