@@ -38,7 +38,10 @@ def _check(
     parsed = condition.parse_config(config)
     with runtime.session() as session:
         context = BatchContext(session, events, now=now, score=engagement_decay(runtime.settings))
-        return [condition.evaluate(parsed, e, context.for_event(e)) for e in events]
+        evaluated = [condition.evaluate(parsed, e, context.for_event(e)) for e in events]
+        predicate = condition.bind(parsed)
+        assert [predicate(e, context.for_event(e)) for e in events] == evaluated
+        return evaluated
 
 
 def test_time_window_uses_the_contacts_time_zone(

@@ -5,9 +5,10 @@ given) with contacts, a segment, purchase history and ten triggers on one event 
 built-in condition type, nested. It then measures, on the configured Redis
 (``POSTWISE_REDIS_URL``; use a real server for meaningful figures):
 
-* **throughput**: ``--events`` events are put on a stream of their own, and one engine consumer
-  drains it end to end — decode, conditions, cooldown claims, ``submit_send`` (compliance gate,
-  frequency cap, ledger row, RQ enqueue), counters and acknowledgement;
+* **throughput**: ``--events`` events are put on a stream of their own, and ``--consumers``
+  engine consumers (one by default; more run as processes of their own) drain it end to end —
+  decode, conditions, cooldown claims, ``submit_send`` (compliance gate, frequency cap, ledger
+  row, RQ enqueue), counters and acknowledgement;
 * **latency**: events are published at ``--rate`` per second for ``--latency-seconds`` while the
   engine consumes them; for each send, the time from publication to its enqueue.
 
@@ -19,6 +20,7 @@ can share a Redis with a development server, but do not point it at production.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 import statistics
 import tempfile
@@ -40,6 +42,7 @@ from postwise.runtime import Runtime
 from postwise.settings import Settings, load_settings
 from postwise.triggers.cooldown import TriggerKeys
 from postwise.triggers.engine import Submitter, TriggerEngine
+from postwise.triggers.stats import COUNTERS, read_stats
 
 __all__ = ["BENCH_TRIGGERS", "bench_triggers", "run_benchmark"]
 
@@ -54,7 +57,7 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
     {
         "name": "engaged-browsing-hats",
         "conditions": [
-            {"type": "engagement_score", "config": {"min": 97}},
+            {"type": "engagement_score", "config": {"min": 99}},
             {"type": "time_window", "config": {"hours": 1}},
             {"type": "event_property", "config": {"property": "category", "value": "hats"}},
         ],
@@ -65,14 +68,15 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
         "conditions": [
             {"type": "segment", "config": {"segment": "engaged"}},
             {"type": "event_property", "config": {"property": "category", "value": "shoes"}},
-            {"type": "event_property", "config": {"property": "price", "op": "gt", "value": 190}},
+            {"type": "event_property", "config": {"property": "price", "op": "gt", "value": 195}},
         ],
         "priority": 8,
     },
     {
         "name": "no-recent-purchase",
         "conditions": [
-            {"type": "event_property", "config": {"property": "price", "op": "gt", "value": 197}},
+            {"type": "event_property", "config": {"property": "price", "op": "gt", "value": 190}},
+            {"type": "event_property", "config": {"property": "category", "value": "bags"}},
             {
                 "type": "action_history",
                 "config": {"event_type": "purchase", "within_days": 30, "did": False},
@@ -85,7 +89,7 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
         "conditions": [
             {
                 "type": "event_property",
-                "config": {"property": "discount", "op": "gte", "value": 40},
+                "config": {"property": "discount", "op": "gte", "value": 46},
             },
             {"type": "contact_attribute", "config": {"attribute": "plan", "value": "pro"}},
             {
@@ -112,7 +116,7 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
             },
             {
                 "type": "event_property",
-                "config": {"property": "discount", "op": "gte", "value": 48},
+                "config": {"property": "discount", "op": "gte", "value": 50},
             },
         ],
         "priority": 5,
@@ -123,7 +127,7 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
             "all": [
                 {
                     "type": "event_property",
-                    "config": {"property": "price", "op": "gte", "value": 195},
+                    "config": {"property": "price", "op": "gte", "value": 198},
                 },
                 {
                     "any": [
@@ -151,7 +155,7 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
                     "config": {"attribute": "plan", "value": "trial"},
                 }
             },
-            {"type": "engagement_score", "config": {"min": 95}},
+            {"type": "engagement_score", "config": {"min": 98}},
         ],
         "priority": 3,
     },
@@ -162,7 +166,7 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
                 "type": "event_property",
                 "config": {"property": "discount", "op": "gte", "value": 50},
             },
-            {"type": "event_property", "config": {"property": "price", "op": "gt", "value": 150}},
+            {"type": "event_property", "config": {"property": "price", "op": "gt", "value": 175}},
         ],
         "priority": 2,
     },
@@ -180,7 +184,7 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
         "conditions": [
             {
                 "type": "event_property",
-                "config": {"property": "discount", "op": "gte", "value": 45},
+                "config": {"property": "discount", "op": "gte", "value": 48},
             },
             {
                 "type": "contact_attribute",
@@ -194,29 +198,45 @@ BENCH_TRIGGERS: list[dict[str, Any]] = [
 
 
 @dataclass(slots=True)
-class _Timings:
-    """Send enqueue times recorded by the instrumented submitter."""
+class _Latencies:
+    """Publication-to-enqueue times of queued sends, recorded by the instrumented submitter."""
 
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[str, int] = field(default_factory=dict)
+    values: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, request: SendRequest, result: SubmitResult) -> None:
-        done = time.time()
-        with self.lock:
-            self.statuses[result.status.value] = self.statuses.get(result.status.value, 0) + 1
+    def instrument(self, submit: Submitter) -> Submitter:
+        def timed(runtime: Runtime, request: SendRequest) -> SubmitResult:
+            result = submit(runtime, request)
             published = request.context.get("event", {}).get("published")
             if result.status == SubmitStatus.QUEUED and isinstance(published, float):
-                self.latencies.append(done - published)
+                with self.lock:
+                    self.values.append(time.time() - published)
+            return result
+
+        return timed
 
 
-def _instrument(submit: Submitter, timings: _Timings) -> Submitter:
-    def timed(runtime: Runtime, request: SendRequest) -> SubmitResult:
-        result = submit(runtime, request)
-        timings.record(request, result)
-        return result
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Where one benchmark run works: its scratch settings, stream and key namespace."""
 
-    return timed
+    settings: Settings
+    stream: str
+    keys: TriggerKeys
+    batch_size: int
+    send_workers: int
+
+    def engine(self, runtime: Runtime, consumer: str, **options: Any) -> TriggerEngine:
+        return TriggerEngine(
+            runtime,
+            consumer=consumer,
+            stream=self.stream,
+            keys=self.keys,
+            batch_size=self.batch_size,
+            send_workers=self.send_workers,
+            block_ms=20,
+            **options,
+        )
 
 
 def _populate(runtime: Runtime, contacts: int, rng: random.Random) -> list[int]:
@@ -262,45 +282,46 @@ def _populate(runtime: Runtime, contacts: int, rng: random.Random) -> list[int]:
                 }
             )
         session.execute(sa.insert(Contact), rows)
-        ids = [
-            row[0] for row in session.execute(sa.select(col(Contact.id)).order_by(col(Contact.id)))
-        ]
+        query = sa.select(col(Contact.id)).order_by(col(Contact.id))
+        ids = [row[0] for row in session.execute(query)]
         tags = [{"contact_id": cid, "tag": "vip"} for cid in ids if rng.random() < 0.1]
         if tags:
             session.execute(sa.insert(ContactTag), tags)
-        history = []
-        for cid in ids:
-            for _ in range(rng.choice((0, 0, 1, 2, 4))):
-                history.append(
-                    {
-                        "event_id": uuid.uuid4().hex,
-                        "type": "purchase",
-                        "occurred_at": now - timedelta(days=rng.uniform(0, 120)),
-                        "received_at": now,
-                        "contact_id": cid,
-                        "properties": {},
-                    }
-                )
+        history = [
+            {
+                "event_id": uuid.uuid4().hex,
+                "type": "purchase",
+                "occurred_at": now - timedelta(days=rng.uniform(0, 120)),
+                "received_at": now,
+                "contact_id": cid,
+                "properties": {},
+            }
+            for cid in ids
+            for _ in range(rng.choice((0, 0, 1, 2, 4)))
+        ]
         if history:
             session.execute(sa.insert(Event), history)
     return ids
 
 
-def _define_triggers(runtime: Runtime, count: int) -> None:
+def _define_triggers(runtime: Runtime, count: int) -> dict[int, str]:
     from postwise.triggers.store import TriggerStore
 
+    names: dict[int, str] = {}
     with runtime.session() as session:
         store = TriggerStore(session, runtime)
         for index in range(count):
             spec = dict(BENCH_TRIGGERS[index % len(BENCH_TRIGGERS)])
-            spec["name"] = (
-                f"{spec['name']}-{index}" if index >= len(BENCH_TRIGGERS) else spec["name"]
-            )
+            if index >= len(BENCH_TRIGGERS):
+                spec["name"] = f"{spec['name']}-{index}"
             spec.update(
                 event_type=EVENT_TYPE,
                 action={"type": "send_template", "template": "bench-follow-up"},
             )
-            store.create(spec)
+            trigger = store.create(spec)
+            assert trigger.id is not None
+            names[trigger.id] = trigger.name
+    return names
 
 
 def _event(contact_id: int, rng: random.Random, published: float) -> dict[Any, Any]:
@@ -319,12 +340,74 @@ def _event(contact_id: int, rng: random.Random, published: float) -> dict[Any, A
     return encode_event(envelope)
 
 
-def _drain(engine: TriggerEngine, expected: int, timeout: float) -> int:
-    handled = 0
-    deadline = time.monotonic() + timeout
-    while handled < expected and time.monotonic() < deadline:
-        handled += engine.step()
-    return handled
+def _consumed(runtime: Runtime, run: _Run) -> bool:
+    """Whether every entry of the stream was read and acknowledged by the group."""
+    group = runtime.redis.xinfo_groups(run.stream)[0]
+    return bool(group["lag"] == 0 and group["pending"] == 0)
+
+
+def _consume_until_done(runtime: Runtime, engine: TriggerEngine, run: _Run) -> None:
+    idle = 0
+    while True:
+        if engine.step():
+            idle = 0
+            continue
+        idle += 1
+        if idle >= 2 and _consumed(runtime, run):
+            return
+
+
+def _consumer_process(run: _Run, name: str, ready: Any, go: Any) -> None:
+    """One consumer of the throughput phase in a process of its own."""
+    runtime = Runtime(run.settings)
+    engine = run.engine(runtime, name)
+    engine.reload()
+    ready.set()
+    go.wait()
+    try:
+        _consume_until_done(runtime, engine, run)
+    finally:
+        engine.close()
+        runtime.close()
+
+
+def _throughput(runtime: Runtime, run: _Run, events: int, consumers: int) -> dict[str, Any]:
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if consumers == 1:
+        engine = run.engine(runtime, "bench-0")
+        engine.reload()
+        try:
+            _consume_until_done(runtime, engine, run)
+        finally:
+            engine.close()
+    else:
+        context = multiprocessing.get_context("spawn")
+        go = context.Event()
+        readies = [context.Event() for _ in range(consumers)]
+        processes = [
+            context.Process(target=_consumer_process, args=(run, f"bench-{i}", readies[i], go))
+            for i in range(consumers)
+        ]
+        for process in processes:
+            process.start()
+        for ready in readies:
+            ready.wait(timeout=120)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        go.set()
+        for process in processes:
+            process.join()
+    elapsed = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "events": events,
+        "consumers": consumers,
+        "seconds": round(elapsed, 3),
+        "events_per_second": round(events / elapsed, 1),
+    }
+    if consumers == 1:
+        # CPU seconds of the consumer: wall time well above it means it waited for Redis, the
+        # database, or its share of a busy machine.
+        result["cpu_seconds"] = round(time.process_time() - cpu_started, 3)
+    return result
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -333,6 +416,81 @@ def _percentile(values: list[float], q: float) -> float | None:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _paced(
+    runtime: Runtime,
+    run: _Run,
+    *,
+    contact_ids: list[int],
+    rng: random.Random,
+    rate: float,
+    seconds: float,
+    submit: Submitter,
+) -> dict[str, Any]:
+    total = int(rate * seconds)
+    latencies = _Latencies()
+    engine = run.engine(runtime, "bench-paced", submit=latencies.instrument(submit))
+    engine.reload()
+    producer_rng = random.Random(rng.random())
+    done = threading.Event()
+
+    def produce() -> None:
+        started = time.perf_counter()
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.perf_counter() - started) * rate) + 1)
+            if due > sent:
+                pipe = runtime.redis.pipeline(transaction=False)
+                for _ in range(due - sent):
+                    contact = producer_rng.choice(contact_ids)
+                    pipe.xadd(run.stream, _event(contact, producer_rng, time.time()))
+                pipe.execute()
+                sent = due
+            time.sleep(max(0.0, started + sent / rate - time.perf_counter()))
+        done.set()
+
+    producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
+    producer.start()
+    try:
+        while not (done.is_set() and _consumed(runtime, run)):
+            engine.step()
+    finally:
+        producer.join(timeout=10)
+        engine.close()
+    values = [value * 1000 for value in latencies.values]
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "events": total,
+        "sends": len(values),
+        "p50_ms": _round(_percentile(values, 0.5)),
+        "p99_ms": _round(_percentile(values, 0.99)),
+        "max_ms": _round(max(values) if values else None),
+    }
+
+
+def _forget_claims(runtime: Runtime, run: _Run) -> None:
+    """Free the cooldowns and frequency-cap slots of the throughput phase, so the paced phase
+    sends as a fresh population would."""
+    from postwise.delivery.frequency import KEY_PREFIX
+
+    client = runtime.redis
+    for key in client.scan_iter(match=f"{run.keys.namespace}:cd:*", count=1000):
+        client.delete(key)
+    with runtime.session() as session:
+        import sqlalchemy as sa
+        from sqlmodel import col
+
+        from postwise.db.models import Contact
+
+        ids = [row[0] for row in session.execute(sa.select(col(Contact.id)))]
+    for start in range(0, len(ids), 1000):
+        client.delete(*[f"{KEY_PREFIX}{cid}" for cid in ids[start : start + 1000]])
 
 
 def run_benchmark(
@@ -345,206 +503,117 @@ def run_benchmark(
     latency_seconds: float = 10.0,
     batch_size: int = 500,
     send_workers: int = 4,
+    consumers: int = 1,
     seed: int = 7,
     submit: Submitter | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run both phases and return the figures (see the module docstring)."""
+    """Run both phases on ``settings`` (a scratch database) and return the figures."""
     from postwise.delivery.dispatch import submit_send
 
     say = progress or (lambda _text: None)
     rng = random.Random(seed)
-    runtime = Runtime(settings)
     run_id = uuid.uuid4().hex[:10]
-    keys = TriggerKeys(f"postwise:bench:{run_id}:triggers")
-    stream = f"postwise:bench:{run_id}:events"
-    timings = _Timings()
+    run = _Run(
+        settings=settings,
+        stream=f"postwise:bench:{run_id}:events",
+        keys=TriggerKeys(f"postwise:bench:{run_id}:triggers"),
+        batch_size=batch_size,
+        send_workers=send_workers,
+    )
+    runtime = Runtime(settings)
     try:
         say("preparing the database")
         runtime.migrate()
         contact_ids = _populate(runtime, contacts, rng)
-        _define_triggers(runtime, triggers)
-        engine = TriggerEngine(
-            runtime,
-            consumer="bench",
-            stream=stream,
-            keys=keys,
-            batch_size=batch_size,
-            send_workers=send_workers,
-            block_ms=50,
-            submit=_instrument(submit or submit_send, timings),
-        )
-        engine.ensure_group("0")
-        engine.reload()
+        names = _define_triggers(runtime, triggers)
+        runtime.redis.xgroup_create(run.stream, "triggers", id="0", mkstream=True)
 
         say(f"throughput: publishing {events} events")
         pipe = runtime.redis.pipeline(transaction=False)
         for index in range(events):
-            pipe.xadd(stream, _event(rng.choice(contact_ids), rng, time.time()))
+            pipe.xadd(run.stream, _event(rng.choice(contact_ids), rng, time.time()))
             if index % 1000 == 999:
                 pipe.execute()
         pipe.execute()
-        say("throughput: consuming")
-        started = time.perf_counter()
-        handled = _drain(engine, events, timeout=600)
-        elapsed = time.perf_counter() - started
-        counters = dict(timings.statuses)
-        engine_stats = {
-            _text(k): int(v) for k, v in runtime.redis.hgetall(keys.engine_stats).items()
+        say(f"throughput: consuming with {consumers} consumer(s)")
+        throughput = _throughput(runtime, run, events, consumers)
+        per_trigger = read_stats(runtime.redis, run.keys, names)
+        totals = {
+            counter: sum(stats[counter] for stats in per_trigger.values()) for counter in COUNTERS
         }
-        throughput = {
-            "events": handled,
-            "seconds": round(elapsed, 3),
-            "events_per_second": round(handled / elapsed, 1),
-            "sends": counters,
-            "queued_sends_per_second": round(counters.get("queued", 0) / elapsed, 1),
-        }
-        stats = _trigger_totals(runtime, keys)
+        throughput["sends_per_event"] = round(
+            (totals["fired"] + totals["capped"] + totals["skipped"]) / events, 4
+        )
 
         say(f"latency: {rate:g} events/s for {latency_seconds:g} s")
-        timings.latencies.clear()
+        _forget_claims(runtime, run)
         latency = _paced(
             runtime,
-            engine,
-            stream=stream,
+            run,
             contact_ids=contact_ids,
             rng=rng,
             rate=rate,
             seconds=latency_seconds,
-            timings=timings,
+            submit=submit or submit_send,
         )
         return {
             "benchmark": "triggers",
             "events": events,
             "triggers": triggers,
             "contacts": contacts,
+            "consumers": consumers,
             "batch_size": batch_size,
+            "send_workers": send_workers,
             "redis": settings.redis_url.split("@")[-1],
             "database": runtime.engine.dialect.name,
             "events_per_second": throughput["events_per_second"],
             "p99_latency_ms": latency["p99_ms"],
             "throughput": throughput,
             "latency": latency,
-            "trigger_counters": stats,
-            "engine_counters": engine_stats,
+            "throughput_counters": totals,
+            "per_trigger": {names[tid]: stats for tid, stats in per_trigger.items()},
         }
     finally:
-        _cleanup(runtime, stream, keys)
+        _cleanup(runtime, run)
         runtime.close()
-
-
-def _paced(
-    runtime: Runtime,
-    engine: TriggerEngine,
-    *,
-    stream: str,
-    contact_ids: list[int],
-    rng: random.Random,
-    rate: float,
-    seconds: float,
-    timings: _Timings,
-) -> dict[str, Any]:
-    total = int(rate * seconds)
-    done = threading.Event()
-    producer_rng = random.Random(rng.random())
-
-    def produce() -> None:
-        client = runtime.redis
-        tick = 0.01
-        per_tick = rate * tick
-        started = time.perf_counter()
-        sent = 0
-        while sent < total:
-            due = int(min(total, (time.perf_counter() - started) / tick * per_tick + per_tick))
-            if due > sent:
-                pipe = client.pipeline(transaction=False)
-                for _ in range(due - sent):
-                    pipe.xadd(
-                        stream, _event(producer_rng.choice(contact_ids), producer_rng, time.time())
-                    )
-                pipe.execute()
-                sent = due
-            time.sleep(max(0.0, started + (sent / rate) - time.perf_counter()))
-        done.set()
-
-    # Fresh contacts' cooldowns are what the paced phase measures; clear the claims of the
-    # throughput phase so sends happen again.
-    for key in runtime.redis.scan_iter(match=f"{engine.keys.namespace}:cd:*", count=1000):
-        runtime.redis.delete(key)
-    producer = threading.Thread(target=produce, daemon=True)
-    started = time.perf_counter()
-    producer.start()
-    handled = 0
-    while not done.is_set() or handled < total:
-        handled += engine.step()
-        if time.perf_counter() - started > seconds * 3 + 30:
-            break
-    producer.join(timeout=5)
-    latencies = [value * 1000 for value in timings.latencies]
-    return {
-        "rate": rate,
-        "seconds": seconds,
-        "events": handled,
-        "sends": len(latencies),
-        "p50_ms": _round(_percentile(latencies, 0.5)),
-        "p99_ms": _round(_percentile(latencies, 0.99)),
-        "max_ms": _round(max(latencies) if latencies else None),
-    }
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def _trigger_totals(runtime: Runtime, keys: TriggerKeys) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for key in runtime.redis.scan_iter(match=f"{keys.namespace}:stats:*", count=1000):
-        if _text(key).endswith(":engine"):
-            continue
-        for name, value in runtime.redis.hgetall(key).items():
-            totals[_text(name)] = totals.get(_text(name), 0) + int(value)
-    return totals
-
-
-def _cleanup(runtime: Runtime, stream: str, keys: TriggerKeys) -> None:
-    from postwise.delivery.frequency import KEY_PREFIX
-    from postwise.delivery.jobs import queue_name
-
-    client = runtime.redis
-    client.delete(stream)
-    for key in client.scan_iter(match=f"{keys.namespace}:*", count=1000):
-        client.delete(key)
-    import sqlalchemy as sa
-    from sqlmodel import col
-
-    from postwise.db.models import Contact, Message
-
-    with runtime.session() as session:
-        ids = [row[0] for row in session.execute(sa.select(col(Contact.id)))]
-        message_ids = {row[0] for row in session.execute(sa.select(col(Message.id)))}
-    for start in range(0, len(ids), 1000):
-        client.delete(*[f"{KEY_PREFIX}{cid}" for cid in ids[start : start + 1000]])
-    _remove_jobs(runtime, queue_name(runtime.settings.provider), message_ids)
-
-
-def _remove_jobs(runtime: Runtime, queue: str, message_ids: set[str]) -> None:
+def _cleanup(runtime: Runtime, run: _Run) -> None:
     from rq import Queue
     from rq.registry import ScheduledJobRegistry
     from rq.serializers import JSONSerializer
 
-    rq_queue = Queue(queue, connection=runtime.redis, serializer=JSONSerializer)
-    job_ids = set(rq_queue.get_job_ids()) | set(ScheduledJobRegistry(queue=rq_queue).get_job_ids())
-    for job in rq_queue.job_class.fetch_many(
-        list(job_ids), connection=runtime.redis, serializer=JSONSerializer
+    from postwise.delivery.jobs import queue_name
+
+    client = runtime.redis
+    client.delete(run.stream)
+    for key in client.scan_iter(match=f"{run.keys.namespace}:*", count=1000):
+        client.delete(key)
+    _forget_claims(runtime, run)
+    # The sends this run queued: jobs whose message ids all belong to the scratch ledger.
+    import sqlalchemy as sa
+    from sqlmodel import col
+
+    from postwise.db.models import Message
+
+    with runtime.session() as session:
+        message_ids = {row[0] for row in session.execute(sa.select(col(Message.id)))}
+    queue = Queue(
+        queue_name(runtime.settings.provider), connection=client, serializer=JSONSerializer
+    )
+    job_ids = set(queue.get_job_ids()) | set(ScheduledJobRegistry(queue=queue).get_job_ids())
+    for job in queue.job_class.fetch_many(
+        list(job_ids), connection=client, serializer=JSONSerializer
     ):
         if job is None:
             continue
         batch = job.args[0] if job.args else []
-        if isinstance(batch, list) and batch and set(map(str, batch)) <= message_ids:
+        if isinstance(batch, list) and batch and {str(m) for m in batch} <= message_ids:
             job.delete()
 
 
@@ -552,6 +621,8 @@ def _remove_jobs(runtime: Runtime, queue: str, message_ids: set[str]) -> None:
 @click.option("--events", default=50_000, show_default=True, help="Events in the throughput phase.")
 @click.option("--triggers", "trigger_count", default=10, show_default=True)
 @click.option("--contacts", default=20_000, show_default=True)
+@click.option("--consumers", default=1, show_default=True, help="Consumer processes (throughput).")
+@click.option("--send-workers", default=4, show_default=True, help="Send threads per consumer.")
 @click.option("--rate", default=1000.0, show_default=True, help="Events/s in the latency phase.")
 @click.option("--latency-seconds", default=10.0, show_default=True)
 @click.option("--batch-size", default=500, show_default=True)
@@ -568,6 +639,8 @@ def bench_triggers(
     events: int,
     trigger_count: int,
     contacts: int,
+    consumers: int,
+    send_workers: int,
     rate: float,
     latency_seconds: float,
     batch_size: int,
@@ -575,9 +648,8 @@ def bench_triggers(
     as_json: bool,
 ) -> None:
     """Trigger engine: events/s end to end, and p99 event-to-enqueue latency at a paced rate."""
-    base = load_settings(
-        config_file=ctx.find_root().obj.get("config_file") if ctx.find_root().obj else None
-    )
+    root = ctx.find_root()
+    base = load_settings(config_file=root.obj.get("config_file") if root.obj else None)
     with tempfile.TemporaryDirectory(prefix="postwise-bench-triggers-") as scratch:
         settings = base.model_copy(
             update={
@@ -590,6 +662,8 @@ def bench_triggers(
             events=events,
             triggers=trigger_count,
             contacts=contacts,
+            consumers=consumers,
+            send_workers=send_workers,
             rate=rate,
             latency_seconds=latency_seconds,
             batch_size=batch_size,

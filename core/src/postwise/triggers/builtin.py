@@ -8,7 +8,8 @@ configuration model; :mod:`postwise.triggers.plugin` registers them through
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, select
 
 from postwise.errors import ValidationError
-from postwise.triggers.conditions import ConditionContext, ConditionType, TriggerEvent
+from postwise.triggers.conditions import ConditionContext, ConditionType, Predicate, TriggerEvent
 
 __all__ = [
     "BUILTIN_CONDITIONS",
@@ -43,6 +44,12 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "exists"]
 _SYMBOLS = {"eq": "==", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_ORDERINGS: dict[str, Callable[[Any, Any], Any]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
 _MISSING = object()
 _UTC = ZoneInfo("UTC")
 
@@ -67,12 +74,57 @@ def contact_zone(contact: Mapping[str, Any]) -> ZoneInfo:
 
 def lookup(data: Mapping[str, Any], path: str) -> Any:
     """The value at dotted ``path`` in nested mappings, or a sentinel when absent."""
-    current: Any = data
-    for part in path.split("."):
-        if not isinstance(current, Mapping) or part not in current:
+    return _get(data, tuple(path.split(".")))
+
+
+def _get(data: Any, parts: tuple[str, ...]) -> Any:
+    current = data
+    for part in parts:
+        # Exact dict first: isinstance against the Mapping ABC is slow on the hot path.
+        if current.__class__ is not dict and not isinstance(current, Mapping):
             return _MISSING
-        current = current[part]
+        current = current.get(part, _MISSING)
+        if current is _MISSING:
+            return _MISSING
     return current
+
+
+def _matcher(op: str, expected: Any) -> Callable[[Any], bool]:
+    """``compare(actual, op, expected)`` as a function of ``actual``, specialised once per
+    configuration for the common operators."""
+    if op == "eq":
+        return lambda actual: actual is not _MISSING and bool(actual == expected)
+    if op == "ne":
+        return lambda actual: actual is _MISSING or bool(actual != expected)
+    if op in ("in", "not_in"):
+        try:
+            members = frozenset(expected)
+        except TypeError:
+            return lambda actual: compare(actual, op, expected)
+        inside = op == "in"
+
+        def member(actual: Any) -> bool:
+            if actual is _MISSING:
+                return not inside
+            try:
+                return (actual in members) is inside
+            except TypeError:  # an unhashable value is in no set of hashables
+                return not inside
+
+        return member
+    if op in _ORDERINGS and not isinstance(expected, bool):
+        order = _ORDERINGS[op]
+
+        def ordered(actual: Any) -> bool:
+            if actual is _MISSING or actual.__class__ is bool:
+                return False
+            try:
+                return bool(order(actual, expected))
+            except TypeError:
+                return False
+
+        return ordered
+    return lambda actual: compare(actual, op, expected)
 
 
 def compare(actual: Any, op: str, expected: Any) -> bool:
@@ -343,6 +395,14 @@ class ContactAttribute(ConditionType[ContactAttributeConfig]):
     ) -> bool:
         return compare(lookup(context.contact, config.attribute), config.op, config.value)
 
+    def bind(self, config: ContactAttributeConfig) -> Predicate:
+        test = _matcher(config.op, config.value)
+        parts = tuple(config.attribute.split("."))
+        if len(parts) == 1:
+            key = parts[0]
+            return lambda event, context: test(context.contact.get(key, _MISSING))
+        return lambda event, context: test(_get(context.contact, parts))
+
     def explain(self, config: ContactAttributeConfig) -> str:
         return config.describe(f"contact.{config.attribute}")
 
@@ -364,6 +424,14 @@ class EventProperty(ConditionType[EventPropertyConfig]):
         self, config: EventPropertyConfig, event: TriggerEvent, context: ConditionContext
     ) -> bool:
         return compare(lookup(event.properties, config.property), config.op, config.value)
+
+    def bind(self, config: EventPropertyConfig) -> Predicate:
+        test = _matcher(config.op, config.value)
+        parts = tuple(config.property.split("."))
+        if len(parts) == 1:
+            key = parts[0]
+            return lambda event, context: test(event.properties.get(key, _MISSING))
+        return lambda event, context: test(_get(event.properties, parts))
 
     def explain(self, config: EventPropertyConfig) -> str:
         return config.describe(f"event.{config.property}")

@@ -15,7 +15,7 @@ needs other data declares it in :attr:`ConditionType.requires`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
     from sqlmodel import Session
 
-__all__ = ["ConditionContext", "ConditionType", "TriggerEvent", "describe_error"]
+__all__ = ["ConditionContext", "ConditionType", "Predicate", "TriggerEvent", "describe_error"]
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -70,6 +70,10 @@ class ConditionContext(Protocol):
         until`` (``until`` defaults to :attr:`now`). The event being evaluated never counts."""
 
 
+#: A configured condition: ``predicate(event, context) -> bool``.
+Predicate = Callable[["TriggerEvent", "ConditionContext"], bool]
+
+
 class ConditionType(abc.ABC, Generic[ConfigT]):
     """A kind of condition, configured per trigger with a validated schema."""
 
@@ -105,6 +109,15 @@ class ConditionType(abc.ABC, Generic[ConfigT]):
     @abc.abstractmethod
     def evaluate(self, config: ConfigT, event: TriggerEvent, context: ConditionContext) -> bool:
         """Whether ``event`` satisfies this condition as configured."""
+
+    def bind(self, config: ConfigT) -> Predicate:
+        """The predicate of one configuration, called for every event the trigger sees.
+
+        The default calls :meth:`evaluate`; override it to do per-configuration work once
+        (split a path, build a set) instead of once per event.
+        """
+        evaluate = self.evaluate
+        return lambda event, context: evaluate(config, event, context)
 
     def explain(self, config: ConfigT) -> str:
         """A one-line human description of the configured condition, for dry runs."""

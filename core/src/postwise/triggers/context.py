@@ -60,11 +60,12 @@ def load_contacts(session: Session, contact_ids: Iterable[int]) -> dict[int, dic
             col(ContactTag.tag),
         )
         .outerjoin(ContactTag, col(ContactTag.contact_id) == col(Contact.id))
-        .where(col(Contact.id).in_(ids))
+        .where(col(Contact.id).in_(sa.bindparam("ids", expanding=True)))
     )
     contacts: dict[int, dict[str, Any]] = {}
     tags: dict[int, set[str]] = {}
-    for row in session.execute(query):
+    # One expanding parameter: the ids are bound at execution, not coerced one by one.
+    for row in session.execute(query, {"ids": ids}):
         cid = row[0]
         if cid not in contacts:
             attributes = row[7] or {}
@@ -188,12 +189,14 @@ class BatchContext:
         self.queries += 1
         query = sa.select(col(Event.contact_id), col(Event.occurred_at), col(Event.event_id)).where(
             col(Event.type) == event_type,
-            col(Event.contact_id).in_(self.contact_ids),
+            col(Event.contact_id).in_(sa.bindparam("ids", expanding=True)),
             col(Event.occurred_at) >= since,
         )
         times: dict[int, list[tuple[datetime, str]]] = {}
         seen: set[str] = set()
-        for contact_id, occurred_at, event_id in self.session.execute(query):
+        for contact_id, occurred_at, event_id in self.session.execute(
+            query, {"ids": self.contact_ids}
+        ):
             times.setdefault(contact_id, []).append((_aware(occurred_at), event_id))
             seen.add(event_id)
         # Events of this batch may not have reached the event table yet: add them.

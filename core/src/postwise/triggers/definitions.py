@@ -227,7 +227,7 @@ _COSTS = {"contact": 1, "engagement": 1, "segments": 3, "history": 3}
 class Leaf(Node):
     """One configured condition."""
 
-    __slots__ = ("condition", "config", "plugin")
+    __slots__ = ("condition", "config", "plugin", "predicate")
 
     def __init__(
         self, path: str, condition: ConditionType[Any], config: BaseModel, plugin: str
@@ -236,10 +236,11 @@ class Leaf(Node):
         self.condition = condition
         self.config = config
         self.plugin = plugin
+        self.predicate = condition.bind(config)
 
     def evaluate(self, event: TriggerEvent, context: ConditionContext) -> bool:
         try:
-            return bool(self.condition.evaluate(self.config, event, context))
+            return bool(self.predicate(event, context))
         except Exception as exc:
             raise ConditionFailed(self, exc) from exc
 
@@ -426,7 +427,14 @@ def _compile(
             message = message[len(exc.field) + 2 :]
         field = f"{config_path}.{exc.field}" if exc.field else config_path
         raise ValidationError(message, field=field) from None
-    return Leaf(path, entry.component, config, entry.plugin)
+    try:
+        return Leaf(path, entry.component, config, entry.plugin)
+    except Exception as exc:  # a plugin's bind() is third-party code
+        raise ValidationError(
+            f"condition {name!r} (plugin {entry.plugin!r}) could not prepare this configuration: "
+            f"{type(exc).__name__}: {exc}",
+            field=config_path,
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

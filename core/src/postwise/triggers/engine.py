@@ -57,7 +57,7 @@ from postwise.triggers.cooldown import (
 )
 from postwise.triggers.definitions import ConditionFailed
 from postwise.triggers.quiet_hours import QuietHours
-from postwise.triggers.schedule import ScheduledSend, claim_due, finish, schedule
+from postwise.triggers.schedule import ScheduledSend, claim_due, finish, has_due, schedule
 from postwise.triggers.stats import StatsBatch
 
 if TYPE_CHECKING:
@@ -194,6 +194,7 @@ class TriggerEngine:
         self._loaded_at = 0.0
         self._checked_at = 0.0
         self._claimed_at = 0.0
+        self._due_at = 0.0
         self._claim_cursor: bytes | str = "0-0"
         self._own_pending = True
 
@@ -279,7 +280,9 @@ class TriggerEngine:
                 self._own_pending = False
         if time.monotonic() - self._claimed_at > self.claim_idle_ms / 4000:
             handled += self._autoclaim()
-        handled += self.process_due()
+        if time.monotonic() - self._due_at > 0.25:
+            self._due_at = time.monotonic()
+            handled += self.process_due()
         block = None if handled else self.block_ms
         entries = self._read(">", block=block)
         if entries:
@@ -535,6 +538,8 @@ class TriggerEngine:
     def process_due(self, limit: int | None = None) -> int:
         """Handle delayed sends that have come due: exit check, then submit. Returns how many."""
         now = self.clock()
+        if not has_due(self.redis, self.keys, now=now):
+            return 0
         sends = claim_due(
             self.redis,
             self.keys,

@@ -24,7 +24,7 @@ import redis
 from postwise.triggers.conditions import TriggerEvent
 from postwise.triggers.cooldown import TriggerKeys
 
-__all__ = ["ScheduledSend", "claim_due", "finish", "pending_count", "schedule"]
+__all__ = ["ScheduledSend", "claim_due", "finish", "has_due", "pending_count", "schedule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,11 @@ def schedule(pipe: Any, keys: TriggerKeys, send: ScheduledSend) -> None:
     """Queue the commands recording ``send`` on ``pipe``; recording it twice changes nothing."""
     pipe.hsetnx(keys.scheduled_data, send.dedupe_key, send.to_json())
     pipe.zadd(keys.scheduled, {send.dedupe_key: _ms(send.due)}, nx=True)
+
+
+def has_due(client: redis.Redis, keys: TriggerKeys, *, now: datetime) -> bool:
+    """Whether any scheduled send is due (one cheap read, no lock)."""
+    return bool(client.zrangebyscore(keys.scheduled, "-inf", _ms(now), start=0, num=1))
 
 
 def claim_due(
