@@ -130,11 +130,12 @@ class Settings(BaseModel):
         "a crashed worker's messages are recovered once it has passed.",
     )
     delivery_chunk_size: int = Field(
-        default=1,
+        default=10,
         ge=1,
         le=10000,
-        description="Messages handed to the provider per call. After a worker crash at most this "
-        "many messages are in doubt; raise it for HTTP providers that send in bulk.",
+        description="Messages handed to the provider per call (and journaled together). A worker "
+        "killed mid-call leaves at most this many messages in doubt, dead-lettered rather than "
+        "risk a duplicate; 1 minimises that at about a quarter of the throughput.",
     )
 
     dkim_domain: str = ""

@@ -31,6 +31,7 @@ import signal
 import statistics
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,7 @@ def run_bench(
             for _, ready in procs:
                 ready.wait(120)
         cpu_before = _rusage()["cpu_seconds"]
+        started_at = datetime.now(UTC)
         started = time.monotonic()
         report = dispatch_campaign(runtime, campaign_id)
         dispatched = time.monotonic()
@@ -371,7 +373,7 @@ def run_bench(
         finished = time.monotonic()
         main_cpu = _rusage()["cpu_seconds"] - cpu_before
         counts = _ledger_counts(runtime, campaign_id)
-        batch_times, queue_times = _job_latencies(runtime, queue_name("smtp"))
+        batch_times, queue_times = _job_latencies(runtime, queue_name("smtp"), since=started_at)
     finally:
         for proc, _ in procs:
             if proc.is_alive():
@@ -444,8 +446,8 @@ def _wait_until_final(runtime: Any, campaign_id: int, *, deadline: float) -> Non
     log.warning("benchmark timed out with messages still unfinished")
 
 
-def _job_latencies(runtime: Any, queue: str) -> tuple[list[float], list[float]]:
-    """Run time and enqueue-to-finish time of each finished send job."""
+def _job_latencies(runtime: Any, queue: str, *, since: datetime) -> tuple[list[float], list[float]]:
+    """Run time and enqueue-to-finish time of each send job of this run that finished."""
     from rq import Queue
     from rq.job import Job
     from rq.serializers import JSONSerializer
@@ -457,10 +459,15 @@ def _job_latencies(runtime: Any, queue: str) -> tuple[list[float], list[float]]:
     for job in Job.fetch_many(ids, connection=runtime.redis, serializer=JSONSerializer):
         if job is None or job.started_at is None or job.ended_at is None:
             continue
+        if job.enqueued_at is None or _utc(job.enqueued_at) < since:
+            continue
         runs.append((job.ended_at - job.started_at).total_seconds())
-        if job.enqueued_at is not None:
-            waits.append((job.ended_at - job.enqueued_at).total_seconds())
+        waits.append((job.ended_at - job.enqueued_at).total_seconds())
     return runs, waits
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @click.command(name="send")
