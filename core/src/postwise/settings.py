@@ -177,6 +177,15 @@ class Settings(BaseModel):
     reputation_bounce_warn: float = Field(default=0.02, gt=0, lt=1)
     reputation_bounce_pause: float = Field(default=0.05, gt=0, lt=1)
 
+    crm_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per CRM connector (hubspot, salesforce, ...): its options, e.g. "
+        "POSTWISE_CRM_OPTIONS__HUBSPOT__ACCESS_TOKEN=...; a CRM with an entry here is synced.",
+    )
+    crm_sync_interval_seconds: int = Field(
+        default=300, ge=10, le=86400, description="How often `postwise crm run` polls each CRM."
+    )
+
     analytics_sink: str = "sql"
     event_stream_maxlen: int = Field(default=1_000_000, ge=1000)
     attribution_window_days: int = Field(default=7, ge=1, le=365)

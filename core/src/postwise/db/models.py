@@ -104,6 +104,18 @@ class CrmLink(SQLModel, table=True):
     external_id: str = Field(max_length=200)
     remote_updated_at: datetime | None = _ts_nullable()
     synced_at: datetime | None = _ts_nullable()
+    # Migration 0007: what the sync last saw and last pushed (postwise.crm.sync, .engagement).
+    #: Per synced field, a short hash of the CRM's value at the last sync (never the value).
+    field_hashes: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False, server_default=sa.text("'{}'")),
+    )
+    pushed_at: datetime | None = _ts_nullable()
+    #: The contact's ``engagement_updated_at`` when engagement was last pushed.
+    pushed_engagement_at: datetime | None = _ts_nullable()
+    pushed_score: float | None = Field(default=None)
+    pushed_unsubscribed: bool | None = Field(default=None)
+    pushed_hash: str | None = Field(default=None, max_length=32)
 
 
 class CrmSyncState(SQLModel, table=True):

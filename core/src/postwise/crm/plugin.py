@@ -1,0 +1,20 @@
+"""The CRM integration as a plugin: the webhook route and the ``/v1/crm`` API.
+
+Connectors come from their own distributions (``postwise-hubspot``, ``postwise-salesforce``)
+through ``postwise_register_crm_connectors``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postwise import hookimpl
+
+
+@hookimpl
+def postwise_register_routes(register: Any) -> None:
+    from postwise.crm.api import CrmController
+    from postwise.crm.webhooks import CrmWebhookController
+
+    register("crm-api", CrmController)
+    register("crm-webhooks", CrmWebhookController)
