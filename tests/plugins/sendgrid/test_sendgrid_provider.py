@@ -139,7 +139,7 @@ def test_a_validation_error_is_permanent_and_names_sendgrids_reason(
             400, body=errors(("personalizations.0.to.0.email", "Does not contain a valid address."))
         )
     )
-    provider = make_provider(sendgrid_server)
+    provider = make_provider(sendgrid_server, concurrency=1)
     try:
         first, second = provider.send_batch([plain(1), plain(2)])
     finally:

@@ -1,0 +1,92 @@
+"""The ``mailchimp`` provider's options: ``POSTWISE_PROVIDER_OPTIONS__MAILCHIMP__<KEY>`` or the
+``[provider_options.mailchimp]`` table of the config file.
+
+The provider and the webhook read the same table, so one place configures both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from postwise.errors import ConfigurationError
+
+__all__ = ["DEFAULT_BASE_URL", "WEBHOOK_PATH", "MailchimpOptions", "parse_options"]
+
+#: The host and API version the vendor's own client (mailchimp-transactional 1.4) uses.
+DEFAULT_BASE_URL = "https://mandrillapp.com/api/1.3"
+WEBHOOK_PATH = "/hooks/mailchimp/events"
+
+
+class MailchimpOptions(BaseModel):
+    """Everything the Mailchimp Transactional plugin can be told."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_key: SecretStr = Field(
+        default=SecretStr(""), description="A Mailchimp Transactional API key."
+    )
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL, with version.")
+    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per request.")
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Requests in flight at once per send_batch call (and pooled connections).",
+    )
+    async_send: bool = Field(
+        default=False,
+        description="Mailchimp's background mode: every message comes back 'queued' and "
+        "rejections arrive only as 'reject' webhook events.",
+    )
+    ip_pool: str = Field(default="", max_length=100)
+    return_path_domain: str = Field(default="", max_length=255)
+    webhook_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="The webhook's authentication key (Settings > Webhooks). Events are "
+        "refused until it is set.",
+    )
+    webhook_url: str = Field(
+        default="",
+        description="The webhook URL exactly as entered at Mailchimp (it is part of the "
+        "signature); empty means base_url of the server + " + WEBHOOK_PATH,
+    )
+    webhook_max_age_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        le=7 * 86_400,
+        description="Events older than this are refused; event ids are remembered this long, "
+        "so a replayed request is either recognised or refused.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be the absolute URL entered at Mailchimp")
+        return value
+
+
+def parse_options(options: Mapping[str, Any]) -> MailchimpOptions:
+    """Validate ``options``; raises ConfigurationError naming the option and what is allowed."""
+    try:
+        return MailchimpOptions.model_validate(dict(options))
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "options"
+        message = (
+            "unknown option; known: " + ", ".join(sorted(MailchimpOptions.model_fields))
+            if first["type"] == "extra_forbidden"
+            else first["msg"]
+        )
+        raise ConfigurationError(f"provider_options.mailchimp.{where}: {message}") from None

@@ -1,0 +1,310 @@
+"""Mailchimp Transactional's message-event webhook: ``POST /hooks/mailchimp/events``.
+
+Mailchimp posts a form with one field, ``mandrill_events``: a JSON array of up to 1000 events.
+It signs each request: ``X-Mandrill-Signature`` is the base64 HMAC-SHA1, keyed with the
+webhook's key, of the webhook URL exactly as entered at Mailchimp followed by every POST field's
+name and value, sorted by name. The URL is ``webhook_url`` (default: the server's ``base_url``
+plus ``/hooks/mailchimp/events``). Mailchimp checks that the URL exists with a ``HEAD`` request
+when the webhook is added; that answers 200.
+
+A request is refused, and nothing recorded, when the signature is missing (401), does not
+verify or no key is configured (403), or when every event in it is older than
+``webhook_max_age_seconds`` (403). Events older than that in a request with fresh ones are
+skipped and counted as ``expired``. Event ids are remembered for that same window, so a
+replayed request is either recognised (and changes nothing) or refused.
+
+Mailchimp's ``_id`` names the *message*, so an event's id here is ``_id``, the event type and
+``ts`` (and the URL for clicks): two opens of one message are two events.
+
+Events and what postwise does with them:
+
+=====================  =====================================================================
+``send``, ``delivered``  ``delivered`` event (one per message, whichever comes)
+``open``               ``open`` event; machine opens flagged by user agent and address
+``click``              ``click`` event with the URL; scanner clicks flagged
+``hard_bounce``        compliance: hard bounce (suppressed)
+``soft_bounce``        compliance: soft bounce (counted; suppressed after the configured limit)
+``spam``               compliance: complaint
+``unsub``              unsubscribe and an ``unsubscribe`` event
+``reject``             ``dropped`` event; a reject for a hard bounce, spam complaint or
+                       unsubscribe Mailchimp holds is also handed to compliance
+``deferral``, others   nothing
+=====================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from litestar import Controller, MediaType, Request, Response, head, post
+from litestar.concurrency import sync_to_thread
+from litestar.datastructures import State
+
+from postwise.errors import ConfigurationError
+from postwise_mailchimp.options import WEBHOOK_PATH, MailchimpOptions, parse_options
+from postwise_mailchimp.provider import MESSAGE_ID_KEY
+from postwise_mailchimp.recording import (
+    Feedback,
+    MappedEvent,
+    WebhookSummary,
+    clean_message_id,
+    record_events,
+)
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "MailchimpWebhookController",
+    "map_event",
+    "sign_request",
+    "verify_signature",
+]
+
+SIGNATURE_HEADER = "X-Mandrill-Signature"
+PROVIDER = "mailchimp"
+EVENTS_FIELD = "mandrill_events"
+#: How far ahead of this server's clock an event's time may be.
+FUTURE_TOLERANCE_SECONDS = 300
+
+_SMTP_CODE_RE = re.compile(r"(?:^|[;\s])([45]\d\d)[\s-]+([45]\.\d{1,3}\.\d{1,3})?")
+#: Mailchimp reject reasons that mean it holds the address on its rejection list.
+_REJECT_FEEDBACK = {
+    "hard-bounce": Feedback("hard", diagnostic="rejected by Mailchimp: hard bounce"),
+    "invalid": Feedback("hard", diagnostic="rejected by Mailchimp: invalid address"),
+    "spam": Feedback(
+        "complaint", feedback_type="abuse", diagnostic="rejected by Mailchimp: spam complaint"
+    ),
+}
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def sign_request(key: str, url: str, params: Mapping[str, str]) -> str:
+    """The ``X-Mandrill-Signature`` of a POST of ``params`` to ``url`` with webhook ``key``."""
+    signed = url + "".join(name + params[name] for name in sorted(params))
+    digest = hmac.new(key.encode(), signed.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_signature(key: str, url: str, params: Mapping[str, str], signature: str) -> bool:
+    """Whether ``signature`` is Mailchimp's signature of ``params`` posted to ``url``."""
+    expected = sign_request(key, url, params)
+    return hmac.compare_digest(expected.encode(), signature.strip().encode())
+
+
+def webhook_url(options: MailchimpOptions, base_url: str) -> str:
+    """The URL Mailchimp signs with: the configured one, else the server's own."""
+    return options.webhook_url or base_url.rstrip("/") + WEBHOOK_PATH
+
+
+def authenticate(
+    options: MailchimpOptions, url: str, headers: Mapping[str, str], body: bytes
+) -> dict[str, str]:
+    """The request's POST fields, if Mailchimp signed them; raises :class:`_Rejected`."""
+    signature = headers.get(SIGNATURE_HEADER.lower())
+    if not signature:
+        raise _Rejected(401, f"unsigned request: {SIGNATURE_HEADER} is required")
+    key = options.webhook_key.get_secret_value()
+    if not key:
+        raise _Rejected(
+            403,
+            "signature verification is not configured: set provider_options.mailchimp."
+            "webhook_key to the webhook's key",
+        )
+    try:
+        params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+    except UnicodeDecodeError:
+        raise _Rejected(403, "the body is not a UTF-8 form") from None
+    if not verify_signature(key, url, params, signature):
+        raise _Rejected(
+            403,
+            f"the signature does not verify for {url} with the configured key; the URL must be "
+            "exactly the one entered at Mailchimp (set webhook_url when behind a proxy)",
+        )
+    return params
+
+
+def _smtp_reply(diag: str) -> tuple[int | None, str | None]:
+    match = _SMTP_CODE_RE.search(diag)
+    if match is None:
+        return None, None
+    return int(match.group(1)), match.group(2)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _vendor_id(raw: Mapping[str, Any], message: Mapping[str, Any], kind: str, ts: int) -> str:
+    message_ref = _text(raw.get("_id")) or _text(message.get("_id")) or ""
+    parts = [message_ref, kind, str(ts)]
+    if kind == "click" and isinstance(raw.get("url"), str):
+        parts.append(hashlib.sha256(raw["url"].encode()).hexdigest()[:16])
+    return ":".join(parts)
+
+
+def map_event(raw: Any) -> MappedEvent | None:
+    """What postwise does with one Mailchimp event; ``None`` when it is malformed.
+
+    Sync events (rejection and allow-list changes) have no ``event`` field and come back
+    ignored, as do inbound messages.
+    """
+    if not isinstance(raw, Mapping):
+        return None
+    kind = raw.get("event")
+    if kind is None and isinstance(raw.get("type"), str):
+        kind = "sync:" + raw["type"]
+    ts = raw.get("ts")
+    if not isinstance(kind, str) or type(ts) is not int or ts <= 0:
+        return None
+    message = raw.get("msg") if isinstance(raw.get("msg"), Mapping) else {}
+    assert isinstance(message, Mapping)
+    if not kind.startswith("sync:") and not (_text(raw.get("_id")) or _text(message.get("_id"))):
+        return None
+    metadata = message.get("metadata") if isinstance(message.get("metadata"), Mapping) else {}
+    assert isinstance(metadata, Mapping)
+    occurred_at = datetime.fromtimestamp(ts, UTC)
+    base = MappedEvent(
+        vendor_id=_vendor_id(raw, message, kind, ts),
+        vendor_type=kind,
+        occurred_at=occurred_at,
+        message_id=clean_message_id(metadata.get(MESSAGE_ID_KEY)),
+        recipient=_text(message.get("email")) or None,
+    )
+    properties: dict[str, Any] = {}
+    if _text(message.get("_id")):
+        properties["provider_message_id"] = message["_id"][:200]
+    if kind in ("send", "delivered"):
+        # One delivered event per message, whether Mailchimp reports send, delivered or both.
+        return replace(
+            base,
+            vendor_id=f"{_text(message.get('_id')) or base.vendor_id}:delivered",
+            publish="delivered",
+            properties=properties,
+        )
+    if kind == "open":
+        from postwise.analytics.bots import classify_open
+
+        machine = classify_open(
+            _text(raw.get("user_agent")), _text(raw.get("ip")), sent_at=None, now=occurred_at
+        )
+        if machine:
+            properties.update(machine_open=True, machine_reason=machine)
+        return replace(base, publish="open", properties=properties)
+    if kind == "click":
+        from postwise.analytics.bots import classify_click
+
+        url = raw.get("url")
+        if not isinstance(url, str) or not url:
+            return None
+        properties["url"] = url[:2000]
+        scanner = classify_click(_text(raw.get("user_agent")), sent_at=None, now=occurred_at)
+        if scanner:
+            properties.update(scanner=True, scanner_reason=scanner)
+        return replace(base, publish="click", properties=properties)
+    if kind in ("hard_bounce", "soft_bounce"):
+        diag = _text(message.get("diag")) or _text(message.get("bounce_description")) or ""
+        code, status = _smtp_reply(diag)
+        feedback = Feedback(
+            "hard" if kind == "hard_bounce" else "soft",
+            status=status,
+            smtp_code=code,
+            diagnostic=diag,
+        )
+        return replace(base, feedback=feedback)
+    if kind == "spam":
+        return replace(base, feedback=Feedback("complaint", feedback_type="abuse"))
+    if kind == "unsub":
+        return replace(base, publish="unsubscribe", properties=properties, unsubscribe=True)
+    if kind == "reject":
+        reject = message.get("reject") if isinstance(message.get("reject"), Mapping) else {}
+        assert isinstance(reject, Mapping)
+        reason = _text(reject.get("reason")) or _text(message.get("reject_reason")) or ""
+        properties["reason"] = reason[:500]
+        return replace(
+            base,
+            publish="dropped",
+            properties=properties,
+            feedback=_REJECT_FEEDBACK.get(reason),
+            unsubscribe=reason == "unsub",
+        )
+    return base
+
+
+def handle_events(
+    runtime: Any, options: MailchimpOptions, params: Mapping[str, str], *, now: float
+) -> WebhookSummary:
+    """Map and record a verified request's events."""
+    try:
+        payload = json.loads(params.get(EVENTS_FIELD, ""))
+    except ValueError:
+        raise _Rejected(400, f"the {EVENTS_FIELD} field is not JSON") from None
+    if not isinstance(payload, list):
+        raise _Rejected(400, f"{EVENTS_FIELD} must be a JSON array of events")
+    summary = WebhookSummary(received=len(payload))
+    mapped: list[MappedEvent] = []
+    for raw in payload:
+        event = map_event(raw)
+        if event is None:
+            summary.invalid += 1
+            continue
+        age = now - event.occurred_at.timestamp()
+        if age > options.webhook_max_age_seconds:
+            summary.expired += 1
+        elif age < -FUTURE_TOLERANCE_SECONDS:
+            summary.invalid += 1
+        else:
+            mapped.append(event)
+    if summary.expired and summary.expired == summary.received:
+        raise _Rejected(
+            403,
+            f"every event is older than {options.webhook_max_age_seconds} s; refused as a "
+            "possible replay",
+        )
+    return record_events(
+        runtime,
+        PROVIDER,
+        mapped,
+        remember_seconds=options.webhook_max_age_seconds,
+        summary=summary,
+    )
+
+
+class MailchimpWebhookController(Controller):
+    """The webhook endpoint; authenticates by Mailchimp's signature, not an API key."""
+
+    path = "/hooks/mailchimp"
+    tags = ["webhooks"]
+
+    @head("/events", security=[])
+    async def exists(self) -> None:
+        """Mailchimp checks the URL with HEAD before it adds the webhook."""
+
+    @post("/events", status_code=200, security=[])
+    async def events(self, state: State, request: Request[Any, Any, Any]) -> Response[Any]:
+        """Verify, then record the events (idempotent by event)."""
+        runtime = state.runtime
+        body = await request.body()
+        try:
+            options = parse_options(runtime.settings.provider_options.get(PROVIDER, {}))
+            url = webhook_url(options, runtime.settings.base_url)
+            params = authenticate(options, url, request.headers, body)
+            summary = await sync_to_thread(handle_events, runtime, options, params, now=time.time())
+        except _Rejected as exc:
+            return Response({"error": str(exc)}, status_code=exc.status, media_type=MediaType.JSON)
+        except ConfigurationError as exc:
+            return Response({"error": str(exc)}, status_code=403, media_type=MediaType.JSON)
+        return Response(summary.to_dict(), media_type=MediaType.JSON)

@@ -1,0 +1,288 @@
+"""The mailchimp provider against a local server speaking Mailchimp Transactional's format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+import dkim
+import pytest
+from fake_mailchimp import API_KEY, FakeMailchimp, Reply, error
+
+from postwise.delivery.dkim import DkimSigner, generate_key
+from postwise.delivery.message import Mailbox, build_message
+from postwise.delivery.provider import Outcome, OutgoingMessage
+from postwise.errors import ConfigurationError
+from postwise.runtime import Runtime
+from postwise.settings import load_settings
+from postwise.testing.contracts import ProviderContract
+from postwise_mailchimp.options import parse_options
+from postwise_mailchimp.provider import MailchimpProvider, classify_response
+
+
+def make_provider(server: FakeMailchimp, **options: Any) -> MailchimpProvider:
+    values: dict[str, Any] = {"api_key": API_KEY, "base_url": server.base_url, "timeout": 5}
+    values.update(options)
+    return MailchimpProvider(parse_options(values))
+
+
+def plain(index: int) -> OutgoingMessage:
+    raw = (
+        f"From: news@example.com\r\nTo: rcpt{index}@example.net\r\nSubject: hello {index}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"Hello {index}\r\n"
+    ).encode()
+    return OutgoingMessage(f"m{index}", "news@example.com", f"rcpt{index}@example.net", raw)
+
+
+class TestMailchimpProviderContract(ProviderContract):
+    @pytest.fixture(autouse=True)
+    def _server(self, mailchimp_server: FakeMailchimp) -> None:
+        self.server = mailchimp_server
+
+    def make_provider(self) -> MailchimpProvider:
+        return make_provider(self.server)
+
+    def test_contract_messages_are_all_accepted_by_the_local_api(self) -> None:
+        provider = self.make_provider()
+        try:
+            results = provider.send_batch(self.make_messages(5))
+        finally:
+            provider.close()
+        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
+        assert len(self.server.received) == 5
+
+
+def test_the_raw_message_is_sent_as_signed_with_the_ledger_id_as_metadata(
+    mailchimp_server: FakeMailchimp,
+) -> None:
+    signer = DkimSigner("s1", "example.com", generate_key().private_key_pem)
+    raw = signer.sign(
+        build_message(
+            sender=Mailbox("news@example.com", "Example News"),
+            recipient=Mailbox("ann@example.net", "Ann Example"),
+            subject="Grüße",
+            text="Hello Ann",
+            html="<p>Hello Ann</p>",
+            message_id="ledger-0001",
+            unsubscribe_url="https://mail.example.com/u/token",
+        )
+    )
+    message = OutgoingMessage(
+        "ledger-0001", "news@example.com", "ann@example.net", raw, {"campaign_id": "7"}
+    )
+    provider = make_provider(mailchimp_server, ip_pool="Main Pool")
+    try:
+        [result] = provider.send_batch([message])
+    finally:
+        provider.close()
+    assert result.outcome is Outcome.ACCEPTED, result.reason
+    assert result.code == 200 and result.provider_message_id
+    [request] = mailchimp_server.received
+    body = request.body
+    assert body["key"] == API_KEY
+    assert body["from_email"] == "news@example.com"
+    assert body["to"] == ["ann@example.net"]
+    assert body["async"] is False
+    assert body["ip_pool"] == "Main Pool"
+    first_line, rest = body["raw_message"].encode().split(b"\r\n", 1)
+    name, _, value = first_line.partition(b": ")
+    assert name == b"X-MC-Metadata"
+    assert json.loads(value) == {"postwise_message_id": "ledger-0001", "postwise_campaign_id": "7"}
+    assert rest == raw
+    record = signer.dns_record().encode()
+    assert dkim.verify(body["raw_message"].encode(), dnsfunc=lambda *_a, **_k: record)
+
+
+def test_a_rejected_recipient_is_permanent_with_the_reject_reason(
+    mailchimp_server: FakeMailchimp,
+) -> None:
+    mailchimp_server.rejected.add("rcpt1@example.net")
+    provider = make_provider(mailchimp_server)
+    try:
+        rejected, accepted = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert rejected.outcome is Outcome.PERMANENT
+    assert rejected.reason == "rejected by Mailchimp Transactional: hard-bounce"
+    assert accepted.outcome is Outcome.ACCEPTED
+
+
+def test_an_invalid_recipient_is_permanent(mailchimp_server: FakeMailchimp) -> None:
+    mailchimp_server.reply(
+        Reply(200, body=[{"email": "rcpt1@example.net", "status": "invalid", "_id": "x1"}])
+    )
+    provider = make_provider(mailchimp_server)
+    try:
+        [result] = provider.send_batch([plain(1)])
+    finally:
+        provider.close()
+    assert result.outcome is Outcome.PERMANENT
+    assert "invalid" in result.reason
+
+
+def test_a_validation_error_is_permanent_although_mailchimp_sends_it_as_http_500(
+    mailchimp_server: FakeMailchimp,
+) -> None:
+    mailchimp_server.reply(
+        Reply(500, body=error("ValidationError", 'Validation error: {"to":"bad address"}'))
+    )
+    provider = make_provider(mailchimp_server, concurrency=1)
+    try:
+        first, second = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert first.outcome is Outcome.PERMANENT
+    assert first.code == 500
+    assert "ValidationError" in first.reason and "bad address" in first.reason
+    assert second.outcome is Outcome.ACCEPTED
+
+
+def test_an_invalid_key_is_transient_and_stops_the_batch(mailchimp_server: FakeMailchimp) -> None:
+    provider = make_provider(mailchimp_server, api_key="md-revoked", concurrency=1)
+    try:
+        results = provider.send_batch([plain(i) for i in range(3)])
+    finally:
+        provider.close()
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+    assert "Invalid_Key" in results[0].reason
+    assert results[2].reason.startswith("not attempted: Mailchimp Transactional refused")
+    assert len(mailchimp_server.received) == 1
+
+
+def test_a_general_error_is_transient_and_sending_goes_on(mailchimp_server: FakeMailchimp) -> None:
+    mailchimp_server.reply(Reply(500, body=error("GeneralError", "something broke")))
+    provider = make_provider(mailchimp_server, concurrency=1)
+    try:
+        first, second = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert first.outcome is Outcome.TRANSIENT and "GeneralError" in first.reason
+    assert second.outcome is Outcome.ACCEPTED
+
+
+def test_a_429_is_transient_with_retry_after_and_the_rest_is_not_attempted(
+    mailchimp_server: FakeMailchimp,
+) -> None:
+    mailchimp_server.reply(Reply(429, {"Retry-After": "30"}, {"status": "error"}))
+    provider = make_provider(mailchimp_server, concurrency=1)
+    try:
+        results = provider.send_batch([plain(i) for i in range(3)])
+    finally:
+        provider.close()
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+    assert "retry after 30 s" in results[0].reason
+    assert len(mailchimp_server.received) == 1
+
+
+def test_a_bad_gateway_without_json_is_transient(mailchimp_server: FakeMailchimp) -> None:
+    mailchimp_server.reply(Reply(502, {"Content-Type": "text/html"}))
+    provider = make_provider(mailchimp_server)
+    try:
+        [result] = provider.send_batch([plain(1)])
+    finally:
+        provider.close()
+    assert result.outcome is Outcome.TRANSIENT and result.code == 502
+
+
+def test_a_dropped_connection_and_a_timeout_are_transient(mailchimp_server: FakeMailchimp) -> None:
+    mailchimp_server.reply(Reply(drop=True), Reply(hang=1.5))
+    provider = make_provider(mailchimp_server, concurrency=1, timeout=0.3)
+    try:
+        dropped, timed_out, accepted = provider.send_batch([plain(1), plain(2), plain(3)])
+    finally:
+        provider.close()
+    assert dropped.outcome is Outcome.TRANSIENT and "connection" in dropped.reason
+    assert timed_out.outcome is Outcome.TRANSIENT and "within 0.3 s" in timed_out.reason
+    assert accepted.outcome is Outcome.ACCEPTED
+
+
+def test_an_unreachable_host_is_transient() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = {"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}/api/1.3", "timeout": 2}
+    provider = MailchimpProvider(parse_options(options))
+    try:
+        results = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 2
+    assert "cannot connect" in results[0].reason
+
+
+def test_requests_share_pooled_connections(mailchimp_server: FakeMailchimp) -> None:
+    provider = make_provider(mailchimp_server, concurrency=3)
+    try:
+        results = provider.send_batch([plain(i) for i in range(30)])
+    finally:
+        provider.close()
+    assert [r.message_id for r in results] == [f"m{i}" for i in range(30)]
+    assert all(r.outcome is Outcome.ACCEPTED for r in results)
+    assert 1 <= mailchimp_server.connections <= 3
+
+
+def test_the_api_key_is_never_logged(
+    mailchimp_server: FakeMailchimp, caplog: pytest.LogCaptureFixture
+) -> None:
+    mailchimp_server.reply(Reply(500, body=error("GeneralError", "boom")))
+    caplog.set_level(logging.DEBUG)
+    provider = make_provider(mailchimp_server, concurrency=1)
+    try:
+        results = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert caplog.records
+    assert API_KEY not in caplog.text
+    assert all(API_KEY not in r.reason for r in results)
+
+
+def test_settings_from_the_environment_pick_and_configure_the_provider(
+    mailchimp_server: FakeMailchimp, tmp_path: Any
+) -> None:
+    settings = load_settings(
+        environ={
+            "POSTWISE_PROVIDER": "mailchimp",
+            "POSTWISE_PROVIDER_OPTIONS__MAILCHIMP__API_KEY": API_KEY,
+            "POSTWISE_PROVIDER_OPTIONS__MAILCHIMP__BASE_URL": mailchimp_server.base_url,
+        },
+        config_file=None,
+        data_dir=tmp_path,
+        redis_url="fakeredis://mailchimp-settings",
+    )
+    runtime = Runtime(settings)
+    try:
+        provider = runtime.provider()
+        assert isinstance(provider, MailchimpProvider)
+        results = provider.send_batch([plain(1)])
+    finally:
+        runtime.close()
+    assert results[0].outcome is Outcome.ACCEPTED
+
+
+def test_a_missing_api_key_is_a_configuration_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError, match="POSTWISE_PROVIDER_OPTIONS__MAILCHIMP__API_KEY"):
+        MailchimpProvider(parse_options({}))
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        parse_options({"apikey": "x"})
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (200, [{"email": "a@example.net", "status": "queued", "_id": "1"}], Outcome.ACCEPTED),
+        (200, [{"email": "a@example.net", "status": "scheduled", "_id": "1"}], Outcome.ACCEPTED),
+        (200, [{"email": "a@example.net", "status": "rejected"}], Outcome.PERMANENT),
+        (200, [], Outcome.TRANSIENT),
+        (500, error("PaymentRequired", "no credits"), Outcome.TRANSIENT),
+        (500, error("Unknown_Subaccount", "no such subaccount"), Outcome.TRANSIENT),
+        (400, {"message": "bad"}, Outcome.PERMANENT),
+        (503, None, Outcome.TRANSIENT),
+    ],
+)
+def test_each_answer_is_classified(status: int, body: Any, outcome: Outcome) -> None:
+    data = b"" if body is None else json.dumps(body).encode()
+    result, _stop = classify_response("m1", "a@example.net", status, {}, data)
+    assert result.outcome is outcome
