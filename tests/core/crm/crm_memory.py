@@ -59,9 +59,9 @@ class MemoryCrm:
             email,
             at or self.tick(),
             merged,
-            unsubscribed=unsubscribed if unsubscribed is not None else (
-                previous.unsubscribed if previous else None
-            ),
+            unsubscribed=unsubscribed
+            if unsubscribed is not None
+            else (previous.unsubscribed if previous else None),
         )
         self.records[external_id] = record
         return record
@@ -85,7 +85,10 @@ class MemoryConnector(CrmConnector):
 
     def __init__(self, crm: MemoryCrm) -> None:
         self.crm = crm
-        self.push_batch_size = crm.batch_size  # type: ignore[misc]
+
+    @property  # type: ignore[misc]
+    def push_batch_size(self) -> int:  # the test may change it after the connector is built
+        return self.crm.batch_size
 
     def fetch_changes(self, since: datetime | None) -> Iterator[CrmContact]:
         self.crm.fetches.append(since)
