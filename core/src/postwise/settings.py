@@ -137,6 +137,14 @@ class Settings(BaseModel):
         "killed mid-call leaves at most this many messages in doubt, dead-lettered rather than "
         "risk a duplicate; 1 minimises that at about a quarter of the throughput.",
     )
+    delivery_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Provider calls one worker process makes at once, each on a connection of its "
+        "own (keep it at most smtp_pool_size): over a slow link to the relay, round trips rather "
+        "than CPU bound a worker.",
+    )
 
     dkim_domain: str = ""
     dkim_selector: str = "postwise"

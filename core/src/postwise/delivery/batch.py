@@ -10,8 +10,9 @@
 3. defer what a reputation pause covers (provider, sending domain, recipient domain);
 4. take tokens from the provider's bucket for the rest; what is over the limit waits in the
    queue until the bucket refills;
-5. per chunk of ``delivery_chunk_size`` messages: render and sign, ask the ``before_send``
-   hooks, journal, send, call the ``after_send`` hooks;
+5. per chunk of ``delivery_chunk_size`` messages, on up to ``delivery_concurrency`` lanes at
+   once: render and sign, ask the ``before_send`` hooks, journal, send, call the
+   ``after_send`` hooks;
 6. record every outcome (:class:`~postwise.delivery.outcomes.Settlement`).
 """
 
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,7 @@ from postwise.delivery.journal import Journal
 from postwise.delivery.ledger import ClaimedRow, claim
 from postwise.delivery.outcomes import Settlement
 from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+from postwise.delivery.recovery import recover_stale
 from postwise.delivery.services import DeliveryServices, services_for
 from postwise.errors import DeliveryError, NotFoundError, PostwiseError
 
@@ -56,8 +60,6 @@ _JOURNAL_GRACE_SECONDS = 86400
 
 def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
     """Deliver the messages among ``message_ids`` that wait for an attempt; returns counts."""
-    from postwise.delivery.recovery import recover_stale
-
     if not message_ids:
         return {}
     recover_stale(runtime, message_ids=message_ids)
@@ -112,11 +114,13 @@ class _Attempt:
         self.journal = journal
         self.composer = services.composer
         self.hook = runtime.plugins.hook
-        self.in_flight: list[ClaimedRow] = []
+        #: Ids of the messages with the provider right now (in doubt if the attempt fails).
+        self.in_flight: set[str] = set()
+        self._lock = threading.Lock()
 
     def abandon(self, rows: list[ClaimedRow], reason: str) -> None:
         """Settle every row not settled yet after the attempt failed with ``reason``."""
-        doubtful = {row.id for row in self.in_flight}
+        doubtful = set(self.in_flight)
         for row in rows:
             if row.id in self.settlement.settled:
                 continue
@@ -224,42 +228,62 @@ class _Attempt:
         contacts: dict[int, ContactData],
         segments: dict[int, set[str]],
     ) -> None:
-        chunk_size = self.runtime.settings.delivery_chunk_size
+        """Send ``rows`` in chunks, over up to ``delivery_concurrency`` provider calls at once."""
+        settings = self.runtime.settings
+        size = settings.delivery_chunk_size
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        lanes = min(settings.delivery_concurrency, len(chunks))
+        work = _Chunks(chunks)
+        if lanes <= 1:
+            self._lane(provider, work, contacts, segments)
+            return
+        # Each lane renders and sends its own chunks on its own connection, so one lane's wait
+        # for the relay's replies is another lane's time to render and sign.
+        with ThreadPoolExecutor(lanes, thread_name_prefix="postwise-send") as pool:
+            futures = [
+                pool.submit(self._lane, provider, work, contacts, segments) for _ in range(lanes)
+            ]
+        for future in futures:
+            future.result()
+
+    def _lane(
+        self,
+        provider: Provider,
+        work: _Chunks,
+        contacts: dict[int, ContactData],
+        segments: dict[int, set[str]],
+    ) -> None:
         unflushed: list[SendResult] = []
-        consecutive_transient = 0
-        last_reason = ""
-        for start in range(0, len(rows), chunk_size):
-            chunk = rows[start : start + chunk_size]
-            if consecutive_transient >= MAX_CONSECUTIVE_TRANSIENT:
-                reason = (
-                    f"not attempted: {consecutive_transient} messages in a row failed "
-                    f"transiently at {provider.name} (last: {last_reason})"
-                )
-                for row in rows[start:]:
+        try:
+            while (chunk := work.take()) is not None:
+                tripped = work.tripped(provider.name)
+                if tripped is not None:
+                    for row in chunk:
+                        self.settlement.result(
+                            row, SendResult(row.id, Outcome.TRANSIENT, reason=tripped)
+                        )
+                    continue
+                outgoing = self._compose(chunk, contacts, segments)
+                if not outgoing:
+                    continue
+                self.journal.write(unflushed, started=[m.message_id for _, m in outgoing])
+                with self._lock:
+                    self.in_flight.update(row.id for row, _ in outgoing)
+                results = _send_batch(provider, [m for _, m in outgoing])
+                for (row, message), result in zip(outgoing, results, strict=True):
                     self.settlement.result(
-                        row, SendResult(row.id, Outcome.TRANSIENT, reason=reason)
+                        row, result, recipient_domain=email_domain(message.recipient)
                     )
-                break
-            outgoing = self._compose(chunk, contacts, segments)
-            if not outgoing:
-                continue
-            self.journal.write(unflushed, started=[m.message_id for _, m in outgoing])
-            self.in_flight = [row for row, _ in outgoing]
-            results = _send_batch(provider, [m for _, m in outgoing])
-            self.in_flight = []
-            unflushed = results
-            for (row, message), result in zip(outgoing, results, strict=True):
-                self.settlement.result(
-                    row, result, recipient_domain=email_domain(message.recipient)
-                )
-            for (_, message), result in zip(outgoing, results, strict=True):
-                self._after_send(message, result)
-                if result.outcome is Outcome.TRANSIENT:
-                    consecutive_transient += 1
-                    last_reason = result.reason
-                else:
-                    consecutive_transient = 0
-        self.journal.write(unflushed)
+                with self._lock:
+                    self.in_flight.difference_update(row.id for row, _ in outgoing)
+                unflushed = results
+                for (_, message), result in zip(outgoing, results, strict=True):
+                    self._after_send(message, result)
+                work.observe(results)
+            self.journal.write(unflushed)
+        except BaseException:
+            work.stop()
+            raise
 
     def _after_send(self, message: OutgoingMessage, result: SendResult) -> None:
         try:
@@ -290,6 +314,51 @@ class _Attempt:
                 continue
             outgoing.append((row, message))
         return outgoing
+
+
+class _Chunks:
+    """The chunks of a batch, handed out to lanes, with the circuit breaker they share.
+
+    After :data:`MAX_CONSECUTIVE_TRANSIENT` transient failures in a row, the chunks not yet
+    taken are not attempted: a relay that is down fails every message the same way, each
+    after a timeout.
+    """
+
+    def __init__(self, chunks: list[list[ClaimedRow]]) -> None:
+        self._chunks = iter(chunks)
+        self._lock = threading.Lock()
+        self._transient = 0
+        self._last_reason = ""
+        self._stopped = False
+
+    def take(self) -> list[ClaimedRow] | None:
+        with self._lock:
+            if self._stopped:
+                return None
+            return next(self._chunks, None)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+    def observe(self, results: list[SendResult]) -> None:
+        with self._lock:
+            for result in results:
+                if result.outcome is Outcome.TRANSIENT:
+                    self._transient += 1
+                    self._last_reason = result.reason
+                else:
+                    self._transient = 0
+
+    def tripped(self, provider: str) -> str | None:
+        """The reason not to attempt the next chunk, or None to go on."""
+        with self._lock:
+            if self._transient < MAX_CONSECUTIVE_TRANSIENT:
+                return None
+            return (
+                f"not attempted: {self._transient} messages in a row failed transiently at "
+                f"{provider} (last: {self._last_reason})"
+            )
 
 
 def _recipient(contact: ContactData) -> Recipient:

@@ -23,6 +23,7 @@ from postwise import tokens
 from postwise.content import AssetConfig, TemplateCache, TemplateSource, TrackingConfig
 from postwise.content.recommendations import RecommenderFn
 from postwise.db.models import Contact, Template, TemplateVersion
+from postwise.delivery.dkim import DkimSigner
 from postwise.delivery.ledger import ClaimedRow, id_in
 from postwise.delivery.message import Mailbox, build_message
 from postwise.delivery.provider import OutgoingMessage
@@ -298,7 +299,7 @@ def _mailto_with_token(mailto: str, url: str | None) -> str:
     return f"mailto:{address}?subject=unsubscribe%20{token}"
 
 
-def _dkim_signer(settings: Settings) -> Any:
+def _dkim_signer(settings: Settings) -> DkimSigner | None:
     if not settings.dkim_domain:
         return None
     if settings.dkim_private_key_path is None:
@@ -306,8 +307,6 @@ def _dkim_signer(settings: Settings) -> Any:
             "dkim_domain is set but dkim_private_key_path is not; point it at an unencrypted "
             "PEM private key (postwise.delivery.dkim.generate_key() makes one) or unset dkim_domain"
         )
-    from postwise.delivery.dkim import DkimSigner
-
     try:
         pem = settings.dkim_private_key_path.read_bytes()
     except OSError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -68,6 +69,8 @@ class Settlement:
         self.later: dict[tuple[str, float], list[str]] = {}
         self._retry_delays: dict[int, float] = {}
         self.counts: Counter[str] = Counter()
+        # Lanes of one attempt record outcomes from several threads.
+        self._lock = threading.RLock()
 
     def result(
         self, row: ClaimedRow, result: SendResult, *, recipient_domain: str | None = None
@@ -118,12 +121,17 @@ class Settlement:
                 due_by=self._due_by(delay),
                 **common,
             )
-            self.later.setdefault((row.provider, delay), []).append(row.id)
+            self._later(row, delay)
 
     def skipped(self, row: ClaimedRow, reason: SkipReason | str) -> None:
         """``row`` must not be sent (the gate said no, or a plugin vetoed it)."""
-        self._update(row, MessageStatus.SKIPPED, attempts=row.attempts, last_error=str(reason))
-        self.counts[f"skipped:{reason}"] += 1
+        self._update(
+            row,
+            MessageStatus.SKIPPED,
+            attempts=row.attempts,
+            last_error=str(reason),
+            count_as=f"skipped:{reason}",
+        )
 
     def failed(self, row: ClaimedRow, reason: str) -> None:
         """``row`` cannot be built (a template or address error); retrying would not help."""
@@ -144,7 +152,7 @@ class Settlement:
             due_by=self._due_by(delay),
             count_as="deferred",
         )
-        self.later.setdefault((row.provider, delay), []).append(row.id)
+        self._later(row, delay)
 
     def commit(self) -> Counter[str]:
         """Write events, then the ledger, then enqueue what must run again; returns counts."""
@@ -170,11 +178,16 @@ class Settlement:
 
     def _retry_delay(self, attempts: int) -> float:
         # One draw per attempt number and settlement: a batch's retries travel as one job.
-        delay = self._retry_delays.get(attempts)
-        if delay is None:
-            delay = round(backoff_seconds(attempts, self.settings, rng=self.rng), 3)
-            self._retry_delays[attempts] = delay
-        return delay
+        with self._lock:
+            delay = self._retry_delays.get(attempts)
+            if delay is None:
+                delay = round(backoff_seconds(attempts, self.settings, rng=self.rng), 3)
+                self._retry_delays[attempts] = delay
+            return delay
+
+    def _later(self, row: ClaimedRow, delay: float) -> None:
+        with self._lock:
+            self.later.setdefault((row.provider, delay), []).append(row.id)
 
     def _due_by(self, delay: float) -> datetime:
         return self.now + timedelta(seconds=delay + self.settings.delivery_lease_seconds)
@@ -182,31 +195,34 @@ class Settlement:
     @property
     def settled(self) -> set[str]:
         """Ids of the messages whose outcome is recorded."""
-        return {update.id for update in self.updates}
+        with self._lock:
+            return {update.id for update in self.updates}
 
     def _update(
         self, row: ClaimedRow, status: str, *, count_as: str | None = None, **fields: Any
     ) -> None:
-        self.updates.append(RowUpdate(id=row.id, status=str(status), **fields))
-        if count_as is not None:
-            self.counts[count_as] += 1
-        elif status != MessageStatus.SKIPPED:
-            self.counts[str(status)] += 1
+        update = RowUpdate(id=row.id, status=str(status), **fields)
+        with self._lock:
+            self.updates.append(update)
+            if count_as is not None:
+                self.counts[count_as] += 1
+            elif status != MessageStatus.SKIPPED:
+                self.counts[str(status)] += 1
 
     def _event(self, kind: str, row: ClaimedRow, **properties: Any) -> None:
         props: Mapping[str, Any] = {k: v for k, v in properties.items() if v is not None}
-        self.events.append(
-            EventEnvelope(
-                event_id=f"{kind}:{row.id}",
-                type=kind,
-                occurred_at=self.now,
-                contact_id=row.contact_id,
-                message_id=row.id,
-                campaign_id=row.campaign_id,
-                trigger_id=row.trigger_id,
-                experiment_id=row.experiment_id,
-                variant=row.variant,
-                provider=row.provider,
-                properties=props,
-            )
+        event = EventEnvelope(
+            event_id=f"{kind}:{row.id}",
+            type=kind,
+            occurred_at=self.now,
+            contact_id=row.contact_id,
+            message_id=row.id,
+            campaign_id=row.campaign_id,
+            trigger_id=row.trigger_id,
+            experiment_id=row.experiment_id,
+            variant=row.variant,
+            provider=row.provider,
+            properties=props,
         )
+        with self._lock:
+            self.events.append(event)

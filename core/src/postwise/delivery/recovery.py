@@ -62,23 +62,25 @@ def recover_stale(
     for token, rows in grouped.items():
         journal = read_journal(runtime.redis, token) if token else {}
         settlement = Settlement(runtime, token=token, now=now)
+        doubtful = 0
         for row in rows:
             entry = journal.get(row.id)
             if entry is None:
                 settlement.deferred(row, 0.0, "recovered after its worker stopped")
             elif entry.result is None:
                 settlement.in_doubt(row)
-                in_doubt += 1
+                doubtful += 1
             else:
                 settlement.result(row, entry.result)
         settlement.commit()
         if token:
             runtime.redis.delete(JOURNAL_PREFIX + token)
         recovered += len(rows)
+        in_doubt += doubtful
         log.warning(
             "recovered %d messages of a stopped delivery attempt (%d in doubt, dead-lettered)",
             len(rows),
-            sum(1 for r in rows if (e := journal.get(r.id)) is not None and e.result is None),
+            doubtful,
         )
     return SweepReport(recovered=recovered, in_doubt=in_doubt)
 

@@ -29,7 +29,14 @@ from postwise.delivery.jobs import DISPATCH_QUEUE, bind_runtime, queue_name
 from postwise.delivery.recovery import sweep
 from postwise.runtime import Runtime
 
-__all__ = ["DEFAULT_QUEUE", "default_queues", "drain", "promote_scheduled", "run_worker"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "default_queues",
+    "drain",
+    "promote_scheduled",
+    "run_worker",
+    "sweep_interval",
+]
 
 log = logging.getLogger(__name__)
 
