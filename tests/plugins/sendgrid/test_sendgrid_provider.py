@@ -145,8 +145,10 @@ def test_a_validation_error_is_permanent_and_names_sendgrids_reason(
     finally:
         provider.close()
     assert first.outcome is Outcome.PERMANENT
-    assert first.code == 400
+    assert "HTTP 400" in first.reason
     assert "personalizations.0.to.0.email: Does not contain a valid address." in first.reason
+    # An HTTP status is no SMTP reply: compliance must not classify it as a bounce.
+    assert first.code is None
     assert second.outcome is Outcome.ACCEPTED
 
 
@@ -348,4 +350,4 @@ def test_retry_after_is_read_from_seconds_a_date_or_the_rate_limit_reset() -> No
 def test_each_status_is_classified(status: int, outcome: Outcome) -> None:
     result, _stop = classify_response("m1", status, {}, b"")
     assert result.outcome is outcome
-    assert result.code == status
+    assert result.code == (None if outcome is Outcome.PERMANENT else status)

@@ -12,7 +12,8 @@ Outcomes, per message:
 * 2xx with the recipient ``sent``, ``queued`` or ``scheduled``: ``accepted``, keeping ``_id``;
 * 2xx with the recipient ``rejected`` or ``invalid``: ``permanent``, with ``reject_reason``;
 * errors (``{"status": "error", "name", "message"}``, which Mailchimp sends with HTTP 500
-  whatever the cause) by name: ``ValidationError`` is ``permanent``; ``Invalid_Key``,
+  whatever the cause) by name: ``ValidationError`` is ``permanent`` (without a ``code``, so
+  that the compliance consumer cannot read the HTTP 500 as an SMTP reply); ``Invalid_Key``,
   ``PaymentRequired`` and ``Unknown_Subaccount`` are ``transient`` and stop the batch (the
   configuration is wrong, not the message); ``GeneralError`` is ``transient``;
 * 429 (Retry-After in the reason), 5xx, connection errors and timeouts: ``transient``; a 429
@@ -158,8 +159,12 @@ def classify_response(
         )[:_MAX_REASON]
         return SendResult(message_id, Outcome.TRANSIENT, code=status, reason=reason), reason
     if name == "ValidationError" or (not name and 400 <= status < 500):
-        reason = f"Mailchimp Transactional refused the message ({detail or status})"[:_MAX_REASON]
-        return SendResult(message_id, Outcome.PERMANENT, code=status, reason=reason), None
+        reason = (f"Mailchimp Transactional refused the message (HTTP {status}, {detail or '-'})")[
+            :_MAX_REASON
+        ]
+        # No code: the core reads a permanent result's code as an SMTP reply when it classifies
+        # the bounce, and this HTTP 500 would suppress a recipient who did nothing.
+        return SendResult(message_id, Outcome.PERMANENT, reason=reason), None
     reason = f"Mailchimp Transactional failed (HTTP {status}, {detail or '-'})"[:_MAX_REASON]
     return SendResult(message_id, Outcome.TRANSIENT, code=status, reason=reason), None
 

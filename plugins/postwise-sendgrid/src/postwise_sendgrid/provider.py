@@ -10,7 +10,8 @@ Outcomes, per message:
   its permissions, the verified sender or the base URL are wrong, which is no fault of the
   recipient; the messages wait while the operator fixes the configuration;
 * any other 4xx (400 validation errors, 413 too large): ``permanent``, with SendGrid's error
-  messages (``field: message``) as the reason;
+  messages (``field: message``) and the HTTP status in the reason and no ``code``, so that the
+  compliance consumer cannot mistake the HTTP status for an SMTP reply about the recipient;
 * a message that cannot be expressed as a Mail Send request: ``permanent``.
 
 The API key is sent only in the ``Authorization`` header and never logged: no request, header
@@ -111,7 +112,9 @@ def classify_response(
         reason = f"SendGrid server error (HTTP {status}): {detail or '-'}"[:_MAX_REASON]
         return SendResult(message_id, Outcome.TRANSIENT, code=status, reason=reason), None
     reason = f"SendGrid refused the message (HTTP {status}): {detail or '-'}"[:_MAX_REASON]
-    return SendResult(message_id, Outcome.PERMANENT, code=status, reason=reason), None
+    # No code: the core reads a permanent result's code as an SMTP reply when it classifies the
+    # bounce, and an HTTP 400 would count as a soft bounce against a recipient who did nothing.
+    return SendResult(message_id, Outcome.PERMANENT, reason=reason), None
 
 
 class _Halt:
