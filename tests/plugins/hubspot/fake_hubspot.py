@@ -1,0 +1,341 @@
+"""A local HTTP server speaking HubSpot's CRM v3 contacts wire format, for tests.
+
+It checks ``Authorization: Bearer <token>`` (401 ``INVALID_AUTHENTICATION`` otherwise) and
+answers the endpoints the connector uses as HubSpot documents them:
+
+* ``POST /crm/v3/objects/contacts/search``: ``filterGroups`` with ``lastmodifieddate`` ``GTE``
+  (epoch ms), ``sorts`` ascending, ``limit`` at most 200, ``after`` paging that stops at
+  ``result_limit`` (HubSpot's 10,000; 400 beyond it);
+* ``GET /crm/v3/objects/contacts?archived=true``: archived contacts with ``archivedAt``;
+* ``POST /crm/v3/objects/contacts/batch/read``: 200, or 207 with ``errors`` for unknown ids;
+* ``POST /crm/v3/objects/contacts/batch/update``: at most 100 inputs; 207 with an
+  ``OBJECT_NOT_FOUND`` error listing unknown ids; 400 ``VALIDATION_ERROR`` for a property the
+  account does not define.
+
+``reply()`` scripts the next answers (any status, headers and body) to simulate rate limits
+and server errors.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+TOKEN = "pat-na1-test-token"
+BASE = "/crm/v3/objects/contacts"
+NOT_FOUND_MESSAGE = "Could not get some CONTACT objects, they may be deleted or not exist."
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Contact:
+    id: str
+    properties: dict[str, str]
+    updated_at: datetime
+    created_at: datetime
+    archived_at: datetime | None = None
+
+    def wire(self, wanted: list[str] | None) -> dict[str, Any]:
+        props = {
+            "hs_object_id": self.id,
+            "createdate": iso(self.created_at),
+            "lastmodifieddate": iso(self.updated_at),
+        }
+        for name in wanted or ["email", "firstname", "lastname"]:
+            if name in self.properties:
+                props[name] = self.properties[name]
+            else:
+                props.setdefault(name, None)  # type: ignore[arg-type]
+        wire = {
+            "id": self.id,
+            "properties": props,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+            "archived": self.archived_at is not None,
+        }
+        if self.archived_at is not None:
+            wire["archivedAt"] = iso(self.archived_at)
+        return wire
+
+
+class FakeHubSpot:
+    """Start with :meth:`start`, stop with :meth:`stop`; ``url`` is its base URL."""
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.contacts: dict[str, Contact] = {}
+        self.defined_properties = {
+            "email",
+            "firstname",
+            "lastname",
+            "country",
+            "hs_email_optout",
+            "plan",
+            "postwise_engagement_score",
+            "postwise_last_open",
+            "postwise_last_click",
+            "postwise_unsubscribed",
+        }
+        self.result_limit = 10_000
+        self.received: list[Received] = []
+        self.clock = datetime.now(UTC) - timedelta(hours=1)
+        self._next_id = 1000
+        self._script: deque[tuple[str, Reply]] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- state -------------------------------------------------------------------------
+    def tick(self) -> datetime:
+        self.clock += timedelta(seconds=1)
+        return self.clock
+
+    def add(self, email: str, **properties: str) -> str:
+        with self._lock:
+            self._next_id += 1
+            cid = str(self._next_id)
+            now = self.tick()
+            self.contacts[cid] = Contact(cid, {"email": email, **properties}, now, now)
+            return cid
+
+    def change(self, cid: str, **properties: str) -> None:
+        with self._lock:
+            contact = self.contacts[cid]
+            contact.properties.update(properties)
+            contact.updated_at = self.tick()
+
+    def archive(self, cid: str) -> None:
+        with self._lock:
+            self.contacts[cid].archived_at = self.tick()
+
+    def reply(self, path_prefix: str, *replies: Reply) -> None:
+        """Answer the next requests whose path starts with ``path_prefix`` with ``replies``."""
+        with self._lock:
+            self._script.extend((path_prefix, r) for r in replies)
+
+    def requests(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    # -- server ------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FakeHubSpot:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                parts = urlsplit(self.path)
+                received = Received(
+                    method, parts.path, parse_qs(parts.query), dict(self.headers), body
+                )
+                status, payload, headers = fake.handle(received)
+                data = json.dumps(payload).encode() if payload is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json;charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # -- HubSpot -----------------------------------------------------------------------
+    def handle(self, request: Received) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            self.received.append(request)
+            if self._script and request.path.startswith(self._script[0][0]):
+                scripted = self._script.popleft()[1]
+                return scripted.status, scripted.body, scripted.headers
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return (
+                401,
+                self.error("INVALID_AUTHENTICATION", "Authentication credentials not found."),
+                {},
+            )
+        with self._lock:
+            if request.method == "POST" and request.path == f"{BASE}/search":
+                return self.search(request.body or {})
+            if request.method == "GET" and request.path == BASE:
+                return self.list_page(request.query)
+            if request.method == "POST" and request.path == f"{BASE}/batch/read":
+                return self.batch_read(request.body or {})
+            if request.method == "POST" and request.path == f"{BASE}/batch/update":
+                return self.batch_update(request.body or {})
+        return 404, self.error("OBJECT_NOT_FOUND", "resource not found"), {}
+
+    @staticmethod
+    def error(category: str, message: str, **context: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": "error",
+            "message": message,
+            "correlationId": "00000000-0000-0000-0000-000000000000",
+            "category": category,
+        }
+        if context:
+            body["context"] = context
+        return body
+
+    def search(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        limit = int(body.get("limit") or 10)
+        if limit > 200:
+            return 400, self.error("VALIDATION_ERROR", "limit must be at most 200"), {}
+        offset = int(body.get("after") or 0)
+        if offset >= self.result_limit:
+            return 400, self.error("VALIDATION_ERROR", "paging past the search limit"), {}
+        floor_ms: int | None = None
+        for group in body.get("filterGroups") or []:
+            for flt in group.get("filters") or []:
+                assert flt["propertyName"] == "lastmodifieddate" and flt["operator"] == "GTE"
+                floor_ms = int(flt["value"])
+        sorts = body.get("sorts") or []
+        assert sorts == [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}], sorts
+        matching = sorted(
+            (
+                c
+                for c in self.contacts.values()
+                if c.archived_at is None
+                and (floor_ms is None or int(c.updated_at.timestamp() * 1000) >= floor_ms)
+            ),
+            key=lambda c: (c.updated_at, int(c.id)),
+        )
+        page = matching[offset : offset + limit]
+        result: dict[str, Any] = {
+            "total": len(matching),
+            "results": [c.wire(body.get("properties")) for c in page],
+        }
+        if offset + limit < len(matching):
+            after = str(offset + limit)
+            result["paging"] = {"next": {"after": after, "link": f"?after={after}"}}
+        return 200, result, {}
+
+    def list_page(self, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+        archived = query.get("archived", ["false"])[0].lower() == "true"
+        limit = int(query.get("limit", ["10"])[0])
+        offset = int(query.get("after", ["0"])[0])
+        matching = sorted(
+            (c for c in self.contacts.values() if (c.archived_at is not None) == archived),
+            key=lambda c: int(c.id),
+        )
+        page = matching[offset : offset + limit]
+        wanted = query.get("properties", ["email"])[0].split(",")
+        result: dict[str, Any] = {"results": [c.wire(wanted) for c in page]}
+        if offset + limit < len(matching):
+            after = str(offset + limit)
+            result["paging"] = {"next": {"after": after, "link": f"?after={after}"}}
+        return 200, result, {}
+
+    def batch_read(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        ids = [i["id"] for i in body.get("inputs") or []]
+        found = [
+            self.contacts[i]
+            for i in ids
+            if i in self.contacts and self.contacts[i].archived_at is None
+        ]
+        missing = [i for i in ids if i not in {c.id for c in found}]
+        result: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": [c.wire(body.get("properties")) for c in found],
+        }
+        if missing:
+            result["numErrors"] = 1
+            result["errors"] = [
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": NOT_FOUND_MESSAGE,
+                    "context": {"ids": missing},
+                }
+            ]
+            return 207, result, {}
+        return 200, result, {}
+
+    def batch_update(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        inputs = body.get("inputs") or []
+        if len(inputs) > 100:
+            return 400, self.error("VALIDATION_ERROR", "at most 100 inputs"), {}
+        for item in inputs:
+            unknown = set(item.get("properties") or {}) - self.defined_properties
+            if unknown:
+                return (
+                    400,
+                    self.error(
+                        "VALIDATION_ERROR",
+                        f"Property values were not valid: {sorted(unknown)} do not exist",
+                    ),
+                    {},
+                )
+        missing = [
+            i["id"]
+            for i in inputs
+            if i["id"] not in self.contacts or self.contacts[i["id"]].archived_at is not None
+        ]
+        results = []
+        for item in inputs:
+            if item["id"] in missing:
+                continue
+            contact = self.contacts[item["id"]]
+            contact.properties.update(item["properties"])
+            contact.updated_at = self.tick()
+            results.append(contact.wire(list(item["properties"])))
+        result: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if missing:
+            result["numErrors"] = 1
+            result["errors"] = [
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": NOT_FOUND_MESSAGE,
+                    "context": {"ids": missing},
+                }
+            ]
+            return 207, result, {}
+        return 200, result, {}
