@@ -145,7 +145,9 @@ def _consumer(settings: Settings, data_dir: Path) -> subprocess.Popen[bytes]:
         "50",
         "--from-start",
     ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr goes to a file: a pipe nobody reads would block the consumer once it is full.
+    log = (data_dir / "consumer.log").open("ab")
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def _fired(runtime: Runtime, triggers: list[int]) -> int:
@@ -153,9 +155,13 @@ def _fired(runtime: Runtime, triggers: list[int]) -> int:
     return sum(s["fired"] for s in stats.values())
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def _wait(
+    predicate: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes]
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"the consumer exited with status {process.returncode}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
@@ -193,7 +199,9 @@ def test_killing_the_consumer_mid_stream_fires_every_qualifying_event_exactly_on
     for fraction in (0.25, 0.6):
         process = _consumer(settings, tmp_path)
         try:
-            _wait(lambda f=fraction: _fired(runtime, triggers) >= total * f, 120, "progress")
+            _wait(
+                lambda f=fraction: _fired(runtime, triggers) >= total * f, 300, "progress", process
+            )
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
@@ -206,13 +214,14 @@ def test_killing_the_consumer_mid_stream_fires_every_qualifying_event_exactly_on
                 int(runtime.redis.xpending(EVENT_STREAM, "triggers")["pending"]) == 0
                 and _fired(runtime, triggers) >= total
             ),
-            120,
+            300,
             "the stream to be consumed",
+            process,
         )
     finally:
         process.send_signal(signal.SIGTERM)
-        _, errors = process.communicate(timeout=30)
-    assert process.returncode == 0, errors.decode()
+        process.wait(timeout=30)
+    assert process.returncode == 0, (tmp_path / "consumer.log").read_text()
     # The kills landed mid-batch: entries read and never acknowledged were read again.
     assert max(in_flight) > 0
 

@@ -245,6 +245,12 @@ def test_(ctx: click.Context, event_file: str, as_json: bool) -> None:
     help="Reclaim entries another consumer left pending this long (it died).",
 )
 @click.option(
+    "--send-workers",
+    default=4,
+    show_default=True,
+    help="Threads submitting sends to delivery (one contact's sends stay in order).",
+)
+@click.option(
     "--from-start",
     is_flag=True,
     help="When the group does not exist yet, start it at the oldest event, not the newest.",
@@ -257,6 +263,7 @@ def run(
     batch_size: int,
     block_ms: int,
     claim_idle_ms: int,
+    send_workers: int,
     from_start: bool,
 ) -> None:
     """Run a trigger engine consumer until SIGINT/SIGTERM (run more to scale out)."""
@@ -269,6 +276,7 @@ def run(
         batch_size=batch_size,
         block_ms=block_ms,
         claim_idle_ms=claim_idle_ms,
+        send_workers=send_workers,
     )
     engine.ensure_group("0" if from_start else "$")
     stop = threading.Event()

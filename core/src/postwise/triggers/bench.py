@@ -304,12 +304,12 @@ def _populate(runtime: Runtime, contacts: int, rng: random.Random) -> list[int]:
     return ids
 
 
-def _define_triggers(runtime: Runtime, count: int) -> dict[int, str]:
+def _define_triggers(runtime: Runtime, count: int, keys: TriggerKeys) -> dict[int, str]:
     from postwise.triggers.store import TriggerStore
 
     names: dict[int, str] = {}
     with runtime.session() as session:
-        store = TriggerStore(session, runtime)
+        store = TriggerStore(session, runtime, keys=keys)
         for index in range(count):
             spec = dict(BENCH_TRIGGERS[index % len(BENCH_TRIGGERS)])
             if index >= len(BENCH_TRIGGERS):
@@ -526,7 +526,7 @@ def run_benchmark(
         say("preparing the database")
         runtime.migrate()
         contact_ids = _populate(runtime, contacts, rng)
-        names = _define_triggers(runtime, triggers)
+        names = _define_triggers(runtime, triggers, run.keys)
         runtime.redis.xgroup_create(run.stream, "triggers", id="0", mkstream=True)
 
         say(f"throughput: publishing {events} events")
