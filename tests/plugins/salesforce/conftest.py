@@ -1,0 +1,67 @@
+"""Fixtures for the Salesforce connector: a local Salesforce and the plugin registered."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fake_salesforce import CLIENT_ID, CLIENT_SECRET, FakeSalesforce
+
+import postwise.crm.plugin
+import postwise_salesforce.plugin
+from postwise.runtime import Runtime
+from postwise.settings import Settings
+
+WEBHOOK_SECRET = "flow-shared-secret"
+
+
+@pytest.fixture(scope="session")
+def jwt_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def salesforce_server(jwt_key: rsa.RSAPrivateKey) -> Iterator[FakeSalesforce]:
+    server = FakeSalesforce(jwt_key.public_key()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def options(server: FakeSalesforce, **extra: Any) -> dict[str, Any]:
+    return {
+        "login_url": server.url,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "webhook_secret": WEBHOOK_SECRET,
+        "page_size": 200,
+        "max_retry_wait": 2,
+        **extra,
+    }
+
+
+@pytest.fixture
+def settings(make_settings: Any, salesforce_server: FakeSalesforce) -> Settings:
+    result: Settings = make_settings(crm_options={"salesforce": options(salesforce_server)})
+    return result
+
+
+@pytest.fixture(autouse=True)
+def salesforce_plugins(runtime: Runtime) -> Iterator[None]:
+    """The crm core plugin and the salesforce plugin, unless their entry points loaded them."""
+    added = []
+    for name, module in (
+        ("crm", postwise.crm.plugin),
+        ("salesforce", postwise_salesforce.plugin),
+    ):
+        if runtime.plugins.pm.get_plugin(name) is None:
+            assert runtime.plugins.register(module, name)
+            added.append(name)
+    try:
+        yield
+    finally:
+        for name in added:
+            runtime.plugins.unregister(name)
