@@ -138,12 +138,13 @@ class Settings(BaseModel):
         "risk a duplicate; 1 minimises that at about a quarter of the throughput.",
     )
     delivery_concurrency: int = Field(
-        default=4,
+        default=2,
         ge=1,
         le=64,
         description="Provider calls one worker process makes at once, each on a connection of its "
         "own (keep it at most smtp_pool_size): over a slow link to the relay, round trips rather "
-        "than CPU bound a worker.",
+        "than CPU bound a worker. A crashed worker leaves up to this times delivery_chunk_size "
+        "messages in doubt.",
     )
 
     dkim_domain: str = ""

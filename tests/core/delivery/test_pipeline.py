@@ -30,7 +30,7 @@ from postwise.delivery.jobs import enqueue_batches, queue_name
 from postwise.delivery.journal import Journal
 from postwise.delivery.ledger import campaign_message_id
 from postwise.delivery.provider import Outcome, OutgoingMessage, SendResult
-from postwise.delivery.recovery import sweep
+from postwise.delivery.recovery import resend_dead, sweep
 from postwise.delivery.requests import SendRequest, SubmitStatus
 from postwise.delivery.worker import drain
 from postwise.events import EVENT_STREAM, decode_event
@@ -131,12 +131,12 @@ def test_permanent_rejections_become_bounces_with_an_event(
 def test_transient_failures_are_retried_until_accepted_without_duplicates(
     make_runtime: Any, smtp_server: FaultySmtpServer
 ) -> None:
-    runtime = make_runtime(max_attempts=8)
-    smtp_server.fail_transactions(3, code=421)
-    # Retries wait 25-50 ms, then twice as long each time up to 200 ms: seven of them span
-    # more than these 0.3 s.
-    smtp_server.defer_recipients("user4@example.org", seconds=0.3)
+    runtime = make_runtime(max_attempts=20, retry_max_seconds=0.25)
     campaign, contacts = _campaign(runtime, 12)
+    smtp_server.fail_transactions(3, code=421)
+    # Retries wait 25-50 ms, then twice as long each time up to 250 ms: nineteen of them span
+    # more than these 2 s.
+    smtp_server.defer_recipients("user4@example.org", seconds=2.0)
     drain(runtime)
     rows = statuses(runtime, campaign_id=campaign)
     assert Counter(rows.values()) == {"accepted": 12}
@@ -159,6 +159,12 @@ def test_a_relay_that_keeps_failing_ends_in_the_dead_letters(
     assert "gave up after 2 attempts" in (row.last_error or "")
     assert len(_events(runtime, "dead_letter")) == 4
     assert smtp_server.accepted == []
+    # Once the relay is fixed, an operator can give the dead letters fresh attempts.
+    smtp_server.clear_faults()
+    assert resend_dead(runtime, campaign_id=campaign) == 4
+    drain(runtime)
+    assert Counter(statuses(runtime, campaign_id=campaign).values()) == {"accepted": 4}
+    assert len(smtp_server.accepted) == 4
 
 
 def test_connections_dropped_mid_transaction_lose_and_duplicate_nothing(

@@ -128,3 +128,30 @@ def send(ctx: click.Context, campaign_id: int, drain: bool | None, as_json: bool
         f"{sum(report.skipped.values())} skipped {dict(report.skipped) or ''}"
     )
     click.echo("  messages " + ", ".join(f"{k} {v}" for k, v in sorted(data["messages"].items())))
+
+
+@campaigns.command(name="resend-dead")
+@click.argument("campaign_id", type=int)
+@click.option(
+    "--in-doubt-only",
+    is_flag=True,
+    help="Only the messages a crashed worker left in doubt (they may arrive twice).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def resend_dead(ctx: click.Context, campaign_id: int, in_doubt_only: bool, yes: bool) -> None:
+    """Send CAMPAIGN_ID's dead-lettered messages again, with fresh attempts.
+
+    Messages dead-lettered "in doubt" (their worker died while the relay had them) may already
+    have been delivered: sending them again trades a possible duplicate for a possible loss.
+    """
+    from postwise.delivery.recovery import resend_dead as resend
+
+    if not yes:
+        click.confirm(
+            "Dead-lettered messages in doubt may have been delivered already; send again?",
+            abort=True,
+        )
+    runtime = get_runtime(ctx)
+    count = resend(runtime, campaign_id=campaign_id, in_doubt_only=in_doubt_only)
+    click.echo(f"{count} messages queued again")

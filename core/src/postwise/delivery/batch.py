@@ -44,7 +44,7 @@ from postwise.errors import DeliveryError, NotFoundError, PostwiseError
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
 
-__all__ = ["PAUSE_RECHECK_SECONDS", "deliver"]
+__all__ = ["PAUSE_RECHECK_SECONDS", "deliver", "lease_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ PAUSE_RECHECK_SECONDS = 300.0
 MAX_CONSECUTIVE_TRANSIENT = 3
 
 _JOURNAL_GRACE_SECONDS = 86400
+
+
+def lease_seconds(job_timeout: int) -> int:
+    """How long a claim lasts: the job timeout and a tenth more (at most a minute).
+
+    The job is interrupted at its timeout; the slack lets an attempt that was interrupted
+    finish the provider calls in flight and settle before recovery takes its rows over.
+    """
+    return job_timeout + min(60, job_timeout // 10)
 
 
 def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
@@ -72,7 +81,7 @@ def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
             connection,
             message_ids,
             token=token,
-            until=now + timedelta(seconds=settings.delivery_lease_seconds),
+            until=now + timedelta(seconds=lease_seconds(settings.delivery_lease_seconds)),
             now=now,
         )
     if not rows:
@@ -239,12 +248,18 @@ class _Attempt:
             return
         # Each lane renders and sends its own chunks on its own connection, so one lane's wait
         # for the relay's replies is another lane's time to render and sign.
-        with ThreadPoolExecutor(lanes, thread_name_prefix="postwise-send") as pool:
+        pool = ThreadPoolExecutor(lanes, thread_name_prefix="postwise-send")
+        try:
             futures = [
                 pool.submit(self._lane, provider, work, contacts, segments) for _ in range(lanes)
             ]
-        for future in futures:
-            future.result()
+            for future in futures:
+                future.result()
+        finally:
+            # Also when this thread is interrupted (the job timeout): no lane may still be
+            # sending once the attempt settles, or a message could be sent and retried.
+            work.stop()
+            pool.shutdown(wait=True)
 
     def _lane(
         self,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from postwise.db.models import utcnow
 from postwise.delivery.jobs import enqueue_batches
 from postwise.delivery.journal import KEY_PREFIX as JOURNAL_PREFIX
@@ -32,7 +34,7 @@ from postwise.delivery.outcomes import Settlement
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
 
-__all__ = ["SweepReport", "recover_stale", "requeue_overdue", "sweep"]
+__all__ = ["SweepReport", "recover_stale", "requeue_overdue", "resend_dead", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +120,56 @@ def sweep(runtime: Runtime, *, now: datetime | None = None) -> SweepReport:
     finally:
         runtime.redis.delete(_LOCK_KEY)
     return SweepReport(report.recovered, report.in_doubt, requeued)
+
+
+def resend_dead(
+    runtime: Runtime, *, campaign_id: int | None = None, in_doubt_only: bool = False
+) -> int:
+    """Give dead-lettered messages a fresh set of attempts; returns how many.
+
+    An operator's decision, never automatic: a message dead-lettered *in doubt* may already have
+    been accepted, so sending it again may deliver it twice. Use it once the cause is fixed
+    (a relay that was down for longer than the retries lasted).
+    """
+    from postwise.db.models import MessageStatus
+    from postwise.delivery.ledger import MESSAGE
+    from postwise.delivery.outcomes import IN_DOUBT_REASON
+
+    now = utcnow()
+    query = sa.select(MESSAGE.c.id, MESSAGE.c.provider).where(
+        MESSAGE.c.status == MessageStatus.DEAD.value
+    )
+    if campaign_id is not None:
+        query = query.where(MESSAGE.c.campaign_id == campaign_id)
+    if in_doubt_only:
+        query = query.where(MESSAGE.c.last_error == IN_DOUBT_REASON)
+    with runtime.engine.begin() as connection:
+        rows = connection.execute(query).all()
+        ids = [row[0] for row in rows]
+        lease = timedelta(seconds=runtime.settings.delivery_lease_seconds)
+        for start in range(0, len(ids), 1000):
+            connection.execute(
+                MESSAGE.update()
+                .where(
+                    MESSAGE.c.id.in_(ids[start : start + 1000]),
+                    MESSAGE.c.status == MessageStatus.DEAD.value,
+                )
+                .values(
+                    status=MessageStatus.QUEUED.value,
+                    attempts=0,
+                    last_error="sent again by an operator after dead-lettering",
+                    claimed_until=now + lease,
+                    updated_at=now,
+                )
+            )
+    by_provider: dict[str, list[str]] = {}
+    for message_id, provider in rows:
+        by_provider.setdefault(provider, []).append(message_id)
+    size = runtime.settings.batch_size
+    for provider, group in by_provider.items():
+        enqueue_batches(
+            runtime, provider, [group[i : i + size] for i in range(0, len(group), size)]
+        )
+    if ids:
+        log.warning("%d dead-lettered messages are being sent again", len(ids))
+    return len(ids)
