@@ -410,3 +410,33 @@ def test_a_raising_condition_plugin_is_isolated_logged_and_counted(
         assert len(messages(runtime, healthy)) == 4
     finally:
         runtime.plugins.unregister("exploding-plugin")
+
+
+def test_dry_run_reports_cooldown_and_schedule_without_claiming(
+    runtime: Runtime,
+    make_contact: Callable[..., int],
+    make_trigger: Callable[..., int],
+    publish: Callable[..., str],
+    make_engine: Engine,
+) -> None:
+    from postwise.triggers.dryrun import dry_run, event_from_json
+
+    immediate = make_trigger(name="now", priority=2)
+    make_trigger(
+        name="later",
+        delay="1h",
+        exit_conditions={
+            "type": "action_history",
+            "config": {"event_type": "purchase", "since_event": True},
+        },
+    )
+    contact = make_contact()
+    before = dry_run(runtime, event_from_json({"type": "signup", "contact_id": contact}))
+    assert [(v.trigger, v.outcome) for v in before] == [("now", "fire"), ("later", "schedule")]
+    assert "did 'purchase' since the event" in before[1].detail
+    assert not runtime.redis.exists(f"postwise:triggers:cd:{immediate}:{contact}")
+    fired = publish("signup", contact)
+    drain(make_engine())
+    after = dry_run(runtime, event_from_json({"type": "signup", "contact_id": contact}))
+    assert [v.outcome for v in after] == ["cooldown", "cooldown"]
+    assert f"fired for event {fired}" in after[0].detail
