@@ -198,6 +198,15 @@ class Settings(BaseModel):
     analytics_sink: str = "sql"
     event_stream_maxlen: int = Field(default=1_000_000, ge=1000)
     attribution_window_days: int = Field(default=7, ge=1, le=365)
+    event_dedupe_ttl_seconds: int = Field(
+        default=86400,
+        ge=60,
+        description="How long ingestion remembers an event id to drop client retries "
+        "(Redis memory: about 100 bytes per event in this window).",
+    )
+    engagement_half_life_days: float = Field(
+        default=30.0, gt=0, description="Half-life of the per-contact engagement score."
+    )
 
     experiment_alpha: float = Field(default=0.05, gt=0, lt=0.5)
     experiment_sequential_tuning: int = Field(

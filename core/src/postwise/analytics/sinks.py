@@ -10,7 +10,10 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from postwise.analytics.metrics import MetricsBackend
 
 __all__ = ["AnalyticsSink", "StoredEvent"]
 
@@ -30,11 +33,27 @@ class StoredEvent:
     provider: str | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def automated(self) -> bool:
+        """Made by a machine, not a person: an image proxy's open or a link scanner's click."""
+        return bool(self.properties.get("machine_open") or self.properties.get("scanner"))
+
+    @property
+    def recipient_domain(self) -> str | None:
+        """The recipient's domain, which ingestion records on email events."""
+        domain = self.properties.get("recipient_domain")
+        return str(domain) if domain else None
+
 
 class AnalyticsSink(abc.ABC):
     """Long-term event storage."""
 
     name: ClassVar[str]
+
+    #: True when :meth:`write_batch` also folds new events into contacts' engagement scores
+    #: in the same transaction (the SQL sink). Otherwise the batch writer does it from what
+    #: :meth:`write_new` returns.
+    maintains_engagement: ClassVar[bool] = False
 
     @abc.abstractmethod
     def write_batch(self, events: Sequence[StoredEvent]) -> int:
@@ -43,6 +62,20 @@ class AnalyticsSink(abc.ABC):
     @abc.abstractmethod
     def erase_contact(self, contact_id: int) -> int:
         """Remove every event of ``contact_id`` (right to erasure); return how many."""
+
+    def write_new(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """Store ``events`` like :meth:`write_batch` and return those not stored before.
+
+        Sinks that can tell which events were new override this. The default is exact when a
+        batch is all new or all known; a batch that is partly known (only a redelivery after a
+        crash makes one) returns nothing, so engagement is never counted twice.
+        """
+        new = self.write_batch(events)
+        return list(events) if new == len(events) else []
+
+    def metrics(self) -> MetricsBackend | None:
+        """The metric queries over this sink's events, or ``None`` if it cannot answer them."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sound no-op default
         """Release connections."""

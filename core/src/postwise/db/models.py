@@ -294,11 +294,35 @@ class Message(SQLModel, table=True):
 class Event(SQLModel, table=True):
     """A stored email or product event (the SQL analytics sink)."""
 
+    # Migration 0003 shapes these indexes for the metric queries (postwise.analytics.metrics):
+    # type-leading and covering on PostgreSQL, so per-message counts are index-only scans.
     __table_args__ = (
-        sa.Index("ix_event_type_occurred", "type", "occurred_at"),
+        sa.Index(
+            "ix_event_type_time",
+            "type",
+            "occurred_at",
+            postgresql_include=["provider", "recipient_domain", "message_id", "automated"],
+        ),
         sa.Index("ix_event_contact_type_occurred", "contact_id", "type", "occurred_at"),
-        sa.Index("ix_event_campaign_type", "campaign_id", "type"),
-        sa.Index("ix_event_experiment_variant_type", "experiment_id", "variant", "type"),
+        sa.Index(
+            "ix_event_campaign_messages",
+            "type",
+            "campaign_id",
+            "message_id",
+            postgresql_include=["automated", "contact_id"],
+            postgresql_where=sa.text("campaign_id IS NOT NULL"),
+            sqlite_where=sa.text("campaign_id IS NOT NULL"),
+        ),
+        sa.Index(
+            "ix_event_variant_messages",
+            "type",
+            "experiment_id",
+            "variant",
+            "message_id",
+            postgresql_include=["automated"],
+            postgresql_where=sa.text("experiment_id IS NOT NULL"),
+            sqlite_where=sa.text("experiment_id IS NOT NULL"),
+        ),
         sa.Index("ix_event_message", "message_id"),
     )
 
@@ -314,6 +338,10 @@ class Event(SQLModel, table=True):
     variant: str | None = Field(default=None, max_length=100)
     provider: str | None = Field(default=None, max_length=50)
     properties: dict[str, Any] = _json({})
+    #: A machine open (privacy proxy, image prefetch) or a link scanner's click.
+    automated: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    #: The recipient's domain on email events, for delivery health per mailbox provider.
+    recipient_domain: str | None = Field(default=None, max_length=255)
 
 
 class Experiment(SQLModel, table=True):

@@ -1,0 +1,194 @@
+"""HTTP API: ``POST /v1/events`` and ``GET /v1/metrics/...`` (API key required)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.concurrency import sync_to_thread
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from postwise.analytics.engagement import EngagementModel, engagement_of
+from postwise.analytics.ingest import MAX_BATCH_EVENTS, EventBatchError, ingest
+from postwise.analytics.metrics import (
+    AttributionModel,
+    HealthKey,
+    VariantKey,
+    metrics_backend,
+    parse_scope,
+    segments_by_name,
+)
+from postwise.errors import NotFoundError, ValidationError
+from postwise.runtime import Runtime
+from postwise.server.errors import error_body
+
+__all__ = ["EventsController", "MetricsController"]
+
+
+def _ingest_body(runtime: Runtime, body: bytes, partial: bool) -> Response[Any]:
+    try:
+        data = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"the body is not valid JSON: {exc}") from None
+    if isinstance(data, dict):
+        items: list[Any] = [data]
+    elif isinstance(data, list) and data:
+        items = data
+    else:
+        raise ValidationError(
+            f"send one event (a JSON object) or a batch (an array of 1 to {MAX_BATCH_EVENTS} "
+            "events)"
+        )
+    try:
+        result = ingest(runtime, items, partial=partial)
+    except EventBatchError as exc:
+        first = exc.errors[0]
+        return Response(
+            error_body(
+                str(exc).removeprefix(f"{first.field}: ") if first.field else str(exc),
+                field=first.field,
+                index=first.index,
+                errors=[error.to_dict() for error in exc.errors],
+            ),
+            status_code=422,
+            media_type=MediaType.JSON,
+        )
+    return Response(result.to_dict(), status_code=202, media_type=MediaType.JSON)
+
+
+class EventsController(Controller):
+    """Event ingestion."""
+
+    path = "/v1/events"
+    tags = ["events"]
+
+    @post("/", status_code=202)
+    async def create(
+        self,
+        state: State,
+        request: Request[Any, Any, Any],
+        partial: bool = Parameter(
+            default=False,
+            description="Store the valid events of a batch and report the invalid ones, "
+            "instead of rejecting the whole batch.",
+        ),
+    ) -> Response[Any]:
+        """Ingest one event (a JSON object) or a batch of up to 1,000 (an array).
+
+        202 with ``{"accepted": n, "duplicates": [ids], "rejected": [...]}``; 422 with the
+        index, field and reason of each invalid event when the batch is rejected.
+        """
+        runtime: Runtime = state.runtime
+        body = await request.body()
+        return await sync_to_thread(_ingest_body, runtime, body, partial)
+
+
+def _scope_params(
+    campaign_id: int | None, experiment_id: int | None, since: str | None, until: str | None
+) -> dict[str, Any]:
+    return {
+        "campaign_id": campaign_id,
+        "experiment_id": experiment_id,
+        "since": since,
+        "until": until,
+    }
+
+
+_SEGMENTS = Parameter(
+    default=None, description="Segment names (repeatable); all segments when omitted."
+)
+
+
+class MetricsController(Controller):
+    """Metrics over stored events (definitions in docs/analytics.md)."""
+
+    path = "/v1/metrics"
+    tags = ["metrics"]
+
+    @get("/open-rate", sync_to_thread=True)
+    def open_rate(
+        self,
+        state: State,
+        *,
+        segment: list[str] | None = _SEGMENTS,
+        campaign_id: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        include_machine_opens: bool = False,
+    ) -> dict[str, Any]:
+        """Open rate overall and per segment; machine opens are left out unless included."""
+        runtime: Runtime = state.runtime
+        scope = parse_scope(_scope_params(campaign_id, None, since, until))
+        backend = metrics_backend(runtime)
+        with runtime.session() as session:
+            segments = segments_by_name(session, segment or [])
+            report = backend.open_rates(
+                session, segments, scope, include_machine_opens=include_machine_opens
+            )
+        return report.to_dict()
+
+    @get("/click-through", sync_to_thread=True)
+    def click_through(
+        self,
+        state: State,
+        *,
+        by: VariantKey = VariantKey.CAMPAIGN,
+        campaign_id: int | None = None,
+        experiment_id: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        """Click-through rate per campaign or per experiment variant."""
+        runtime: Runtime = state.runtime
+        scope = parse_scope(_scope_params(campaign_id, experiment_id, since, until))
+        rows = metrics_backend(runtime).click_through(by, scope)
+        return {"by": by.value, "rows": [row.to_dict() for row in rows]}
+
+    @get("/attribution", sync_to_thread=True)
+    def attribution(
+        self,
+        state: State,
+        *,
+        model: AttributionModel = AttributionModel.LAST_CLICK,
+        window_days: float | None = Parameter(default=None, gt=0, le=365),
+        campaign_id: int | None = None,
+        experiment_id: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        """Conversions credited to the last (or first) human click within the window."""
+        runtime: Runtime = state.runtime
+        scope = parse_scope(_scope_params(campaign_id, experiment_id, since, until))
+        days = window_days or runtime.settings.attribution_window_days
+        report = metrics_backend(runtime).attribution(model, timedelta(days=days), scope)
+        return report.to_dict()
+
+    @get("/delivery", sync_to_thread=True)
+    def delivery(
+        self,
+        state: State,
+        *,
+        by: HealthKey = HealthKey.PROVIDER,
+        campaign_id: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        """Accepted, bounce and complaint rates per provider or recipient domain."""
+        runtime: Runtime = state.runtime
+        scope = parse_scope(_scope_params(campaign_id, None, since, until))
+        rows = metrics_backend(runtime).delivery_health(by, scope)
+        return {"by": by.value, "rows": [row.to_dict() for row in rows]}
+
+    @get("/engagement/{contact_id:int}", sync_to_thread=True)
+    def engagement(self, state: State, contact_id: int) -> dict[str, Any]:
+        """The contact's engagement score, decayed to now."""
+        runtime: Runtime = state.runtime
+        model = EngagementModel.from_settings(runtime.settings)
+        with runtime.engine.connect() as connection:
+            score = engagement_of(connection, model, contact_id, now=datetime.now(UTC))
+        if score is None:
+            raise NotFoundError(f"contact {contact_id} does not exist")
+        return {**score.to_dict(), "half_life_days": model.half_life_days}

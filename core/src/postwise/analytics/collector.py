@@ -1,0 +1,420 @@
+"""The batch writer: the ``analytics`` consumer group moves events from the stream to the sink.
+
+Each collector process is one consumer of the group. It reads up to ``batch_size`` entries, or
+what arrived within ``flush_interval`` seconds of the first one, writes them to the configured
+sink in one transaction and acknowledges them (``XACK``) only after that commit. Delivery is
+therefore at least once; the sink's de-duplication by ``event_id`` makes storage exactly once,
+and the engagement update rides in the same transaction (SQL sink) or follows what the sink
+reports as new.
+
+* **Sink down** (PostgreSQL restarting, network): the batch stays unacknowledged in this
+  consumer's pending list and is retried with backoff; meanwhile new events wait in the stream.
+* **Collector killed**: its pending entries stay in the group. Any collector claims entries
+  idle for ``claim_idle`` seconds (``XAUTOCLAIM``) and writes them; the events already stored
+  are dropped by the sink's conflict handling.
+* **Bad entries**: an entry that cannot be decoded, or an event the sink rejects as data, is
+  copied to the dead-letter stream ``postwise:events:dead`` with the reason and acknowledged,
+  so one poison event never blocks the pipeline (a rejected batch is bisected to find it).
+* **Erased contacts**: events of contacts erased while they were in flight are dropped
+  (see :mod:`postwise.analytics.erasure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from postwise.analytics.engagement import EngagementModel, apply_engagement
+from postwise.analytics.sinks import AnalyticsSink, StoredEvent
+from postwise.errors import ValidationError
+from postwise.events import EVENT_STREAM, EventEnvelope, decode_event
+
+if TYPE_CHECKING:
+    import redis
+
+    from postwise.runtime import Runtime
+
+__all__ = [
+    "DEAD_LETTER_STREAM",
+    "GROUP",
+    "Collector",
+    "CollectorConfig",
+    "CollectorStats",
+    "ensure_group",
+    "open_sink",
+    "stored_event",
+]
+
+log = logging.getLogger(__name__)
+
+GROUP = "analytics"
+DEAD_LETTER_STREAM = "postwise:events:dead"
+#: Contacts erased recently (member: contact id, score: when); see postwise.analytics.erasure.
+ERASED_CONTACTS_KEY = "postwise:erased-contacts"
+_DEAD_LETTER_MAXLEN = 100_000
+#: Consumers with nothing pending that have been idle this long are removed from the group.
+_CONSUMER_RETENTION_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    """How a collector batches and recovers."""
+
+    batch_size: int = 1000
+    #: A partial batch is written at most this many seconds after its first entry arrived.
+    flush_interval: float = 1.0
+    #: Pending entries idle this long belong to a dead consumer and are claimed.
+    claim_idle: float = 60.0
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 10_000:
+            raise ValidationError("must be between 1 and 10000", field="batch_size")
+        if self.flush_interval <= 0 or self.claim_idle <= 0:
+            raise ValidationError("flush_interval and claim_idle must be positive")
+
+
+@dataclass(slots=True)
+class CollectorStats:
+    """What a collector has done since it started."""
+
+    read: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    dropped_erased: int = 0
+    claimed: int = 0
+    batches: int = 0
+    retries: int = 0
+    seconds_writing: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered,
+            "dropped_erased": self.dropped_erased,
+            "claimed": self.claimed,
+            "batches": self.batches,
+            "retries": self.retries,
+            "seconds_writing": round(self.seconds_writing, 3),
+            "last_errors": self.errors[-5:],
+        }
+
+
+def stored_event(envelope: EventEnvelope) -> StoredEvent:
+    """The sink's form of an event (the trigger id, which has no column, goes in properties)."""
+    properties = envelope.properties
+    if envelope.trigger_id is not None and "trigger_id" not in properties:
+        properties = {**properties, "trigger_id": envelope.trigger_id}
+    return StoredEvent(
+        event_id=envelope.event_id,
+        type=envelope.type,
+        occurred_at=envelope.occurred_at,
+        contact_id=envelope.contact_id,
+        message_id=envelope.message_id,
+        campaign_id=envelope.campaign_id,
+        experiment_id=envelope.experiment_id,
+        variant=envelope.variant,
+        provider=envelope.provider,
+        properties=properties,
+    )
+
+
+def open_sink(runtime: Runtime, name: str | None = None) -> AnalyticsSink:
+    """Build the configured analytics sink (``settings.analytics_sink``, or ``name``).
+
+    Its options come from ``provider_options.<name>`` like every named component's.
+    """
+    name = name or runtime.settings.analytics_sink
+    factory = runtime.component("analytics_sinks", name)
+    sink: AnalyticsSink = factory(runtime.settings, runtime.settings.provider_options.get(name, {}))
+    return sink
+
+
+def ensure_group(client: redis.Redis, group: str = GROUP) -> None:
+    """Create the consumer group (reading from the start of the stream) if it is missing."""
+    import redis as redis_module
+
+    try:
+        client.xgroup_create(EVENT_STREAM, group, id="0", mkstream=True)
+    except redis_module.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the events are bad (dead-letter them) rather than the sink is down.
+
+    DB-API drivers all name these classes the same (PEP 249), so the check needs no driver.
+    """
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.StatementError) and exc.orig is not None:
+        exc = exc.orig
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"DataError", "IntegrityError"}:
+        return True
+    return isinstance(exc, ValueError | TypeError | ValidationError)
+
+
+Entry = tuple[bytes, dict[Any, Any]]
+
+
+class Collector:
+    """One consumer of the ``analytics`` group writing batches to ``sink``."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        sink: AnalyticsSink,
+        *,
+        config: CollectorConfig | None = None,
+        consumer: str | None = None,
+        group: str = GROUP,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.runtime = runtime
+        self.redis = runtime.redis
+        self.sink = sink
+        self.config = config or CollectorConfig()
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = CollectorStats()
+        self.engagement = EngagementModel.from_settings(runtime.settings)
+        self._sleep = sleep
+        self._next_claim = 0.0
+        self._checked_own_pending = False
+        ensure_group(self.redis, group)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _claim(self) -> list[Entry]:
+        """Entries a dead consumer left pending; deleted ones are acknowledged."""
+        idle_ms = int(self.config.claim_idle * 1000)
+        entries: list[Entry] = []
+        start = "0-0"
+        while len(entries) < self.config.batch_size:
+            reply: Any = self.redis.xautoclaim(
+                EVENT_STREAM,
+                self.group,
+                self.consumer,
+                idle_ms,
+                start_id=start,
+                count=self.config.batch_size - len(entries),
+            )
+            start, claimed = reply[0], reply[1]
+            entries.extend(claimed)
+            if start in (b"0-0", "0-0"):
+                break
+        if entries:
+            self.stats.claimed += len(entries)
+            log.info("claimed %d pending events of a dead consumer", len(entries))
+        return entries
+
+    def _own_pending(self) -> list[Entry]:
+        reply: Any = self.redis.xreadgroup(
+            self.group, self.consumer, {EVENT_STREAM: "0"}, count=self.config.batch_size
+        )
+        return list(reply[0][1]) if reply else []
+
+    def _read(self, count: int, block_ms: int) -> list[Entry]:
+        reply: Any = self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {EVENT_STREAM: ">"},
+            count=count,
+            block=max(1, block_ms),
+        )
+        return list(reply[0][1]) if reply else []
+
+    def next_batch(self) -> list[Entry]:
+        """Up to ``batch_size`` entries: this consumer's own pending ones first, then entries
+        claimed from dead consumers, then new ones (waiting at most ``flush_interval``)."""
+        if not self._checked_own_pending:
+            # Only a restarted consumer of the same name has entries of its own pending: a
+            # running one retries a failed batch until it is written.
+            pending = self._own_pending()
+            if pending:
+                return pending
+            self._checked_own_pending = True
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self.config.claim_idle / 2
+            claimed = self._claim()
+            if claimed:
+                return claimed
+        batch: list[Entry] = []
+        deadline = time.monotonic() + self.config.flush_interval
+        while len(batch) < self.config.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            batch.extend(self._read(self.config.batch_size - len(batch), int(remaining * 1000)))
+            if not batch:
+                # Nothing at all yet: the interval starts with the first entry.
+                return batch
+        return batch
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def process(self, entries: Sequence[Entry], stop: threading.Event | None = None) -> int:
+        """Write ``entries`` to the sink and acknowledge them; retries until the sink takes
+        them (or ``stop`` is set, leaving them pending). Returns how many were new."""
+        if not entries:
+            return 0
+        self.stats.read += len(entries)
+        events: list[StoredEvent] = []
+        ids: list[bytes] = []
+        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        for entry_id, fields in entries:
+            if not fields:
+                # Deleted from the stream while pending (erasure): nothing to store.
+                continue
+            try:
+                events.append(stored_event(decode_event(fields)))
+                ids.append(entry_id)
+            except (ValueError, KeyError, TypeError) as exc:
+                dead.append((entry_id, fields, f"undecodable: {type(exc).__name__}: {exc}"))
+        events, ids = self._drop_erased(events, ids)
+        delay = self.config.retry_initial
+        while True:
+            try:
+                new = self._write(events, ids, dead, dict(entries))
+                break
+            except Exception as exc:
+                self.stats.retries += 1
+                self.stats.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                log.warning(
+                    "writing %d events failed (%s: %s); retrying in %.1f s",
+                    len(events),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                if stop is not None and stop.is_set():
+                    return 0
+                self._sleep(delay)
+                delay = min(delay * 2, self.config.retry_max)
+        self.redis.xack(EVENT_STREAM, self.group, *(entry_id for entry_id, _ in entries))
+        self.stats.batches += 1
+        self.stats.stored += new
+        self.stats.duplicates += len(events) - new
+        return new
+
+    def _write(
+        self,
+        events: list[StoredEvent],
+        ids: list[bytes],
+        dead: list[tuple[bytes, dict[bytes, bytes], str]],
+        originals: dict[bytes, dict[bytes, bytes]],
+    ) -> int:
+        started = time.perf_counter()
+        new = 0
+        # Bisect a batch the sink rejects as data until the bad events are isolated.
+        pending: list[tuple[list[StoredEvent], list[bytes]]] = [(events, ids)]
+        rejected: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        while pending:
+            chunk, chunk_ids = pending.pop()
+            if not chunk:
+                continue
+            try:
+                new += self._store(chunk)
+            except Exception as exc:
+                if not _is_data_error(exc):
+                    raise
+                if len(chunk) == 1:
+                    entry_id = chunk_ids[0]
+                    reason = f"rejected by the sink: {exc}"[:500]
+                    rejected.append((entry_id, originals[entry_id], reason))
+                    continue
+                half = len(chunk) // 2
+                pending.append((chunk[half:], chunk_ids[half:]))
+                pending.append((chunk[:half], chunk_ids[:half]))
+        self._dead_letter(dead + rejected)
+        self.stats.seconds_writing += time.perf_counter() - started
+        return new
+
+    def _store(self, events: list[StoredEvent]) -> int:
+        if self.sink.maintains_engagement:
+            return self.sink.write_batch(events)
+        new = self.sink.write_new(events)
+        if new:
+            with self.runtime.engine.begin() as connection:
+                apply_engagement(connection, self.engagement, new)
+        return len(new)
+
+    def _dead_letter(self, dead: Sequence[tuple[bytes, dict[bytes, bytes], str]]) -> None:
+        if not dead:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, fields, reason in dead:
+            record = {**fields, b"source_id": entry_id, b"reason": reason.encode()}
+            pipe.xadd(DEAD_LETTER_STREAM, record, maxlen=_DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        pipe.execute()
+        self.stats.dead_lettered += len(dead)
+        log.error("moved %d bad events to %s", len(dead), DEAD_LETTER_STREAM)
+
+    def _drop_erased(
+        self, events: list[StoredEvent], ids: list[bytes]
+    ) -> tuple[list[StoredEvent], list[bytes]]:
+        contacts = sorted({e.contact_id for e in events if e.contact_id is not None})
+        if not contacts or not self.redis.exists(ERASED_CONTACTS_KEY):
+            return events, ids
+        scores = self.redis.zmscore(ERASED_CONTACTS_KEY, [str(c) for c in contacts])
+        erased = {c for c, score in zip(contacts, scores, strict=True) if score is not None}
+        if not erased:
+            return events, ids
+        kept = [(e, i) for e, i in zip(events, ids, strict=True) if e.contact_id not in erased]
+        self.stats.dropped_erased += len(events) - len(kept)
+        return [e for e, _ in kept], [i for _, i in kept]
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        max_events: int | None = None,
+        exit_when_idle: float | None = None,
+    ) -> CollectorStats:
+        """Collect until ``stop`` is set, ``max_events`` were stored, or the stream has been
+        empty for ``exit_when_idle`` seconds."""
+        stop = stop or threading.Event()
+        idle_since = time.monotonic()
+        while not stop.is_set():
+            batch = self.next_batch()
+            if batch:
+                self.process(batch, stop)
+                idle_since = time.monotonic()
+            elif exit_when_idle is not None and time.monotonic() - idle_since >= exit_when_idle:
+                break
+            if max_events is not None and self.stats.stored >= max_events:
+                break
+        self._leave()
+        return self.stats
+
+    def _leave(self) -> None:
+        """Remove this consumer from the group if it holds nothing, and prune long-idle ones."""
+        try:
+            consumers: Any = self.redis.xinfo_consumers(EVENT_STREAM, self.group)
+            for consumer in consumers:
+                name = consumer["name"]
+                name = name.decode() if isinstance(name, bytes) else name
+                idle = int(consumer.get("idle", 0))
+                if consumer["pending"] == 0 and (
+                    name == self.consumer or idle > _CONSUMER_RETENTION_MS
+                ):
+                    self.redis.xgroup_delconsumer(EVENT_STREAM, self.group, name)
+        except Exception as exc:  # tidying up must never turn a clean stop into a failure
+            log.warning("could not tidy the consumer group: %s", exc)

@@ -1,0 +1,25 @@
+"""The analytics subsystem as a plugin: its routes and the built-in ``sql`` sink."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postwise import hookimpl
+
+
+@hookimpl
+def postwise_register_routes(register: Any) -> None:
+    from postwise.analytics.api import EventsController, MetricsController
+    from postwise.analytics.tracking import TrackingController, UnsubscribeController
+
+    register("events-api", EventsController)
+    register("metrics-api", MetricsController)
+    register("tracking", TrackingController)
+    register("unsubscribe", UnsubscribeController)
+
+
+@hookimpl
+def postwise_register_analytics_sinks(register: Any) -> None:
+    from postwise.analytics.sql_sink import sql_sink_factory
+
+    register("sql", sql_sink_factory)
