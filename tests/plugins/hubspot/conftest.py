@@ -6,15 +6,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_hubspot import TOKEN, FakeHubSpot
+from fake_hubspot import FakeHubSpot
+from hubspot_helpers import BASE_URL, options
 
 import postwise.crm.plugin
 import postwise_hubspot.plugin
 from postwise.runtime import Runtime
 from postwise.settings import Settings
-
-CLIENT_SECRET = "hubspot-client-secret"
-BASE_URL = "https://postwise.example.com"
 
 
 @pytest.fixture
@@ -24,18 +22,6 @@ def hubspot_server() -> Iterator[FakeHubSpot]:
         yield server
     finally:
         server.stop()
-
-
-def options(server: FakeHubSpot, **extra: Any) -> dict[str, Any]:
-    return {
-        "access_token": TOKEN,
-        "client_secret": CLIENT_SECRET,
-        "base_url": server.url,
-        "attribute_properties": ["plan"],
-        "properties": {"first_name": "firstname", "last_name": "lastname", "country": "country"},
-        "max_retry_wait": 2,
-        **extra,
-    }
 
 
 @pytest.fixture

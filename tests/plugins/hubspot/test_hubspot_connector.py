@@ -6,8 +6,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import BASE_URL, CLIENT_SECRET, options
 from fake_hubspot import BASE, FakeHubSpot, Reply
+from hubspot_helpers import BASE_URL, CLIENT_SECRET, options
 
 from postwise.crm.connector import CrmUnavailableError, EngagementUpdate
 from postwise.errors import ConfigurationError

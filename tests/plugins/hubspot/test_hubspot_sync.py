@@ -6,8 +6,8 @@ import json
 import time
 from typing import Any
 
-from conftest import BASE_URL, CLIENT_SECRET
 from fake_hubspot import BASE, FakeHubSpot
+from hubspot_helpers import BASE_URL, CLIENT_SECRET
 from sqlmodel import select
 
 from postwise.crm.engagement import push_engagement

@@ -7,14 +7,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fake_salesforce import CLIENT_ID, CLIENT_SECRET, FakeSalesforce
+from fake_salesforce import FakeSalesforce
+from salesforce_helpers import options
 
 import postwise.crm.plugin
 import postwise_salesforce.plugin
 from postwise.runtime import Runtime
 from postwise.settings import Settings
-
-WEBHOOK_SECRET = "flow-shared-secret"
 
 
 @pytest.fixture(scope="session")
@@ -29,18 +28,6 @@ def salesforce_server(jwt_key: rsa.RSAPrivateKey) -> Iterator[FakeSalesforce]:
         yield server
     finally:
         server.stop()
-
-
-def options(server: FakeSalesforce, **extra: Any) -> dict[str, Any]:
-    return {
-        "login_url": server.url,
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "webhook_secret": WEBHOOK_SECRET,
-        "page_size": 200,
-        "max_retry_wait": 2,
-        **extra,
-    }
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import WEBHOOK_SECRET, options
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_salesforce import API, FakeSalesforce, Reply
+from salesforce_helpers import WEBHOOK_SECRET, options
 from sqlmodel import select
 
 from postwise.crm.connector import CrmUnavailableError, EngagementUpdate
