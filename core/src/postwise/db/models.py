@@ -263,6 +263,17 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_message_campaign_status", "campaign_id", "status"),
         sa.Index("ix_message_contact_created", "contact_id", "created_at"),
+        # Migration 0006: experiment reports count exposures and check conversions here.
+        sa.Index(
+            "ix_message_experiment",
+            "experiment_id",
+            "status",
+            "variant",
+            "contact_id",
+            postgresql_include=["created_at"],
+            postgresql_where=sa.text("experiment_id IS NOT NULL"),
+            sqlite_where=sa.text("experiment_id IS NOT NULL"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=64)
