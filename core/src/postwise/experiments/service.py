@@ -1,0 +1,858 @@
+"""Experiments as stored: define them, look at them, stop them.
+
+An experiment lives in the ``experiment`` table. Its definition (variants with weights, the
+holdout, the metric, the stats test, alpha, the sequential test's index and N*) is validated
+once, when it is created, and never changes afterwards: an always-valid test must keep its
+settings for its whole life.
+
+**A look** (:func:`experiment_report`) counts, per variant, the contacts exposed (an
+``accepted`` message in the ledger) and those among them who converted (an event of the
+experiment's metric type, ``open`` and ``click`` without machine opens and scanner clicks),
+with one GROUP BY query each, and hands them to :func:`postwise.experiments.stats.analyze`
+with the sequential state of the previous looks. While the experiment runs, every look is
+recorded: the new :class:`~postwise.experiments.state.SequentialState` goes back into
+``experiment.state["sequential"]``, a sample-ratio mismatch sets ``experiment.flagged``, and a
+winner is declared once (``winner``, ``decided_at``, status ``decided``). After the decision,
+or once stopped, looks still report the numbers (outcomes keep maturing) but change nothing,
+and count only contacts exposed before the experiment closed.
+
+**Assignment** happens at send time, in delivery (campaign dispatch and ``submit_send`` for
+triggers). :func:`assigner_for` and :func:`variant_for` give the same answer it does.
+
+``experiment.holdout`` is the share delivery holds back at send: the holdout proper (contacts
+who never get the experiment's email) plus, with automatic rollout, the ``rollout_fraction``
+kept for the winner (see :mod:`postwise.experiments.rollout`). ``options`` keeps both shares.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlmodel import Session, col, select
+
+from postwise.db.models import (
+    Campaign,
+    CampaignStatus,
+    Event,
+    Experiment,
+    Message,
+    MessageStatus,
+    Template,
+    TemplateVersion,
+    Trigger,
+    utcnow,
+)
+from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.experiments.assignment import assign_variant
+from postwise.experiments.data import WEIGHT_SUM_TOLERANCE, VariantData
+
+if TYPE_CHECKING:
+    from postwise.experiments.stats import AnalysisResult
+    from postwise.runtime import Runtime
+    from postwise.settings import Settings
+
+__all__ = [
+    "INDEX_BY_TARGET",
+    "METRICS",
+    "ExperimentDefinition",
+    "ExperimentStatus",
+    "assigner_weights",
+    "create_experiment",
+    "experiment_dict",
+    "experiment_report",
+    "get_experiment",
+    "list_experiments",
+    "outcome_counts",
+    "stop_experiment",
+    "validate_definition",
+    "variant_for",
+]
+
+log = logging.getLogger(__name__)
+
+#: Event types an experiment can be judged on.
+METRICS = ("open", "click", "conversion")
+#: The sequential test's index for each kind of experiment: a campaign's recipients are fixed at
+#: send and its outcomes keep arriving; a trigger's audience grows over time.
+INDEX_BY_TARGET = {"campaign": "outcomes", "trigger": "exposures"}
+MAX_VARIANTS = 20
+_NAME_LIMIT = 200
+_VARIANT_NAME_LIMIT = 100  # message.variant and event.variant columns
+_FLAG_LIMIT = 200  # experiment.flagged column
+
+_FIELDS = frozenset(
+    {
+        "name",
+        "variants",
+        "holdout",
+        "metric",
+        "method",
+        "alpha",
+        "target",
+        "campaign_id",
+        "index",
+        "sequential_tuning",
+        "baseline",
+        "mde",
+        "min_exposures",
+        "min_conversions",
+        "rollout_fraction",
+    }
+)
+_VARIANT_FIELDS = frozenset(
+    {"name", "weight", "template_id", "template_version", "subject", "variables", "description"}
+)
+
+
+class ExperimentStatus:
+    """The life of an experiment: ``running`` until decided or stopped."""
+
+    RUNNING = "running"
+    #: The gate declared a winner; the decision stands.
+    DECIDED = "decided"
+    #: Stopped by hand; no further look is recorded.
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentDefinition:
+    """A validated experiment definition (what :func:`create_experiment` stores)."""
+
+    name: str
+    variants: list[dict[str, Any]]
+    holdout: float
+    metric: str
+    method: str
+    alpha: float
+    target: str
+    index: str
+    sequential_tuning: float
+    min_exposures: int
+    min_conversions: int
+    rollout_fraction: float | None
+    campaign_id: int | None
+    baseline: float | None
+    mde: float | None
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any, field: str) -> float:
+    if not _is_number(value):
+        raise ValidationError(f"must be a number, got {value!r}", field=field)
+    return float(value)
+
+
+def _whole(value: Any, field: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValidationError(f"must be a whole number >= {minimum}, got {value!r}", field=field)
+    return value
+
+
+def _share(value: Any, field: str, *, open_low: bool) -> float:
+    share = _number(value, field)
+    if not (0.0 < share < 1.0 if open_low else 0.0 <= share < 1.0):
+        bounds = "between 0 and 1 (exclusive)" if open_low else "in [0, 1)"
+        raise ValidationError(f"must be a share {bounds}, got {share}", field=field)
+    return share
+
+
+def _variant(raw: Any, index: int, seen: set[str]) -> dict[str, Any]:
+    from postwise.delivery.dispatch import HOLDOUT
+
+    where = f"variants[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ValidationError("must be an object with a name and a weight", field=where)
+    unknown = sorted(set(raw) - _VARIANT_FIELDS)
+    if unknown:
+        raise ValidationError(
+            f"unknown field {unknown[0]!r}; a variant has {', '.join(sorted(_VARIANT_FIELDS))}",
+            field=f"{where}.{unknown[0]}",
+        )
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError("every variant needs a name", field=f"{where}.name")
+    name = name.strip()
+    if len(name) > _VARIANT_NAME_LIMIT or name == HOLDOUT:
+        raise ValidationError(
+            f"must be 1-{_VARIANT_NAME_LIMIT} characters and not {HOLDOUT!r}",
+            field=f"{where}.name",
+        )
+    if name in seen:
+        raise ValidationError(
+            f"duplicate variant name {name!r}; every variant needs its own name",
+            field=f"{where}.name",
+        )
+    seen.add(name)
+    if "weight" not in raw:
+        raise ValidationError("every variant needs a weight", field=f"{where}.weight")
+    weight = _number(raw["weight"], f"{where}.weight")
+    if weight <= 0:
+        raise ValidationError(
+            f"must be positive, got {weight}; drop the variant rather than weight it 0",
+            field=f"{where}.weight",
+        )
+    spec: dict[str, Any] = {"name": name, "weight": weight}
+    for key in ("template_id", "template_version"):
+        if raw.get(key) is not None:
+            spec[key] = _whole(raw[key], f"{where}.{key}", minimum=1)
+    if "template_version" in spec and "template_id" not in spec:
+        raise ValidationError(
+            "a template_version needs the template_id it belongs to",
+            field=f"{where}.template_version",
+        )
+    subject = raw.get("subject")
+    if subject is not None:
+        if not isinstance(subject, str) or not subject.strip():
+            raise ValidationError("must be a non-empty string", field=f"{where}.subject")
+        spec["subject"] = subject
+    variables = raw.get("variables")
+    if variables is not None:
+        if not isinstance(variables, list) or not all(isinstance(v, str) for v in variables):
+            raise ValidationError("must be a list of names", field=f"{where}.variables")
+        spec["variables"] = list(variables)
+    description = raw.get("description")
+    if description is not None:
+        if not isinstance(description, str) or len(description) > 500:
+            raise ValidationError(
+                "must be a string of at most 500 characters", field=f"{where}.description"
+            )
+        spec["description"] = description
+    return spec
+
+
+def validate_definition(
+    data: Mapping[str, Any], *, settings: Settings, stats_tests: Collection[str]
+) -> ExperimentDefinition:
+    """Check an experiment definition; ValidationError names the offending field.
+
+    ``stats_tests`` are the names of the installed stats tests (the plugin registry's). Template
+    references are checked by :func:`create_experiment`, which has a database session.
+    """
+    if not isinstance(data, Mapping):
+        raise ValidationError("an experiment definition must be a JSON object")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ValidationError(
+            f"unknown field {unknown[0]!r}; an experiment has {', '.join(sorted(_FIELDS))}",
+            field=unknown[0],
+        )
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > _NAME_LIMIT:
+        raise ValidationError(f"must be 1-{_NAME_LIMIT} characters", field="name")
+
+    raw_variants = data.get("variants")
+    if not isinstance(raw_variants, list) or not 2 <= len(raw_variants) <= MAX_VARIANTS:
+        count = len(raw_variants) if isinstance(raw_variants, list) else 0
+        raise ValidationError(
+            f"an experiment needs 2 to {MAX_VARIANTS} variants (the first is the control), "
+            f"got {count}",
+            field="variants",
+        )
+    seen: set[str] = set()
+    variants = [_variant(raw, i, seen) for i, raw in enumerate(raw_variants)]
+    total = math.fsum(v["weight"] for v in variants)
+    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+        suggestion = ", ".join(f"{v['weight'] / total:.4g}" for v in variants)
+        raise ValidationError(
+            f"weights must sum to 1, they sum to {total:.6g}; for example use {suggestion}",
+            field="variants",
+        )
+
+    holdout = _share(data.get("holdout", 0.0), "holdout", open_low=False)
+    metric = data.get("metric", "click")
+    if metric not in METRICS:
+        raise ValidationError(
+            f"must be one of {', '.join(METRICS)}, got {metric!r}", field="metric"
+        )
+    method = data.get("method", "sequential")
+    if not isinstance(method, str) or method not in stats_tests:
+        raise ValidationError(
+            f"unknown stats test {method!r}; installed: {', '.join(sorted(stats_tests))}",
+            field="method",
+        )
+    alpha = _number(data.get("alpha", settings.experiment_alpha), "alpha")
+    if not 0.0 < alpha < 0.5:
+        raise ValidationError(
+            f"must lie strictly between 0 and 0.5 (0.05 is usual), got {alpha}", field="alpha"
+        )
+
+    campaign_id = data.get("campaign_id")
+    if campaign_id is not None:
+        campaign_id = _whole(campaign_id, "campaign_id", minimum=1)
+    target = data.get("target", "campaign")
+    if target not in INDEX_BY_TARGET:
+        raise ValidationError(f"must be 'campaign' or 'trigger', got {target!r}", field="target")
+    if campaign_id is not None and target != "campaign":
+        raise ValidationError("campaign_id needs target 'campaign'", field="target")
+    index = data.get("index", INDEX_BY_TARGET[target])
+    if index not in ("exposures", "outcomes"):
+        raise ValidationError(f"must be 'exposures' or 'outcomes', got {index!r}", field="index")
+
+    baseline = mde = None
+    if "baseline" in data or "mde" in data:
+        baseline = _number(data.get("baseline"), "baseline")
+        mde = _number(data.get("mde"), "mde")
+    if data.get("sequential_tuning") is not None:
+        tuning = _number(data["sequential_tuning"], "sequential_tuning")
+        if tuning <= 0:
+            raise ValidationError(f"must be positive, got {tuning}", field="sequential_tuning")
+    elif baseline is not None and mde is not None:
+        from postwise.experiments.planning import plan
+
+        design = plan(baseline, mde, alpha=alpha, variants=len(variants))
+        tuning = float(design.outcome_tuning if index == "outcomes" else design.sequential_tuning)
+    elif index == "exposures":
+        tuning = float(settings.experiment_sequential_tuning)
+    else:
+        from postwise.experiments.sequential import DEFAULT_TUNING
+
+        tuning = DEFAULT_TUNING["outcomes"]
+
+    min_exposures = _whole(data.get("min_exposures", 100), "min_exposures")
+    min_conversions = _whole(data.get("min_conversions", 10), "min_conversions")
+
+    rollout = data.get("rollout_fraction")
+    if rollout is not None:
+        rollout = _share(rollout, "rollout_fraction", open_low=True)
+        if target != "campaign":
+            raise ValidationError(
+                "automatic rollout holds back part of a campaign's audience; trigger experiments "
+                "send the winner to everyone once it is declared",
+                field="rollout_fraction",
+            )
+        if holdout + rollout >= 1.0:
+            raise ValidationError(
+                f"holdout ({holdout}) and rollout_fraction ({rollout}) together leave nobody "
+                "for the test; they must sum to less than 1",
+                field="rollout_fraction",
+            )
+    return ExperimentDefinition(
+        name=name.strip(),
+        variants=variants,
+        holdout=holdout,
+        metric=metric,
+        method=method,
+        alpha=alpha,
+        target=target,
+        index=index,
+        sequential_tuning=tuning,
+        min_exposures=min_exposures,
+        min_conversions=min_conversions,
+        rollout_fraction=rollout,
+        campaign_id=campaign_id,
+        baseline=baseline,
+        mde=mde,
+    )
+
+
+# -- create, read, list -------------------------------------------------------------------------
+
+
+def _stats_tests(runtime: Runtime) -> dict[str, Any]:
+    return {entry.name: entry.component for entry in runtime.plugins.registry("stats_tests")}
+
+
+def create_experiment(session: Session, runtime: Runtime, data: Mapping[str, Any]) -> Experiment:
+    """Validate ``data`` and store a running experiment.
+
+    With ``campaign_id`` the experiment is attached to that draft campaign. A variant's
+    ``subject`` is saved as a version of its template (the variant's ``template_id``, else the
+    campaign's) with only the subject changed, and the variant pinned to it, so delivery sends
+    exactly what the variant says. That version does not become the template's current one.
+    """
+    definition = validate_definition(
+        data, settings=runtime.settings, stats_tests=list(_stats_tests(runtime))
+    )
+    taken = session.exec(select(Experiment).where(Experiment.name == definition.name)).first()
+    if taken is not None:
+        raise ConflictError(
+            f"an experiment called {definition.name!r} exists (id {taken.id}); choose another name"
+        )
+    campaign: Campaign | None = None
+    if definition.campaign_id is not None:
+        campaign = session.get(Campaign, definition.campaign_id)
+        if campaign is None:
+            raise ValidationError(
+                f"no campaign with id {definition.campaign_id}", field="campaign_id"
+            )
+        if campaign.status != CampaignStatus.DRAFT or campaign.experiment_id is not None:
+            raise ConflictError(
+                f"campaign {campaign.id} is {campaign.status}"
+                + (f" with experiment {campaign.experiment_id}" if campaign.experiment_id else "")
+                + "; an experiment can only be added to a draft campaign without one"
+            )
+    variants = [
+        _resolve_templates(session, spec, i, campaign) for i, spec in enumerate(definition.variants)
+    ]
+    experiment = Experiment(
+        name=definition.name,
+        status=ExperimentStatus.RUNNING,
+        variants=variants,
+        holdout=definition.holdout + (definition.rollout_fraction or 0.0),
+        metric=definition.metric,
+        method=definition.method,
+        alpha=definition.alpha,
+        options={
+            "target": definition.target,
+            "index": definition.index,
+            "sequential_tuning": definition.sequential_tuning,
+            "min_exposures": definition.min_exposures,
+            "min_conversions": definition.min_conversions,
+            "holdout": definition.holdout,
+            "rollout_fraction": definition.rollout_fraction,
+            "baseline": definition.baseline,
+            "mde": definition.mde,
+        },
+        state={},
+    )
+    session.add(experiment)
+    session.flush()
+    if campaign is not None:
+        campaign.experiment_id = experiment.id
+        session.add(campaign)
+        session.flush()
+    return experiment
+
+
+def _resolve_templates(
+    session: Session,
+    spec: dict[str, Any],
+    index: int,
+    campaign: Campaign | None,
+) -> dict[str, Any]:
+    where = f"variants[{index}]"
+    spec = dict(spec)
+    template_id = spec.get("template_id")
+    if template_id is not None:
+        if session.get(Template, template_id) is None:
+            raise ValidationError(
+                f"no template with id {template_id}", field=f"{where}.template_id"
+            )
+        if spec.get("template_version") is not None:
+            _version(session, template_id, spec["template_version"], f"{where}.template_version")
+    subject = spec.get("subject")
+    if subject is None:
+        return spec
+    if template_id is None:
+        if campaign is None:
+            raise ValidationError(
+                "a subject override needs the template it changes: give the variant a "
+                "template_id, or create the experiment with the campaign_id it runs on",
+                field=f"{where}.subject",
+            )
+        template_id = campaign.template_id
+    template = session.get(Template, template_id)
+    assert template is not None
+    number = spec.get("template_version")
+    if number is None and campaign is not None and template_id == campaign.template_id:
+        number = campaign.template_version  # the campaign's pinned version, when it has one
+    base = _version(
+        session, template_id, number or template.current_version, f"{where}.template_version"
+    )
+    _check_subject(subject, base, template.kind, variables=spec.get("variables", []), where=where)
+    latest = session.execute(
+        sa.select(sa.func.max(col(TemplateVersion.version))).where(
+            col(TemplateVersion.template_id) == template_id
+        )
+    ).scalar_one()
+    version = TemplateVersion(
+        template_id=template_id,
+        version=int(latest or 0) + 1,
+        subject=subject,
+        html=base.html,
+        text=base.text,
+    )
+    session.add(version)
+    session.flush()
+    spec.update(template_id=template_id, template_version=version.version)
+    return spec
+
+
+def _version(session: Session, template_id: int, number: int, field: str) -> TemplateVersion:
+    found = session.exec(
+        select(TemplateVersion).where(
+            TemplateVersion.template_id == template_id, TemplateVersion.version == number
+        )
+    ).first()
+    if found is None:
+        raise ValidationError(f"template {template_id} has no version {number}", field=field)
+    return found
+
+
+def _check_subject(
+    subject: str,
+    base: TemplateVersion,
+    kind: str,
+    *,
+    variables: Sequence[str],
+    where: str,
+) -> None:
+    from postwise.content.templates import Part, validate_template
+    from postwise.delivery.templates import known_variables
+
+    try:
+        known = known_variables(variables)
+    except ValidationError as exc:
+        message = str(exc).removeprefix(f"{exc.field}: ")
+        raise ValidationError(message, field=f"{where}.variables") from None
+    # The body was checked when its version was saved; only the new subject can be wrong.
+    problems = [
+        p
+        for p in validate_template(subject, base.html, base.text, known_variables=known, kind=kind)
+        if p.part == Part.SUBJECT
+    ]
+    if problems:
+        raise ValidationError(
+            "; ".join(str(p) for p in problems)
+            + " (declare names beyond the contact fields in the variant's 'variables')",
+            field=f"{where}.subject",
+        )
+
+
+def get_experiment(session: Session, ref: int | str) -> Experiment:
+    """The experiment with this id or name."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        experiment = session.get(Experiment, int(ref))
+    else:
+        experiment = session.exec(select(Experiment).where(Experiment.name == ref)).first()
+    if experiment is None:
+        raise NotFoundError(f"no experiment {ref!r}")
+    return experiment
+
+
+def list_experiments(
+    session: Session, *, status: str | None = None, limit: int = 100
+) -> list[Experiment]:
+    """Experiments, newest first, optionally only those with ``status``."""
+    query = select(Experiment).order_by(col(Experiment.id).desc()).limit(limit)
+    if status is not None:
+        query = query.where(Experiment.status == status)
+    return list(session.exec(query))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def experiment_dict(session: Session, experiment: Experiment) -> dict[str, Any]:
+    """The experiment as the API and CLI show it, with the campaigns and triggers using it."""
+    options = experiment.options or {}
+    state = experiment.state or {}
+    campaigns = session.execute(
+        sa.select(col(Campaign.id))
+        .where(col(Campaign.experiment_id) == experiment.id)
+        .order_by(col(Campaign.id))
+    ).scalars()
+    triggers = session.execute(
+        sa.select(col(Trigger.id))
+        .where(col(Trigger.experiment_id) == experiment.id)
+        .order_by(col(Trigger.id))
+    ).scalars()
+    return {
+        "id": experiment.id,
+        "name": experiment.name,
+        "status": experiment.status,
+        "target": options.get("target"),
+        "variants": experiment.variants,
+        "holdout": options.get("holdout", experiment.holdout),
+        "rollout_fraction": options.get("rollout_fraction"),
+        "held_back": experiment.holdout,
+        "metric": experiment.metric,
+        "method": experiment.method,
+        "alpha": experiment.alpha,
+        "index": options.get("index"),
+        "sequential_tuning": options.get("sequential_tuning"),
+        "min_exposures": options.get("min_exposures"),
+        "min_conversions": options.get("min_conversions"),
+        "winner": experiment.winner,
+        "flagged": experiment.flagged,
+        "looks": int(state.get("looks", 0)),
+        "decision": state.get("decision"),
+        "rollout": state.get("rollout"),
+        "campaign_ids": list(campaigns),
+        "trigger_ids": list(triggers),
+        "created_at": _iso(experiment.created_at),
+        "decided_at": _iso(experiment.decided_at),
+        "stopped_at": _iso(experiment.stopped_at),
+    }
+
+
+# -- assignment ---------------------------------------------------------------------------------
+
+
+def assigner_weights(experiment: Experiment) -> tuple[tuple[str, float], ...]:
+    """(name, weight) pairs normalised to sum to 1, as delivery hands them to the assigner."""
+    pairs = [(str(v["name"]), float(v.get("weight", 1.0))) for v in experiment.variants or []]
+    total = sum(w for _, w in pairs)
+    return tuple((name, weight / total) for name, weight in pairs)
+
+
+def variant_for(experiment: Experiment, contact_id: int | str) -> dict[str, Any] | None:
+    """The variant definition ``contact_id`` is assigned in ``experiment``; None when held back.
+
+    Held back means the holdout or, with automatic rollout, the share kept for the winner. This
+    is the assignment delivery applies at send time (same key, weights and held-back share), so
+    the answer matches the ledger's ``variant``. It ignores a declared winner: delivery sends
+    the winner to everyone after the decision, this says which arm the contact was in.
+    """
+    assert experiment.id is not None
+    name = assign_variant(
+        experiment.id, contact_id, assigner_weights(experiment), experiment.holdout
+    )
+    if name is None:
+        return None
+    return dict(next(v for v in experiment.variants if v["name"] == name))
+
+
+# -- counting -----------------------------------------------------------------------------------
+
+_MESSAGE: sa.Table = Message.__table__  # type: ignore[attr-defined]
+_EVENT: sa.Table = Event.__table__  # type: ignore[attr-defined]
+
+
+def outcome_counts(
+    connection: Connection | Session, experiment: Experiment, *, until: datetime | None = None
+) -> list[VariantData]:
+    """Exposures and conversions per variant, in the experiment's variant order.
+
+    Exposures are the distinct contacts with an ``accepted`` message of the variant (created by
+    ``until`` when given); conversions the distinct ones among them with an event of the
+    experiment's metric for the same variant, machine opens and scanner clicks left out.
+    Contacts are the unit because assignment is by contact: a trigger may mail one several
+    times, and it counts once.
+    """
+    accepted = MessageStatus.ACCEPTED.value
+    exposed = [
+        _MESSAGE.c.experiment_id == experiment.id,
+        _MESSAGE.c.status == accepted,
+        _MESSAGE.c.variant.is_not(None),
+        _MESSAGE.c.contact_id.is_not(None),
+    ]
+    if until is not None:
+        exposed.append(_MESSAGE.c.created_at <= until)
+    exposures = {
+        str(variant): int(count)
+        for variant, count in connection.execute(
+            sa.select(_MESSAGE.c.variant, sa.func.count(sa.distinct(_MESSAGE.c.contact_id)))
+            .where(*exposed)
+            .group_by(_MESSAGE.c.variant)
+        )
+    }
+    ledger = _MESSAGE.alias("exposure")
+    was_exposed = sa.exists().where(
+        ledger.c.experiment_id == experiment.id,
+        ledger.c.status == accepted,
+        ledger.c.variant == _EVENT.c.variant,
+        ledger.c.contact_id == _EVENT.c.contact_id,
+        *([ledger.c.created_at <= until] if until is not None else []),
+    )
+    converted = [
+        _EVENT.c.type == experiment.metric,
+        _EVENT.c.experiment_id == experiment.id,
+        _EVENT.c.variant.is_not(None),
+        _EVENT.c.contact_id.is_not(None),
+        was_exposed,
+    ]
+    if experiment.metric in ("open", "click"):
+        # ``automated`` is set at ingestion from properties.machine_open / properties.scanner.
+        converted.append(sa.not_(_EVENT.c.automated))
+    conversions = {
+        str(variant): int(count)
+        for variant, count in connection.execute(
+            sa.select(_EVENT.c.variant, sa.func.count(sa.distinct(_EVENT.c.contact_id)))
+            .where(*converted)
+            .group_by(_EVENT.c.variant)
+        )
+    }
+    return [
+        VariantData(
+            str(v["name"]),
+            exposures=exposures.get(v["name"], 0),
+            conversions=conversions.get(v["name"], 0),
+        )
+        for v in experiment.variants
+    ]
+
+
+# -- looks --------------------------------------------------------------------------------------
+
+
+def _closed_at(experiment: Experiment) -> datetime | None:
+    return experiment.decided_at or experiment.stopped_at
+
+
+def _analyze(
+    runtime: Runtime, experiment: Experiment, counts: Sequence[VariantData]
+) -> AnalysisResult:
+    from postwise.experiments.state import SequentialState
+    from postwise.experiments.stats import analyze
+
+    options = experiment.options or {}
+    stored = (experiment.state or {}).get("sequential")
+    previous = SequentialState.from_dict(stored) if stored else None
+    return analyze(
+        counts,
+        method=experiment.method,
+        alpha=experiment.alpha,
+        weights=[w for _, w in assigner_weights(experiment)],
+        sequential_tuning=options.get("sequential_tuning"),
+        index=options.get("index", "exposures"),
+        min_exposures=int(options.get("min_exposures", 100)),
+        min_conversions=int(options.get("min_conversions", 10)),
+        previous=previous,
+        tests=_stats_tests(runtime),
+    )
+
+
+def _lock(session: Session, ref: int | str) -> Experiment:
+    """The experiment, locked against concurrent looks (PostgreSQL; SQLite serialises writes)."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        where = col(Experiment.id) == int(ref)
+    else:
+        where = col(Experiment.name) == str(ref)
+    experiment = session.exec(select(Experiment).where(where).with_for_update()).first()
+    if experiment is None:
+        raise NotFoundError(f"no experiment {ref!r}")
+    return experiment
+
+
+@dataclass(slots=True)
+class _Look:
+    """One look's outcome, before it is turned into the report."""
+
+    analysis: AnalysisResult
+    recorded: bool
+    decision: str
+    reason: str
+    rollout_queued: bool = False
+
+
+def _record(experiment: Experiment, analysis: AnalysisResult, test_is_final: bool) -> _Look:
+    """Fold a look of a running experiment into its row; returns what the report says."""
+    from postwise.experiments.stats import Decision
+
+    state = dict(experiment.state or {})
+    looks = int(state.get("looks", 0)) + 1
+    state["looks"] = looks
+    state["sequential"] = analysis.state.to_dict() if analysis.state is not None else None
+    experiment.flagged = (
+        f"sample-ratio mismatch at look {looks}: p = {analysis.srm_p_value:.2g}"[:_FLAG_LIMIT]
+        if analysis.srm_flagged
+        else None
+    )
+    decision, reason = analysis.decision.value, analysis.reason
+    fixed_horizon = analysis.decision != Decision.DESCRIPTIVE_ONLY and analysis.state is None
+    if fixed_horizon and not test_is_final:
+        decision = "awaiting_planned_look"
+        reason = (
+            f"method {experiment.method!r} is valid for one planned look, so it decides only "
+            "when the experiment is stopped at its planned sample (postwise experiments plan: "
+            f"fixed_per_arm); at this look it would say: {analysis.reason}"
+        )
+    elif analysis.winner is not None:
+        now = utcnow()
+        experiment.winner = analysis.winner
+        experiment.decided_at = now
+        experiment.status = ExperimentStatus.DECIDED
+        state["decision"] = {"winner": analysis.winner, "reason": reason, "look": looks}
+    experiment.state = state
+    return _Look(analysis, True, decision, reason)
+
+
+def _closed_look(experiment: Experiment, analysis: AnalysisResult) -> _Look:
+    if experiment.winner is None:
+        return _Look(analysis, False, "stopped", "stopped without a winner")
+    decided = (experiment.state or {}).get("decision") or {}
+    return _Look(analysis, False, "winner", str(decided.get("reason") or analysis.reason))
+
+
+def _look(runtime: Runtime, ref: int | str, *, stop: bool, ship: str | None) -> dict[str, Any]:
+    from postwise.experiments.rollout import enqueue_rollout, request_rollout
+
+    with runtime.session() as session:
+        experiment = _lock(session, ref)
+        assert experiment.id is not None
+        if stop and experiment.status == ExperimentStatus.STOPPED:
+            raise ConflictError(f"experiment {experiment.id} is stopped already")
+        if ship is not None and ship not in {v["name"] for v in experiment.variants}:
+            raise ValidationError(
+                f"no variant {ship!r}; variants: "
+                + ", ".join(v["name"] for v in experiment.variants),
+                field="ship",
+            )
+        running = experiment.status == ExperimentStatus.RUNNING
+        counts = outcome_counts(
+            session.connection(), experiment, until=None if running else _closed_at(experiment)
+        )
+        analysis = _analyze(runtime, experiment, counts)
+        if running:
+            look = _record(experiment, analysis, test_is_final=stop)
+        else:
+            look = _closed_look(experiment, analysis)
+        if stop:
+            experiment.status = ExperimentStatus.STOPPED
+            experiment.stopped_at = utcnow()
+            if ship is not None and experiment.winner not in (None, ship):
+                raise ConflictError(
+                    f"{experiment.winner} won this experiment; ship the winner or nothing"
+                )
+        look.rollout_queued = request_rollout(session, experiment, ship=ship)
+        session.add(experiment)
+        session.flush()
+        report = _report(session, experiment, look)
+        experiment_id = experiment.id
+    if look.rollout_queued:
+        enqueue_rollout(runtime, experiment_id)
+    return report
+
+
+def _report(session: Session, experiment: Experiment, look: _Look) -> dict[str, Any]:
+    analysis = look.analysis.to_dict()
+    analysis.pop("state", None)
+    return {
+        "experiment": experiment_dict(session, experiment),
+        "decision": look.decision,
+        "winner": experiment.winner,
+        "reason": look.reason,
+        "recorded": look.recorded,
+        "analysis": analysis,
+    }
+
+
+def experiment_report(runtime: Runtime, ref: int | str) -> dict[str, Any]:
+    """Take a look at an experiment: count, analyse, and record it while the experiment runs.
+
+    Returns the report: the experiment, ``decision`` (the analysis's decision,
+    ``awaiting_planned_look`` for a fixed-horizon test still running, ``winner`` or ``stopped``
+    once closed), ``winner``, ``reason``, ``recorded`` (whether this look entered the
+    experiment's record) and ``analysis`` (the full
+    :meth:`~postwise.experiments.stats.AnalysisResult.to_dict`, per variant counts, rates,
+    lifts with intervals, p-values and the Bayesian readout). A winner with automatic rollout
+    configured queues the rollout (:mod:`postwise.experiments.rollout`).
+    """
+    return _look(runtime, ref, stop=False, ship=None)
+
+
+def stop_experiment(runtime: Runtime, ref: int | str, *, ship: str | None = None) -> dict[str, Any]:
+    """Stop an experiment after one last look, and return that look's report.
+
+    For a running experiment the last look is recorded: the always-valid test may still
+    declare a winner at it, and a fixed-horizon test (``chi2``) takes its one planned decision
+    there. ``ship`` names a variant to roll out to the held-back audience when no winner was
+    declared (a human decision, recorded as such); with a winner, only the winner can be
+    shipped. A stopped experiment cannot be stopped again (ConflictError).
+    """
+    return _look(runtime, ref, stop=True, ship=ship)
