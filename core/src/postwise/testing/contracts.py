@@ -27,6 +27,8 @@ import pytest
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
 from postwise.delivery.provider import Outcome, OutgoingMessage, Provider
 from postwise.errors import ValidationError
+from postwise.experiments.contract import Comparison, Index, Interval, StatsOptions, StatsTest
+from postwise.experiments.data import VariantData
 from postwise.recommend.base import Interaction, Item, Recommender
 from postwise.triggers.conditions import ConditionType, TriggerEvent
 
@@ -36,6 +38,7 @@ __all__ = [
     "ProviderContract",
     "RecommenderContract",
     "StaticContext",
+    "StatsTestContract",
 ]
 
 
@@ -245,3 +248,122 @@ class AnalyticsSinkContract:
             assert self.count_events(sink, 9) == 2
         finally:
             sink.close()
+
+
+class StatsTestContract:
+    """Every stats test: named, one comparison per treatment, honest on small and equal data.
+
+    ``analyze`` applies the gate (sample-ratio check, minimum sample, Holm) the same way to
+    every test; these checks hold a test to what the gate relies on.
+    """
+
+    #: The significance level the checks run at.
+    alpha: ClassVar[float] = 0.05
+    #: Both ways a sequential test may count its looks; other tests ignore the index.
+    indexes: ClassVar[tuple[Index, ...]] = ("exposures", "outcomes")
+    #: Samples every test must handle without raising: (exposures, conversions) per variant.
+    samples: ClassVar[list[list[tuple[int, int]]]] = [
+        [(0, 0), (0, 0)],
+        [(10, 0), (10, 3)],
+        [(10, 10), (10, 10)],
+        [(1, 1), (5, 0), (20, 20)],
+        [(1000, 30), (1000, 45), (900, 20)],
+        [(20000, 600), (20000, 690)],
+    ]
+
+    def make_test(self) -> StatsTest:
+        raise NotImplementedError("return a fresh instance of your stats test")
+
+    def options(self, index: Index = "exposures") -> StatsOptions:
+        return StatsOptions(alpha=self.alpha, sequential_tuning=2000.0, index=index)
+
+    def compare(
+        self, counts: Sequence[tuple[int, int]], index: Index = "exposures"
+    ) -> list[Comparison]:
+        variants = [VariantData(f"v{i}", n, c) for i, (n, c) in enumerate(counts)]
+        return list(self.make_test().compare(variants, self.options(index)))
+
+    @staticmethod
+    def _holds_estimate(interval: Interval) -> bool:
+        # False for NaN anywhere, as every comparison with NaN is.
+        slack = 1e-9 * max(1.0, abs(interval.estimate))
+        return interval.lower - slack <= interval.estimate <= interval.upper + slack
+
+    def test_has_a_name_and_says_what_it_is(self) -> None:
+        test = self.make_test()
+        assert isinstance(test, StatsTest)
+        assert isinstance(test.name, str) and test.name and test.name == test.name.strip()
+        assert isinstance(test.always_valid, bool) and isinstance(test.decides, bool)
+
+    def test_one_comparison_per_treatment_in_order(self) -> None:
+        for arms in (2, 3, 5):
+            comparisons = self.compare([(1000, 30 + i) for i in range(arms)])
+            assert [c.variant for c in comparisons] == [f"v{i}" for i in range(1, arms)]
+            assert all(isinstance(c, Comparison) for c in comparisons)
+
+    def test_p_values_lie_between_0_and_1(self) -> None:
+        decides = self.make_test().decides
+        for index in self.indexes:
+            for counts in self.samples:
+                for comparison in self.compare(counts, index):
+                    if decides:
+                        assert comparison.p_value is not None, "a deciding test needs p-values"
+                    if comparison.p_value is not None:
+                        assert 0.0 <= comparison.p_value <= 1.0, (counts, comparison)
+
+    def test_intervals_are_ordered_and_hold_their_estimate(self) -> None:
+        for index in self.indexes:
+            for counts in self.samples:
+                for comparison in self.compare(counts, index):
+                    assert self._holds_estimate(comparison.absolute), (counts, comparison)
+                    if comparison.relative is not None:
+                        assert self._holds_estimate(comparison.relative), (counts, comparison)
+
+    def test_identical_arms_give_no_significance(self) -> None:
+        from postwise.experiments.stats import analyze
+
+        test = self.make_test()
+        counts = [(5000, 150), (5000, 150), (5000, 150)]
+        for index in self.indexes:
+            for comparison in self.compare(counts, index):
+                assert comparison.p_value is None or comparison.p_value >= self.alpha
+                assert abs(comparison.absolute.estimate) < 1e-9
+                assert comparison.absolute.lower <= 0.0 <= comparison.absolute.upper
+            result = analyze(
+                [VariantData(f"v{i}", n, c) for i, (n, c) in enumerate(counts)],
+                method=test.name,
+                alpha=self.alpha,
+                index=index,
+                tests={test.name: test},
+            )
+            assert result.winner is None
+
+    def test_a_large_difference_points_the_right_way(self) -> None:
+        decides = self.make_test().decides
+        for index in self.indexes:
+            better, worse = self.compare([(20000, 600), (20000, 900), (20000, 400)], index)
+            assert better.absolute.estimate > 0 > worse.absolute.estimate
+            if decides:
+                assert better.p_value is not None and better.p_value < self.alpha
+                assert worse.p_value is not None and worse.p_value < self.alpha
+
+    def test_results_are_deterministic(self) -> None:
+        for counts in self.samples:
+            assert self.compare(counts) == self.compare(counts)
+
+    def test_analyze_runs_it_by_name(self) -> None:
+        from postwise.experiments.stats import Decision, analyze
+
+        test = self.make_test()
+        result = analyze(
+            [VariantData("A", 20000, 600), VariantData("B", 20000, 900)],
+            method=test.name,
+            alpha=self.alpha,
+            tests={test.name: test},
+        )
+        assert result.method == test.name
+        assert [v.name for v in result.variants] == ["A", "B"]
+        if test.decides:
+            assert result.winner == "B"
+        else:
+            assert result.decision == Decision.DESCRIPTIVE_ONLY and result.winner is None
