@@ -41,6 +41,8 @@ COMMANDS: dict[str, str] = {
     "privacy": "postwise.cli.compliance:privacy",
     "reputation": "postwise.cli.compliance:reputation",
     "domain": "postwise.cli.domain:domain",
+    "crm": "postwise.cli.crm:crm",
+    "recommend": "postwise.cli.recommend:recommend",
 }
 
 
