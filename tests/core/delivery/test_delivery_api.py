@@ -96,6 +96,7 @@ def test_a_campaign_is_created_sent_and_reported(client: Any, runtime: Runtime) 
         # Embedded Redis: dispatched in the request; the messages wait for a worker.
         assert status["dispatch"]["queued"] == 4
         assert status["messages"] == {"queued": 4}
+        assert client.post(f"/v1/campaigns/{campaign_id}/send").status_code == 409
     else:
         assert sent.json()["dispatch_job"]
     again = client.post("/v1/campaigns", json={"name": "x", "template_id": 999})

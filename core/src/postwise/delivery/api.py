@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from postwise.db.models import Contact, Message, Template
 from postwise.delivery.campaigns import (
     campaign_status,
+    check_sendable,
     create_campaign,
     get_campaign,
     list_campaigns,
@@ -215,7 +216,7 @@ class CampaignsController(Controller):
         from postwise.delivery.jobs import enqueue_dispatch
 
         with runtime.session() as session:
-            get_campaign(session, campaign_id)
+            check_sendable(get_campaign(session, campaign_id))
         if supports_lua(runtime.redis):
             job_id = enqueue_dispatch(runtime, campaign_id)
             return {"campaign_id": campaign_id, "dispatch_job": job_id, "status": "dispatching"}

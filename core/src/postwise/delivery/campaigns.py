@@ -24,9 +24,15 @@ from postwise.db.models import (
 )
 from postwise.delivery.ledger import PENDING_STATES
 from postwise.delivery.templates import get_template, get_version
-from postwise.errors import NotFoundError, ValidationError
+from postwise.errors import ConflictError, NotFoundError, ValidationError
 
-__all__ = ["campaign_status", "create_campaign", "get_campaign", "list_campaigns"]
+__all__ = [
+    "campaign_status",
+    "check_sendable",
+    "create_campaign",
+    "get_campaign",
+    "list_campaigns",
+]
 
 _UNFINISHED = (*PENDING_STATES, MessageStatus.SENDING.value)
 
@@ -72,6 +78,17 @@ def get_campaign(session: Session, campaign_id: int) -> Campaign:
     if campaign is None:
         raise NotFoundError(f"no campaign {campaign_id}")
     return campaign
+
+
+def check_sendable(campaign: Campaign) -> None:
+    """Raise ConflictError unless ``campaign`` can be (or is being) dispatched."""
+    if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SENDING):
+        raise ConflictError(
+            f"campaign {campaign.id} is {campaign.status}; only a draft (or an interrupted "
+            "send) can be sent"
+        )
+    if (campaign.counts or {}).get("dispatched"):
+        raise ConflictError(f"campaign {campaign.id} has been dispatched already")
 
 
 def list_campaigns(session: Session, *, limit: int = 100) -> list[Campaign]:

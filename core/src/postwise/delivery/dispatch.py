@@ -37,6 +37,7 @@ from postwise.db.models import (
     Template,
     utcnow,
 )
+from postwise.delivery.campaigns import check_sendable
 from postwise.delivery.gate import Recipient, SkipReason
 from postwise.delivery.jobs import enqueue_at, enqueue_batches
 from postwise.delivery.ledger import campaign_message_id, insert_rows, ledger_row
@@ -315,13 +316,7 @@ class _Dispatcher:
         campaign = session.get(Campaign, self.campaign_id)
         if campaign is None:
             raise NotFoundError(f"campaign {self.campaign_id} does not exist")
-        if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SENDING):
-            raise ConflictError(
-                f"campaign {self.campaign_id} is {campaign.status}; only a draft (or an "
-                "interrupted send) can be sent"
-            )
-        if campaign.status == CampaignStatus.SENDING and (campaign.counts or {}).get("dispatched"):
-            raise ConflictError(f"campaign {self.campaign_id} has been dispatched already")
+        check_sendable(campaign)
         template = session.get(Template, campaign.template_id)
         if template is None:
             raise NotFoundError(f"template {campaign.template_id} does not exist")
