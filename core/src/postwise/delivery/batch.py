@@ -130,8 +130,9 @@ class _Attempt:
     def abandon(self, rows: list[ClaimedRow], reason: str) -> None:
         """Settle every row not settled yet after the attempt failed with ``reason``."""
         doubtful = set(self.in_flight)
+        settled = self.settlement.settled
         for row in rows:
-            if row.id in self.settlement.settled:
+            if row.id in settled:
                 continue
             if row.id in doubtful:
                 self.settlement.in_doubt(row)
