@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import json
 from collections import Counter
 from collections.abc import Iterator
 from email.policy import default as default_policy
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from experiment_seed import (
     add_campaign,
     add_contacts,
@@ -22,12 +24,13 @@ from experiment_seed import (
 )
 from sqlmodel import col, select
 
+from postwise.cli import cli
 from postwise.db.models import Campaign, Experiment, Message
 from postwise.delivery.dispatch import dispatch_campaign
 from postwise.delivery.worker import drain
 from postwise.experiments.assignment import VariantAssigner
 from postwise.experiments.rollout import run_rollout
-from postwise.experiments.service import experiment_report, stop_experiment
+from postwise.experiments.service import experiment_report
 from postwise.runtime import Runtime
 from postwise.testing.smtp import FaultySmtpServer
 
@@ -152,16 +155,21 @@ def test_the_winner_is_rolled_out_to_the_held_back_audience_through_dispatch(
     assert len(smtp_server.accepted) == len(cells["test"]) + len(cells["reserve"])
 
 
-def test_stopping_without_a_winner_can_ship_a_variant_to_the_reserve(
+def test_stopping_without_a_winner_can_ship_a_variant_to_the_reserve_from_the_cli(
     delivery: Runtime, smtp_server: FaultySmtpServer
 ) -> None:
     experiment_id, contacts = _send_test(delivery)
     cells = _cells(experiment_id, contacts, assigned(delivery, experiment_id, contacts))
-    stopped = stop_experiment(delivery, experiment_id, ship="A")
+    result = CliRunner().invoke(
+        cli,
+        ["experiments", "stop", str(experiment_id), "--ship", "A", "--drain", "--json"],
+        obj={"runtime": delivery},
+    )
+    assert result.exit_code == 0, result.output
+    stopped = json.loads(result.output)
     assert stopped["winner"] is None
     assert stopped["experiment"]["rollout"]["reason"] == "shipped"
-    drain(delivery)
-    mailbox = _mailbox(smtp_server)
+    mailbox = _mailbox(smtp_server)  # --drain ran the rollout in this process
     assert {s for c in cells["reserve"] for s in mailbox[_address(contacts, c)]} == {"Spring news"}
     assert Counter(len(subjects) for subjects in mailbox.values()) == {1: len(mailbox)}
 

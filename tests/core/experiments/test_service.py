@@ -158,6 +158,9 @@ def test_a_subject_override_becomes_a_pinned_version_that_is_not_current(
     b = experiment.variants[1]
     assert b["template_id"] == template_id and b["template_version"] == 2
     with runtime.session() as session:
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None and campaign.template_version == 1  # A's body, pinned
+    with runtime.session() as session:
         template = session.get(Template, template_id)
         assert template is not None and template.current_version == 1
         versions = session.exec(

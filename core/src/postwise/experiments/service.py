@@ -368,10 +368,11 @@ def _stats_tests(runtime: Runtime) -> dict[str, Any]:
 def create_experiment(session: Session, runtime: Runtime, data: Mapping[str, Any]) -> Experiment:
     """Validate ``data`` and store a running experiment.
 
-    With ``campaign_id`` the experiment is attached to that draft campaign. A variant's
-    ``subject`` is saved as a version of its template (the variant's ``template_id``, else the
-    campaign's) with only the subject changed, and the variant pinned to it, so delivery sends
-    exactly what the variant says. That version does not become the template's current one.
+    With ``campaign_id`` the experiment is attached to that draft campaign, whose template
+    version is pinned if it was not already. A variant's ``subject`` is saved as a version of
+    its template (the variant's ``template_id``, else the campaign's) with only the subject
+    changed, and the variant pinned to it, so delivery sends exactly what the variant says.
+    That version does not become the template's current one.
     """
     definition = validate_definition(
         data, settings=runtime.settings, stats_tests=list(_stats_tests(runtime))
@@ -394,6 +395,12 @@ def create_experiment(session: Session, runtime: Runtime, data: Mapping[str, Any
                 + (f" with experiment {campaign.experiment_id}" if campaign.experiment_id else "")
                 + "; an experiment can only be added to a draft campaign without one"
             )
+        if campaign.template_version is None:
+            # Pinned now, so the control and any subject override share one body even if the
+            # template gets a new version before the send.
+            template = session.get(Template, campaign.template_id)
+            assert template is not None
+            campaign.template_version = template.current_version
     variants = [
         _resolve_templates(session, spec, i, campaign) for i, spec in enumerate(definition.variants)
     ]
@@ -458,7 +465,7 @@ def _resolve_templates(
     assert template is not None
     number = spec.get("template_version")
     if number is None and campaign is not None and template_id == campaign.template_id:
-        number = campaign.template_version  # the campaign's pinned version, when it has one
+        number = campaign.template_version
     base = _version(
         session, template_id, number or template.current_version, f"{where}.template_version"
     )
