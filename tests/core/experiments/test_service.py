@@ -222,6 +222,34 @@ def test_variant_for_is_what_campaign_dispatch_records_in_the_ledger(runtime: Ru
     assert 0.2 < held_back / len(rows) < 0.4  # 30% held back: holdout 10% + rollout 20%
 
 
+def test_variant_for_is_what_trigger_sends_record_in_the_ledger(runtime: Runtime) -> None:
+    from postwise.delivery.dispatch import submit_send
+    from postwise.delivery.requests import SendRequest
+
+    template_id = add_template(runtime)
+    other = add_template(runtime, name="other", subject="Other")
+    variants = [{"name": "A", "weight": 0.5}, {"name": "B", "weight": 0.5, "template_id": other}]
+    experiment_id = new_experiment(runtime, target="trigger", variants=variants, holdout=0.2)
+    experiment = _experiment(runtime, experiment_id)
+    seen = set()
+    for contact in add_contacts(runtime, 30):
+        request = SendRequest(
+            contact, template_id, f"trigger:1:event:{contact}", experiment_id=experiment_id
+        )
+        result = submit_send(runtime, request)
+        spec = variant_for(experiment, contact)
+        with runtime.session() as session:
+            row = session.get(Message, result.message_id)
+            assert row is not None
+        if spec is None:
+            assert result.status == "skipped" and row.variant is None
+        else:
+            assert row.variant == spec["name"]
+            assert row.template_id == (other if spec["name"] == "B" else template_id)
+        seen.add(row.variant)
+    assert seen == {None, "A", "B"}
+
+
 # -- counting -----------------------------------------------------------------------------------
 
 
