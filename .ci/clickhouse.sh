@@ -13,8 +13,7 @@ CH_PORT="${POSTWISE_CLICKHOUSE_PORT:-9000}"
 CH_HTTP_PORT="${POSTWISE_CLICKHOUSE_HTTP_PORT:-8123}"
 
 answers() {
-    # The HTTP interface answers "Ok." once the server accepts queries; the native port is
-    # opened at the same time.
+    # A query over the native protocol, as the tests and the sink will send it.
     python3 - "$CH_PORT" <<'PY' >/dev/null 2>&1
 import sys
 from clickhouse_driver import Client
