@@ -82,7 +82,7 @@ def test_the_batch_writer_fills_clickhouse_and_updates_engagement_once(
         session.flush()
         contact_id = contact.id
     now = datetime.now(UTC).replace(microsecond=0)
-    events = [
+    events: list[dict[str, Any]] = [
         {
             "event_id": f"c{i}",
             "type": "click",
@@ -216,11 +216,13 @@ def test_clickhouse_metrics_equal_the_sql_metrics_on_the_same_events(
         Scope(since=t0 + timedelta(days=3), until=t0 + timedelta(days=12)),
     ]
     with runtime.session() as session:
-        segments = [session.get(Segment, segment.id)]
+        chosen = session.get(Segment, segment.id)
+        assert chosen is not None
+        segments = [chosen]
         for scope in scopes:
             for machine in (False, True):
                 assert ch.open_rates(session, segments, scope, include_machine_opens=machine) == (
-                    sql.open_rates(session, segments, scope, include_machine_opens=machine)  # type: ignore[arg-type]
+                    sql.open_rates(session, segments, scope, include_machine_opens=machine)
                 )
     for scope in [*scopes, Scope(experiment_id=5)]:
         for by in VariantKey:
