@@ -71,8 +71,11 @@ def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
     """Deliver the messages among ``message_ids`` that wait for an attempt; returns counts."""
     if not message_ids:
         return {}
-    recover_stale(runtime, message_ids=message_ids)
     services = services_for(runtime)
+    # Built before anything is claimed: a misconfiguration (sender, DKIM key) fails the job
+    # with the rows untouched, instead of leaving them claimed until the lease runs out.
+    composer = services.composer
+    recover_stale(runtime, message_ids=message_ids)
     settings = runtime.settings
     token = uuid.uuid4().hex
     now = utcnow()
@@ -86,9 +89,7 @@ def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
         )
     if not rows:
         return {"claimed": 0}
-    settlement = Settlement(
-        runtime, token=token, sending_domain=services.composer.sending_domain, now=now
-    )
+    settlement = Settlement(runtime, token=token, sending_domain=composer.sending_domain, now=now)
     journal = Journal(
         runtime.redis, token, ttl=settings.delivery_lease_seconds + _JOURNAL_GRACE_SECONDS
     )
