@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dkim
+import pytest
 from delivery_helpers import (
     add_campaign,
     add_contacts,
@@ -351,3 +352,18 @@ def _ago(seconds: float) -> Any:
     from postwise.db.models import utcnow
 
     return utcnow() - timedelta(seconds=seconds)
+
+
+def test_a_misconfigured_worker_fails_before_claiming_anything(
+    make_runtime: Any, smtp_server: FaultySmtpServer
+) -> None:
+    from postwise.delivery.batch import deliver
+    from postwise.errors import ConfigurationError
+
+    runtime = make_runtime(dkim_domain="example.com")  # but no key
+    campaign, _ = _campaign(runtime, 3)
+    ids = list(statuses(runtime, campaign_id=campaign))
+    with pytest.raises(ConfigurationError, match="dkim_private_key_path"):
+        deliver(runtime, ids)
+    assert Counter(statuses(runtime, campaign_id=campaign).values()) == {"queued": 3}
+    assert smtp_server.accepted == []
