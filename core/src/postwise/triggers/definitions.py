@@ -42,6 +42,7 @@ from postwise.errors import ValidationError
 from postwise.triggers.conditions import (
     ConditionContext,
     ConditionType,
+    Predicate,
     TriggerEvent,
     describe_error,
 )
@@ -262,18 +263,29 @@ class AllOf(Node):
     """True when every child is. Children are evaluated cheapest first (conditions are pure, so
     the order changes only the cost); explanations follow the written order."""
 
-    __slots__ = ("_ordered", "children")
+    __slots__ = ("_calls", "children")
 
     def __init__(self, path: str, children: list[Node]) -> None:
         super().__init__(path)
         self.children = children
-        self._ordered = sorted(children, key=lambda child: child.cost)
+        # Leaves are called through their predicate directly, and a failure is attributed here:
+        # one Python frame less per condition on the engine's hottest path.
+        self._calls: list[tuple[Node, Predicate]] = [
+            (child, child.predicate if isinstance(child, Leaf) else child.evaluate)
+            for child in sorted(children, key=lambda child: child.cost)
+        ]
 
     def evaluate(self, event: TriggerEvent, context: ConditionContext) -> bool:
-        # A plain loop: all() over a generator costs a frame per call on the hottest path.
-        for child in self._ordered:  # noqa: SIM110
-            if not child.evaluate(event, context):
-                return False
+        node: Node = self
+        try:
+            for node, call in self._calls:  # noqa: B007 (the except clause reads node)
+                if not call(event, context):
+                    return False
+        except ConditionFailed:
+            raise
+        except Exception as exc:
+            assert isinstance(node, Leaf)
+            raise ConditionFailed(node, exc) from exc
         return True
 
     def blocker(self, event: TriggerEvent, context: ConditionContext) -> Node | None:
@@ -300,9 +312,16 @@ class AnyOf(AllOf):
     __slots__ = ()
 
     def evaluate(self, event: TriggerEvent, context: ConditionContext) -> bool:
-        for child in self._ordered:  # noqa: SIM110
-            if child.evaluate(event, context):
-                return True
+        node: Node = self
+        try:
+            for node, call in self._calls:  # noqa: B007 (the except clause reads node)
+                if call(event, context):
+                    return True
+        except ConditionFailed:
+            raise
+        except Exception as exc:
+            assert isinstance(node, Leaf)
+            raise ConditionFailed(node, exc) from exc
         return False
 
     def blocker(self, event: TriggerEvent, context: ConditionContext) -> Node | None:
