@@ -335,17 +335,44 @@ def _resolve(
     return resolved
 
 
+# One round trip per batch on a real Redis: for each event, SET NX EX its idempotency marker
+# and, when the marker is new, XADD it with MAXLEN ~. KEYS: the stream, then one marker per
+# event; ARGV: ttl, maxlen, then one payload per event. Atomic, so no marker without its entry.
+_PUBLISH_SCRIPT = """
+local flags = {}
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i + 1])
+    flags[i - 1] = 1
+  else
+    flags[i - 1] = 0
+  end
+end
+return flags
+"""
+
+
 def publish(runtime: Runtime, events: Sequence[EventEnvelope]) -> list[bool]:
     """Publish validated events; returns, per event, whether it was new (not a duplicate).
 
-    Two pipelined round trips: ``SET NX EX`` per event id, then one ``MULTI``/``EXEC`` of
-    ``XADD MAXLEN ~`` for the new ones. If the second fails, the markers are removed so a
-    retry publishes the events instead of calling them duplicates.
+    Per event: ``SET NX EX`` of its idempotency marker, and ``XADD MAXLEN ~`` when the marker
+    was new. On Redis this is one script call per batch (one round trip, atomic); on the
+    in-process stand-in, which has no scripting, two pipelines: the markers, then the new
+    events in one ``MULTI``; if the second fails, the markers are removed so a retry
+    publishes the events instead of calling them duplicates.
     """
     if not events:
         return []
     redis = runtime.redis
     ttl = runtime.settings.event_dedupe_ttl_seconds
+    maxlen = runtime.settings.event_stream_maxlen
+    if not runtime.settings.redis_url.startswith("fakeredis://"):
+        keys = [EVENT_STREAM, *(DEDUPE_PREFIX + event.event_id for event in events)]
+        payloads = [encode_event(event)[b"e"] for event in events]
+        flags: Any = redis.eval(_PUBLISH_SCRIPT, len(keys), *keys, ttl, maxlen, *payloads)
+        fresh = [bool(flag) for flag in flags]
+        _notify(runtime, [e for e, ok in zip(events, fresh, strict=True) if ok])
+        return fresh
     pipe = redis.pipeline(transaction=False)
     for event in events:
         pipe.execute_command("SET", DEDUPE_PREFIX + event.event_id, b"1", "NX", "EX", ttl)
@@ -353,7 +380,6 @@ def publish(runtime: Runtime, events: Sequence[EventEnvelope]) -> list[bool]:
     new = [event for event, ok in zip(events, fresh, strict=True) if ok]
     if not new:
         return fresh
-    maxlen = runtime.settings.event_stream_maxlen
     pipe = redis.pipeline(transaction=True)
     for event in new:
         pipe.execute_command(
