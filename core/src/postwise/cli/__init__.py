@@ -8,6 +8,7 @@ on purpose print one line (``error: ...``) and exit with status 2; no traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
