@@ -21,6 +21,7 @@ __all__ = [
     "AuditRecord",
     "Campaign",
     "CampaignStatus",
+    "CatalogueItem",
     "ConsentRecord",
     "Contact",
     "ContactStatus",
@@ -389,6 +390,22 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = _ts()
     last_used_at: datetime | None = _ts_nullable()
     revoked_at: datetime | None = _ts_nullable()
+
+
+class CatalogueItem(SQLModel, table=True):
+    """A recommendable item (product, article, course); inactive items are never recommended.
+
+    Interactions with items are product events whose properties carry ``item_id``.
+    """
+
+    __tablename__ = "item"
+
+    id: str = Field(primary_key=True, max_length=200)
+    title: str = Field(max_length=500)
+    url: str = Field(max_length=2000)
+    image_url: str | None = Field(default=None, max_length=2000)
+    attributes: dict[str, Any] = _json({})
+    active: bool = Field(default=True)
 
 
 class AuditRecord(SQLModel, table=True):
