@@ -213,6 +213,12 @@ class Settings(BaseModel):
         default=5000, ge=100, description="N* of the sequential test's mixing variance."
     )
 
+    recommender: str = Field(
+        default="popularity",
+        description="The recommender that fills recommendation blocks: popularity, "
+        "collaborative, content, hybrid, or one a plugin registers.",
+    )
+
     disabled_plugins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
