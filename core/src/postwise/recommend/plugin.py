@@ -1,4 +1,4 @@
-"""The built-in recommend plugin."""
+"""The built-in recommend plugin: the recommenders, the items API and previews."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ from postwise import hookimpl
 
 @hookimpl
 def postwise_register_recommenders(register: Any) -> None:
+    from postwise.recommend.collaborative import CollaborativeRecommender
+    from postwise.recommend.content import ContentRecommender
+    from postwise.recommend.hybrid import HybridRecommender
     from postwise.recommend.popularity import PopularityRecommender
 
     register("popularity", PopularityRecommender)
+    register("collaborative", CollaborativeRecommender)
+    register("content", ContentRecommender)
+    register("hybrid", HybridRecommender)
+
+
+@hookimpl
+def postwise_register_routes(register: Any) -> None:
+    from postwise.recommend.api import ItemsController, RecommendationsController
+
+    register("items-api", ItemsController)
+    register("recommendations-api", RecommendationsController)
