@@ -270,3 +270,18 @@ def test_while_one_process_trains_the_others_wait_for_its_model(
     assert _ids(result["items"]) == _ids(recommender_for(trainer)(1, 3))
     trainer.close()
     waiter.close()
+
+
+def test_a_damaged_pointer_counts_as_no_model(
+    settings: Settings, tmp_path: Any, real_redis: redis.Redis
+) -> None:
+    files = FileModelStore(tmp_path / "models", settings.signing_keys())
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "hybrid.json").write_text('{"name": "hybrid", "vers')
+    assert files.current("hybrid") is None and files.load("hybrid") is None
+
+    redis_store = RedisModelStore(real_redis, [b"k"], prefix="postwise-test:recommend")
+    real_redis.set("postwise-test:recommend:hybrid", b"\x00not json")
+    assert redis_store.current("hybrid") is None
+    saved = redis_store.save("hybrid", PopularityRecommender(), trained_at=service.utcnow())
+    assert redis_store.current("hybrid") == saved

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import pickle
 import re
@@ -53,6 +54,8 @@ __all__ = [
 
 #: Redis key prefix of stored models.
 DEFAULT_PREFIX: Final = "postwise:recommend:model"
+
+log = logging.getLogger(__name__)
 
 _MAGIC = b"postwise-model/1\n"
 _CHUNK = 32 * 1024 * 1024
@@ -88,6 +91,19 @@ class StoredModel:
             trained_at=datetime.fromisoformat(data["trained_at"]),
             info=dict(data.get("info") or {}),
         )
+
+
+def _pointer(raw: bytes | str | None, where: str) -> StoredModel | None:
+    """The model a stored pointer describes; a damaged pointer counts as no model."""
+    if not raw:
+        return None
+    try:
+        return StoredModel.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning(
+            "ignoring the damaged model pointer %s (%s); it is replaced on training", where, exc
+        )
+        return None
 
 
 def pack_model(recommender: Recommender, key: bytes) -> bytes:
@@ -190,8 +206,8 @@ class RedisModelStore(ModelStore):
         return f"{self.prefix}:{name}"
 
     def current(self, name: str) -> StoredModel | None:
-        raw = self.client.get(self._pointer(name))
-        return StoredModel.from_dict(json.loads(raw)) if raw else None
+        key = self._pointer(name)
+        return _pointer(self.client.get(key), key)
 
     def _chunk_keys(self, model: StoredModel) -> list[str]:
         count = max(1, -(-model.size // _CHUNK))
@@ -244,10 +260,12 @@ class FileModelStore(ModelStore):
         return self.directory / f"{self._stem(name)}.{version}.model"
 
     def current(self, name: str) -> StoredModel | None:
+        path = self._pointer(name)
         try:
-            return StoredModel.from_dict(json.loads(self._pointer(name).read_text()))
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        return _pointer(raw, str(path))
 
     def _write(self, model: StoredModel, blob: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
