@@ -96,14 +96,6 @@ class SqlMetrics:
         query = sa.select(*outer_keys, sa.func.count()).select_from(inner).group_by(*outer_keys)
         return {tuple(row[:-1]): int(row[-1]) for row in connection.execute(query)}
 
-    def _open_rate(
-        self, connection: Connection, name: str | None, where: Sequence[Any], machine: bool
-    ) -> OpenRate:
-        sent = self._distinct_messages(connection, SENT, where).get((), 0)
-        human = self._distinct_messages(connection, OPEN, where, automated=False).get((), 0)
-        anyone = self._distinct_messages(connection, OPEN, where).get((), 0)
-        return OpenRate(name, sent, human, anyone, ratio(anyone if machine else human, sent))
-
     def open_rates(
         self,
         session: Session,
@@ -112,17 +104,43 @@ class SqlMetrics:
         *,
         include_machine_opens: bool = False,
     ) -> OpenRateReport:
+        """One pass for the overall rate and every segment: a row per message (was it sent,
+        opened by a person, opened at all, and whose is it), then counts per segment."""
         from postwise.contacts.segments import segment_condition
 
-        base = self._where(scope)
+        def flag(condition: Any) -> Any:
+            return sa.func.max(sa.case((condition, 1), else_=0))
+
+        messages = (
+            sa.select(
+                sa.func.max(_E.c.contact_id).label("contact_id"),
+                flag(_E.c.type == SENT).label("sent"),
+                flag(sa.and_(_E.c.type == OPEN, _E.c.automated.is_(False))).label("human"),
+                flag(_E.c.type == OPEN).label("anyone"),
+            )
+            .where(_E.c.type.in_([SENT, OPEN]), _E.c.message_id.is_not(None), *self._where(scope))
+            .group_by(_E.c.message_id)
+            .subquery()
+        )
+        groups: list[tuple[str | None, Any]] = [(None, None)]
+        for segment in segments:
+            members = sa.select(_C.c.id).where(segment_condition(session, segment))
+            groups.append((segment.name, messages.c.contact_id.in_(members)))
+        columns = []
+        for _, member in groups:
+            for flag_name in ("sent", "human", "anyone"):
+                counted: Any = messages.c[flag_name]
+                if member is not None:
+                    counted = sa.case((member, counted), else_=0)
+                columns.append(sa.func.coalesce(sa.func.sum(counted), 0))
         with self._connect() as connection:
-            overall = self._open_rate(connection, None, base, include_machine_opens)
-            rows = []
-            for segment in segments:
-                members = sa.select(_C.c.id).where(segment_condition(session, segment))
-                where = [*base, _E.c.contact_id.in_(members)]
-                rows.append(self._open_rate(connection, segment.name, where, include_machine_opens))
-        return OpenRateReport(include_machine_opens, overall, rows)
+            counts = [int(v) for v in connection.execute(sa.select(*columns)).one()]
+        rates = []
+        for i, (label, _) in enumerate(groups):
+            sent, human, anyone = counts[3 * i : 3 * i + 3]
+            opened = anyone if include_machine_opens else human
+            rates.append(OpenRate(label, sent, human, anyone, ratio(opened, sent)))
+        return OpenRateReport(include_machine_opens, rates[0], rates[1:])
 
     def click_through(self, by: VariantKey, scope: Scope) -> list[ClickThrough]:
         where = self._where(scope)
@@ -192,42 +210,71 @@ class SqlMetrics:
                 if model is AttributionModel.LAST_CLICK
                 else [click.c.occurred_at.asc(), click.c.id.asc()]
             )
-            touch = (
-                sa.select(click.c.id)
-                .where(
-                    click.c.contact_id == conversion.c.contact_id,
-                    click.c.type == CLICK,
-                    click.c.automated.is_(False),
-                    click.c.occurred_at <= conversion.c.occurred_at,
-                    click.c.occurred_at >= earliest,
-                )
-                .order_by(*order)
-                .limit(1)
-                .scalar_subquery()
-            )
+            touch_where = [
+                click.c.contact_id == conversion.c.contact_id,
+                click.c.type == CLICK,
+                click.c.automated.is_(False),
+                click.c.occurred_at <= conversion.c.occurred_at,
+                click.c.occurred_at >= earliest,
+            ]
             where = [conversion.c.type == CONVERSION, conversion.c.contact_id.is_not(None)]
             if scope.since is not None:
                 where.append(conversion.c.occurred_at >= scope.since)
             if scope.until is not None:
                 where.append(conversion.c.occurred_at < scope.until)
-            conversions = (
-                sa.select(touch.label("touch_id"), value.label("value")).where(*where).subquery()
-            )
-            attributed = _E.alias("attributed")
-            untouched = sa.case((conversions.c.touch_id.is_(None), 1), else_=0).label("untouched")
-            keys = [attributed.c.campaign_id, attributed.c.experiment_id, attributed.c.variant]
-            query = (
-                sa.select(
-                    untouched,
-                    *keys,
-                    sa.func.count(),
-                    sa.func.coalesce(sa.func.sum(conversions.c.value), 0.0),
+            keys = ("campaign_id", "experiment_id", "variant")
+            if connection.dialect.name == "postgresql":
+                # A lateral probe per conversion, answered from the contact index alone
+                # (it includes what the probe returns).
+                touch = (
+                    sa.select(click.c.id, *(click.c[k] for k in keys))
+                    .where(*touch_where)
+                    .order_by(*order)
+                    .limit(1)
+                    .lateral("touch_row")
                 )
-                .select_from(
-                    conversions.outerjoin(attributed, attributed.c.id == conversions.c.touch_id)
+                credited = (
+                    sa.select(
+                        touch.c.id.label("touch_id"),
+                        *(touch.c[k] for k in keys),
+                        value.label("value"),
+                    )
+                    .select_from(conversion.outerjoin(touch, sa.true()))
+                    .where(*where)
+                    .subquery()
                 )
-                .group_by(untouched, *keys)
-            )
+            else:
+                touch_id = (
+                    sa.select(click.c.id)
+                    .where(*touch_where)
+                    .order_by(*order)
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                conversions = (
+                    sa.select(touch_id.label("touch_id"), value.label("value"))
+                    .where(*where)
+                    .subquery()
+                )
+                attributed = _E.alias("attributed")
+                credited = (
+                    sa.select(
+                        conversions.c.touch_id,
+                        *(attributed.c[k] for k in keys),
+                        conversions.c.value,
+                    )
+                    .select_from(
+                        conversions.outerjoin(attributed, attributed.c.id == conversions.c.touch_id)
+                    )
+                    .subquery()
+                )
+            untouched = sa.case((credited.c.touch_id.is_(None), 1), else_=0).label("untouched")
+            group = [untouched, *(credited.c[k] for k in keys)]
+            query = sa.select(
+                *group,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(credited.c.value), 0.0),
+            ).group_by(*group)
             grouped: list[Any] = list(connection.execute(query).all())
         rows: list[AttributionRow] = []
         total = unattributed = 0

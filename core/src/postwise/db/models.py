@@ -313,9 +313,21 @@ class Event(SQLModel, table=True):
             "ix_event_type_time",
             "type",
             "occurred_at",
-            postgresql_include=["provider", "recipient_domain", "message_id", "automated"],
+            postgresql_include=[
+                "provider",
+                "recipient_domain",
+                "message_id",
+                "automated",
+                "contact_id",
+            ],
         ),
-        sa.Index("ix_event_contact_type_occurred", "contact_id", "type", "occurred_at"),
+        sa.Index(
+            "ix_event_contact_type_occurred",
+            "contact_id",
+            "type",
+            "occurred_at",
+            postgresql_include=["automated", "campaign_id", "experiment_id", "variant", "id"],
+        ),
         sa.Index(
             "ix_event_campaign_messages",
             "type",

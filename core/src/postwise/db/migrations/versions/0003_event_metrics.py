@@ -3,7 +3,8 @@
 Events get ``automated`` (a machine open or a link scanner's click, left out of rates) and
 ``recipient_domain`` (delivery health per mailbox provider). The indexes on ``event`` are
 reshaped for the metric queries: type-leading, and covering on PostgreSQL so that counting
-distinct messages per campaign, variant, provider or domain is an index-only scan. The
+distinct messages per campaign, variant, provider or domain is an index-only scan; the contact
+index covers the attribution probe (the last click of a contact before a conversion). The
 per-campaign and per-variant indexes are partial: events without a campaign or experiment
 (most product events) cost them nothing.
 
@@ -35,13 +36,22 @@ def upgrade() -> None:
             )
         )
         batch_op.drop_index("ix_event_type_occurred")
+        batch_op.drop_index("ix_event_contact_type_occurred")
         batch_op.drop_index("ix_event_campaign_type")
         batch_op.drop_index("ix_event_experiment_variant_type")
         batch_op.create_index(
             "ix_event_type_time",
             ["type", "occurred_at"],
             unique=False,
-            postgresql_include=["provider", "recipient_domain", "message_id", "automated"],
+            postgresql_include=[
+                "provider", "recipient_domain", "message_id", "automated", "contact_id"
+            ],
+        )
+        batch_op.create_index(
+            "ix_event_contact_type_occurred",
+            ["contact_id", "type", "occurred_at"],
+            unique=False,
+            postgresql_include=["automated", "campaign_id", "experiment_id", "variant", "id"],
         )
         batch_op.create_index(
             "ix_event_campaign_messages",
@@ -66,6 +76,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_event_variant_messages")
         batch_op.drop_index("ix_event_campaign_messages")
         batch_op.drop_index("ix_event_type_time")
+        batch_op.drop_index("ix_event_contact_type_occurred")
+        batch_op.create_index(
+            "ix_event_contact_type_occurred", ["contact_id", "type", "occurred_at"], unique=False
+        )
         batch_op.create_index(
             "ix_event_experiment_variant_type", ["experiment_id", "variant", "type"], unique=False
         )
