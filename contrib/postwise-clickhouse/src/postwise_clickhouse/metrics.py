@@ -1,6 +1,7 @@
 """The metrics of :mod:`postwise.analytics.metrics`, computed inside ClickHouse.
 
-Same definitions as the SQL backend: counts of distinct messages (``uniqExact``), machine opens
+Same definitions as the SQL backend: counts of distinct messages (``uniqExact`` of the
+message id's 64-bit hash), machine opens
 and scanner clicks apart, attribution to the last (or first) human click of the contact within
 the window, delivery health per message then per provider or domain. Segment membership is
 decided in the state database and sent along as an external table of contact ids.
@@ -81,11 +82,11 @@ class ClickHouseMetrics:
             ]
         [(sent, human, anyone)] = self.sink.execute(
             f"""
-            SELECT uniqExactIf(message_id, type = 'sent'),
-                   uniqExactIf(message_id, type = 'open' AND automated = 0),
-                   uniqExactIf(message_id, type = 'open')
+            SELECT uniqExactIf(message_hash, type = 'sent'),
+                   uniqExactIf(message_hash, type = 'open' AND automated = 0),
+                   uniqExactIf(message_hash, type = 'open')
             FROM {self.table}
-            WHERE type IN ('sent', 'open') AND message_id != ''{where}
+            WHERE type IN ('sent', 'open') AND message_hash != cityHash64(''){where}
             """,  # noqa: S608 - names are fixed identifiers; values go as parameters
             params,
             external_tables=external,
@@ -119,11 +120,11 @@ class ClickHouseMetrics:
         rows = self.sink.execute(
             f"""
             SELECT {keys},
-                   uniqExactIf(message_id, type = 'sent'),
-                   uniqExactIf(message_id, type = 'click' AND automated = 0),
-                   uniqExactIf(message_id, type = 'click' AND automated = 1)
+                   uniqExactIf(message_hash, type = 'sent'),
+                   uniqExactIf(message_hash, type = 'click' AND automated = 0),
+                   uniqExactIf(message_hash, type = 'click' AND automated = 1)
             FROM {self.table}
-            WHERE type IN ('sent', 'click') AND message_id != ''{where}
+            WHERE type IN ('sent', 'click') AND message_hash != cityHash64(''){where}
             GROUP BY {keys}
             """,  # noqa: S608 - names are fixed identifiers; values go as parameters
             params,
@@ -227,7 +228,7 @@ class ClickHouseMetrics:
                    countIf(accepted OR bounced OR failed),
                    sum(accepted), sum(bounced), sum(failed), sum(complained AND accepted)
             FROM (
-                SELECT message_id,
+                SELECT message_hash,
                        anyIf({column}, {column} != '') AS key,
                        max(type = 'sent') AS accepted,
                        max(type = 'bounce') AS bounced,
@@ -235,8 +236,8 @@ class ClickHouseMetrics:
                        max(type = 'complaint') AS complained
                 FROM {self.table}
                 WHERE type IN ('sent', 'bounce', 'dead_letter', 'complaint')
-                  AND message_id != ''{where}
-                GROUP BY message_id
+                  AND message_hash != cityHash64(''){where}
+                GROUP BY message_hash
             )
             GROUP BY key
             """,  # noqa: S608 - names are fixed identifiers; values go as parameters

@@ -7,13 +7,16 @@ Table layout (created on first use)::
         occurred_at DateTime('UTC'), received_at DateTime('UTC'),
         contact_id UInt32, message_id String, campaign_id UInt32, experiment_id UInt32,
         variant String, provider String, recipient_domain String,
-        automated UInt8, value Float64, properties String)
+        automated UInt8, value Float64, properties String,
+        message_hash UInt64 MATERIALIZED cityHash64(message_id))
     ENGINE = ReplacingMergeTree()
     PARTITION BY toYYYYMM(occurred_at)
     ORDER BY (type, occurred_at, event_id)
 
 Absent ids are 0 and absent strings empty (ClickHouse's ``Nullable`` costs speed). ``value`` is
-a conversion's ``properties.value``. Times are stored to the second.
+a conversion's ``properties.value``. Times are stored to the second. ``message_hash`` lets the
+metrics count and group distinct messages by 8-byte integers instead of strings (two of 3
+million messages share a 64-bit hash with a probability of about 2e-7).
 
 Idempotency: before inserting a batch, the sink asks which of its event ids are already stored
 in the batch's (type, time) range, which the sort key makes a narrow read, and inserts only the
@@ -150,7 +153,8 @@ class ClickHouseSink(AnalyticsSink):
                 recipient_domain String,
                 automated UInt8,
                 value Float64,
-                properties String
+                properties String,
+                message_hash UInt64 MATERIALIZED cityHash64(message_id)
             )
             ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMM(occurred_at)
@@ -158,6 +162,12 @@ class ClickHouseSink(AnalyticsSink):
             """
         )
         self._ready = True
+
+    def recreate(self) -> None:
+        """Drop the table and create it empty (benchmarks and tests)."""
+        self.execute(f"DROP TABLE IF EXISTS {self.table}")
+        with self._lock:
+            self._create_schema()
 
     def write_batch(self, events: Sequence[StoredEvent]) -> int:
         return len(self.write_new(events))

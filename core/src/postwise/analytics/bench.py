@@ -351,26 +351,28 @@ FROM generate_series(:lo, :hi) AS i,
 
 def _ch_generate(sink: Any, total: int) -> None:
     messages = max(1, total * 3 // 10)
-    sink.execute(f"TRUNCATE TABLE {sink.table}")
-    sink.execute(_CH_GENERATE.format(table=sink.table), {
-        "total": total, "messages": messages, "contacts": _CONTACTS, "campaigns": _CAMPAIGNS,
-    })  # fmt: skip
+    sink.recreate()
+    # Integers formatted in: the query has no parameters, so its % operators stay as they are.
+    sink.execute(_CH_GENERATE.format(
+        table=sink.table, total=total, messages=messages, contacts=_CONTACTS,
+        campaigns=_CAMPAIGNS,
+    ))  # fmt: skip
     sink.execute(f"OPTIMIZE TABLE {sink.table} FINAL")
 
 
 _CH_GENERATE = """
 INSERT INTO {table}
 SELECT concat('b', toString(i)) AS event_id, type,
-       least(now(), toDateTime(now() - 7776000 + toUInt32(m / %(messages)s * 7776000)
+       least(now(), toDateTime(now() - 7776000 + toUInt32(m / {messages} * 7776000)
              + if(type = 'sent', 0, h % 259200))) AS occurred_at,
        now() AS received_at,
-       toUInt32(if(type IN ('conversion', 'page_view'), h % %(contacts)s, m % %(contacts)s) + 1),
+       toUInt32(if(type IN ('conversion', 'page_view'), h % {contacts}, m % {contacts}) + 1),
        if(type IN ('conversion', 'page_view'), '', concat('m', toString(m))),
-       toUInt32(if(type IN ('conversion', 'page_view'), 0, m % %(campaigns)s + 1)),
-       toUInt32(if(type NOT IN ('conversion', 'page_view') AND m % %(campaigns)s < 5,
-                   m % %(campaigns)s + 1, 0)),
-       if(type NOT IN ('conversion', 'page_view') AND m % %(campaigns)s < 5,
-          if(intDiv(m, %(campaigns)s) % 2 = 0, 'a', 'b'), ''),
+       toUInt32(if(type IN ('conversion', 'page_view'), 0, m % {campaigns} + 1)),
+       toUInt32(if(type NOT IN ('conversion', 'page_view') AND m % {campaigns} < 5,
+                   m % {campaigns} + 1, 0)),
+       if(type NOT IN ('conversion', 'page_view') AND m % {campaigns} < 5,
+          if(intDiv(m, {campaigns}) % 2 = 0, 'a', 'b'), ''),
        if(m % 3 = 0, 'sendgrid', 'smtp'),
        if(type IN ('sent', 'bounce'),
           arrayElement(['gmail.com', 'yahoo.com', 'outlook.com', 'example.org'], m % 4 + 1), ''),
@@ -379,14 +381,14 @@ SELECT concat('b', toString(i)) AS event_id, type,
        if(type = 'conversion', concat('{{"value":', toString(h % 100), '}}'), '{{}}')
 FROM (
     SELECT i, h, m,
-           multiIf(i <= %(messages)s, 'sent', h % 100 < 45, 'open', h % 100 < 57, 'click',
+           multiIf(i <= {messages}, 'sent', h % 100 < 45, 'open', h % 100 < 57, 'click',
                    h % 100 < 60, 'conversion', h % 100 < 62, 'bounce',
                    h % 1000 < 623, 'complaint', h % 1000 < 628, 'dead_letter',
                    'page_view') AS type
     FROM (
         SELECT number + 1 AS i, (i * 2654435761) % 4294967291 AS h,
-               if(i <= %(messages)s, i, intDiv(h, 7) % %(messages)s + 1) AS m
-        FROM numbers(%(total)s)
+               if(i <= {messages}, i, intDiv(h, 7) % {messages} + 1) AS m
+        FROM numbers({total})
     )
 )
 """
