@@ -7,16 +7,16 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import postwise
+import pytest
 from postwise.errors import PluginError, UnknownComponentError
 from postwise.plugins import PluginHost, create_plugin_host
 from postwise.settings import load_settings
 
 
-def _install_fake_distribution(root: Path, name: str, entry_points: dict[str, str],
-                               modules: dict[str, str]) -> None:
+def _install_fake_distribution(
+    root: Path, name: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
     """Make a real installed distribution (dist-info + modules) under ``root``."""
     dist_info = root / f"{name.replace('-', '_')}-1.2.3.dist-info"
     dist_info.mkdir(parents=True)
@@ -75,7 +75,9 @@ def test_a_plugin_that_fails_to_import_is_reported_and_skipped(fake_site: Path) 
 
 def test_disabled_plugins_are_not_loaded(fake_site: Path) -> None:
     _install_fake_distribution(
-        fake_site, "pw-fake-noisy", {"noisy": "pw_fake_noisy"},
+        fake_site,
+        "pw-fake-noisy",
+        {"noisy": "pw_fake_noisy"},
         {"pw_fake_noisy": "raise SystemExit('must never be imported')\n"},
     )
     host = create_plugin_host(load_settings(environ={}, disabled_plugins="noisy,recommend"))

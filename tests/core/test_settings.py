@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from postwise.errors import ConfigurationError
 from postwise.settings import RateLimit, load_settings
 
@@ -17,18 +16,22 @@ def test_embedded_defaults_need_no_servers(tmp_path: Path) -> None:
 
 
 def test_environment_switches_to_postgres_and_redis() -> None:
-    settings = load_settings(environ={
-        "POSTWISE_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
-        "POSTWISE_REDIS_URL": "redis://127.0.0.1:6379/0",
-    })
+    settings = load_settings(
+        environ={
+            "POSTWISE_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+            "POSTWISE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        }
+    )
     assert settings.resolved_database_url == "postgresql://postgres@127.0.0.1:5432/test"
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
 
 
 def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "postwise.toml"
-    config.write_text('[postwise]\nsmtp_port = 2525\nbatch_size = 100\n'
-                      '[postwise.provider_options.sendgrid]\napi_key = "from-file"\n')
+    config.write_text(
+        "[postwise]\nsmtp_port = 2525\nbatch_size = 100\n"
+        '[postwise.provider_options.sendgrid]\napi_key = "from-file"\n'
+    )
     settings = load_settings(environ={"POSTWISE_BATCH_SIZE": "250"}, config_file=config)
     assert settings.smtp_port == 2525
     assert settings.batch_size == 250
@@ -43,8 +46,14 @@ def test_nested_settings_from_double_underscore_variables() -> None:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"POSTWISE_SMTP_PORT": "seventy"}, "POSTWISE_SMTP_PORT='seventy': Input should be a valid integer"),
-        ({"POSTWISE_SMTP_PORT": "70000"}, "POSTWISE_SMTP_PORT='70000': Input should be less than or equal to 65535"),
+        (
+            {"POSTWISE_SMTP_PORT": "seventy"},
+            "POSTWISE_SMTP_PORT='seventy': Input should be a valid integer",
+        ),
+        (
+            {"POSTWISE_SMTP_PORT": "70000"},
+            "POSTWISE_SMTP_PORT='70000': Input should be less than or equal to 65535",
+        ),
         ({"POSTWISE_REDIS_URL": "http://x"}, "must start with redis://"),
         ({"POSTWISE_RATE_LIMITS": "smtp=fast"}, "write it as COUNT/UNIT"),
         ({"POSTWISE_SMTP_STARTTLS": "maybe"}, "POSTWISE_SMTP_STARTTLS='maybe'"),

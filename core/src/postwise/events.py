@@ -79,7 +79,8 @@ class EventEnvelope:
         return cls(
             event_id=str(data["event_id"]),
             type=str(data["type"]),
-            occurred_at=occurred if isinstance(occurred, datetime)
+            occurred_at=occurred
+            if isinstance(occurred, datetime)
             else datetime.fromisoformat(occurred),
             contact_id=data.get("contact_id"),
             message_id=data.get("message_id"),

@@ -164,7 +164,9 @@ class Settings(BaseModel):
         description="Country codes where consent is required even if require_consent is off.",
     )
     soft_bounce_limit: int = Field(
-        default=3, ge=1, le=100,
+        default=3,
+        ge=1,
+        le=100,
         description="Soft bounces within soft_bounce_window_days after which an address is "
         "suppressed.",
     )
@@ -178,7 +180,8 @@ class Settings(BaseModel):
         default=24, ge=1, le=720, description="Rolling window of the reputation rates."
     )
     reputation_min_volume: int = Field(
-        default=1000, ge=1,
+        default=1000,
+        ge=1,
         description="Messages sent in the window before a rate may warn or pause a stream.",
     )
     reputation_complaint_warn: float = Field(default=0.001, gt=0, lt=1)
@@ -271,7 +274,9 @@ class Settings(BaseModel):
         current = self.secret_key.get_secret_value()
         if not current:
             current = _embedded_secret(self.data_dir)
-        return [current.encode()] + [k.get_secret_value().encode() for k in self.previous_secret_keys]
+        return [current.encode()] + [
+            k.get_secret_value().encode() for k in self.previous_secret_keys
+        ]
 
     def rate_limit_for(self, provider: str) -> RateLimit | None:
         return self.rate_limits.get(provider)
@@ -358,7 +363,9 @@ def load_settings(
         except FileNotFoundError:
             raise ConfigurationError(f"config file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+            raise ConfigurationError(
+                f"config file {str(path)!r} is not valid TOML: {exc}"
+            ) from None
         values = _merge(values, data.get("postwise", data))
     values = _merge(values, _env_values(environ))
     values = _merge(values, overrides)

@@ -22,9 +22,7 @@ def create(ctx: click.Context, name: str) -> None:
     with runtime.session() as session:
         created = create_api_key(session, name)
     click.echo(created.key)
-    click.echo(
-        f"API key {name!r} created. It is shown only now; store it safely.", err=True
-    )
+    click.echo(f"API key {name!r} created. It is shown only now; store it safely.", err=True)
 
 
 @apikeys.command(name="list")

@@ -18,4 +18,6 @@ def upgrade(ctx: click.Context) -> None:
     """Apply every pending migration (SQLite or PostgreSQL)."""
     runtime = get_runtime(ctx)
     runtime.migrate()
-    click.echo(f"database is up to date ({runtime.engine.url.render_as_string(hide_password=True)})")
+    click.echo(
+        f"database is up to date ({runtime.engine.url.render_as_string(hide_password=True)})"
+    )

@@ -48,8 +48,10 @@ def utcnow() -> datetime:
 
 
 def _json(default: Any = None) -> Any:
-    return Field(default_factory=lambda: default.copy() if default is not None else {},
-                 sa_column=Column(JSON, nullable=False))
+    return Field(
+        default_factory=lambda: default.copy() if default is not None else {},
+        sa_column=Column(JSON, nullable=False),
+    )
 
 
 def _ts(**kwargs: Any) -> Any:
