@@ -271,22 +271,27 @@ def _seed(runtime: Any, messages: int) -> int:
                 html=_HTML,
                 variables=["city", "plan", "count", "renews"],
             )
+        # Contacts are seeded in order, so the first N bench contacts are an id range: the
+        # audience query walks the primary key and stops at its end.
+        bounds = session.execute(
+            sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id)).where(
+                table.c.email.in_([f"bench-0@{_DOMAIN}", f"bench-{messages - 1}@{_DOMAIN}"])
+            )
+        ).one()
+        rules = {
+            "all": [
+                {"field": "id", "op": "gte", "value": bounds[0]},
+                {"field": "id", "op": "lte", "value": bounds[1]},
+                {"field": "email", "op": "ends_with", "value": f"@{_DOMAIN}"},
+            ]
+        }
         name = f"postwise-bench-{messages}"
         segment = session.exec(select(Segment).where(Segment.name == name)).first()
         if segment is None:
-            session.add(
-                Segment(
-                    name=name,
-                    kind="rules",
-                    rules={
-                        "all": [
-                            {"field": "email", "op": "ends_with", "value": f"@{_DOMAIN}"},
-                            {"field": "attributes.bench", "op": "lt", "value": messages},
-                        ]
-                    },
-                )
-            )
-            session.flush()
+            segment = Segment(name=name, kind="rules")
+        segment.rules = rules
+        session.add(segment)
+        session.flush()
         assert template.id is not None
         campaign = create_campaign(
             session,
