@@ -7,11 +7,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from clickhouse_helpers import HOST, PORT
 
 from postwise_clickhouse.sink import ClickHouseSink
-
-HOST = os.environ.get("POSTWISE_TEST_CLICKHOUSE_HOST", "127.0.0.1")
-PORT = int(os.environ.get("POSTWISE_TEST_CLICKHOUSE_PORT", "9000"))
 
 
 def _reachable() -> str | None:

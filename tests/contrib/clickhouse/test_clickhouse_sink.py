@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import HOST, PORT
+from clickhouse_helpers import HOST, PORT
 
 from postwise.analytics.collector import Collector, CollectorConfig, open_sink
 from postwise.analytics.ingest import ingest
