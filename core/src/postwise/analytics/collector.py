@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -171,6 +172,16 @@ def _is_data_error(exc: BaseException) -> bool:
 Entry = tuple[bytes, dict[Any, Any]]
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Entries read from the stream and what they decode to."""
+
+    entries: list[Entry]
+    events: list[StoredEvent] = field(default_factory=list)
+    ids: list[bytes] = field(default_factory=list)
+    dead: list[tuple[bytes, dict[bytes, bytes], str]] = field(default_factory=list)
+
+
 class Collector:
     """One consumer of the ``analytics`` group writing batches to ``sink``."""
 
@@ -271,33 +282,39 @@ class Collector:
     def process(self, entries: Sequence[Entry], stop: threading.Event | None = None) -> int:
         """Write ``entries`` to the sink and acknowledge them; retries until the sink takes
         them (or ``stop`` is set, leaving them pending). Returns how many were new."""
-        if not entries:
-            return 0
+        return self.commit(self.prepare(entries), stop)
+
+    def prepare(self, entries: Sequence[Entry]) -> _Batch:
+        """Decode ``entries`` and drop the events of erased contacts (no writing yet)."""
+        batch = _Batch(list(entries))
         self.stats.read += len(entries)
-        events: list[StoredEvent] = []
-        ids: list[bytes] = []
-        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
         for entry_id, fields in entries:
             if not fields:
                 # Deleted from the stream while pending (erasure): nothing to store.
                 continue
             try:
-                events.append(stored_event(decode_event(fields)))
-                ids.append(entry_id)
+                batch.events.append(stored_event(decode_event(fields)))
+                batch.ids.append(entry_id)
             except (ValueError, KeyError, TypeError) as exc:
-                dead.append((entry_id, fields, f"undecodable: {type(exc).__name__}: {exc}"))
-        events, ids = self._drop_erased(events, ids)
+                batch.dead.append((entry_id, fields, f"undecodable: {type(exc).__name__}: {exc}"))
+        batch.events, batch.ids = self._drop_erased(batch.events, batch.ids)
+        return batch
+
+    def commit(self, batch: _Batch, stop: threading.Event | None = None) -> int:
+        """Write a prepared batch and acknowledge its entries once the sink has committed."""
+        if not batch.entries:
+            return 0
         delay = self.config.retry_initial
         while True:
             try:
-                new = self._write(events, ids, dead, dict(entries))
+                new = self._write(batch.events, batch.ids, batch.dead, dict(batch.entries))
                 break
             except Exception as exc:
                 self.stats.retries += 1
                 self.stats.errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 log.warning(
                     "writing %d events failed (%s: %s); retrying in %.1f s",
-                    len(events),
+                    len(batch.events),
                     type(exc).__name__,
                     exc,
                     delay,
@@ -306,10 +323,10 @@ class Collector:
                     return 0
                 self._sleep(delay)
                 delay = min(delay * 2, self.config.retry_max)
-        self.redis.xack(EVENT_STREAM, self.group, *(entry_id for entry_id, _ in entries))
+        self.redis.xack(EVENT_STREAM, self.group, *(entry_id for entry_id, _ in batch.entries))
         self.stats.batches += 1
         self.stats.stored += new
-        self.stats.duplicates += len(events) - new
+        self.stats.duplicates += len(batch.events) - new
         return new
 
     def _write(
@@ -389,18 +406,51 @@ class Collector:
         exit_when_idle: float | None = None,
     ) -> CollectorStats:
         """Collect until ``stop`` is set, ``max_events`` were stored, or the stream has been
-        empty for ``exit_when_idle`` seconds."""
+        empty for ``exit_when_idle`` seconds.
+
+        A reader thread fetches and decodes the next batch while this one is written: the
+        write mostly waits on the database, so the two overlap. At most one batch is read
+        ahead; if the collector stops with it unwritten, it stays pending and is claimed.
+        """
         stop = stop or threading.Event()
+        done = threading.Event()
+        ready: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=1)
+
+        def read_ahead() -> None:
+            try:
+                while not (stop.is_set() or done.is_set()):
+                    entries = self.next_batch()
+                    item = self.prepare(entries) if entries else None
+                    while not (stop.is_set() or done.is_set()):
+                        try:
+                            ready.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except Exception as exc:  # handed to the writer, which raises it
+                ready.put(exc)
+
+        reader = threading.Thread(target=read_ahead, name=f"{self.consumer}-reader", daemon=True)
+        reader.start()
         idle_since = time.monotonic()
-        while not stop.is_set():
-            batch = self.next_batch()
-            if batch:
-                self.process(batch, stop)
-                idle_since = time.monotonic()
-            elif exit_when_idle is not None and time.monotonic() - idle_since >= exit_when_idle:
-                break
-            if max_events is not None and self.stats.stored >= max_events:
-                break
+        try:
+            while not stop.is_set():
+                try:
+                    item = ready.get(timeout=0.1)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, BaseException):
+                    raise item
+                if item is not None:
+                    self.commit(item, stop)
+                    idle_since = time.monotonic()
+                elif exit_when_idle is not None and time.monotonic() - idle_since >= exit_when_idle:
+                    break
+                if max_events is not None and self.stats.stored >= max_events:
+                    break
+        finally:
+            done.set()
+            reader.join(timeout=self.config.flush_interval + 5)
         self._leave()
         return self.stats
 
