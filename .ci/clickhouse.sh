@@ -13,11 +13,14 @@ CH_PORT="${POSTWISE_CLICKHOUSE_PORT:-9000}"
 CH_HTTP_PORT="${POSTWISE_CLICKHOUSE_HTTP_PORT:-8123}"
 
 answers() {
-    # A query over the native protocol, as the tests and the sink will send it.
-    python3 - "$CH_PORT" <<'PY' >/dev/null 2>&1
+    # The HTTP interface's /ping answers "Ok." once the server accepts queries (the native
+    # port opens at the same time). Standard library only: this runs before any pip install.
+    python3 - "$CH_HTTP_PORT" <<'PY' >/dev/null 2>&1
 import sys
-from clickhouse_driver import Client
-Client(host="127.0.0.1", port=int(sys.argv[1]), connect_timeout=2).execute("SELECT 1")
+import urllib.request
+
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ping", timeout=2) as reply:
+    sys.exit(0 if reply.read().strip() == b"Ok." else 1)
 PY
 }
 
