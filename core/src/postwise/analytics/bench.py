@@ -233,6 +233,8 @@ def bench_ingest(
     result["store_seconds"] = round(elapsed, 3)
     result["stored_per_second"] = round(stored / elapsed)
     result["writer_batches"] = sum(c.stats.batches for c in collectors)
+    # Time inside sink transactions (insert, engagement, commit), summed over the writers.
+    result["sink_seconds"] = round(sum(c.stats.seconds_writing for c in collectors), 3)
     # Clean up: the bench's events, contacts, key, group and idempotency markers.
     with runtime.engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM event WHERE event_id LIKE :p"), {"p": f"{run}-%"})
