@@ -146,3 +146,24 @@ def test_the_delivery_api_needs_an_api_key(client: Any) -> None:
     client.headers.pop("Authorization")
     assert client.get("/v1/templates").status_code == 401
     assert client.post("/v1/sends", json={}).status_code == 401
+
+
+def test_the_unsubscribe_link_a_message_carries_unsubscribes_its_contact(
+    client: Any, runtime: Runtime
+) -> None:
+    from postwise.db.models import Contact
+    from postwise.delivery.compose import unsubscribe_url
+
+    (contact,) = add_contacts(runtime, 1)
+    settings = runtime.settings
+    url = unsubscribe_url(
+        settings, settings.signing_keys()[0], message_id="m" * 32, contact_id=contact
+    )
+    assert url.startswith(f"{settings.base_url}/u/")
+    response = client.post(
+        url.removeprefix(settings.base_url), data={"List-Unsubscribe": "One-Click"}
+    )
+    assert response.status_code == 200
+    with runtime.session() as session:
+        stored = session.get(Contact, contact)
+        assert stored is not None and stored.status == "unsubscribed"

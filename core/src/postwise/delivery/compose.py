@@ -8,7 +8,6 @@ recommender. Per message there is then one render, one MIME build and one signat
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,7 +40,6 @@ __all__ = [
     "unsubscribe_url",
 ]
 
-log = logging.getLogger(__name__)
 
 #: Contact columns a template can use by name (attributes are added on top of these).
 CONTACT_FIELDS = (

@@ -14,7 +14,6 @@ queued twice (the ledger ignores their rows; a batch enqueued twice is claimed o
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -54,7 +53,6 @@ __all__ = [
     "submit_send",
 ]
 
-log = logging.getLogger(__name__)
 
 #: Contacts read per page of a campaign audience, in multiples of the batch size.
 PAGE_BATCHES = 4

@@ -17,7 +17,6 @@ event for the compliance consumer; transient → ``retrying`` with exponential b
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 from collections import Counter
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["IN_DOUBT_REASON", "Settlement"]
 
-log = logging.getLogger(__name__)
 
 IN_DOUBT_REASON = (
     "in doubt: the worker stopped while the provider had this message, so it may have been "
