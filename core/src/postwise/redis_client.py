@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import redis
 
 __all__ = ["connect_redis"]
 
-_fake_servers: dict[str, object] = {}
+_fake_servers: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
