@@ -206,6 +206,7 @@ class Collector:
         self._sleep = sleep
         self._next_claim = 0.0
         self._checked_own_pending = False
+        self._filling = False
         ensure_group(self.redis, group)
 
     # -- reading ---------------------------------------------------------------------------
@@ -275,6 +276,8 @@ class Collector:
             if not batch:
                 # Nothing at all yet: the interval starts with the first entry.
                 return batch
+            # Entries in hand while the batch fills: run() must not stop for idleness now.
+            self._filling = True
         return batch
 
     # -- writing ---------------------------------------------------------------------------
@@ -415,11 +418,17 @@ class Collector:
         stop = stop or threading.Event()
         done = threading.Event()
         ready: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=1)
+        # One element per batch the reader holds or has queued (list ops are atomic under the GIL).
+        unwritten: list[int] = []
 
         def read_ahead() -> None:
             try:
                 while not (stop.is_set() or done.is_set()):
                     entries = self.next_batch()
+                    if entries:
+                        # Read but not yet written: the idle check must not stop before them.
+                        unwritten.append(1)
+                    self._filling = False
                     item = self.prepare(entries) if entries else None
                     while not (stop.is_set() or done.is_set()):
                         try:
@@ -427,6 +436,7 @@ class Collector:
                             break
                         except queue.Full:
                             continue
+
             except Exception as exc:  # handed to the writer, which raises it
                 ready.put(exc)
 
@@ -443,8 +453,14 @@ class Collector:
                     raise item
                 if item is not None:
                     self.commit(item, stop)
+                    unwritten.pop()
                     idle_since = time.monotonic()
-                elif exit_when_idle is not None and time.monotonic() - idle_since >= exit_when_idle:
+                elif (
+                    exit_when_idle is not None
+                    and not unwritten
+                    and not self._filling
+                    and time.monotonic() - idle_since >= exit_when_idle
+                ):
                     break
                 if max_events is not None and self.stats.stored >= max_events:
                     break
