@@ -63,10 +63,36 @@ _HTML = """<html><head><style>
 {% else %}
 <p>Here is what other readers liked this week.</p>
 {% endif %}
+<p>This week we looked at how small teams keep their weekly newsletter useful without
+spending a whole day on it. The short version: write for one reader, keep one idea per
+paragraph, and link to the full article instead of pasting it.</p>
+<p>Our editors read every reply to this newsletter. If a story helped you, or if you think we
+got something wrong, answer this email and tell us; the best replies shape next week's
+issue.</p>
+<h2>Picked for you</h2>
 {% for item in recommendations(3) %}
 <div class="item"><a href="{{ item.url }}">{{ item.title }}</a></div>
 {% endfor %}
+<h2>From the workshop</h2>
+<p>Planning a launch? Start from the question your customers ask most often, answer it in the
+first sentence, and put the details underneath. Readers skim on their phones between meetings,
+so short headings and plain words do more than any design trick.</p>
+<p>We also rewrote our guide to onboarding emails. It walks through a welcome message, a
+first-week tip and a gentle check-in, with the reasoning behind each one, so you can adapt it
+to your own product rather than copy it.</p>
+<p>A reader asked how often a newsletter should go out. Our answer: as often as you have
+something worth reading, and no more. A steady weekly rhythm builds a habit, but a skipped week
+costs less than an empty issue. Measure replies and clicks rather than opens, because many
+mail apps now load images on their own and make open counts look better than they are.</p>
+<p>Another asked whether long emails still work. They do when every paragraph earns its
+place. Put the most useful sentence first, cut anything you would not say out loud to a
+colleague, and give people one clear next step at the end instead of five competing
+buttons.</p>
+<p>Finally, a note on privacy. We only email people who asked to hear from us, we keep the
+unsubscribe link at the bottom of every issue, and one click is all it takes. If you change
+your mind later, you can always join again from our website.</p>
 <p><img src="/img/banner.png" alt="postwise"></p>
+<p>See you next week,<br>the postwise demo team</p>
 <p class="footer">You receive this because you joined the postwise demo.
 <a href="{{ unsubscribe_url }}">Unsubscribe</a> &middot; {{ postal_address }}</p>
 </body></html>
