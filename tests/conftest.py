@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+
 from postwise.db.engine import create_db_engine, upgrade
 from postwise.db.models import SQLModel
 from postwise.runtime import Runtime
@@ -201,6 +202,7 @@ def api_key(runtime: Runtime) -> str:
 def client(runtime: Runtime, api_key: str) -> Iterator[Any]:
     """A Litestar test client on the full app, authenticated with a fresh API key."""
     from litestar.testing import TestClient
+
     from postwise.server.app import create_app
 
     app = create_app(runtime=runtime)

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+
 from postwise.db.engine import create_db_engine, session_scope, upgrade
 from postwise.db.models import Contact, Message, SQLModel
 

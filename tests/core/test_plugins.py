@@ -7,8 +7,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import postwise
 import pytest
+
+import postwise
 from postwise.errors import PluginError, UnknownComponentError
 from postwise.plugins import PluginHost, create_plugin_host
 from postwise.settings import load_settings

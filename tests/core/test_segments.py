@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlmodel import Session
+
 from postwise.contacts.segments import (
     contacts_in_segment,
     count_segment,
@@ -15,7 +17,6 @@ from postwise.contacts.segments import (
 from postwise.db.models import ConsentRecord, Contact, ContactTag, Segment, SegmentMember, utcnow
 from postwise.errors import ValidationError
 from postwise.runtime import Runtime
-from sqlmodel import Session
 
 
 @pytest.fixture

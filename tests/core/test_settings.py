@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from postwise.errors import ConfigurationError
 from postwise.settings import RateLimit, load_settings
 

@@ -8,19 +8,19 @@ response bodies).
 from __future__ import annotations
 
 __all__ = [
-    "PostwiseError",
+    "ComplianceError",
     "ConfigurationError",
+    "ConflictError",
+    "DeliveryError",
+    "NotFoundError",
+    "PermanentDeliveryError",
     "PluginError",
+    "PostwiseError",
+    "StatsError",
+    "TemplateError",
+    "TransientDeliveryError",
     "UnknownComponentError",
     "ValidationError",
-    "NotFoundError",
-    "ConflictError",
-    "TemplateError",
-    "DeliveryError",
-    "TransientDeliveryError",
-    "PermanentDeliveryError",
-    "StatsError",
-    "ComplianceError",
 ]
 
 

@@ -7,7 +7,8 @@ Redis. Settings are validated once, at start-up; an invalid value raises
 is allowed.
 
 Nested settings use a double underscore in the environment:
-``POSTWISE_PROVIDER_OPTIONS__SENDGRID__API_KEY=...`` sets ``provider_options["sendgrid"]["api_key"]``.
+``POSTWISE_PROVIDER_OPTIONS__SENDGRID__API_KEY=...`` sets
+``provider_options["sendgrid"]["api_key"]``.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class Settings(BaseModel):
 
     rate_limits: dict[str, RateLimit] = Field(
         default_factory=dict,
-        description="Per-provider token buckets, e.g. POSTWISE_RATE_LIMITS='smtp=1000/m,sendgrid=600/s'.",
+        description="Per-provider token buckets, "
+        "e.g. POSTWISE_RATE_LIMITS='smtp=1000/m,sendgrid=600/s'.",
     )
     batch_size: int = Field(default=500, ge=1, le=10000, description="Messages per RQ job.")
     max_attempts: int = Field(default=8, ge=1, le=50)

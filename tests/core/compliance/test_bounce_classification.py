@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from postwise.compliance.bounces import (
     BounceClassification,
     BounceKind,

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from postwise.compliance.bounces import classify_message, evaluate_corpus
 from postwise.errors import NotFoundError
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from imap_test_server import MailStore, running_imap_server
+
 from postwise.compliance.bounces import BounceKind, classify_message
 from postwise.compliance.mailbox import ImapSource, MaildirSource, open_mailbox
 from postwise.errors import ConfigurationError

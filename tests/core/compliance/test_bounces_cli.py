@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+
 from postwise.cli.bounces import bounces
 
 CORPUS = Path(__file__).parent / "fixtures" / "bounces"

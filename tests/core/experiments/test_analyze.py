@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 import pytest
+
 from postwise.errors import PluginError, StatsError
 from postwise.experiments.contract import Comparison, Interval, StatsOptions, StatsTest
 from postwise.experiments.stats import (

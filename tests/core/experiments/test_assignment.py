@@ -11,10 +11,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from postwise.errors import StatsError
 from postwise.experiments.assignment import VariantAssigner, assign_variant
 from postwise.experiments.srm import srm_p_value
-from scipy import stats
 
 HALF = {"A": 0.5, "B": 0.5}
 THREE = {"control": 0.34, "short": 0.33, "long": 0.33}

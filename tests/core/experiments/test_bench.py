@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from click.testing import CliRunner
+
 from postwise.experiments.bench import bench_experiments, decision_benchmark
 
 

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from scipy import special
+
 from postwise.errors import StatsError
 from postwise.experiments.planning import plan, sequential_inflation, sequential_power
 from postwise.experiments.sequential import boundary, rho_squared
-from scipy import special
 
 
 def test_fixed_horizon_n_is_the_textbook_formula() -> None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from scipy import special
+
 from postwise.experiments.effects import relative_lift
 from postwise.experiments.sequential import always_valid_p_value, rho_squared
 from postwise.experiments.srm import srm_p_value
 from postwise.experiments.stats import VariantData, analyze
-from scipy import special
 
 # fmt: off
 GBSTATS = [{'case': (20000, 600, 20000, 690),

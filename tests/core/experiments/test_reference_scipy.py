@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import special, stats
+
 from postwise.experiments.bayes import beat_probability_and_loss
 from postwise.experiments.chi2 import pearson_chi2_p_value
 from postwise.experiments.srm import srm_p_value
 from postwise.experiments.stats import VariantData, analyze
-from scipy import special, stats
 
 TABLES = [
     (20000, 600, 20000, 690),

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from postwise.errors import StatsError
 from postwise.experiments.sequential import (
     always_valid_p_value,

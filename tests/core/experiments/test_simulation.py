@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from postwise.experiments.chi2 import pearson_chi2_p_value
 from postwise.experiments.planning import plan
 from postwise.experiments.sequential import (
@@ -18,7 +20,6 @@ from postwise.experiments.sequential import (
     rho_squared,
 )
 from postwise.experiments.stats import VariantData, analyze
-from scipy import stats
 
 ALPHA = 0.05
 REPLICATES = 4000

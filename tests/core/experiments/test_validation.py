@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from postwise.errors import StatsError, UnknownComponentError, ValidationError
 from postwise.experiments.stats import VariantData, analyze
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-__all__ = ["create_db_engine", "session_scope", "upgrade", "is_sqlite"]
+__all__ = ["create_db_engine", "is_sqlite", "session_scope", "upgrade"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator
+
 from litestar.datastructures import State
 from sqlmodel import Session  # imported at run time: Litestar resolves handler signatures
 
