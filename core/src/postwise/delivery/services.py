@@ -83,8 +83,12 @@ class DeliveryServices:
     def _recommender_fn(self) -> RecommenderFn:
         if self._recommender is not None:
             return recommender_function(self._recommender, name=DEFAULT_RECOMMENDER)
+        from postwise.recommend.service import recommender_for
+
         try:
-            factory = self.runtime.component("recommenders", DEFAULT_RECOMMENDER)
+            # The configured recommender (setting "recommender"), trained once and shared by
+            # every worker through the model store.
+            return recommender_for(self.runtime)
         except UnknownComponentError as exc:
             log.warning(
                 "recommendation blocks will be empty: %s (install or enable the plugin that "
@@ -92,5 +96,3 @@ class DeliveryServices:
                 exc,
             )
             return no_recommendations
-        self._recommender = factory()
-        return recommender_function(self._recommender, name=DEFAULT_RECOMMENDER)
