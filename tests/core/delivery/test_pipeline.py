@@ -132,11 +132,12 @@ def test_permanent_rejections_become_bounces_with_an_event(
 def test_transient_failures_are_retried_until_accepted_without_duplicates(
     make_runtime: Any, smtp_server: FaultySmtpServer
 ) -> None:
-    runtime = make_runtime(max_attempts=20, retry_max_seconds=0.25)
+    # RQ schedules in whole seconds, so the backoff is set in seconds too: retries wait
+    # 0.5-1 s each (equal jitter of a 1 s cap), and eight attempts span more than the 2 s
+    # for which the relay defers user4.
+    runtime = make_runtime(max_attempts=8, retry_base_seconds=1.0, retry_max_seconds=1.0)
     campaign, contacts = _campaign(runtime, 12)
     smtp_server.fail_transactions(3, code=421)
-    # Retries wait 25-50 ms, then twice as long each time up to 250 ms: nineteen of them span
-    # more than these 2 s.
     smtp_server.defer_recipients("user4@example.org", seconds=2.0)
     drain(runtime)
     rows = statuses(runtime, campaign_id=campaign)
