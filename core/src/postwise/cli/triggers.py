@@ -245,6 +245,12 @@ def test_(ctx: click.Context, event_file: str, as_json: bool) -> None:
     help="Reclaim entries another consumer left pending this long (it died).",
 )
 @click.option(
+    "--linger-ms",
+    default=5.0,
+    show_default=True,
+    help="When fewer events than a batch arrive, wait this long for more before handling them.",
+)
+@click.option(
     "--send-workers",
     default=4,
     show_default=True,
@@ -263,6 +269,7 @@ def run(
     batch_size: int,
     block_ms: int,
     claim_idle_ms: int,
+    linger_ms: float,
     send_workers: int,
     from_start: bool,
 ) -> None:
@@ -276,6 +283,7 @@ def run(
         batch_size=batch_size,
         block_ms=block_ms,
         claim_idle_ms=claim_idle_ms,
+        linger_ms=linger_ms,
         send_workers=send_workers,
     )
     engine.ensure_group("0" if from_start else "$")

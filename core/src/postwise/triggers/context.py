@@ -39,33 +39,41 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+# Built once: constructing a statement costs more than running it on a small batch. The ids
+# are one expanding parameter, bound at execution rather than coerced one by one.
+_CONTACTS = (
+    sa.select(
+        col(Contact.id),
+        col(Contact.email),
+        col(Contact.first_name),
+        col(Contact.last_name),
+        col(Contact.timezone),
+        col(Contact.country),
+        col(Contact.status),
+        col(Contact.attributes),
+        col(Contact.engagement_score),
+        col(Contact.engagement_updated_at),
+        col(Contact.created_at),
+        col(ContactTag.tag),
+    )
+    .outerjoin(ContactTag, col(ContactTag.contact_id) == col(Contact.id))
+    .where(col(Contact.id).in_(sa.bindparam("ids", expanding=True)))
+)
+_HISTORY = sa.select(col(Event.contact_id), col(Event.occurred_at), col(Event.event_id)).where(
+    col(Event.type) == sa.bindparam("event_type"),
+    col(Event.contact_id).in_(sa.bindparam("ids", expanding=True)),
+    col(Event.occurred_at) >= sa.bindparam("since"),
+)
+
+
 def load_contacts(session: Session, contact_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """The contacts (as condition-facing mappings, tags included), in one query."""
     ids = sorted(set(contact_ids))
     if not ids:
         return {}
-    query = (
-        sa.select(
-            col(Contact.id),
-            col(Contact.email),
-            col(Contact.first_name),
-            col(Contact.last_name),
-            col(Contact.timezone),
-            col(Contact.country),
-            col(Contact.status),
-            col(Contact.attributes),
-            col(Contact.engagement_score),
-            col(Contact.engagement_updated_at),
-            col(Contact.created_at),
-            col(ContactTag.tag),
-        )
-        .outerjoin(ContactTag, col(ContactTag.contact_id) == col(Contact.id))
-        .where(col(Contact.id).in_(sa.bindparam("ids", expanding=True)))
-    )
     contacts: dict[int, dict[str, Any]] = {}
     tags: dict[int, set[str]] = {}
-    # One expanding parameter: the ids are bound at execution, not coerced one by one.
-    for row in session.execute(query, {"ids": ids}):
+    for row in session.connection().execute(_CONTACTS, {"ids": ids}):
         cid = row[0]
         if cid not in contacts:
             attributes = row[7] or {}
@@ -187,16 +195,12 @@ class BatchContext:
 
     def _load_history(self, event_type: str, since: datetime) -> _History:
         self.queries += 1
-        query = sa.select(col(Event.contact_id), col(Event.occurred_at), col(Event.event_id)).where(
-            col(Event.type) == event_type,
-            col(Event.contact_id).in_(sa.bindparam("ids", expanding=True)),
-            col(Event.occurred_at) >= since,
-        )
         times: dict[int, list[tuple[datetime, str]]] = {}
         seen: set[str] = set()
-        for contact_id, occurred_at, event_id in self.session.execute(
-            query, {"ids": self.contact_ids}
-        ):
+        rows: Any = self.session.connection().execute(
+            _HISTORY, {"event_type": event_type, "ids": self.contact_ids, "since": since}
+        )
+        for contact_id, occurred_at, event_id in rows:
             times.setdefault(contact_id, []).append((_aware(occurred_at), event_id))
             seen.add(event_id)
         # Events of this batch may not have reached the event table yet: add them.

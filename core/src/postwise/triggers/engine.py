@@ -1,7 +1,8 @@
 """The trigger engine: a consumer of the event stream that turns events into send requests.
 
 It reads ``postwise:events`` as the consumer group ``triggers`` (add consumers — processes, on any
-machine — to scale out) and handles each batch of entries in five steps:
+machine — to scale out) and handles each batch of entries in five steps (when events trickle in,
+it lingers ``linger_ms`` for more, so per-batch work is shared by several events):
 
 1. decode the events and keep those with a contact and at least one trigger on their type;
 2. evaluate every such trigger's conditions against one :class:`BatchContext` for the batch (the
@@ -165,6 +166,7 @@ class TriggerEngine:
         keys: TriggerKeys | None = None,
         batch_size: int = 500,
         block_ms: int = 1000,
+        linger_ms: float = 5.0,
         claim_idle_ms: int = 60_000,
         due_lease_ms: int = 60_000,
         submit: Submitter | None = None,
@@ -180,6 +182,7 @@ class TriggerEngine:
         self.keys = keys or TriggerKeys()
         self.batch_size = batch_size
         self.block_ms = block_ms
+        self.linger_ms = linger_ms
         self.claim_idle_ms = claim_idle_ms
         self.due_lease_ms = due_lease_ms
         self.submit: Submitter = submit or _submit_send
@@ -285,14 +288,23 @@ class TriggerEngine:
             handled += self.process_due()
         block = None if handled else self.block_ms
         entries = self._read(">", block=block)
+        if entries and len(entries) < self.batch_size and self.linger_ms:
+            # A trickle: wait a moment for more, so that per-batch work (a query, two Redis
+            # transactions) is shared by several events instead of paid for each.
+            time.sleep(self.linger_ms / 1000)
+            entries += self._read(">", block=None, count=self.batch_size - len(entries))
         if entries:
             self.process(entries, redelivered=False)
             handled += len(entries)
         return handled
 
-    def _read(self, start: str, *, block: int | None) -> list[Entry]:
+    def _read(self, start: str, *, block: int | None, count: int | None = None) -> list[Entry]:
         reply: Any = self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: start}, count=self.batch_size, block=block
+            self.group,
+            self.consumer,
+            {self.stream: start},
+            count=count or self.batch_size,
+            block=block,
         )
         if not reply:
             return []
