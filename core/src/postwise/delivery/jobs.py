@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 if TYPE_CHECKING:
-    from rq.job import Job
-
     from postwise.runtime import Runtime
 
 __all__ = [
@@ -98,18 +96,21 @@ def enqueue_batches(runtime: Runtime, provider: str, batches: Iterable[Sequence[
 def enqueue_later(
     runtime: Runtime, provider: str, message_ids: Sequence[str], delay: float
 ) -> list[str]:
-    """Enqueue ``message_ids`` to be delivered in ``delay`` seconds (in batches)."""
+    """Enqueue ``message_ids`` to be delivered in ``delay`` seconds (in batches).
+
+    RQ keeps scheduled times in whole seconds, rounded down; the time is rounded up to the next
+    whole second here, so a job never runs before its delay is over (a rate-limit deferral that
+    came back early would only find the bucket still empty).
+    """
     if delay <= 0:
         return enqueue_batches(runtime, provider, _chunks(message_ids, runtime))
-    when = timedelta(seconds=delay)
-    queue = send_queue(runtime, provider)
-    jobs: list[Job] = [
-        queue.enqueue_in(
-            when, DELIVER_FUNC, list(batch), provider, **_job_options(runtime, len(batch), provider)
-        )
-        for batch in _chunks(message_ids, runtime)
-    ]
-    return [job.id for job in jobs]
+    due = datetime.now(UTC) + timedelta(seconds=delay)
+    return enqueue_at(runtime, provider, message_ids, _next_whole_second(due))
+
+
+def _next_whole_second(when: datetime) -> datetime:
+    whole = when.replace(microsecond=0)
+    return whole if whole == when else whole + timedelta(seconds=1)
 
 
 def enqueue_at(
