@@ -658,7 +658,7 @@ def _cleanup(runtime: Runtime, run: _Run) -> None:
 @click.option("--consumers", default=1, show_default=True, help="Consumer processes (throughput).")
 @click.option("--send-workers", default=4, show_default=True, help="Send threads per consumer.")
 @click.option("--rate", default=1000.0, show_default=True, help="Events/s in the latency phase.")
-@click.option("--latency-seconds", default=10.0, show_default=True)
+@click.option("--latency-seconds", default=20.0, show_default=True)
 @click.option("--batch-size", default=500, show_default=True)
 @click.option(
     "--database-url",
