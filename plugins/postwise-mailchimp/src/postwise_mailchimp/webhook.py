@@ -50,16 +50,16 @@ from litestar import Controller, MediaType, Request, Response, head, post
 from litestar.concurrency import sync_to_thread
 from litestar.datastructures import State
 
-from postwise.errors import ConfigurationError
-from postwise_mailchimp.options import WEBHOOK_PATH, MailchimpOptions, parse_options
-from postwise_mailchimp.provider import MESSAGE_ID_KEY
-from postwise_mailchimp.recording import (
+from postwise.delivery.provider_events import (
     Feedback,
     MappedEvent,
     WebhookSummary,
     clean_message_id,
     record_events,
 )
+from postwise.errors import ConfigurationError
+from postwise_mailchimp.options import WEBHOOK_PATH, MailchimpOptions, parse_options
+from postwise_mailchimp.provider import MESSAGE_ID_KEY
 
 __all__ = [
     "SIGNATURE_HEADER",

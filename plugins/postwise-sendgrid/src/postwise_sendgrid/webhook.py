@@ -48,16 +48,16 @@ from litestar import Controller, MediaType, Request, Response, post
 from litestar.concurrency import sync_to_thread
 from litestar.datastructures import State
 
-from postwise.errors import ConfigurationError
-from postwise_sendgrid.convert import MESSAGE_ID_ARG
-from postwise_sendgrid.options import SendGridOptions, parse_options
-from postwise_sendgrid.recording import (
+from postwise.delivery.provider_events import (
     Feedback,
     MappedEvent,
     WebhookSummary,
     clean_message_id,
     record_events,
 )
+from postwise.errors import ConfigurationError
+from postwise_sendgrid.convert import MESSAGE_ID_ARG
+from postwise_sendgrid.options import SendGridOptions, parse_options
 
 __all__ = [
     "SIGNATURE_HEADER",
