@@ -65,8 +65,8 @@ def test_a_campaign_reaches_mailchimp_signed_once_per_contact_through_throttling
                 }
             },
             frequency_cap="off",
-            retry_base_seconds=0.05,
-            retry_max_seconds=0.2,
+            retry_base_seconds=1.0,  # RQ schedules in whole seconds
+            retry_max_seconds=1.0,
             delivery_chunk_size=5,
             dkim_domain="example.com",
             dkim_selector="s1",

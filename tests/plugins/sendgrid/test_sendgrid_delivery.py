@@ -56,8 +56,8 @@ def test_a_campaign_reaches_sendgrid_once_per_contact_through_throttling(
                 "sendgrid": {"api_key": API_KEY, "base_url": sendgrid_server.url, "concurrency": 1}
             },
             frequency_cap="off",
-            retry_base_seconds=0.05,
-            retry_max_seconds=0.2,
+            retry_base_seconds=1.0,  # RQ schedules in whole seconds
+            retry_max_seconds=1.0,
             delivery_chunk_size=5,
         )
     )
