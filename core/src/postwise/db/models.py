@@ -349,7 +349,6 @@ class Event(SQLModel, table=True):
             postgresql_where=sa.text("experiment_id IS NOT NULL"),
             sqlite_where=sa.text("experiment_id IS NOT NULL"),
         ),
-        sa.Index("ix_event_message", "message_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
