@@ -141,3 +141,32 @@ def test_engagement_is_updated_in_the_same_transaction_only_for_new_events(
     assert score == pytest.approx(0.5 * 1.0 + 3.0, rel=1e-9)
     at = at if isinstance(at, datetime) else datetime.fromisoformat(at)
     assert at.replace(tzinfo=UTC) == t0 + timedelta(days=30)
+
+
+def test_a_batch_partly_stored_already_stores_and_returns_only_the_new_events(
+    sink: SqlSink,
+) -> None:
+    # A redelivered batch (a collector died between commit and acknowledgement) that has
+    # picked up new events: on PostgreSQL the direct COPY aborts and the careful path runs.
+    assert len(sink.write_new([_event("p1"), _event("p2")])) == 2
+    new = sink.write_new([_event("p2"), _event("p3"), _event("p1"), _event("p4")])
+    assert sorted(e.event_id for e in new) == ["p3", "p4"]
+    with sink.engine.connect() as connection:
+        ids = connection.execute(sa.select(Event.__table__.c.event_id)).scalars().all()  # type: ignore[attr-defined]
+    assert sorted(ids) == ["p1", "p2", "p3", "p4"]
+
+
+def test_a_value_the_column_cannot_hold_is_raised_not_swallowed_by_the_fast_path(
+    pg_url: str,
+) -> None:
+    # Only integrity errors (a stored id) send a batch the careful way; a data error must
+    # reach the collector, which bisects the batch and dead-letters the bad event. (PostgreSQL
+    # only: SQLite does not enforce VARCHAR lengths.)
+    engine = create_db_engine(pg_url)
+    sink = SqlSink(engine)
+    with pytest.raises(Exception, match="too long") as raised:
+        sink.write_new([_event("ok"), _event("bad", variant="v" * 101)])
+    assert "DataError" in {cls.__name__ for cls in type(raised.value).__mro__}
+    with sink.engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(Event)).scalar_one() == 0
+    engine.dispose()

@@ -1,10 +1,15 @@
 """The built-in analytics sink ``sql``: events in the ``event`` table of the SQL database.
 
-On PostgreSQL a batch is copied (``COPY``) into a session's staging table and moved with one
-``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id``, followed in the
-same transaction by the engagement update of the contacts whose new events
-count, so a batch is stored and scored exactly once or not at all. On SQLite the same runs as
-``INSERT ... ON CONFLICT DO NOTHING RETURNING`` through SQLAlchemy.
+On PostgreSQL a batch is copied (``COPY``) straight into ``event`` and the engagement update of
+its contacts follows in the same transaction, so a batch is stored and scored exactly once or
+not at all. That is the fast path, and the usual one: the ingestion API de-duplicates by event
+id, so a batch meets an event stored already only when it is delivered again (a collector
+died after its commit but before its acknowledgement). Then the unique index on ``event_id``
+aborts the ``COPY``, the transaction is rolled back, and the batch goes the careful way: copied
+into a session's staging table and moved with ``INSERT ... SELECT ... ON CONFLICT (event_id)
+DO NOTHING RETURNING event_id``, and only the events that come back new are scored. On SQLite
+the careful way is the only one, as ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` through
+SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -43,10 +48,17 @@ _PG_STAGE = (
     "automated bool, recipient_domain text) ON COMMIT DELETE ROWS"
 )
 _PG_COPY = f"COPY event_stage ({_PG_COLUMNS}) FROM STDIN"
+_PG_COPY_DIRECT = f"COPY event ({_PG_COLUMNS}) FROM STDIN"
 _PG_MOVE = (
     f"INSERT INTO event ({_PG_COLUMNS}) SELECT {_PG_COLUMNS} FROM event_stage "  # noqa: S608
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a database error, raised by the driver or wrapped by SQLAlchemy."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(getattr(orig, "sqlstate", "") or "")
 
 
 def _properties_json(properties: Mapping[str, Any]) -> str:
@@ -77,6 +89,17 @@ class SqlSink(AnalyticsSink):
         """Store ``events`` and fold the new ones into engagement scores, in one transaction."""
         if not events:
             return []
+        if self.engine.dialect.name == "postgresql":
+            try:
+                with self.engine.begin() as connection:
+                    self._copy_postgresql(connection, events, _PG_COPY_DIRECT)
+                    apply_engagement(connection, self.engagement, events)
+                return list(events)
+            except Exception as exc:
+                # Class 23 (integrity): an event stored already, or the same id twice in the
+                # batch. Anything else is not ours to sort out here.
+                if not _sqlstate(exc).startswith("23"):
+                    raise
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 inserted = self._insert_postgresql(connection, events)
@@ -93,30 +116,37 @@ class SqlSink(AnalyticsSink):
             apply_engagement(connection, self.engagement, unique)
         return unique
 
-    def _insert_postgresql(self, connection: Connection, events: Sequence[StoredEvent]) -> set[str]:
+    def _copy_postgresql(
+        self, connection: Connection, events: Sequence[StoredEvent], statement: str
+    ) -> None:
         now = datetime.now(UTC)
+        raw: Any = connection.connection.driver_connection
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for e in events:
+                copy.write_row(
+                    (
+                        e.event_id,
+                        e.type,
+                        e.occurred_at,
+                        now,
+                        e.contact_id,
+                        e.message_id,
+                        e.campaign_id,
+                        e.experiment_id,
+                        e.variant,
+                        e.provider,
+                        _properties_json(e.properties),
+                        e.automated,
+                        e.recipient_domain,
+                    )
+                )
+
+    def _insert_postgresql(self, connection: Connection, events: Sequence[StoredEvent]) -> set[str]:
         raw: Any = connection.connection.driver_connection
         with raw.cursor() as cursor:
             cursor.execute(_PG_STAGE)
-            with cursor.copy(_PG_COPY) as copy:
-                for e in events:
-                    copy.write_row(
-                        (
-                            e.event_id,
-                            e.type,
-                            e.occurred_at,
-                            now,
-                            e.contact_id,
-                            e.message_id,
-                            e.campaign_id,
-                            e.experiment_id,
-                            e.variant,
-                            e.provider,
-                            _properties_json(e.properties),
-                            e.automated,
-                            e.recipient_domain,
-                        )
-                    )
+        self._copy_postgresql(connection, events, _PG_COPY)
+        with raw.cursor() as cursor:
             cursor.execute(_PG_MOVE)
             return {row[0] for row in cursor.fetchall()}
 
