@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         state=State({"runtime": runtime}),
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
-            "session": Provide(provide_session, sync_to_thread=False),
+            "session": Provide(provide_session),
         },
         guards=[require_api_key],
         exception_handlers=EXCEPTION_HANDLERS,
