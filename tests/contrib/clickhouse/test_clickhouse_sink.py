@@ -132,6 +132,62 @@ def test_erasing_a_contact_removes_its_events_from_clickhouse(ch_runtime: Runtim
     sink.close()
 
 
+def test_a_contacts_export_reads_its_events_from_clickhouse(ch_runtime: Runtime) -> None:
+    # The right of access: with the ClickHouse sink configured, the export's events come from
+    # ClickHouse (the SQL event table is empty), with what was written, and none of others'.
+    from postwise.compliance.erasure import export_contact
+
+    with ch_runtime.session() as session:
+        contact = Contact(email="access@example.com")
+        other = Contact(email="other@example.com")
+        session.add_all([contact, other])
+        session.flush()
+        cid, oid = contact.id, other.id
+    assert cid is not None and oid is not None
+    at = datetime(2025, 5, 1, 9, 30, tzinfo=UTC)
+    sink = open_sink(ch_runtime)
+    sink.write_batch(
+        [
+            StoredEvent("x1", "open", at, contact_id=cid, message_id="m1", campaign_id=3),
+            StoredEvent("x2", "click", at + timedelta(minutes=5), contact_id=cid,
+                        message_id="m1", campaign_id=3, properties={"url": "https://e.com/a"}),
+            StoredEvent("x3", "open", at, contact_id=oid),
+        ]
+    )  # fmt: skip
+    sink.close()
+    data = export_contact(ch_runtime, contact_id=cid)
+    assert "incomplete" not in data
+    assert [(e["event_id"], e["type"]) for e in data["events"]] == [("x1", "open"), ("x2", "click")]
+    assert data["events"][1]["properties"] == {"url": "https://e.com/a"}
+    assert data["events"][1]["occurred_at"] == (at + timedelta(minutes=5)).isoformat()
+
+
+def test_an_export_says_its_events_are_missing_when_clickhouse_is_down(
+    make_settings: Any,
+) -> None:
+    from postwise.compliance.erasure import export_contact
+
+    runtime = Runtime(
+        make_settings(
+            analytics_sink="clickhouse",
+            provider_options={"clickhouse": {"host": "127.0.0.1", "port": 1, "database": "x"}},
+        )
+    )
+    runtime.migrate()
+    try:
+        with runtime.session() as session:
+            contact = Contact(email="down@example.com")
+            session.add(contact)
+            session.flush()
+            cid = contact.id
+        data = export_contact(runtime, contact_id=cid)
+        assert data["events"] == []
+        assert "events" in data["incomplete"]
+        assert data["contact"]["email"] == "down@example.com"
+    finally:
+        runtime.close()
+
+
 def _dataset(seed: int = 7) -> list[StoredEvent]:
     """Messages to 40 contacts in 3 campaigns (one with an A/B test), with opens (some by
     machines), clicks (some by scanners), bounces, complaints, failures and conversions."""

@@ -219,6 +219,33 @@ class ClickHouseSink(AnalyticsSink):
             self._wait_for_mutations()
         return int(count)
 
+    def events_of_contact(self, contact_id: int) -> list[StoredEvent]:
+        """The contact's events, oldest first; ``FINAL`` collapses copies not merged yet."""
+        query = (
+            "SELECT event_id, type, occurred_at, message_id, campaign_id, experiment_id, "  # noqa: S608 - validated identifier
+            f"variant, provider, properties FROM {self.table} FINAL "
+            "WHERE contact_id = %(c)s ORDER BY occurred_at, event_id"
+        )
+        rows = self.execute(query, {"c": contact_id})
+        return [
+            StoredEvent(
+                event_id=event_id,
+                type=kind,
+                occurred_at=occurred_at.replace(tzinfo=UTC)
+                if occurred_at.tzinfo is None
+                else occurred_at.astimezone(UTC),
+                contact_id=contact_id,
+                message_id=message_id or None,
+                campaign_id=campaign_id or None,
+                experiment_id=experiment_id or None,
+                variant=variant or None,
+                provider=provider or None,
+                properties=json.loads(properties) if properties else {},
+            )
+            for (event_id, kind, occurred_at, message_id, campaign_id, experiment_id, variant,
+                 provider, properties) in rows
+        ]  # fmt: skip
+
     def _wait_for_mutations(self) -> None:
         database, table = self.table.split(".")
         deadline = time.monotonic() + _MUTATION_TIMEOUT

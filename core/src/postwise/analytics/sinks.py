@@ -73,6 +73,14 @@ class AnalyticsSink(abc.ABC):
         new = self.write_batch(events)
         return list(events) if new == len(events) else []
 
+    def events_of_contact(self, contact_id: int) -> list[StoredEvent] | None:
+        """Every stored event of ``contact_id``, oldest first: the right of access (GDPR
+        art. 15) exports them. ``None`` means this sink cannot read events back; the export
+        then says its events are missing instead of pretending there are none. Every sink
+        postwise ships implements it, and :class:`~postwise.testing.contracts.AnalyticsSinkContract`
+        holds plugins to it."""
+        return None
+
     def metrics(self) -> MetricsBackend | None:
         """The metric queries over this sink's events, or ``None`` if it cannot answer them."""
         return None

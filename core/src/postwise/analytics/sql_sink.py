@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
@@ -53,6 +54,11 @@ _PG_MOVE = (
     f"INSERT INTO event ({_PG_COLUMNS}) SELECT {_PG_COLUMNS} FROM event_stage "  # noqa: S608
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands timestamps back without a zone; postwise stores UTC everywhere.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _sqlstate(exc: BaseException) -> str:
@@ -184,6 +190,34 @@ class SqlSink(AnalyticsSink):
         with self.engine.begin() as connection:
             result = connection.execute(_TABLE.delete().where(_TABLE.c.contact_id == contact_id))
             return int(result.rowcount)
+
+    def events_of_contact(self, contact_id: int) -> list[StoredEvent]:
+        columns = _TABLE.c
+        query = (
+            sa.select(
+                columns.event_id, columns.type, columns.occurred_at, columns.contact_id,
+                columns.message_id, columns.campaign_id, columns.experiment_id,
+                columns.variant, columns.provider, columns.properties,
+            )
+            .where(columns.contact_id == contact_id)
+            .order_by(columns.occurred_at, columns.id)
+        )  # fmt: skip
+        with self.engine.connect() as connection:
+            return [
+                StoredEvent(
+                    event_id=row.event_id,
+                    type=row.type,
+                    occurred_at=_utc(row.occurred_at),
+                    contact_id=row.contact_id,
+                    message_id=row.message_id,
+                    campaign_id=row.campaign_id,
+                    experiment_id=row.experiment_id,
+                    variant=row.variant,
+                    provider=row.provider,
+                    properties=row.properties or {},
+                )
+                for row in connection.execute(query)
+            ]
 
     def metrics(self) -> MetricsBackend:
         from postwise.analytics.sql_metrics import SqlMetrics

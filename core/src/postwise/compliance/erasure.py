@@ -42,7 +42,6 @@ from postwise.db.models import (
     Contact,
     ContactTag,
     CrmLink,
-    Event,
     MessageStatus,
     Segment,
     SegmentMember,
@@ -302,24 +301,50 @@ def export_contact(
                     .order_by(col(LedgerRow.created_at))
                 )
             ],
-            "events": [
-                {
-                    "event_id": e.event_id,
-                    "type": e.type,
-                    "occurred_at": _iso(e.occurred_at),
-                    "message_id": e.message_id,
-                    "campaign_id": e.campaign_id,
-                    "variant": e.variant,
-                    "properties": e.properties,
-                }
-                for e in session.exec(
-                    select(Event).where(Event.contact_id == cid).order_by(col(Event.occurred_at))
-                )
-            ],
+            "events": [],
             "audit": [
                 {"action": a.action, "at": _iso(a.at), "actor": a.actor}
                 for a in session.exec(select(AuditRecord).where(AuditRecord.subject_hash == hashed))
             ],
         }
+    _export_events(runtime, cid, data)
     data["exported_at"] = utcnow().isoformat()
     return data
+
+
+def _export_events(runtime: Runtime, contact_id: int, data: dict[str, Any]) -> None:
+    """The contact's stored events, read from the configured sink (SQL or ClickHouse).
+
+    A sink that is down or cannot read events back leaves ``incomplete.events`` saying so:
+    an access request must never get a silently partial answer.
+    """
+    from postwise.analytics.collector import open_sink
+
+    try:
+        sink = open_sink(runtime)
+        try:
+            events = sink.events_of_contact(contact_id)
+        finally:
+            sink.close()
+    except Exception as exc:  # reported in the export, like a failing store in an erasure
+        data.setdefault("incomplete", {})["events"] = f"{type(exc).__name__}: {exc}"
+        return
+    if events is None:
+        data.setdefault("incomplete", {})["events"] = (
+            f"the {runtime.settings.analytics_sink!r} sink cannot read a contact's events back"
+        )
+        return
+    data["events"] = [
+        {
+            "event_id": e.event_id,
+            "type": e.type,
+            "occurred_at": _iso(e.occurred_at),
+            "message_id": e.message_id,
+            "campaign_id": e.campaign_id,
+            "experiment_id": e.experiment_id,
+            "variant": e.variant,
+            "provider": e.provider,
+            "properties": dict(e.properties),
+        }
+        for e in events
+    ]

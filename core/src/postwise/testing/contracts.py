@@ -239,6 +239,37 @@ class AnalyticsSinkContract:
         finally:
             sink.close()
 
+    def test_events_of_a_contact_read_back_for_export(self) -> None:
+        # The right of access exports a contact's events from the sink: every field that was
+        # written comes back, once, and only that contact's.
+        sink = self.make_sink()
+        try:
+            base = datetime.now(UTC).replace(microsecond=0)
+            events = [
+                StoredEvent(
+                    "contract-export-1", "click", base - timedelta(minutes=2), contact_id=11,
+                    message_id="msg-1", campaign_id=4, experiment_id=2, variant="b",
+                    provider="smtp", properties={"url": "https://example.com/x"},
+                ),
+                StoredEvent("contract-export-2", "purchase", base, contact_id=11,
+                            properties={"value": 12.5}),
+                StoredEvent("contract-export-3", "open", base, contact_id=12),
+            ]  # fmt: skip
+            sink.write_batch(events)
+            sink.write_batch(events[:1])  # a redelivery must not show up twice
+            got = sink.events_of_contact(11)
+            assert got is not None, "events_of_contact must read a contact's events back"
+            assert [e.event_id for e in got] == ["contract-export-1", "contract-export-2"]
+            first = got[0]
+            assert (first.type, first.message_id, first.campaign_id) == ("click", "msg-1", 4)
+            assert (first.experiment_id, first.variant, first.provider) == (2, "b", "smtp")
+            assert first.occurred_at == base - timedelta(minutes=2)
+            assert dict(first.properties) == {"url": "https://example.com/x"}
+            assert dict(got[1].properties) == {"value": 12.5}
+            assert sink.events_of_contact(404) == []
+        finally:
+            sink.close()
+
     def test_erase_contact_removes_only_that_contact(self) -> None:
         sink = self.make_sink()
         try:
