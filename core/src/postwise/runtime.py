@@ -7,8 +7,9 @@ first use and closed by :meth:`Runtime.close`.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Runtime"]
 
+log = logging.getLogger(__name__)
+
 
 class Runtime:
     """Settings, database engine, Redis client and plugin host of one process."""
@@ -36,6 +39,7 @@ class Runtime:
         if plugins is not None:
             self.__dict__["plugins"] = plugins
         self._providers: dict[str, Provider] = {}
+        self._closers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     @cached_property
@@ -80,7 +84,22 @@ class Runtime:
                 self._providers[name] = provider
             return provider
 
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Have :meth:`close` call ``closer`` (before the database and Redis close, so it may
+        still use them). Subsystems that build their own clients (CRM connectors) register
+        here once."""
+        with self._lock:
+            if closer not in self._closers:
+                self._closers.append(closer)
+
     def close(self) -> None:
+        with self._lock:
+            closers, self._closers = self._closers, []
+        for closer in reversed(closers):
+            try:
+                closer()
+            except Exception:  # one failing client must not keep the others open
+                log.exception("closing %r failed", closer)
         for provider in self._providers.values():
             provider.close()
         self._providers.clear()

@@ -258,3 +258,30 @@ def test_only_one_poll_of_a_crm_runs_at_a_time(runtime: Runtime, memory_crm: Mem
     with RunLock(runtime, "memory", "poll"), pytest.raises(ConflictError, match="already running"):
         poll(runtime, "memory")
     assert poll(runtime, "memory").created == 1
+
+
+def test_closing_the_runtime_closes_the_crm_connectors_it_built(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Connectors hold HTTP clients (HubSpot, Salesforce): a closed runtime must not leak them,
+    # and a connector that fails to close must not keep the rest of the runtime open.
+    from crm_memory import MemoryConnector
+
+    from postwise.crm.sync import connector_for
+
+    closed: list[object] = []
+
+    def close(self: MemoryConnector) -> None:
+        closed.append(self)
+        raise RuntimeError("socket already gone")
+
+    monkeypatch.setattr(MemoryConnector, "close", close)
+    connector = connector_for(runtime, "memory")
+    assert connector_for(runtime, "memory") is connector  # built once per runtime
+    runtime.redis.ping()
+    runtime.close()
+    assert closed == [connector]
+    runtime.close()  # closing twice closes nothing twice
+    assert closed == [connector]
+    # The runtime builds a fresh connector if it is used again.
+    assert connector_for(runtime, "memory") is not connector

@@ -37,6 +37,7 @@ Redis lock).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -136,6 +137,7 @@ def connector_for(runtime: Runtime, system: str) -> CrmConnector:
             factory = runtime.component("crm_connectors", system)
             connector = factory(runtime.settings, dict(options))
             built[system] = connector
+            runtime.on_close(functools.partial(close_connectors, runtime))
         return connector
 
 
