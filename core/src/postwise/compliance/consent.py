@@ -8,7 +8,8 @@ purpose is the one in force.
 go to a contact that needs consent only if the latest ``marketing`` record of that contact is
 ``granted`` *and* ``confirmed``. :func:`has_valid_consent` is that rule. Whether a contact needs
 consent at all is the gate's call: ``require_consent``, or the contact's country listed in
-``consent_regions`` (:mod:`postwise.delivery.gate`).
+``consent_regions`` (:mod:`postwise.delivery.gate`). A list (segment) with a
+``consent_purpose``, or a send request naming one, adds the same rule for that purpose.
 
 Double opt-in: :func:`grant_consent` with ``double_opt_in=True`` records an unconfirmed grant
 and returns a signed confirmation link (token purpose ``confirm-consent``); following it appends
@@ -44,6 +45,7 @@ __all__ = [
     "ConsentAction",
     "ConsentGrant",
     "ConsentToken",
+    "check_purpose",
     "confirm_consent",
     "confirmation_url",
     "consent_history",
@@ -83,12 +85,21 @@ class ConsentGrant:
     confirmation_url: str | None
 
 
-def _check_purpose(purpose: str) -> str:
+def check_purpose(purpose: object, *, field: str = "purpose") -> str:
+    """``purpose`` if it is a consent purpose name the ledger can record, else ValidationError.
+
+    Everything that names a purpose (a grant, a list's required consent, a send request) uses
+    this one rule, so a list can never require a purpose no record could ever have.
+    """
     if not isinstance(purpose, str) or not _PURPOSE_RE.match(purpose):
+        shown = repr(purpose)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
         raise ValidationError(
-            f"{purpose!r} is not a consent purpose; use lower-case letters, digits, '_', '.', "
-            "'-' (at most 50 characters), for example 'marketing'",
-            field="purpose",
+            f"{shown} is not a consent purpose; start with a lower-case letter and use "
+            "lower-case letters, digits, '_', '.', '-' (at most 50 characters), for example "
+            "'marketing' or 'newsletter'",
+            field=field,
         )
     return purpose
 
@@ -200,7 +211,7 @@ def grant_consent(
     With ``double_opt_in`` the grant is recorded unconfirmed (it does not count yet) and the
     result carries the signed link that confirms it; send that link to the address.
     """
-    purpose = _check_purpose(purpose)
+    purpose = check_purpose(purpose)
     source_value = _check_text(source, "source", _SOURCE_MAX) or "api"
     wording = _check_text(wording_version, "wording_version", _WORDING_MAX)
     ip_value = _check_ip(ip)
@@ -234,7 +245,7 @@ def withdraw_consent(
     ``marketing`` is an unsubscribe: the contact's status becomes ``unsubscribed`` and the
     address is suppressed for marketing, so it holds whether or not consent is required.
     """
-    purpose = _check_purpose(purpose)
+    purpose = check_purpose(purpose)
     source_value = _check_text(source, "source", _SOURCE_MAX) or "api"
     ip_value = _check_ip(ip)
     contact = _contact(session, contact_id)
@@ -303,7 +314,7 @@ def withdrawal_url(settings: Settings, contact_id: int, purpose: str = MARKETING
     token = _sign(
         settings,
         WITHDRAW_PURPOSE,
-        {"c": contact_id, "p": _check_purpose(purpose)},
+        {"c": contact_id, "p": check_purpose(purpose)},
         WITHDRAWAL_TTL_SECONDS,
     )
     return f"{settings.base_url}/c/{token}/withdraw"

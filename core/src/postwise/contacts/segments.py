@@ -13,6 +13,10 @@ millions never loads every contact into memory. The rule language:
 * ``{"segment": "other"}``: membership of another segment (cycles are rejected);
 * ``{"status": "active"}`` and ``{"timezone": ["Europe/Paris", ...]}``: shorthands.
 
+A segment's ``consent_purpose`` (``"newsletter"``) makes it a consent list: every marketing send to
+it needs the contact's latest consent record for that purpose to be granted and confirmed, on top
+of the global and regional rules (:mod:`postwise.delivery.gate`).
+
 Later work adds rules over event history through the same compiler.
 """
 
@@ -26,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
+from postwise.compliance.consent import check_purpose
 from postwise.db.models import ConsentRecord, Contact, ContactTag, Segment, SegmentMember
 from postwise.errors import NotFoundError, ValidationError
 
@@ -38,6 +43,7 @@ __all__ = [
     "segment_condition",
     "segment_query",
     "segments_of",
+    "set_consent_purpose",
     "validate_rules",
 ]
 
@@ -82,6 +88,19 @@ def get_segment(session: Session, name_or_id: str | int) -> Segment:
     if segment is None:
         raise NotFoundError(f"no segment {name_or_id!r}")
     return segment
+
+
+def set_consent_purpose(segment: Segment, purpose: object) -> None:
+    """Make marketing to ``segment`` need valid consent for ``purpose`` (None: no list consent).
+
+    The purpose must be one the consent ledger can record (see
+    :func:`postwise.compliance.consent.check_purpose`); a bad one raises ValidationError naming
+    ``consent_purpose``. Campaigns dispatched afterwards enforce it; messages already queued keep
+    the purpose they were queued with.
+    """
+    segment.consent_purpose = (
+        None if purpose is None else check_purpose(purpose, field="consent_purpose")
+    )
 
 
 def validate_rules(rules: Mapping[str, Any], *, session: Session | None = None) -> None:

@@ -169,6 +169,9 @@ class Segment(SQLModel, table=True):
     kind: str = Field(default="rules", max_length=10, description="'static' or 'rules'.")
     rules: dict[str, Any] = _json({})
     created_at: datetime = _ts()
+    # Migration 0010: marketing to this list needs valid consent for this purpose.
+    #: A consent purpose (``"newsletter"``); None: only the global and regional rules apply.
+    consent_purpose: str | None = Field(default=None, max_length=100)
 
 
 class SegmentMember(SQLModel, table=True):
@@ -297,6 +300,9 @@ class Message(SQLModel, table=True):
     transactional: bool = Field(default=False)
     #: Extra merge values of a send request (``SendRequest.context``); None for campaigns.
     context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    #: Migration 0010: the consent purpose the send needs besides the global and regional rules
+    #: (its list's, or its request's); the worker enforces it when the message is marketing.
+    consent_purpose: str | None = Field(default=None, max_length=100)
     #: The delivery attempt that holds the row while it is ``sending``, and until when.
     claim_token: str | None = Field(default=None, max_length=32)
     claimed_until: datetime | None = _ts_nullable()

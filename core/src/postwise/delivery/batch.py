@@ -5,8 +5,9 @@
 1. recover rows of this batch whose earlier attempt died (expired claim), then claim the rows
    that wait for an attempt: rows already sent, skipped or claimed by a live attempt are left
    alone, which is what makes a re-delivered job harmless;
-2. load the contacts (one query) and re-check the compliance gate: an unsubscribe that arrived
-   after the message was queued means it is not sent;
+2. load the contacts (one query) and re-check the compliance gate, with the consent purpose
+   each row records: an unsubscribe or a withdrawal of consent that arrived after the message
+   was queued means it is not sent;
 3. defer what a reputation pause covers (provider, sending domain, recipient domain);
 4. take tokens from the provider's bucket for the rest; what is over the limit waits in the
    queue until the bucket refills;
@@ -172,11 +173,11 @@ class _Attempt:
                 part = [r for r in ready if self.composer.is_marketing(r) == marketing]
                 if not part:
                     continue
-                recipients = [_recipient(contacts[r.contact_id]) for r in part if r.contact_id]
-                skips = self.services.gate.check(session, recipients, marketing=marketing)
-                for row in part:
-                    assert row.contact_id is not None
-                    reason = skips.get(row.contact_id)
+                # Per row, not per contact: one contact's rows in a batch may need different
+                # consent purposes (a campaign to a consent list and a trigger's send).
+                recipients = [_recipient(contacts[r.contact_id], r) for r in part if r.contact_id]
+                reasons = self.services.gate.check_each(session, recipients, marketing=marketing)
+                for row, reason in zip(part, reasons, strict=True):
                     if reason is None:
                         sendable.append(row)
                     else:
@@ -378,8 +379,10 @@ class _Chunks:
             )
 
 
-def _recipient(contact: ContactData) -> Recipient:
-    return Recipient(contact.id, contact.email, contact.status, contact.country)
+def _recipient(contact: ContactData, row: ClaimedRow) -> Recipient:
+    return Recipient(
+        contact.id, contact.email, contact.status, contact.country, row.consent_purpose
+    )
 
 
 def _send_batch(provider: Provider, messages: list[OutgoingMessage]) -> list[SendResult]:

@@ -1,15 +1,18 @@
 """Dispatch: send requests and campaign audiences become ledger rows and queued batches.
 
 :func:`submit_send` handles one request (from a trigger, the API, a script) synchronously: the
-compliance gate, the frequency cap, the ledger row under the request's deterministic id (a
-second submission is reported as a duplicate) and the job, at ``not_before`` when given.
+compliance gate (with the request's ``consent_purpose``, if any), the frequency cap, the ledger
+row under the request's deterministic id (a second submission is reported as a duplicate) and
+the job, at ``not_before`` when given.
 
 :func:`dispatch_campaign` streams a campaign's audience in pages of contact ids (keyset
 pagination: memory does not grow with the audience), passes every recipient through the same
-gate and cap, assigns experiment variants, writes the page's ledger rows in one statement and
-enqueues its batches with one ``enqueue_many``. It records its position after every page, so
-running it again after a crash resumes where it stopped; messages already queued are not
-queued twice (the ledger ignores their rows; a batch enqueued twice is claimed once).
+gate and cap (with the consent purpose the list requires, which every ledger row records so the
+worker checks it again right before sending), assigns experiment variants, writes the page's
+ledger rows in one statement and enqueues its batches with one ``enqueue_many``. It records its
+position after every page, so running it again after a crash resumes where it stopped; messages
+already queued are not queued twice (the ledger ignores their rows; a batch enqueued twice is
+claimed once).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from postwise.compliance.consent import check_purpose
 from postwise.db.models import (
     Campaign,
     CampaignStatus,
@@ -70,6 +74,9 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
     runtime.component("providers", provider)  # an unknown provider fails here, loudly
     now = utcnow()
     not_before = _aware(request.not_before) if request.not_before else None
+    purpose = request.consent_purpose
+    if purpose is not None:
+        purpose = check_purpose(purpose, field="consent_purpose")
     with runtime.session() as session:
         if session.execute(sa.select(col(Message.id)).where(col(Message.id) == message_id)).first():
             return SubmitResult(message_id, SubmitStatus.DUPLICATE)
@@ -94,7 +101,7 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
             reason = HOLDOUT
         else:
             recipient = Recipient(
-                request.contact_id, contact.email, contact.status, contact.country
+                request.contact_id, contact.email, contact.status, contact.country, purpose
             )
             reason = services.gate.check(session, [recipient], marketing=marketing).get(
                 request.contact_id
@@ -117,6 +124,7 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
             variant=None if variant == HOLDOUT else variant,
             transactional=not marketing,
             context=request.context,
+            consent_purpose=purpose,
             status=MessageStatus.SKIPPED.value if reason else MessageStatus.QUEUED.value,
             reason=str(reason) if reason else None,
             due_by=None if reason else due + timedelta(seconds=settings.delivery_lease_seconds),
@@ -252,6 +260,8 @@ class _Plan:
     marketing: bool
     provider: str
     arms: _Arms | None
+    #: The consent purpose the campaign's list requires (``Segment.consent_purpose``).
+    consent_purpose: str | None
 
 
 class _Dispatcher:
@@ -288,6 +298,7 @@ class _Dispatcher:
             marketing=marketing,
             provider=provider,
             arms=arms,
+            consent_purpose=segment.consent_purpose if segment is not None else None,
         )
         for page in self._pages(segment, cursor):
             queued_ids = self._dispatch_page(page, plan, report)
@@ -377,7 +388,9 @@ class _Dispatcher:
         queued: list[str] = []
         with self.runtime.session() as session:
             skips: dict[int, str] = dict(
-                self.services.gate.check(session, page, marketing=marketing)
+                self.services.gate.check(
+                    session, page, marketing=marketing, consent_purpose=plan.consent_purpose
+                )
             )
             entries: list[tuple[Recipient, str, str | None, int, int]] = []
             for recipient in page:
@@ -414,6 +427,7 @@ class _Dispatcher:
                         experiment_id=plan.experiment_id,
                         variant=None if variant == HOLDOUT else variant,
                         transactional=not marketing,
+                        consent_purpose=plan.consent_purpose,
                         status=MessageStatus.SKIPPED.value
                         if reason
                         else MessageStatus.QUEUED.value,

@@ -7,7 +7,12 @@ Rules, for a page of recipients at a time (one query per rule, never one per con
 * suppressions by address hash: scope ``all`` blocks everything, ``marketing`` blocks marketing;
 * consent, for marketing to a contact who needs it (``require_consent``, or the contact's country
   in ``consent_regions``): the latest ``marketing`` consent record must be granted and
-  confirmed, the rule :func:`postwise.compliance.consent.has_valid_consent` states.
+  confirmed, the rule :func:`postwise.compliance.consent.has_valid_consent` states;
+* list consent, for marketing that names a consent purpose (a campaign to a list with a
+  ``consent_purpose``, recorded on the ledger row as ``message.consent_purpose``, or a send
+  request's ``consent_purpose``): the same rule for that purpose, for every contact, in addition
+  to the rule above. One query answers every purpose of the page, so a page that mixes purposes
+  (the worker's) costs no more than one that has a single purpose.
 
 Reputation pauses are not skips: the compliance monitor writes them to the Redis hash
 :data:`PAUSED_KEY` (fields ``provider:<name>``, ``sending_domain:<domain>``,
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -54,12 +59,14 @@ class SkipReason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """What the gate needs to know about a contact."""
+    """What the gate needs to know about a contact, and the consent purpose its send needs."""
 
     contact_id: int
     email: str
     status: str
     country: str | None = None
+    #: The purpose this send needs consent for besides the global and regional rules.
+    consent_purpose: str | None = None
 
 
 class ComplianceGate:
@@ -77,22 +84,55 @@ class ComplianceGate:
         return bool(country) and country in self.consent_regions
 
     def check(
-        self, session: Session, recipients: Sequence[Recipient], *, marketing: bool
+        self,
+        session: Session,
+        recipients: Sequence[Recipient],
+        *,
+        marketing: bool,
+        consent_purpose: str | None = None,
     ) -> dict[int, SkipReason]:
-        """The recipients that must be skipped, by contact id, with the first rule they fail."""
+        """The recipients that must be skipped, by contact id, with the first rule they fail.
+
+        ``consent_purpose`` is a purpose every recipient's marketing needs consent for (the
+        list's); each recipient's own ``consent_purpose`` applies to that recipient. A contact
+        listed more than once is skipped when any of its entries is: use :meth:`check_each`
+        when one contact's entries may need different purposes.
+        """
         skips: dict[int, SkipReason] = {}
+        reasons = self.check_each(
+            session, recipients, marketing=marketing, consent_purpose=consent_purpose
+        )
+        for recipient, reason in zip(recipients, reasons, strict=True):
+            if reason is not None:
+                skips.setdefault(recipient.contact_id, reason)
+        return skips
+
+    def check_each(
+        self,
+        session: Session,
+        recipients: Sequence[Recipient],
+        *,
+        marketing: bool,
+        consent_purpose: str | None = None,
+    ) -> list[SkipReason | None]:
+        """Why each recipient must be skipped (None: it may be sent to), in order.
+
+        Like :meth:`check`, with one query per rule for the whole sequence; the verdicts are per
+        entry, so a contact queued twice with different consent purposes is judged per send.
+        """
+        reasons: list[SkipReason | None] = [None] * len(recipients)
         hashes: dict[str, list[int]] = {}
-        for recipient in recipients:
+        for index, recipient in enumerate(recipients):
             reason = _status_reason(recipient.status, marketing=marketing)
             if reason is not None:
-                skips[recipient.contact_id] = reason
+                reasons[index] = reason
                 continue
             try:
                 hashed = email_hash(recipient.email)
             except ValidationError:
-                skips[recipient.contact_id] = SkipReason.INVALID_CONTACT
+                reasons[index] = SkipReason.INVALID_CONTACT
                 continue
-            hashes.setdefault(hashed, []).append(recipient.contact_id)
+            hashes.setdefault(hashed, []).append(index)
         if hashes:
             scopes = ["all", "marketing"] if marketing else ["all"]
             query = sa.select(col(Suppression.email_hash)).where(
@@ -100,20 +140,43 @@ class ComplianceGate:
                 col(Suppression.scope).in_(scopes),
             )
             for (hashed,) in session.execute(query):
-                for contact_id in hashes.get(hashed, ()):
-                    skips[contact_id] = SkipReason.SUPPRESSED
+                for index in hashes.get(hashed, ()):
+                    reasons[index] = SkipReason.SUPPRESSED
         if marketing:
-            needing = [
-                r.contact_id
-                for r in recipients
-                if r.contact_id not in skips and self.needs_consent(r)
-            ]
-            if needing:
-                consented = _consented(session, needing)
-                for contact_id in needing:
-                    if contact_id not in consented:
-                        skips[contact_id] = SkipReason.NO_CONSENT
-        return skips
+            self._check_consent(session, recipients, reasons, consent_purpose)
+        return reasons
+
+    def _check_consent(
+        self,
+        session: Session,
+        recipients: Sequence[Recipient],
+        reasons: list[SkipReason | None],
+        consent_purpose: str | None,
+    ) -> None:
+        """Mark ``no_consent`` on the recipients still sendable that lack a purpose they need."""
+        needing: list[tuple[int, tuple[str, ...]]] = []
+        every: tuple[str, ...] = (consent_purpose,) if consent_purpose else ()
+        for index, recipient in enumerate(recipients):
+            if reasons[index] is not None:
+                continue
+            purposes = every
+            if self.needs_consent(recipient):
+                purposes = (_MARKETING_PURPOSE, *purposes)
+            if recipient.consent_purpose:
+                purposes = (*purposes, recipient.consent_purpose)
+            if purposes:
+                needing.append((index, purposes))
+        if not needing:
+            return
+        consented = _consented(
+            session,
+            {recipients[index].contact_id for index, _ in needing},
+            {purpose for _, purposes in needing for purpose in purposes},
+        )
+        for index, purposes in needing:
+            contact_id = recipients[index].contact_id
+            if any((contact_id, purpose) not in consented for purpose in purposes):
+                reasons[index] = SkipReason.NO_CONSENT
 
 
 _ACTIVE = ContactStatus.ACTIVE.value
@@ -134,24 +197,33 @@ def _status_reason(status: str, *, marketing: bool) -> SkipReason | None:
     return SkipReason.INVALID_CONTACT
 
 
-def _consented(session: Session, contact_ids: Iterable[int]) -> set[int]:
-    """The contacts whose latest marketing consent record is granted and confirmed."""
+def _consented(
+    session: Session, contact_ids: Collection[int], purposes: Collection[str]
+) -> set[tuple[int, str]]:
+    """The (contact, purpose) pairs whose latest consent record is granted and confirmed."""
+    purpose_column = col(ConsentRecord.purpose)
     query = (
         sa.select(
             col(ConsentRecord.contact_id),
+            purpose_column,
             col(ConsentRecord.granted),
             col(ConsentRecord.confirmed),
         )
         .where(
             id_in(col(ConsentRecord.contact_id), list(contact_ids), session.connection()),
-            col(ConsentRecord.purpose) == _MARKETING_PURPOSE,
+            purpose_column.in_(sorted(purposes)),
         )
-        .order_by(col(ConsentRecord.contact_id), col(ConsentRecord.at), col(ConsentRecord.id))
+        .order_by(
+            col(ConsentRecord.contact_id),
+            purpose_column,
+            col(ConsentRecord.at),
+            col(ConsentRecord.id),
+        )
     )
-    latest: dict[int, bool] = {}
-    for contact_id, granted, confirmed in session.execute(query):
-        latest[contact_id] = bool(granted and confirmed)
-    return {contact_id for contact_id, ok in latest.items() if ok}
+    latest: dict[tuple[int, str], bool] = {}
+    for contact_id, purpose, granted, confirmed in session.execute(query):
+        latest[(contact_id, purpose)] = bool(granted and confirmed)
+    return {pair for pair, ok in latest.items() if ok}
 
 
 @dataclass(frozen=True, slots=True)

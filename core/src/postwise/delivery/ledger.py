@@ -57,6 +57,7 @@ _CLAIMED_COLUMNS = (
     "attempts",
     "transactional",
     "context",
+    "consent_purpose",
 )
 
 
@@ -84,6 +85,7 @@ def ledger_row(
     variant: str | None = None,
     transactional: bool = False,
     context: Mapping[str, Any] | None = None,
+    consent_purpose: str | None = None,
     status: str = MessageStatus.QUEUED.value,
     reason: str | None = None,
     due_by: datetime | None = None,
@@ -107,6 +109,7 @@ def ledger_row(
         "provider_message_id": None,
         "transactional": transactional,
         "context": dict(context) if context else None,
+        "consent_purpose": consent_purpose,
         "claim_token": None,
         "claimed_until": due_by,
         "created_at": now,
@@ -178,6 +181,8 @@ class ClaimedRow:
     attempts: int
     transactional: bool
     context: Mapping[str, Any] | None
+    #: The consent purpose the message needs (``message.consent_purpose``), checked before sending.
+    consent_purpose: str | None = None
 
 
 def claim(

@@ -51,6 +51,10 @@ class SendRequest:
     provider: str | None = None
     #: Extra merge values for this send only (``{"order_id": "123"}``).
     context: Mapping[str, Any] = field(default_factory=dict)
+    #: A consent purpose (``"newsletter"``) this send needs, when marketing, besides the global
+    #: and regional rules: the latest record for it must be granted and confirmed, at submission
+    #: and again right before sending.
+    consent_purpose: str | None = None
 
     @property
     def message_id(self) -> str:
