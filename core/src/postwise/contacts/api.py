@@ -16,6 +16,7 @@ from postwise.contacts.segments import (
     count_segment,
     get_segment,
     iter_segment_ids,
+    set_consent_purpose,
     validate_rules,
 )
 from postwise.contacts.service import ContactData, contact_dict, get_contact, upsert_contact
@@ -107,6 +108,25 @@ class SegmentIn:
     kind: str = "rules"
     rules: dict[str, Any] | None = None
     contact_ids: list[int] | None = None
+    #: A consent purpose every marketing send to the segment needs (``"newsletter"``).
+    consent_purpose: str | None = None
+
+
+#: The fields ``PATCH /v1/segments/{name}`` changes.
+_PATCHABLE = ("consent_purpose",)
+
+
+def _segment_dict(segment: Segment, *, count: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": segment.id,
+        "name": segment.name,
+        "kind": segment.kind,
+        "rules": segment.rules,
+        "consent_purpose": segment.consent_purpose,
+    }
+    if count is not None:
+        body["count"] = count
+    return body
 
 
 class SegmentsController(Controller):
@@ -115,7 +135,10 @@ class SegmentsController(Controller):
 
     @post("/", sync_to_thread=True)
     def create(self, session: Session, data: SegmentIn) -> dict[str, Any]:
-        """Create a rule-based segment (``rules``) or a static list (``contact_ids``)."""
+        """Create a rule-based segment (``rules``) or a static list (``contact_ids``).
+
+        With ``consent_purpose``, every marketing send to it needs the contact's valid consent
+        for that purpose."""
         if not data.name.strip() or len(data.name) > 200:
             raise ValidationError("must be 1-200 characters", field="name")
         if session.exec(select(Segment).where(Segment.name == data.name)).first():
@@ -127,34 +150,39 @@ class SegmentsController(Controller):
                 raise ValidationError("a rule segment needs rules", field="rules")
             validate_rules(data.rules, session=session)
         segment = Segment(name=data.name, kind=data.kind, rules=data.rules or {})
+        set_consent_purpose(segment, data.consent_purpose)
         session.add(segment)
         session.flush()
         if data.kind == "static" and data.contact_ids:
             add_members(session, segment, data.contact_ids)
-        return {
-            "id": segment.id,
-            "name": segment.name,
-            "kind": segment.kind,
-            "count": count_segment(session, segment),
-        }
+        return _segment_dict(segment, count=count_segment(session, segment))
 
     @get("/", sync_to_thread=True)
     def list_segments(self, session: Session) -> list[dict[str, Any]]:
-        return [
-            {"id": s.id, "name": s.name, "kind": s.kind, "rules": s.rules}
-            for s in session.exec(select(Segment).order_by(col(Segment.name)))
-        ]
+        return [_segment_dict(s) for s in session.exec(select(Segment).order_by(col(Segment.name)))]
 
     @get("/{name:str}", sync_to_thread=True)
     def show(self, session: Session, name: str) -> dict[str, Any]:
         segment = get_segment(session, name)
-        return {
-            "id": segment.id,
-            "name": segment.name,
-            "kind": segment.kind,
-            "rules": segment.rules,
-            "count": count_segment(session, segment),
-        }
+        return _segment_dict(segment, count=count_segment(session, segment))
+
+    @patch("/{name:str}", sync_to_thread=True)
+    def update(self, session: Session, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Change a segment's ``consent_purpose`` (``null`` removes it).
+
+        Campaigns dispatched afterwards follow it; messages already queued keep the purpose
+        they were queued with."""
+        segment = get_segment(session, name)
+        for key in data:
+            if key not in _PATCHABLE:
+                raise ValidationError(
+                    f"unknown field; allowed: {', '.join(_PATCHABLE)}", field=str(key)
+                )
+        if "consent_purpose" in data:
+            set_consent_purpose(segment, data["consent_purpose"])
+        session.add(segment)
+        session.flush()
+        return _segment_dict(segment, count=count_segment(session, segment))
 
     @get("/{name:str}/members", sync_to_thread=True)
     def members(
