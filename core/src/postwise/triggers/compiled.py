@@ -46,6 +46,8 @@ class CompiledTrigger:
     conditions: AllOf | None
     exit_conditions: AllOf | None
     error: str | None = None
+    #: The consent purpose the action's sends need (``action.consent_purpose``), if any.
+    consent_purpose: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -74,6 +76,7 @@ def compile_trigger(
         experiment_id=trigger.experiment_id,
         conditions=None,
         exit_conditions=None,
+        consent_purpose=action.get("consent_purpose"),
     )
     try:
         compiled.conditions = compile_conditions(trigger.conditions, registry)

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import Session, select
 
+from postwise.compliance.consent import check_purpose
 from postwise.errors import ValidationError
 from postwise.triggers.conditions import (
     ConditionContext,
@@ -101,6 +102,11 @@ class ActionSpec(BaseModel):
     template_id: int | None = None
     campaign: int | str | None = Field(default=None, description="Campaign id or name.")
     campaign_id: int | None = None
+    consent_purpose: str | None = Field(
+        default=None,
+        description="A consent purpose (e.g. 'newsletter') the contact must have granted and "
+        "confirmed for a marketing send, besides the global and regional rules.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ActionSpec:
@@ -530,6 +536,16 @@ def validate_definition(
         template = session.get(Template, campaign.template_id)
         kind = template.kind if template is not None else "marketing"
     transactional = kind == "transactional"
+    if spec.consent_purpose is not None:
+        if transactional:
+            raise ValidationError(
+                "transactional sends need no consent; drop 'consent_purpose' or use a marketing "
+                "template",
+                field="action.consent_purpose",
+            )
+        action["consent_purpose"] = check_purpose(
+            spec.consent_purpose, field="action.consent_purpose"
+        )
     if definition.transactional is not None and definition.transactional != transactional:
         raise ValidationError(
             f"the template is {kind}, and delivery treats a send by its template's kind; "

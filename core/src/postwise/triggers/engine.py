@@ -494,6 +494,7 @@ class TriggerEngine:
             experiment_id=trigger.experiment_id,
             transactional=trigger.transactional,
             context={"event": dict(event.properties), "event_type": event.type},
+            consent_purpose=trigger.consent_purpose,
         )
 
     def _record(
