@@ -142,6 +142,30 @@ def test_a_send_to_an_unsubscribed_contact_is_skipped_not_an_error(
     assert response.json()["reason"] == "unsubscribed"
 
 
+def test_a_send_naming_a_consent_purpose_needs_that_consent(client: Any, runtime: Runtime) -> None:
+    from postwise.compliance.consent import grant_consent
+
+    consented, other = add_contacts(runtime, 2)
+    with runtime.session() as session:
+        grant_consent(session, runtime.settings, consented, "newsletter", source="test")
+    template_id = _template(client).json()["id"]
+
+    def send(contact: int, **extra: Any) -> Any:
+        body = {"contact_id": contact, "template_id": template_id, "dedupe_key": "nl-1"}
+        return client.post("/v1/sends", json={**body, **extra})
+
+    queued = send(consented, consent_purpose="newsletter")
+    assert queued.status_code == 202, queued.text
+    shown = client.get(f"/v1/sends/{queued.json()['message_id']}").json()
+    assert shown["consent_purpose"] == "newsletter"
+    skipped = send(other, consent_purpose="newsletter")
+    assert skipped.status_code == 200
+    assert (skipped.json()["status"], skipped.json()["reason"]) == ("skipped", "no_consent")
+    bad = send(other, consent_purpose="News Letter!")
+    assert bad.status_code == 422
+    assert "consent_purpose" in bad.text
+
+
 def test_the_delivery_api_needs_an_api_key(client: Any) -> None:
     client.headers.pop("Authorization")
     assert client.get("/v1/templates").status_code == 401

@@ -89,6 +89,9 @@ class SendIn:
     context: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None
     experiment_id: int | None = None
+    #: A consent purpose this send needs (as a list's ``consent_purpose`` does): marketing is
+    #: sent only if the contact's latest record for it is granted and confirmed.
+    consent_purpose: str | None = None
 
 
 class TemplatesController(Controller):
@@ -248,6 +251,7 @@ class SendsController(Controller):
                 provider=data.provider,
                 experiment_id=data.experiment_id,
                 context=data.context,
+                consent_purpose=data.consent_purpose,
             ),
         )
         body = {"message_id": result.message_id, "status": result.status, "reason": result.reason}
@@ -276,6 +280,7 @@ class SendsController(Controller):
             "last_code": row.last_code,
             "last_error": row.last_error,
             "provider_message_id": row.provider_message_id,
+            "consent_purpose": row.consent_purpose,
             "created_at": row.created_at,
             "sent_at": row.sent_at,
         }
