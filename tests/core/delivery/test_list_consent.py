@@ -270,6 +270,34 @@ def test_a_send_request_can_name_the_consent_it_needs(
     assert error.value.field == "consent_purpose"
 
 
+def test_a_send_for_a_campaign_needs_what_its_list_needs(
+    delivery: Runtime, smtp_server: FaultySmtpServer
+) -> None:
+    # A trigger's enrol_campaign action submits sends carrying the campaign id: the list's
+    # purpose applies to them as it does to the campaign's own dispatch.
+    with_consent, without = add_contacts(delivery, 2, prefix="enrol")
+    with delivery.session() as session:
+        consent.grant_consent(session, delivery.settings, with_consent, "newsletter", source="t")
+    segment = _list(delivery, "enrol-list", [with_consent, without], "newsletter")
+    template = add_template(delivery)
+    campaign = add_campaign(delivery, template, segment_id=segment)
+
+    def send(contact_id: int) -> Any:
+        request = SendRequest(
+            contact_id=contact_id, template_id=template, dedupe_key=f"enrol:{contact_id}",
+            campaign_id=campaign, reason="trigger",
+        )  # fmt: skip
+        return submit_send(delivery, request)
+
+    refused = send(without)
+    assert (refused.status, refused.reason) == (SubmitStatus.SKIPPED, "no_consent")
+    queued = send(with_consent)
+    assert queued.status == SubmitStatus.QUEUED
+    assert ledger(delivery, queued.message_id).consent_purpose == "newsletter"
+    drain(delivery)
+    assert _received(smtp_server) == Counter({"enrol0@example.org": 1})
+
+
 def test_the_gate_answers_a_page_of_mixed_purposes_with_one_consent_query(
     runtime: Runtime,
 ) -> None:

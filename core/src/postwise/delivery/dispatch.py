@@ -65,6 +65,15 @@ HOLDOUT = "holdout"
 _LOCK_PREFIX = "postwise:delivery:dispatch-lock:"
 
 
+def _list_purpose(session: Session, campaign_id: int) -> str | None:
+    """The consent purpose of the list campaign ``campaign_id`` sends to, if it has one."""
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None or campaign.segment_id is None:
+        return None
+    segment = session.get(Segment, campaign.segment_id)
+    return segment.consent_purpose if segment is not None else None
+
+
 def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
     """Gate, count, record and enqueue one send request; the result says which happened."""
     settings = runtime.settings
@@ -86,6 +95,9 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
         marketing = template.kind != "transactional"
         template_id, version = template.id, template.current_version
         assert template_id is not None
+        if purpose is None and request.campaign_id is not None:
+            # A send for a campaign (a trigger enrolling a contact) needs what its list needs.
+            purpose = _list_purpose(session, request.campaign_id)
         variant = None
         if request.experiment_id is not None:
             experiment = session.get(Experiment, request.experiment_id)
