@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,119 @@ _MIME_PIECES = st.sampled_from(
 def test_classify_message_never_raises_on_shuffled_report_pieces(pieces: list[bytes]) -> None:
     result = classify_message(b"".join(pieces))
     assert isinstance(result.kind, BounceKind)
+
+
+# --- rules added after the held-out corpus (fixtures/bounces-heldout) -------------------------
+
+
+def _dsn(action: str, status: str, diagnostic: str) -> bytes:
+    return (
+        "From: MAILER-DAEMON@mail.example.org\nSubject: Returned mail\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nReport.\n\n"
+        "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mail.example.org\n\n"
+        f"Final-Recipient: rfc822; amy@example.com\nAction: {action}\nStatus: {status}\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\n\n--b--\n"
+    ).encode()
+
+
+def test_a_delay_for_reputation_is_a_block_and_a_delay_for_greylisting_is_soft() -> None:
+    reputation = _dsn("delayed", "4.7.28", "421-4.7.28 unusual rate of unsolicited mail")
+    greylisted = _dsn("delayed", "4.7.1", "450 4.7.1 Greylisted, please try again later")
+    assert classify_message(reputation).kind is BounceKind.BLOCK
+    assert classify_message(greylisted).kind is BounceKind.SOFT
+
+
+def test_a_status_the_reporting_mta_inferred_does_not_outrank_the_servers_policy_words() -> None:
+    # Sendmail reports 5.1.1 for any refused RCPT whose reply carried no enhanced code.
+    inferred = classify_message(_dsn("failed", "5.1.1", "550 Relay denied"))
+    stated = classify_message(_dsn("failed", "5.1.1", "550 5.1.1 User unknown"))
+    assert (inferred.kind, inferred.status) == (BounceKind.BLOCK, "5.1.1")
+    assert stated.kind is BounceKind.HARD
+
+
+def test_an_ses_notification_wrapped_by_sns_email_json_is_unwrapped() -> None:
+    inner = (
+        '{"notificationType":"Bounce","bounce":{"bounceType":"Permanent","bounceSubType":'
+        '"General","bouncedRecipients":[{"emailAddress":"amy@example.com","status":"5.1.1",'
+        '"diagnosticCode":"smtp; 550 5.1.1 user unknown"}]},"mail":{"headers":[]}}'
+    )
+    body = '{\n  "Type" : "Notification",\n  "Message" : ' + json.dumps(inner) + "\n}\n"
+    raw = (
+        "From: AWS Notifications <no-reply@sns.amazonaws.example.com>\n"
+        "Subject: AWS Notification Message\n\n" + body
+    ).encode()
+    result = classify_message(raw)
+    assert (result.kind, result.recipient, result.status) == (
+        BounceKind.HARD,
+        "amy@example.com",
+        "5.1.1",
+    )
+
+
+def test_a_person_forwarding_a_bounce_is_not_a_bounce() -> None:
+    raw = (
+        b"From: Leo <leo@example.com>\nSubject: Fwd: Undelivered Mail Returned to Sender\n\n"
+        b"Why did I get this?\n\n> <help@example.org>: host mx said: 550 5.1.1 User unknown\n"
+    )
+    assert classify_message(raw).kind is BounceKind.UNKNOWN
+
+
+def test_a_bounce_only_by_its_subject_needs_a_quoted_reply_code_to_decide() -> None:
+    parcel = (
+        b"From: Parcels <notify@parcels.example.com>\nSubject: Delivery failed: your parcel\n\n"
+        b"Delivery failed: recipient unknown at address. We will try again tomorrow.\n"
+    )
+    quoted = (
+        b"From: Gateway <gw@relay.example.com>\nSubject: Delivery failed\n\n"
+        b"Your message to amy@example.com could not be delivered.\n"
+        b"Server response: 550 5.1.1 User unknown\n"
+    )
+    assert classify_message(parcel).kind is BounceKind.UNKNOWN
+    result = classify_message(quoted)
+    assert (result.kind, result.recipient) == (BounceKind.HARD, "amy@example.com")
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ("Empfänger unbekannt", BounceKind.HARD),
+        ("Das Postfach des Empfängers ist voll", BounceKind.SOFT),
+        ("Utilisateur inconnu", BounceKind.HARD),
+        ("La boîte aux lettres du destinataire est pleine", BounceKind.SOFT),
+        ("Usuario desconocido", BounceKind.HARD),
+        ("宛先のメールアドレスが存在しません", BounceKind.HARD),
+        ("メールボックスの容量がいっぱいです", BounceKind.SOFT),
+    ],
+)
+def test_bounce_wording_in_other_languages_is_understood(line: str, kind: BounceKind) -> None:
+    raw = (
+        "From: MAILER-DAEMON@mail.example.de\nX-Failed-Recipients: amy@example.de\n"
+        "Subject: Undelivered\nContent-Type: text/plain; charset=utf-8\n\n"
+        f"amy@example.de\n    {line}\n"
+    ).encode()
+    assert classify_message(raw).kind is kind
+
+
+@pytest.mark.parametrize(
+    ("header", "body"),
+    [
+        ("Auto-Submitted: auto-generated\n", "Your request (#123) has been received.\n"),
+        ("Precedence: bulk\n", "This is an automatically generated reply. Ticket 123 is open.\n"),
+    ],
+)
+def test_a_machine_written_answer_to_our_message_is_an_auto_reply(header: str, body: str) -> None:
+    raw = (
+        "From: Helpdesk <help@example.net>\nSubject: [Ticket#123] Your weekly picks\n"
+        f"In-Reply-To: <pw-1@shop.example.com>\n{header}\n{body}"
+    ).encode()
+    result = classify_message(raw)
+    assert (result.kind, result.recipient) == (BounceKind.AUTO_REPLY, "help@example.net")
+
+
+def test_a_persons_reply_to_our_message_is_not_an_auto_reply() -> None:
+    raw = (
+        b"From: Ana <ana@example.net>\nSubject: Re: Your weekly picks\n"
+        b"In-Reply-To: <pw-1@shop.example.com>\n\nDo you ship to Portugal?\n"
+    )
+    assert classify_message(raw).kind is BounceKind.UNKNOWN

@@ -175,6 +175,11 @@ _QUOTA_RE = _patterns(
     r"insufficient (system )?storage",
     r"mailbox size limit",
     r"not enough (disk )?space",
+    # German, French, Spanish, Japanese providers word it in their own language.
+    r"postfach (des empf(ä|ae)ngers )?(ist )?(voll|(ü|ue)berf(ü|ue)llt)",
+    r"bo[iî]te (aux lettres )?(du destinataire )?(est )?pleine|quota d[ée]pass[ée]",
+    r"buz[oó]n (est[aá] )?lleno",
+    r"容量[^\n。]{0,15}(オーバー|超過|いっぱい|一杯)",
 )
 _HARD_RE = _patterns(
     r"user unknown",
@@ -200,6 +205,13 @@ _HARD_RE = _patterns(
     r"non-?existent (host|domain|user|mailbox)",
     r"no mx (record|host)",
     r"all relevant mx records point to non-existent hosts",
+    r"empf(ä|ae)nger (ist )?unbekannt|unbekannte[rn]? (empf(ä|ae)nger|benutzer)",
+    r"benutzer (ist )?unbekannt|(postfach|adresse)[^.\n]{0,40}(existiert nicht|nicht vorhanden)",
+    r"(utilisateur|destinataire|adresse) inconnue?",
+    r"(adresse|bo[iî]te|compte|utilisateur|destinataire)[^.\n]{0,40}n'existe pas",
+    r"usuario desconocido|(direcci[oó]n|buz[oó]n|cuenta|usuario)[^.\n]{0,40} no existe",
+    r"(メールアドレス|アドレス|宛先|ユーザー?|アカウント)[^\n。]{0,12}(存在しません|存在しない|見つかりません)",
+    r"宛先不明",
 )
 _BLOCK_RE = _patterns(
     r"spam",
@@ -366,18 +378,26 @@ def _classify(message: Message) -> BounceClassification:
     if strong:
         return _classify_text_bounce(message, diagnostic_text, returned_text, problems)
     if _is_auto_reply(message):
-        return BounceClassification(
-            kind=BounceKind.AUTO_REPLY,
-            recipient=find_address(_header(message, "From")),
-            reason="automatic reply (out of office or vacation); not a bounce",
-            message_id=find_postwise_message_id(message, returned_text),
-        )
+        return _auto_reply(message, returned_text, "out of office or vacation")
     if weak:
-        return _classify_text_bounce(message, diagnostic_text, returned_text, problems)
+        return _classify_text_bounce(
+            message, diagnostic_text, returned_text, problems, weak_evidence=True
+        )
+    if _is_automatic_answer(message, diagnostic_text):
+        return _auto_reply(message, returned_text, "acknowledgement or challenge")
     reason = "not a bounce, complaint or auto-reply: no report part and no bounce markers"
     if problems:
         reason += "; " + "; ".join(problems)
     return BounceClassification(kind=BounceKind.UNKNOWN, reason=reason)
+
+
+def _auto_reply(message: Message, returned_text: str, what: str) -> BounceClassification:
+    return BounceClassification(
+        kind=BounceKind.AUTO_REPLY,
+        recipient=find_address(_header(message, "From")),
+        reason=f"automatic reply ({what}); not a bounce",
+        message_id=find_postwise_message_id(message, returned_text),
+    )
 
 
 def _classify_feedback(message: Message) -> BounceClassification:
@@ -465,10 +485,28 @@ def _classify_dsn(
     if action in {"delivered", "relayed", "expanded"}:
         return verdict(BounceKind.UNKNOWN, f"Action: {action} reports no failure")
     if action == "delayed":
-        return verdict(BounceKind.SOFT, "Action: delayed; the MTA is still retrying")
+        # Still queued, so temporary whatever the code; a reputation or policy deferral is
+        # still the sender's problem, not the address's (it must not count towards suppression).
+        kind, reason = _decide(False, status, diag_text)
+        return verdict(kind, f"Action: delayed, the MTA is still retrying; {reason}")
     klass = status[0] if status else (str(smtp_code)[0] if smtp_code else None)
     if klass not in {"4", "5"}:
         return verdict(BounceKind.UNKNOWN, "no usable Status or SMTP diagnostic code")
+    if (
+        status is not None
+        and status.split(".", 1)[1] in _HARD_DETAILS
+        and smtp_code is not None
+        and parse_status(diag_text) is None
+        and _BLOCK_RE.search(diag_text)
+    ):
+        # The remote server gave no enhanced code, so the Status is the reporting MTA's
+        # inference (Sendmail reports 5.1.1 for any refused RCPT), and the server's own words
+        # say it refused for policy: trust the words.
+        return verdict(
+            BounceKind.BLOCK,
+            f"refused for policy, spam or reputation; Status {status} was inferred by the "
+            "reporting MTA, the remote server gave no enhanced code",
+        )
     return verdict(*_decide(klass == "5", status, diag_text))
 
 
@@ -519,6 +557,8 @@ _BOUNCE_SUBJECT_RE = _patterns(
     r"returned to sender",
     r"delivery error",
 )
+# Reply and forward prefixes (English, German, French, Nordic, Spanish, Portuguese).
+_REPLY_OR_FORWARD_RE = re.compile(r"\s*(re|fwd?|aw|wg|tr|sv|vs|antw|rv|enc)\s*(\[\d+\])?\s*:", re.I)
 _BOUNCE_BODY_RE = _patterns(
     r"could ?n[o']t be delivered",
     r"was ?n[o']t delivered",
@@ -562,13 +602,29 @@ _RECIPIENT_PATTERNS = [
         r"message to <([^\s<>]+@[^\s<>]+)> was undeliverable",
         r"^\s*<([^\s<>]+@[^\s<>]+)>:",
         r"RCPT TO:\s*<([^\s<>]+@[^\s<>]+)>",
+        # "Your message to bob@example.com couldn't be delivered", and its translations.
+        r"message to <?([^\s<>]+@[^\s<>]+?)>?,? (?:could|can|was|has)(?:n't| ?not)\b",
+        r"nachricht an <?([^\s<>]+@[^\s<>]+?)>? konnte nicht",
+        r"message (?:à|a) <?([^\s<>]+@[^\s<>]+?)>? n'a pas pu",
+        r"宛先\s*[:\uff1a]\s*<?([^\s<>]+@[^\s<>]+?)>?(?:\s|$)",
+        r"^\s*recipient:\s*<?([^\s<>]+@[^\s<>]+?)>?\s*$",
+        # An address alone on its line (qmail style without the colon).
+        r"^\s*<([^\s<>]+@[^\s<>]+)>\s*$",
     )
 ]
 
 
 def _classify_text_bounce(
-    message: Message, text: str, returned_text: str, problems: list[str]
+    message: Message,
+    text: str,
+    returned_text: str,
+    problems: list[str],
+    *,
+    weak_evidence: bool = False,
 ) -> BounceClassification:
+    """A bounce without a DSN part. ``weak_evidence``: only its subject or a null return path
+    with bounce wording says it is a bounce (no MAILER-DAEMON sender, no X-Failed-Recipients);
+    then a verdict also needs an SMTP reply or status code quoted in the text."""
     original = returned_headers(message)
     if original is None and returned_text:
         original = email.message_from_string(returned_text, policy=email.policy.compat32)
@@ -604,6 +660,11 @@ def _classify_text_bounce(
         and not _HARD_RE.search(wording)
     ):
         kind, reason = BounceKind.UNKNOWN, "bounce says the failure is permanent but not why"
+    # A shop's "Delivery failed: your parcel..." mail reads like a bounce; a bounce that no
+    # mail system signed must at least quote what a mail server said.
+    if weak_evidence and smtp_code is None and status is None and kind is not BounceKind.UNKNOWN:
+        kind = BounceKind.UNKNOWN
+        reason = "only the subject or wording suggests a bounce, and it quotes no SMTP reply"
     if not diagnostic:
         diagnostic = _diagnostic_line(text, kind)
     if kind is BounceKind.UNKNOWN:
@@ -685,8 +746,11 @@ def _bounce_markers(message: Message, text: str) -> tuple[bool, bool]:
         _BOUNCE_FROM_RE.search(_header(message, "From"))
     )
     return_path = _header(message, "Return-Path").strip()
-    weak = bool(_BOUNCE_SUBJECT_RE.search(_header(message, "Subject"))) or (
-        return_path in {"<>", ""} and bool(_BOUNCE_BODY_RE.search(text))
+    subject = _header(message, "Subject")
+    # "Fwd: Undelivered Mail Returned to Sender" is a person passing a bounce on, not a bounce.
+    weak = not _REPLY_OR_FORWARD_RE.match(subject) and (
+        bool(_BOUNCE_SUBJECT_RE.search(subject))
+        or (return_path in {"<>", ""} and bool(_BOUNCE_BODY_RE.search(text)))
     )
     return strong, weak
 
@@ -697,6 +761,12 @@ _AUTO_SUBJECT_RE = _patterns(
     r"out of (the )?office",
     r"^\s*(vacation|on vacation|abwesen(d|heitsnotiz))",
     r"r[ée]ponse automatique|respuesta autom[áa]tica|risposta automatica",
+)
+
+
+_AUTO_BODY_RE = _patterns(
+    r"this is an? (automated|automatic|automatically generated|auto-generated) "
+    r"(reply|response|message|acknowledge?ment)",
 )
 
 
@@ -711,16 +781,35 @@ def _is_auto_reply(message: Message) -> bool:
     return bool(_AUTO_SUBJECT_RE.search(_header(message, "Subject")))
 
 
+def _is_automatic_answer(message: Message, text: str) -> bool:
+    """An answer to our message that a machine wrote without calling itself an auto-reply: a
+    helpdesk's ticket acknowledgement (``Auto-Submitted: auto-generated``), a challenge-response
+    request that says it is automated. Checked only once the message is known not to be a
+    bounce, since bounces are automatic answers too."""
+    if not (message.get("In-Reply-To") or message.get("References")):
+        return False
+    auto_submitted = _header(message, "Auto-Submitted").strip().lower()
+    if auto_submitted and not auto_submitted.startswith("no"):
+        return True
+    return bool(_AUTO_BODY_RE.search(text[:2000]))
+
+
 def _classify_ses_notification(text: str) -> BounceClassification | None:
     """An Amazon SES notification delivered by e-mail (SNS): JSON in the body."""
     start = text.find("{")
-    if start == -1 or '"notificationType"' not in text:
+    if start == -1 or "notificationType" not in text:
         return None
     try:
         data, _ = json.JSONDecoder().raw_decode(text[start:])
     except ValueError:
         return None
-    if not isinstance(data, dict):
+    if isinstance(data, dict) and isinstance(data.get("Message"), str):
+        # The SNS "email-json" protocol wraps the SES notification as a JSON string.
+        try:
+            data = json.loads(data["Message"])
+        except ValueError:
+            return None
+    if not isinstance(data, dict) or not ({"notificationType", "eventType"} & data.keys()):
         return None
     mail = data.get("mail")
     headers = mail.get("headers") if isinstance(mail, dict) else None
