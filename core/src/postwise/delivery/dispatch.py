@@ -247,6 +247,12 @@ class _Arms:
             holdout=experiment.holdout,
         )
         winner = next((a for a in arms if a.name == experiment.winner), None)
+        if winner is None and experiment.status != "running":
+            # Stopped without a winner: the test is over, so nobody is assigned a variant or
+            # held back any more. Everyone gets the shipped variant if one was named, else the
+            # control (the first variant).
+            shipped = ((experiment.state or {}).get("rollout") or {}).get("variant")
+            winner = next((a for a in arms if a.name == shipped), arms[0])
         return cls(arms, assigner, winner)
 
     def assign(self, contact_id: int) -> tuple[str, int, int]:
