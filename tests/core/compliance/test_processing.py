@@ -87,17 +87,22 @@ def test_a_hard_bounce_suppresses_at_once_and_skips_unsent_mail(runtime: Runtime
 def test_soft_bounces_suppress_only_after_the_configured_count(make_settings: Any) -> None:
     runtime = Runtime(make_settings(soft_bounce_limit=3, soft_bounce_window_days=5))
     try:
+        from dataclasses import replace
+
         cid = _contact(runtime, "frank@example.net")
-        classification = _fixture("postfix-mailbox-full.eml")
-        assert classification.kind is BounceKind.SOFT
+        fixture = _fixture("postfix-mailbox-full.eml")
+        assert fixture.kind is BounceKind.SOFT
+        # Three different messages soft-bounce (one count per message).
+        first, second, third_message = (replace(fixture, message_id=f"m{i}") for i in range(3))
         actions = [
-            apply_classification(runtime, classification, event_id=f"s{i}").action for i in range(2)
+            apply_classification(runtime, bounce, event_id=f"s{i}").action
+            for i, bounce in enumerate((first, second))
         ]
         assert actions == ["soft_counted", "soft_counted"]
-        assert apply_classification(runtime, classification, event_id="s1").action == "duplicate"
+        assert apply_classification(runtime, second, event_id="s1").action == "duplicate"
         assert not _suppressed(runtime, "frank@example.net")
         assert _status(runtime, cid) == ContactStatus.ACTIVE
-        third = apply_classification(runtime, classification, event_id="s3")
+        third = apply_classification(runtime, third_message, event_id="s3")
         assert third.action == "soft_suppressed"
         assert _suppressed(runtime, "frank@example.net", transactional=True)
         assert _status(runtime, cid) == ContactStatus.BOUNCED
@@ -108,19 +113,44 @@ def test_soft_bounces_suppress_only_after_the_configured_count(make_settings: An
 def test_soft_bounces_outside_the_window_do_not_count(make_settings: Any) -> None:
     runtime = Runtime(make_settings(soft_bounce_limit=2, soft_bounce_window_days=1))
     try:
-        _contact(runtime, "frank@example.net")
-        classification = _fixture("postfix-mailbox-full.eml")
-        apply_classification(runtime, classification, event_id="old")
-        # Age the first bounce past the window: the sorted set is scored by time.
+        from dataclasses import replace
+
         from postwise.compliance.processing import soft_bounce_key
         from postwise.contacts.normalize import email_hash
 
+        _contact(runtime, "frank@example.net")
+        fixture = _fixture("postfix-mailbox-full.eml")
+        old = replace(fixture, message_id="old-message")
+        apply_classification(runtime, old, event_id="old")
+        # Age the first bounce past the window: the sorted set is scored by time.
         key = soft_bounce_key(email_hash("frank@example.net"))
-        runtime.redis.zadd(key, {"old": 1.0})
-        assert (
-            apply_classification(runtime, classification, event_id="new").action == "soft_counted"
-        )
+        assert runtime.redis.zadd(key, {"message:old-message": 1.0}, xx=True, ch=True) == 1
+        new = replace(fixture, message_id="new-message")
+        assert apply_classification(runtime, new, event_id="new").action == "soft_counted"
         assert not _suppressed(runtime, "frank@example.net")
+    finally:
+        runtime.close()
+
+
+def test_repeated_delay_warnings_about_one_message_count_as_one_soft_bounce(
+    make_settings: Any,
+) -> None:
+    # An MTA that keeps retrying sends a warning every few hours for the same message; with a
+    # limit of 2 those must not add up to a suppression of a mailbox that may still take it.
+    from dataclasses import replace
+
+    runtime = Runtime(make_settings(soft_bounce_limit=2, soft_bounce_window_days=5))
+    try:
+        _contact(runtime, "dora@example.net")
+        delayed = replace(_fixture("postfix-mailbox-full.eml"), message_id="msg-1")
+        assert delayed.kind is BounceKind.SOFT
+        actions = [
+            apply_classification(runtime, delayed, event_id=f"w{i}").action for i in range(4)
+        ]
+        assert actions == ["soft_counted"] * 4
+        assert not _suppressed(runtime, "dora@example.net")
+        other = replace(delayed, message_id="msg-2")
+        assert apply_classification(runtime, other, event_id="w9").action == "soft_suppressed"
     finally:
         runtime.close()
 

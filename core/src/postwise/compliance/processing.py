@@ -11,8 +11,9 @@ What each kind does:
 
 * ``hard``: the address is suppressed at once (scope ``all``), the contact's status becomes
   ``bounced`` and its unsent messages are skipped;
-* ``soft``: counted in Redis per address; ``soft_bounce_limit`` of them within
-  ``soft_bounce_window_days`` suppress it like a hard bounce;
+* ``soft``: counted in Redis per address, once per message (repeated delay warnings about one
+  message count once); ``soft_bounce_limit`` of them within ``soft_bounce_window_days``
+  suppress it like a hard bounce;
 * ``block``: the receiving side refused the *sender*; it feeds the reputation rates and never
   suppresses the address;
 * ``complaint``: the contact is unsubscribed, the address suppressed, the status ``complained``;
@@ -232,8 +233,11 @@ def _act(
             return "ignored", "soft bounce names no address or known contact"
         key = soft_bounce_key(hashed)
         window = settings.soft_bounce_window_days * 86400
+        # One count per message: an MTA that keeps retrying sends several delay warnings for
+        # the same message (then maybe delivers it), and those are one soft bounce, not many.
+        member = f"message:{classification.message_id}" if classification.message_id else event_id
         pipe = redis_client.pipeline(transaction=True)
-        pipe.zadd(key, {event_id: now})
+        pipe.zadd(key, {member: now})
         pipe.zremrangebyscore(key, "-inf", now - window)
         pipe.zcard(key)
         pipe.expire(key, window)
