@@ -10,9 +10,21 @@ an order that survives a crash at any point:
 3. retries and deferrals are enqueued for their time. Rows going back to waiting carry a due-by
    time, so a crash before this step leaves them to the sweeper rather than losing them.
 
-Outcomes: accepted → ``accepted`` and a ``sent`` event; permanent → ``bounced`` and a ``bounce``
-event for the compliance consumer; transient → ``retrying`` with exponential backoff, or after
-``max_attempts`` ``dead`` with a ``dead_letter`` event.
+Outcomes (see :class:`~postwise.delivery.provider.Outcome`):
+
+* accepted → ``accepted`` and a ``sent`` event;
+* permanent → ``bounced`` and a ``bounce`` event for the compliance consumer, with the SMTP reply
+  as ``smtp_code``/``status``/``diagnostic`` and the provider's verdict as ``kind`` when it gave
+  one (compliance then acts on the kind instead of classifying the reply);
+* failed → ``dead`` and a ``dead_letter`` event, never a bounce: the recipient is not at fault;
+* transient → ``retrying`` with exponential backoff (at least the provider's ``retry_after``),
+  or after ``max_attempts`` ``dead`` with a ``dead_letter`` event;
+* deferred → waiting again for the provider's ``retry_after`` (bounded, see
+  :mod:`~postwise.delivery.retry`), without using up an attempt;
+* unknown → ``dead`` *in doubt*, like a message a crashed worker had handed over: the provider
+  may have it, so it is never sent again automatically.
+
+Events carry an HTTP API's status as ``http_status``, never as ``smtp_code``.
 """
 
 from __future__ import annotations
@@ -28,19 +40,32 @@ from postwise.db.models import MessageStatus, utcnow
 from postwise.delivery.gate import SkipReason
 from postwise.delivery.ledger import ClaimedRow, RowUpdate, apply_updates, pending_status
 from postwise.delivery.provider import Outcome, SendResult
-from postwise.delivery.retry import backoff_seconds, is_exhausted
+from postwise.delivery.retry import (
+    backoff_seconds,
+    deferral_seconds,
+    is_exhausted,
+    retry_seconds,
+)
 from postwise.events import EVENT_STREAM, EventEnvelope, encode_event
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
 
-__all__ = ["IN_DOUBT_REASON", "Settlement"]
+__all__ = ["IN_DOUBT_PREFIX", "IN_DOUBT_REASON", "Settlement", "in_doubt_reason"]
 
 
+#: How every in-doubt reason begins (``last_error`` and the ``dead_letter`` event).
+IN_DOUBT_PREFIX = "in doubt: "
 IN_DOUBT_REASON = (
-    "in doubt: the worker stopped while the provider had this message, so it may have been "
-    "accepted; not sent again to avoid a duplicate"
+    f"{IN_DOUBT_PREFIX}the worker stopped while the provider had this message, so it may have "
+    "been accepted; not sent again to avoid a duplicate"
 )
+
+
+def in_doubt_reason(detail: str) -> str:
+    """The reason a message the provider may have taken (``detail`` says why) is dead."""
+    what = detail.strip()[:600] or "the provider could not tell whether it took the message"
+    return f"{IN_DOUBT_PREFIX}{what}; not sent again to avoid a duplicate"
 
 
 class Settlement:
@@ -74,6 +99,11 @@ class Settlement:
         self, row: ClaimedRow, result: SendResult, *, recipient_domain: str | None = None
     ) -> None:
         """Record the provider's outcome for ``row``'s message."""
+        if result.outcome is Outcome.DEFERRED:
+            backoff = self._retry_delay(row.attempts + 1)
+            delay = deferral_seconds(result.retry_after, backoff)
+            self.deferred(row, delay, result.reason or "deferred by the provider")
+            return
         attempts = row.attempts + 1
         common: dict[str, Any] = {
             "attempts": attempts,
@@ -92,6 +122,7 @@ class Settlement:
                 "sent",
                 row,
                 smtp_code=result.code,
+                http_status=result.http_status,
                 recipient_domain=recipient_domain,
                 sending_domain=self.sending_domain,
                 template_id=row.template_id,
@@ -102,16 +133,27 @@ class Settlement:
             self._event(
                 "bounce",
                 row,
+                kind=result.bounce_kind.value if result.bounce_kind is not None else None,
                 smtp_code=result.code,
+                http_status=result.http_status,
                 status=result.status,
                 diagnostic=result.reason,
                 recipient_domain=recipient_domain,
                 sending_domain=self.sending_domain,
             )
+        elif result.outcome is Outcome.UNKNOWN:
+            self.in_doubt(row, detail=result.reason, http_status=result.http_status, **common)
+        elif result.outcome is Outcome.FAILED:
+            self._dead(row, result.reason, http_status=result.http_status, **common)
         elif is_exhausted(attempts, self.settings):
-            self._dead(row, f"gave up after {attempts} attempts: {result.reason}", **common)
+            self._dead(
+                row,
+                f"gave up after {attempts} attempts: {result.reason}",
+                http_status=result.http_status,
+                **common,
+            )
         else:
-            delay = self._retry_delay(attempts)
+            delay = retry_seconds(self._retry_delay(attempts), result.retry_after)
             self._update(
                 row,
                 MessageStatus.RETRYING,
@@ -135,9 +177,22 @@ class Settlement:
         """``row`` cannot be built (a template or address error); retrying would not help."""
         self._dead(row, reason, attempts=row.attempts)
 
-    def in_doubt(self, row: ClaimedRow) -> None:
-        """``row`` was with the provider when its attempt died; see :mod:`journal`."""
-        self._dead(row, IN_DOUBT_REASON, attempts=row.attempts + 1)
+    def in_doubt(
+        self,
+        row: ClaimedRow,
+        *,
+        detail: str | None = None,
+        http_status: int | None = None,
+        **fields: Any,
+    ) -> None:
+        """``row``'s message may have been taken: dead-lettered, never sent again by itself.
+
+        Without ``detail``, its attempt died while the provider had it (see :mod:`journal`);
+        with it, the provider said it could not tell (``detail`` is its reason).
+        """
+        reason = IN_DOUBT_REASON if detail is None else in_doubt_reason(detail)
+        fields.setdefault("attempts", row.attempts + 1)
+        self._dead(row, reason, in_doubt=True, http_status=http_status, **fields)
 
     def deferred(self, row: ClaimedRow, delay: float, reason: str) -> None:
         """Put ``row`` back to wait ``delay`` seconds (rate limit, reputation pause, recovery)."""
@@ -170,9 +225,25 @@ class Settlement:
                 enqueue_later(self.runtime, provider, ids, delay)
         return self.counts
 
-    def _dead(self, row: ClaimedRow, reason: str, **fields: Any) -> None:
+    def _dead(
+        self,
+        row: ClaimedRow,
+        reason: str,
+        *,
+        in_doubt: bool | None = None,
+        http_status: int | None = None,
+        **fields: Any,
+    ) -> None:
         self._update(row, MessageStatus.DEAD, last_error=reason, **fields)
-        self._event("dead_letter", row, reason=reason[:500], attempts=fields.get("attempts"))
+        self._event(
+            "dead_letter",
+            row,
+            reason=reason[:500],
+            attempts=fields.get("attempts"),
+            in_doubt=in_doubt,
+            smtp_code=fields.get("last_code"),
+            http_status=http_status,
+        )
 
     def _retry_delay(self, attempts: int) -> float:
         # One draw per attempt number and settlement: a batch's retries travel as one job.
@@ -207,11 +278,11 @@ class Settlement:
             elif status != MessageStatus.SKIPPED:
                 self.counts[str(status)] += 1
 
-    def _event(self, kind: str, row: ClaimedRow, **properties: Any) -> None:
+    def _event(self, event_type: str, row: ClaimedRow, **properties: Any) -> None:
         props: Mapping[str, Any] = {k: v for k, v in properties.items() if v is not None}
         event = EventEnvelope(
-            event_id=f"{kind}:{row.id}",
-            type=kind,
+            event_id=f"{event_type}:{row.id}",
+            type=event_type,
             occurred_at=self.now,
             contact_id=row.contact_id,
             message_id=row.id,

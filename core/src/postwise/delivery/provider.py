@@ -4,6 +4,19 @@ A provider receives a batch of fully rendered, signed messages and reports one o
 message. It never raises for a per-message failure: it classifies it. It raises only when the
 whole batch could not be attempted (for example a misconfiguration), and then with
 :class:`postwise.errors.DeliveryError`.
+
+What each :class:`Outcome` makes the core do (:mod:`postwise.delivery.outcomes`):
+
+=============  ======================================================================  =======
+outcome        the core                                                                attempt
+=============  ======================================================================  =======
+``accepted``   ledger ``accepted``, a ``sent`` event                                   yes
+``permanent``  ledger ``bounced``, a ``bounce`` event for the compliance consumer      yes
+``failed``     ledger ``dead``, a ``dead_letter`` event; never a bounce                yes
+``transient``  retried with backoff (at least ``retry_after``), dead after the last    yes
+``deferred``   put back to wait ``retry_after`` (bounded), like a rate-limit deferral  no
+``unknown``    ledger ``dead`` *in doubt*: never sent again automatically              yes
+=============  ======================================================================  =======
 """
 
 from __future__ import annotations
@@ -13,17 +26,33 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Outcome", "OutgoingMessage", "Provider", "SendResult"]
+from postwise.compliance.bounces import BounceKind
+
+__all__ = ["BounceKind", "Outcome", "OutgoingMessage", "Provider", "SendResult"]
 
 
 class Outcome(enum.StrEnum):
     """What happened to one message at the provider."""
 
+    #: The provider took the message.
     ACCEPTED = "accepted"
-    #: Worth retrying later: SMTP 4xx, connection loss, timeouts, provider throttling.
+    #: Worth retrying later, and the attempt counts: SMTP 4xx, a connection that failed before
+    #: the message was handed over, a server error, a configuration the operator can fix.
     TRANSIENT = "transient"
-    #: Retrying will not help: SMTP 5xx, invalid recipient. Recorded as a bounce.
+    #: The recipient's side refused the message for good: SMTP 5xx, an address the ESP holds
+    #: as bounced. Recorded as a bounce, classified from ``bounce_kind`` or else from ``code``.
     PERMANENT = "permanent"
+    #: Retrying will not help, and the recipient is not at fault: the provider refused *our*
+    #: request (a malformed payload, a message too large, an invalid sender) or its own policy
+    #: (an account rule). Dead-lettered with the reason; never a bounce, never suppresses.
+    FAILED = "failed"
+    #: The provider did not take the message now and asked to come back later (HTTP 429, an
+    #: SMTP rate-limit reply): waits ``retry_after`` seconds without using up an attempt.
+    DEFERRED = "deferred"
+    #: The provider may or may not have taken the message: the connection was lost, or the
+    #: answer did not come, after the whole message was sent. Parked *in doubt*, never sent
+    #: again automatically, so that it cannot arrive twice.
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +78,9 @@ class SendResult:
 
     message_id: str
     outcome: Outcome
-    #: Protocol status code when there is one (SMTP reply code, HTTP status).
+    #: The SMTP reply code (250, 421, 550, ...), and nothing else: the compliance consumer
+    #: classifies a bounce by it. ``None`` when the provider got no SMTP reply, as HTTP APIs
+    #: do not relay one; their status goes in ``http_status``.
     code: int | None = None
     #: Enhanced status code (RFC 3463) such as "5.1.1", when the provider gives one.
     status: str | None = None
@@ -57,6 +88,16 @@ class SendResult:
     reason: str = ""
     #: The provider's own id for the message, when it assigns one.
     provider_message_id: str | None = None
+    #: The HTTP status of the answer, for providers that speak to an HTTP API.
+    http_status: int | None = None
+    #: What a ``permanent`` refusal means for the address, when the provider knows (an ESP that
+    #: says the address hard-bounced before): the bounce event carries it as ``kind``, which
+    #: compliance acts on instead of classifying ``code``. ``unknown`` says "not a verdict on
+    #: the address: take no action".
+    bounce_kind: BounceKind | None = None
+    #: Seconds the provider asked to wait before trying again (``Retry-After``), for
+    #: ``deferred`` and ``transient`` results.
+    retry_after: float | None = None
 
 
 class Provider(abc.ABC):
