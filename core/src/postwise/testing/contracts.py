@@ -17,6 +17,8 @@ only through your subclass).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,8 @@ from typing import Any, ClassVar
 import pytest
 
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
-from postwise.delivery.provider import Outcome, OutgoingMessage, Provider
+from postwise.compliance.bounces import BounceKind
+from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
 from postwise.errors import ValidationError
 from postwise.experiments.contract import Comparison, Index, Interval, StatsOptions, StatsTest
 from postwise.experiments.data import VariantData
@@ -120,7 +123,22 @@ class ConditionContract:
 
 
 class ProviderContract:
-    """Every provider: exactly one result per message, in order, never raising per message."""
+    """Every provider: one well-formed result per message, in order, never raising per message.
+
+    The checks every result must pass (:meth:`check_results`) run on every batch sent here:
+    ``code`` is an SMTP reply code (200-599) or ``None``, and agrees with the outcome and the
+    enhanced ``status``; ``http_status`` is set only by providers that declare ``http_api``;
+    ``retry_after`` only on ``deferred``/``transient`` results, ``bounce_kind`` only on
+    ``permanent`` ones.
+
+    Faults the suite cannot script by itself are checked when your subclass says how to cause
+    them on your test server (each is skipped otherwise): :meth:`throttle_next`,
+    :meth:`reject_recipient`, :meth:`refuse_next_request` and :meth:`lose_next_answer`.
+    """
+
+    #: True for providers that speak to an HTTP API (their results may carry ``http_status``).
+    http_api: ClassVar[bool] = False
+    _enhanced_status: ClassVar[re.Pattern[str]] = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 
     def make_provider(self) -> Provider:
         raise NotImplementedError("return your provider, pointed at a local test server")
@@ -139,15 +157,72 @@ class ProviderContract:
             )
         return messages
 
-    def test_one_result_per_message_in_order(self) -> None:
+    # -- faults your test server can be told to cause --------------------------------------
+
+    def throttle_next(self, retry_after: int) -> None:
+        """Make the server rate-limit the next message (asking to wait ``retry_after`` s)."""
+        pytest.skip("throttle_next is not implemented for this provider's test server")
+
+    def reject_recipient(self, address: str) -> None:
+        """Make the server refuse ``address`` for good, as the recipient's bounce."""
+        pytest.skip("reject_recipient is not implemented for this provider's test server")
+
+    def refuse_next_request(self) -> None:
+        """Make the server refuse the next request for a reason that is ours (a bad API key,
+        an unauthorised sender), not the recipient's."""
+        pytest.skip("refuse_next_request is not implemented for this provider's test server")
+
+    def lose_next_answer(self) -> None:
+        """Make the server take the whole next message and lose the connection before it
+        answers, so the provider cannot tell whether it was accepted."""
+        pytest.skip("lose_next_answer is not implemented for this provider's test server")
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def check_results(
+        self, messages: Sequence[OutgoingMessage], results: Sequence[SendResult]
+    ) -> None:
+        """Assert what holds for every batch: one well-formed result per message, in order."""
+        assert [r.message_id for r in results] == [m.message_id for m in messages]
+        for r in results:
+            assert isinstance(r, SendResult), r
+            assert isinstance(r.outcome, Outcome), r
+            assert isinstance(r.reason, str), r
+            if r.code is not None:
+                # An SMTP reply code, never an HTTP status passed off as one.
+                assert type(r.code) is int and 200 <= r.code <= 599, r
+                expected = {
+                    Outcome.ACCEPTED: "2",
+                    Outcome.PERMANENT: "5",
+                    Outcome.DEFERRED: "4",
+                }.get(r.outcome)
+                assert expected is None or str(r.code)[0] == expected, r
+            if r.status is not None:
+                assert self._enhanced_status.fullmatch(r.status), r
+                assert r.code is None or r.status[0] == str(r.code)[0], r
+            if r.http_status is not None:
+                assert self.http_api, f"http_status from a provider without http_api: {r}"
+                assert type(r.http_status) is int and 100 <= r.http_status <= 599, r
+            if r.retry_after is not None:
+                assert r.outcome in (Outcome.DEFERRED, Outcome.TRANSIENT), r
+                assert math.isfinite(r.retry_after) and r.retry_after >= 0, r
+            if r.bounce_kind is not None:
+                assert r.outcome is Outcome.PERMANENT, r
+                assert isinstance(r.bounce_kind, BounceKind), r
+            if r.provider_message_id is not None:
+                assert isinstance(r.provider_message_id, str) and r.provider_message_id, r
+
+    def _send(self, messages: list[OutgoingMessage]) -> list[SendResult]:
         provider = self.make_provider()
         try:
-            messages = self.make_messages(5)
             results = provider.send_batch(messages)
-            assert [r.message_id for r in results] == [m.message_id for m in messages]
-            assert all(isinstance(r.outcome, Outcome) for r in results)
         finally:
             provider.close()
+        self.check_results(messages, results)
+        return results
+
+    def test_one_result_per_message_in_order(self) -> None:
+        self._send(self.make_messages(5))
 
     def test_an_empty_batch_sends_nothing(self) -> None:
         provider = self.make_provider()
@@ -160,6 +235,37 @@ class ProviderContract:
         provider = self.make_provider()
         provider.close()
         provider.close()
+
+    def test_a_throttled_message_is_deferred_not_failed(self) -> None:
+        messages = self.make_messages(3)
+        self.throttle_next(2)
+        first, *rest = self._send(messages)
+        assert first.outcome is Outcome.DEFERRED, first
+        assert first.retry_after is None or first.retry_after >= 2, first
+        assert all(r.outcome in (Outcome.ACCEPTED, Outcome.DEFERRED) for r in rest), rest
+
+    def test_a_rejected_recipient_is_a_bounce_with_an_smtp_code_or_a_kind(self) -> None:
+        messages = self.make_messages(3)
+        self.reject_recipient(messages[1].recipient)
+        results = self._send(messages)
+        rejected = results[1]
+        assert rejected.outcome is Outcome.PERMANENT, rejected
+        # Compliance classifies a bounce by its kind, else by its SMTP code: one must be there.
+        assert rejected.bounce_kind is not None or rejected.code is not None, rejected
+        assert [r.outcome for r in results[::2]] == [Outcome.ACCEPTED] * 2, results
+
+    def test_a_refusal_of_our_own_request_never_blames_the_recipient(self) -> None:
+        self.refuse_next_request()
+        [result] = self._send(self.make_messages(1))
+        assert result.outcome in (Outcome.TRANSIENT, Outcome.FAILED), result
+        assert result.bounce_kind is None, result
+
+    def test_an_answer_lost_after_the_message_was_sent_is_unknown(self) -> None:
+        messages = self.make_messages(2)
+        self.lose_next_answer()
+        lost, after = self._send(messages)
+        assert lost.outcome is Outcome.UNKNOWN, lost
+        assert after.outcome is Outcome.ACCEPTED, after
 
 
 class RecommenderContract:
