@@ -1,0 +1,272 @@
+"""What providers that send through an ESP's HTTP API share: one request per message over pooled
+connections, and what a failed request means.
+
+:class:`HttpApiProvider` sends a batch with up to ``concurrency`` requests in flight and stops
+attempting the rest of the batch when an answer says the others would fare no better (a refused
+API key, a 429). A subclass builds and classifies one request (:meth:`HttpApiProvider.send_one`)
+and calls :meth:`HttpApiProvider.post`, which turns a failed request into a result:
+
+* the request never left (no connection, the pool or the write timed out, an invalid URL):
+  ``transient``, safe to send again; a failure to connect also stops the batch;
+* the request was sent and the answer did not come (read timeout, connection reset or closed
+  before the answer): ``unknown``. The ESP may have taken the message, so it is not sent again
+  automatically (see :class:`~postwise.delivery.provider.Outcome`).
+
+:func:`retry_after_seconds` reads ``Retry-After`` (seconds or an HTTP date) and, where a vendor
+sends one, an epoch-seconds reset header such as SendGrid's ``X-RateLimit-Reset``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+import httpx
+
+from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+
+__all__ = [
+    "MAX_REASON",
+    "HttpApiProvider",
+    "Verdict",
+    "rate_limited",
+    "retry_after_seconds",
+]
+
+log = logging.getLogger(__name__)
+
+#: Reasons are cut to this many characters (an ESP's error body can be long).
+MAX_REASON = 500
+
+# Failures that happen before the request is complete on the wire: the ESP cannot have taken
+# the message. Everything else (read timeouts, resets and closes while waiting for the answer)
+# leaves it in doubt.
+_NOT_SENT: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.LocalProtocolError,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+)
+_NOT_CONNECTED: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The result of one request, and whether to leave the rest of the batch unattempted."""
+
+    result: SendResult
+    #: The other messages would fare no better (a refused key, a 429): do not send them now.
+    halt: bool = False
+
+
+def retry_after_seconds(
+    headers: Mapping[str, str], now: float | None = None, *, reset_header: str | None = None
+) -> float | None:
+    """Seconds to wait according to ``Retry-After`` (seconds or an HTTP date), else according
+    to ``reset_header`` (a vendor's epoch-seconds reset time); ``None`` when neither says.
+
+    A date in the past means "now" (0). Values that are neither are ignored.
+    """
+    now = time.time() if now is None else now
+    value = (headers.get("retry-after") or "").strip()
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+        except (TypeError, ValueError, IndexError):
+            pass
+    if reset_header is not None:
+        reset = (headers.get(reset_header) or "").strip()
+        if reset.isdigit():
+            return max(0.0, float(reset) - now)
+    return None
+
+
+def rate_limited(
+    message_id: str,
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    service: str,
+    reset_header: str | None = None,
+) -> Verdict:
+    """A 429: ``deferred`` for as long as the ESP asked, and the rest of the batch waits too."""
+    wait = retry_after_seconds(headers, reset_header=reset_header)
+    after = f"; retry after {wait:.0f} s" if wait is not None else ""
+    return Verdict(
+        SendResult(
+            message_id,
+            Outcome.DEFERRED,
+            reason=f"rate limited by {service} (HTTP {status}){after}",
+            http_status=status,
+            retry_after=wait,
+        ),
+        halt=True,
+    )
+
+
+class _Halt:
+    """The first verdict that stopped a batch, shared by its threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.verdict: Verdict | None = None
+
+    def set(self, verdict: Verdict) -> None:
+        with self._lock:
+            if self.verdict is None:
+                self.verdict = verdict
+
+
+class HttpApiProvider(Provider):
+    """A provider making one HTTP request per message, up to ``concurrency`` at once.
+
+    The client and the thread pool are made on first use and kept (pooled keep-alive
+    connections); :meth:`close` releases them and a later batch makes new ones.
+    """
+
+    #: The service as reasons name it ("SendGrid").
+    service: ClassVar[str]
+
+    def __init__(
+        self, *, base_url: str, timeout: float, concurrency: int, headers: Mapping[str, str]
+    ) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self._headers = dict(headers)
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @abc.abstractmethod
+    def send_one(self, client: httpx.Client, message: OutgoingMessage) -> Verdict:
+        """Send ``message`` (usually through :meth:`post`) and classify the answer."""
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """One request per message, up to ``concurrency`` at once; results in order."""
+        if not messages:
+            return []
+        client = self._http()
+        halt = _Halt()
+
+        def attempt(message: OutgoingMessage) -> SendResult:
+            stopped = halt.verdict
+            if stopped is not None:
+                return _not_attempted(message, stopped.result)
+            verdict = self.send_one(client, message)
+            if verdict.halt:
+                halt.set(verdict)
+            return verdict.result
+
+        if len(messages) == 1 or self.concurrency == 1:
+            return [attempt(message) for message in messages]
+        return list(self._pool().map(attempt, messages))
+
+    def post(
+        self,
+        client: httpx.Client,
+        message: OutgoingMessage,
+        path: str,
+        body: Any,
+        classify: Callable[[httpx.Response], Verdict],
+    ) -> Verdict:
+        """POST ``body`` as JSON to ``path``; ``classify`` judges the answer, a failed request
+        is judged here (see the module docs). What is not accepted is logged, without body."""
+        try:
+            response = client.post(path, json=body)
+        except httpx.TransportError as exc:
+            verdict = self._failed_request(message.message_id, exc)
+        else:
+            verdict = classify(response)
+        result = verdict.result
+        if result.outcome is not Outcome.ACCEPTED:
+            log.info("%s: %s %s: %s", self.name, message.message_id, result.outcome, result.reason)
+        return verdict
+
+    def _failed_request(self, message_id: str, exc: httpx.TransportError) -> Verdict:
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, _NOT_CONNECTED):
+            reason = f"cannot connect to {self.base_url}: {what}"[:MAX_REASON]
+            return Verdict(SendResult(message_id, Outcome.TRANSIENT, reason=reason), halt=True)
+        if isinstance(exc, _NOT_SENT):
+            reason = f"the request to {self.service} was not sent completely ({what})"
+            return Verdict(SendResult(message_id, Outcome.TRANSIENT, reason=reason[:MAX_REASON]))
+        if isinstance(exc, httpx.TimeoutException):
+            reason = (
+                f"no answer from {self.service} within {self.timeout:g} s after the request was "
+                f"sent ({type(exc).__name__}); it may have been accepted"
+            )
+        else:
+            reason = (
+                f"connection to {self.service} lost before its answer ({what}); it may have "
+                "been accepted"
+            )
+        return Verdict(SendResult(message_id, Outcome.UNKNOWN, reason=reason[:MAX_REASON]))
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                size = self.concurrency
+                self._client = httpx.Client(
+                    base_url=self.base_url,
+                    headers=self._headers,
+                    timeout=self.timeout,
+                    # Retries cover only failures to connect: the request was never sent.
+                    transport=httpx.HTTPTransport(
+                        retries=1,
+                        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    ),
+                )
+            return self._client
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix=self.name
+                )
+            return self._executor
+
+    def close(self) -> None:
+        """Close pooled connections and threads; a later send_batch opens new ones."""
+        with self._lock:
+            client, self._client = self._client, None
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        if client is not None:
+            client.close()
+
+
+def _not_attempted(message: OutgoingMessage, cause: SendResult) -> SendResult:
+    """A message left out after ``cause`` stopped the batch: it waits as ``cause`` said."""
+    outcome = Outcome.DEFERRED if cause.outcome is Outcome.DEFERRED else Outcome.TRANSIENT
+    return SendResult(
+        message.message_id,
+        outcome,
+        reason=f"not attempted: {cause.reason}"[:MAX_REASON],
+        retry_after=cause.retry_after,
+    )
