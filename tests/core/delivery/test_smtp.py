@@ -84,6 +84,20 @@ class TestSmtpProviderContract(ProviderContract):
     def make_provider(self) -> SmtpProvider:
         return SmtpProvider("127.0.0.1", self.server.port, timeout=5.0)
 
+    def throttle_next(self, retry_after: int) -> None:
+        self.server.fail_transactions(
+            1, code=421, text="4.7.28 Our system has detected an unusual rate; rate limited"
+        )
+
+    def reject_recipient(self, address: str) -> None:
+        self.server.reject_recipients(address)
+
+    def refuse_next_request(self) -> None:
+        self.server.fail_transactions(1, code=553, text="5.7.1 Sender address not allowed")
+
+    def lose_next_answer(self) -> None:
+        self.server.drop_connections(1, stage="after_accept")
+
 
 # -- healthy relay ---------------------------------------------------------------------------
 
@@ -324,22 +338,26 @@ def test_a_message_too_big_for_the_relay_is_permanent(
 
 
 @pytest.mark.parametrize(
-    ("stage", "consequence"),
+    ("stage", "outcome", "consequence"),
     [
-        ("mail", "the message was not transferred"),
-        ("rcpt", "the message was not transferred"),
+        ("mail", Outcome.TRANSIENT, "the message was not transferred"),
+        ("rcpt", Outcome.TRANSIENT, "the message was not transferred"),
         # Dropped right after the 354: the content fits in the socket buffer, so the provider
         # has sent all of it before it sees the connection go, and cannot rule out delivery.
-        ("data", "may have accepted"),
-        ("end_of_data", "may have accepted"),
+        ("data", Outcome.UNKNOWN, "may have accepted"),
+        ("end_of_data", Outcome.UNKNOWN, "may have accepted"),
     ],
 )
 def test_a_connection_dropped_before_acceptance_fails_only_the_message_in_flight(
-    server: FaultySmtpServer, provider: SmtpProvider, stage: DropStage, consequence: str
+    server: FaultySmtpServer,
+    provider: SmtpProvider,
+    stage: DropStage,
+    outcome: Outcome,
+    consequence: str,
 ) -> None:
     server.drop_connections(1, stage=stage)
     results = provider.send_batch(make_messages(4))
-    assert outcomes(results) == [Outcome.TRANSIENT] + [Outcome.ACCEPTED] * 3
+    assert outcomes(results) == [outcome] + [Outcome.ACCEPTED] * 3
     assert results[0].code is None
     assert "lost" in results[0].reason
     assert consequence in results[0].reason
@@ -348,12 +366,12 @@ def test_a_connection_dropped_before_acceptance_fails_only_the_message_in_flight
     assert_exactly_once(server, results)
 
 
-def test_a_drop_after_the_relay_accepted_is_transient_and_says_it_may_be_delivered(
+def test_a_drop_after_the_relay_accepted_is_unknown_and_says_it_may_be_delivered(
     server: FaultySmtpServer, provider: SmtpProvider
 ) -> None:
     server.drop_connections(1, stage="after_accept")
     results = provider.send_batch(make_messages(3))
-    assert outcomes(results) == [Outcome.TRANSIENT, Outcome.ACCEPTED, Outcome.ACCEPTED]
+    assert outcomes(results) == [Outcome.UNKNOWN, Outcome.ACCEPTED, Outcome.ACCEPTED]
     assert "may have accepted" in results[0].reason
     # The relay has it once; the provider never sent it a second time within the batch.
     assert server.accepted_ids() == ["m0@postwise.test", "m1@postwise.test", "m2@postwise.test"]
@@ -372,13 +390,13 @@ def test_a_reply_slower_than_the_timeout_is_transient_and_the_batch_continues(
     assert_exactly_once(server, results)
 
 
-def test_a_slow_final_reply_is_transient_although_the_relay_kept_the_message(
+def test_a_slow_final_reply_is_unknown_because_the_relay_may_have_kept_the_message(
     server: FaultySmtpServer,
 ) -> None:
     server.slow_replies(1.5, count=1, command="DATA")
     with SmtpProvider("127.0.0.1", server.port, timeout=0.4) as provider:
         results = provider.send_batch(make_messages(3))
-    assert outcomes(results) == [Outcome.TRANSIENT, Outcome.ACCEPTED, Outcome.ACCEPTED]
+    assert outcomes(results) == [Outcome.UNKNOWN, Outcome.ACCEPTED, Outcome.ACCEPTED]
     assert "may have accepted" in results[0].reason
     assert server.accepted_ids() == ["m0@postwise.test", "m1@postwise.test", "m2@postwise.test"]
 
@@ -409,8 +427,8 @@ def test_every_message_gets_one_correct_outcome_under_mixed_faults(
     assert [(r.outcome, r.code) for r in results[:4]] == [
         (Outcome.TRANSIENT, 421),
         (Outcome.PERMANENT, 550),
-        (Outcome.TRANSIENT, None),
-        (Outcome.TRANSIENT, None),
+        (Outcome.UNKNOWN, None),
+        (Outcome.UNKNOWN, None),
     ]
     assert "lost at end of data" in results[2].reason
     assert "may have accepted" in results[3].reason

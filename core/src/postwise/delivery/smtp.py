@@ -8,14 +8,24 @@ RSET when they come back out of the pool, and replaced when they fail.
 Reply classification (per message, one recipient each):
 
 - 2xx to MAIL, RCPT and end of data: ACCEPTED.
-- 4xx anywhere, a lost connection, a timeout, or a reply that makes no sense: TRANSIENT.
+- 4xx anywhere, a lost connection, a timeout, or a reply that makes no sense, before the end of
+  the message was sent: TRANSIENT.
+- 4xx that says the sender is being rate-limited (:func:`is_rate_limit_reply`: "rate limited",
+  "throttling", "too many connections", Gmail's "receiving mail at a rate..."): DEFERRED. When it
+  ends the session (421) or refuses MAIL FROM, it concerns the sender, so the rest of the batch
+  is handed back DEFERRED without being attempted. Plain 4xx ("try again later") stays
+  TRANSIENT: a deferral does not use up an attempt, so it is kept for what is clearly a
+  throttle, never for a block that may last.
+- A lost connection, a timeout or a reply that makes no sense *after* the whole message and its
+  final "." were sent: UNKNOWN. The relay may have queued the message and lost the connection
+  before its reply reached us (RFC 1047); sending it again could deliver it twice.
 - 5xx to RCPT, DATA or end of data: PERMANENT.
 - 5xx to MAIL FROM: TRANSIENT, except 552 (message too big). A rejected sender is a problem with
   the relay's configuration (unauthorised sender domain, authentication required), not with the
   recipient, so it must not be recorded as the recipient's bounce.
 - A session that cannot be set up (connection refused, TLS failure, STARTTLS required but not
-  offered, authentication failure): every message not yet attempted is TRANSIENT with the reason,
-  which is logged once rather than once per message.
+  offered, authentication failure): every message not yet attempted is TRANSIENT with the reason
+  (DEFERRED when the relay's refusal is a rate limit), logged once rather than once per message.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from typing import Literal
 from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
 from postwise.errors import ConfigurationError
 
-__all__ = ["SmtpProvider", "StartTls", "parse_enhanced_status"]
+__all__ = ["SmtpProvider", "StartTls", "is_rate_limit_reply", "parse_enhanced_status"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,32 @@ _QUEUE_ID = re.compile(r"queued as\s+<?([^\s>]+)", re.IGNORECASE)
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _NEEDS_PARSING = re.compile(r"[<>\s\"(),;:\[\]\\]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Wording that says the *rate* is the problem, as large receivers and relays phrase it: Gmail
+# (421 4.7.28 "...has been temporarily rate limited", 450 4.2.1 "...receiving mail at a rate
+# that prevents additional messages"), Microsoft ("4.7.650 ...temporarily rate limited", RP-001
+# to RP-003 on Outlook.com), Amazon SES ("454 Throttling failure: Maximum sending rate
+# exceeded"), Postfix ("421 4.7.0 Error: too many connections", "450 4.7.1 too much mail"),
+# Exchange ("4.4.2 Message submission rate for this client has exceeded the configured limit").
+# "Try again later" alone is not enough: Gmail and Yahoo say it for reputation blocks too.
+_RATE_LIMITED = re.compile(
+    r"rate[ -]?limit"
+    r"|throttl"
+    r"|too many (?:messages|mails?|e-?mails|connections|concurrent|sessions|deliveries)"
+    r"|too much mail"
+    r"|(?:sending|message|submission|connection) rate"
+    r"|\bat a rate\b"
+    r"|\bRP-00[123]\b",
+    re.IGNORECASE,
+)
+
+
+def is_rate_limit_reply(code: int, text: str) -> bool:
+    """Whether the reply ``code text`` defers mail because of the sending rate.
+
+    Only 4xx replies qualify (a 5xx is permanent whatever it says), and only with wording that
+    names the rate; see the module docs for the replies this recognises.
+    """
+    return 400 <= code < 500 and _RATE_LIMITED.search(text) is not None
 
 
 def parse_enhanced_status(code: int, text: str) -> str | None:
@@ -107,11 +143,25 @@ def _decode(text: bytes | str) -> str:
 class _SessionError(Exception):
     """A session could not be set up; every message not yet attempted gets this reason."""
 
-    def __init__(self, reason: str, code: int | None = None, status: str | None = None) -> None:
+    def __init__(
+        self, reason: str, code: int | None = None, status: str | None = None, text: str = ""
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.code = code
         self.status = status
+        #: The relay refused the session because of the sending rate: come back later.
+        self.throttled = code is not None and is_rate_limit_reply(code, text)
+
+    def result(self, message: OutgoingMessage) -> SendResult:
+        outcome = Outcome.DEFERRED if self.throttled else Outcome.TRANSIENT
+        return SendResult(
+            message_id=message.message_id,
+            outcome=outcome,
+            code=self.code,
+            status=self.status,
+            reason=self.reason,
+        )
 
 
 class _Batch:
@@ -121,24 +171,36 @@ class _Batch:
         self.messages = messages
         self.results: list[SendResult | None] = [None] * len(messages)
         self.gave_up: _SessionError | None = None
+        #: The relay throttles the sender: what is not sent yet waits instead.
+        self.throttled: _SessionError | None = None
         self._next = 0
         self._lock = threading.Lock()
 
     def take(self) -> int | None:
         """The index of the next message to send, or None when every one is taken."""
         with self._lock:
-            if self._next == len(self.messages):
+            if self._next == len(self.messages) or self.throttled is not None:
                 return None
             self._next += 1
             return self._next - 1
 
+    def throttle(self, result: SendResult) -> None:
+        """Stop the batch: the relay said it takes no more from this sender for now."""
+        reason = f"not attempted: the relay is rate-limiting the sender ({result.code} "
+        reason += f"{result.reason})"
+        with self._lock:
+            if self.throttled is None:
+                self.throttled = _SessionError(reason, result.code, result.status, result.reason)
+
     def outcomes(self) -> list[SendResult]:
         """Every result, with the reason the last lane gave up for messages no lane sent."""
-        error = self.gave_up or _SessionError("not attempted: no connection was available")
+        error = (
+            self.throttled
+            or self.gave_up
+            or _SessionError("not attempted: no connection was available")
+        )
         return [
-            result
-            if result is not None
-            else _transient(message, error.reason, error.code, error.status)
+            result if result is not None else error.result(message)
             for message, result in zip(self.messages, self.results, strict=True)
         ]
 
@@ -234,7 +296,9 @@ class SmtpProvider(Provider):
         least :data:`MESSAGES_PER_CONNECTION` messages), using only connections that are free:
         the first one is waited for up to ``timeout`` seconds, the others are not. A connection
         lost mid-batch is replaced and sending goes on with the next message; the message in
-        flight is TRANSIENT. No message is sent twice within one call.
+        flight is TRANSIENT, or UNKNOWN when the connection was lost after its content was sent.
+        A rate-limit reply about the sender hands the rest of the batch back DEFERRED. No message
+        is sent twice within one call.
         """
         if not messages:
             return []
@@ -311,6 +375,8 @@ class SmtpProvider(Provider):
                     return
                 result, usable = self._transact(connection, batch.messages[index])
                 batch.results[index] = result
+                if result.outcome is Outcome.DEFERRED and _concerns_sender(result):
+                    batch.throttle(result)
                 if usable:
                     failures = 0
                 else:
@@ -380,6 +446,7 @@ class SmtpProvider(Provider):
                 f"{where} refused the session: {error.smtp_code} {text}",
                 error.smtp_code,
                 parse_enhanced_status(error.smtp_code, text),
+                text,
             ) from None
         except ssl.SSLError as error:
             raise _SessionError(f"TLS handshake with {where} failed: {error}") from None
@@ -422,6 +489,7 @@ class SmtpProvider(Provider):
                 f"{self.host}:{self.port} rejected EHLO and HELO: {code} {reply}",
                 code,
                 parse_enhanced_status(code, reply),
+                reply,
             )
 
     def _upgrade(self, smtp: smtplib.SMTP) -> bool:
@@ -531,6 +599,13 @@ class SmtpProvider(Provider):
             code, text = smtp.getreply()
         except (OSError, smtplib.SMTPException) as error:
             return self._lost(message, stage, error), False
+        if not 200 <= code < 600:
+            reply = _decode(text)
+            reason = (
+                f"unexpected reply to the end of data: {code} {reply}; the relay may have "
+                "accepted the message"
+            )
+            return _result(message, Outcome.UNKNOWN, reason), False
         if not 200 <= code < 300:
             return self._rejected(connection, message, stage, code, text)
         reply = _decode(text)
@@ -549,7 +624,9 @@ class SmtpProvider(Provider):
     ) -> tuple[SendResult, bool]:
         reply = _decode(text)
         status = parse_enhanced_status(code, reply)
-        if 400 <= code < 500:
+        if is_rate_limit_reply(code, reply):
+            outcome, reason = Outcome.DEFERRED, reply
+        elif 400 <= code < 500:
             outcome, reason = Outcome.TRANSIENT, reply
         elif 500 <= code < 600 and stage == "MAIL FROM" and code != 552:
             outcome = Outcome.TRANSIENT
@@ -592,9 +669,8 @@ class SmtpProvider(Provider):
             what = f"connection to {self.host}:{self.port} lost at {stage}: {_describe(error)}"
         if stage == "end of data":
             consequence = "the relay may have accepted the message before the connection failed"
-        else:
-            consequence = "the message was not transferred"
-        return _transient(message, f"{what}; {consequence}")
+            return _result(message, Outcome.UNKNOWN, f"{what}; {consequence}")
+        return _transient(message, f"{what}; the message was not transferred")
 
     def _log_failure(self, reason: str) -> None:
         # A relay that is down fails every batch the same way: say so once, not per batch.
@@ -603,6 +679,18 @@ class SmtpProvider(Provider):
                 return
             self._last_logged_failure = reason
         log.error("SMTP delivery via %s:%s failed: %s", self.host, self.port, reason)
+
+
+def _concerns_sender(result: SendResult) -> bool:
+    """Whether a rate-limit reply throttles the sender rather than one recipient.
+
+    RFC 3463 says what a status is about: addressing (X.1.X) and mailbox (X.2.X) statuses
+    concern the recipient (Gmail's 450 4.2.1 for a mailbox receiving mail too fast), every other
+    one, or none, the sender or the session; 421 closes the session whatever it says.
+    """
+    if result.code == 421 or result.status is None:
+        return True
+    return result.status.split(".")[1] not in ("1", "2")
 
 
 def _result(message: OutgoingMessage, outcome: Outcome, reason: str) -> SendResult:
