@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -11,13 +12,13 @@ from fake_sendgrid import API_KEY, FakeSendGrid, Reply, errors
 
 from postwise.delivery.dkim import DkimSigner, generate_key
 from postwise.delivery.message import Mailbox, build_message
-from postwise.delivery.provider import Outcome, OutgoingMessage
+from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage
 from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
 from postwise.settings import load_settings
 from postwise.testing.contracts import ProviderContract
 from postwise_sendgrid.options import parse_options
-from postwise_sendgrid.provider import SendGridProvider, classify_response, retry_after_seconds
+from postwise_sendgrid.provider import SendGridProvider, classify_response
 
 
 def make_provider(server: FakeSendGrid, **options: Any) -> SendGridProvider:
@@ -37,12 +38,25 @@ def plain(index: int, *, sender: str = "news@example.com") -> OutgoingMessage:
 
 
 class TestSendGridProviderContract(ProviderContract):
+    http_api = True
+
     @pytest.fixture(autouse=True)
     def _server(self, sendgrid_server: FakeSendGrid) -> None:
         self.server = sendgrid_server
 
     def make_provider(self) -> SendGridProvider:
-        return make_provider(self.server)
+        return make_provider(self.server, concurrency=1)
+
+    def throttle_next(self, retry_after: int) -> None:
+        self.server.reply(
+            Reply(429, {"Retry-After": str(retry_after)}, errors((None, "too many requests")))
+        )
+
+    def refuse_next_request(self) -> None:
+        self.server.reply(Reply(403, body=errors(("from", "not a verified Sender Identity"))))
+
+    def lose_next_answer(self) -> None:
+        self.server.reply(Reply(drop=True))
 
     def test_contract_messages_are_all_accepted_by_the_local_sendgrid(self) -> None:
         provider = self.make_provider()
@@ -62,7 +76,7 @@ def test_an_accepted_message_keeps_sendgrids_message_id(sendgrid_server: FakeSen
     finally:
         provider.close()
     assert result.outcome is Outcome.ACCEPTED
-    assert result.code == 202
+    assert (result.code, result.http_status) == (None, 202)
     assert result.provider_message_id == "sg-abc123"
 
 
@@ -131,7 +145,26 @@ def test_vendor_tracking_leaves_tracking_to_the_account(sendgrid_server: FakeSen
     assert body["mail_settings"] == {"sandbox_mode": {"enable": True}}
 
 
-def test_a_validation_error_is_permanent_and_names_sendgrids_reason(
+def test_a_validation_error_fails_the_message_without_blaming_the_recipient(
+    sendgrid_server: FakeSendGrid,
+) -> None:
+    sendgrid_server.reply(
+        Reply(400, body=errors(("from.email", "The from email does not contain a valid address.")))
+    )
+    provider = make_provider(sendgrid_server, concurrency=1)
+    try:
+        first, second = provider.send_batch([plain(1), plain(2)])
+    finally:
+        provider.close()
+    assert first.outcome is Outcome.FAILED
+    assert "HTTP 400" in first.reason
+    assert "from.email: The from email does not contain a valid address." in first.reason
+    # An HTTP status is no SMTP reply: it never goes where compliance reads one.
+    assert (first.code, first.http_status, first.bounce_kind) == (None, 400, None)
+    assert second.outcome is Outcome.ACCEPTED
+
+
+def test_an_invalid_recipient_address_is_a_bounce_compliance_does_not_act_on(
     sendgrid_server: FakeSendGrid,
 ) -> None:
     sendgrid_server.reply(
@@ -139,20 +172,18 @@ def test_a_validation_error_is_permanent_and_names_sendgrids_reason(
             400, body=errors(("personalizations.0.to.0.email", "Does not contain a valid address."))
         )
     )
-    provider = make_provider(sendgrid_server, concurrency=1)
+    provider = make_provider(sendgrid_server)
     try:
-        first, second = provider.send_batch([plain(1), plain(2)])
+        [result] = provider.send_batch([plain(1)])
     finally:
         provider.close()
-    assert first.outcome is Outcome.PERMANENT
-    assert "HTTP 400" in first.reason
-    assert "personalizations.0.to.0.email: Does not contain a valid address." in first.reason
-    # An HTTP status is no SMTP reply: compliance must not classify it as a bounce.
-    assert first.code is None
-    assert second.outcome is Outcome.ACCEPTED
+    assert result.outcome is Outcome.PERMANENT
+    assert (result.code, result.http_status) == (None, 400)
+    assert result.bounce_kind is BounceKind.UNKNOWN
+    assert "personalizations.0.to.0.email: Does not contain a valid address." in result.reason
 
 
-def test_a_429_is_transient_with_retry_after_and_the_rest_is_not_attempted(
+def test_a_429_defers_the_message_and_the_rest_of_the_batch_for_retry_after(
     sendgrid_server: FakeSendGrid,
 ) -> None:
     sendgrid_server.reply(
@@ -163,15 +194,26 @@ def test_a_429_is_transient_with_retry_after_and_the_rest_is_not_attempted(
         results = provider.send_batch([plain(i) for i in range(4)])
     finally:
         provider.close()
-    assert [r.outcome for r in results] == [Outcome.ACCEPTED] + [Outcome.TRANSIENT] * 3
-    assert results[1].code == 429
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] + [Outcome.DEFERRED] * 3
+    assert (results[1].http_status, results[1].code) == (429, None)
+    assert [r.retry_after for r in results[1:]] == [7.0] * 3
     assert "retry after 7 s" in results[1].reason
     assert all(r.reason.startswith("not attempted: rate limited") for r in results[2:])
     assert len(sendgrid_server.received) == 2
 
 
+def test_a_429_without_retry_after_waits_until_the_rate_limit_resets() -> None:
+    reset = str(int(time.time()) + 30)
+    verdict = classify_response("m1", 429, {"x-ratelimit-reset": reset}, b"")
+    assert verdict.result.outcome is Outcome.DEFERRED and verdict.halt
+    assert verdict.result.retry_after is not None
+    assert 28 <= verdict.result.retry_after <= 30
+
+
 def test_a_server_error_is_transient_and_sending_goes_on(sendgrid_server: FakeSendGrid) -> None:
-    sendgrid_server.reply(Reply(500, body=errors((None, "internal error"))), Reply(503))
+    sendgrid_server.reply(
+        Reply(500, body=errors((None, "internal error"))), Reply(503, {"Retry-After": "4"})
+    )
     provider = make_provider(sendgrid_server, concurrency=1)
     try:
         results = provider.send_batch([plain(i) for i in range(3)])
@@ -179,10 +221,14 @@ def test_a_server_error_is_transient_and_sending_goes_on(sendgrid_server: FakeSe
         provider.close()
     assert [r.outcome for r in results] == [Outcome.TRANSIENT, Outcome.TRANSIENT, Outcome.ACCEPTED]
     assert "HTTP 500" in results[0].reason and "internal error" in results[0].reason
-    assert results[1].code == 503
+    assert (results[0].retry_after, results[1].http_status, results[1].retry_after) == (
+        None,
+        503,
+        4.0,
+    )
 
 
-def test_a_dropped_connection_is_transient_and_the_next_message_gets_a_new_one(
+def test_a_connection_lost_after_the_request_is_unknown_and_the_next_message_goes_on(
     sendgrid_server: FakeSendGrid,
 ) -> None:
     sendgrid_server.reply(Reply(drop=True))
@@ -191,20 +237,23 @@ def test_a_dropped_connection_is_transient_and_the_next_message_gets_a_new_one(
         first, second = provider.send_batch([plain(1), plain(2)])
     finally:
         provider.close()
-    assert first.outcome is Outcome.TRANSIENT
-    assert "connection to SendGrid lost" in first.reason
+    # SendGrid read the whole request: it may have taken the message, so it must not be resent.
+    assert first.outcome is Outcome.UNKNOWN
+    assert "connection to SendGrid lost before its answer" in first.reason
+    assert "may have been accepted" in first.reason
     assert second.outcome is Outcome.ACCEPTED
+    assert len(sendgrid_server.received) == 2
 
 
-def test_no_answer_within_the_timeout_is_transient(sendgrid_server: FakeSendGrid) -> None:
+def test_no_answer_within_the_timeout_is_unknown(sendgrid_server: FakeSendGrid) -> None:
     sendgrid_server.reply(Reply(hang=1.5))
     provider = make_provider(sendgrid_server, timeout=0.3)
     try:
         [result] = provider.send_batch([plain(1)])
     finally:
         provider.close()
-    assert result.outcome is Outcome.TRANSIENT
-    assert "no answer from SendGrid within 0.3 s" in result.reason
+    assert result.outcome is Outcome.UNKNOWN
+    assert "no answer from SendGrid within 0.3 s after the request was sent" in result.reason
 
 
 def test_a_refused_api_key_is_transient_and_stops_the_batch(
@@ -217,6 +266,7 @@ def test_a_refused_api_key_is_transient_and_stops_the_batch(
         provider.close()
     assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
     assert "HTTP 401" in results[0].reason and "API key" in results[0].reason
+    assert (results[0].code, results[0].http_status, results[0].bounce_kind) == (None, 401, None)
     assert results[2].reason.startswith("not attempted: SendGrid answered HTTP 401")
     assert len(sendgrid_server.received) == 1
 
@@ -265,7 +315,7 @@ def test_the_api_key_is_never_logged_nor_put_in_a_reason(
     assert API_KEY not in repr(parse_options({"api_key": API_KEY}))
 
 
-def test_a_message_that_cannot_be_converted_is_permanent_and_not_sent(
+def test_a_message_that_cannot_be_converted_fails_and_is_not_sent(
     sendgrid_server: FakeSendGrid,
 ) -> None:
     raw = b"To: a@example.net\r\nSubject: x\r\n\r\nno sender\r\n"
@@ -274,7 +324,7 @@ def test_a_message_that_cannot_be_converted_is_permanent_and_not_sent(
         [result] = provider.send_batch([OutgoingMessage("m1", "", "a@example.net", raw)])
     finally:
         provider.close()
-    assert result.outcome is Outcome.PERMANENT
+    assert result.outcome is Outcome.FAILED
     assert "no From header" in result.reason
     assert sendgrid_server.received == []
 
@@ -325,29 +375,26 @@ def test_an_unknown_option_is_a_configuration_error_listing_the_known_ones() -> 
         parse_options({"base_url": "api.sendgrid.com"})
 
 
-def test_retry_after_is_read_from_seconds_a_date_or_the_rate_limit_reset() -> None:
-    assert retry_after_seconds({"retry-after": "12"}) == 12
-    assert retry_after_seconds(
-        {"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, now=40
-    ) == pytest.approx(60)
-    assert retry_after_seconds({"x-ratelimit-reset": "1000"}, now=990) == 10
-    assert retry_after_seconds({}) is None
-
-
 @pytest.mark.parametrize(
-    ("status", "outcome"),
+    ("status", "outcome", "halt"),
     [
-        (202, Outcome.ACCEPTED),
-        (400, Outcome.PERMANENT),
-        (413, Outcome.PERMANENT),
-        (401, Outcome.TRANSIENT),
-        (403, Outcome.TRANSIENT),
-        (429, Outcome.TRANSIENT),
-        (500, Outcome.TRANSIENT),
-        (502, Outcome.TRANSIENT),
+        (200, Outcome.ACCEPTED, False),
+        (202, Outcome.ACCEPTED, False),
+        (400, Outcome.FAILED, False),
+        (413, Outcome.FAILED, False),
+        (415, Outcome.FAILED, False),
+        (401, Outcome.TRANSIENT, True),
+        (403, Outcome.TRANSIENT, True),
+        (404, Outcome.TRANSIENT, True),
+        (429, Outcome.DEFERRED, True),
+        (500, Outcome.TRANSIENT, False),
+        (502, Outcome.TRANSIENT, False),
     ],
 )
-def test_each_status_is_classified(status: int, outcome: Outcome) -> None:
-    result, _stop = classify_response("m1", status, {}, b"")
-    assert result.outcome is outcome
-    assert result.code == (None if outcome is Outcome.PERMANENT else status)
+def test_each_status_is_classified(status: int, outcome: Outcome, halt: bool) -> None:
+    verdict = classify_response("m1", status, {}, b"")
+    assert verdict.result.outcome is outcome
+    assert verdict.halt is halt
+    # Never an SMTP code from an HTTP API, never a verdict on the recipient from our request.
+    assert (verdict.result.code, verdict.result.http_status) == (None, status)
+    assert verdict.result.bounce_kind is None
