@@ -9,12 +9,16 @@ from typing import Any
 
 import dkim
 from fake_mailchimp import API_KEY, FakeMailchimp, Reply, error
+from sqlmodel import select
 
+from postwise.compliance.processing import ComplianceConsumer
+from postwise.compliance.suppression import is_suppressed
 from postwise.db.models import Campaign, Contact, Template, TemplateVersion
 from postwise.db.models import Message as LedgerRow
 from postwise.delivery.dispatch import dispatch_campaign
 from postwise.delivery.dkim import DkimSigner, generate_key
 from postwise.delivery.worker import drain
+from postwise.events import EVENT_STREAM, decode_event
 from postwise.runtime import Runtime
 
 HTML = (
@@ -78,7 +82,7 @@ def test_a_campaign_reaches_mailchimp_signed_once_per_contact_through_throttling
         dispatch_campaign(runtime, campaign)
         drain(runtime, max_wait=30)
         with runtime.session() as session:
-            rows = session.query(LedgerRow).filter(LedgerRow.campaign_id == campaign).all()
+            rows = session.exec(select(LedgerRow).where(LedgerRow.campaign_id == campaign)).all()
     finally:
         runtime.close()
     assert len(rows) == 10
@@ -97,3 +101,79 @@ def test_a_campaign_reaches_mailchimp_signed_once_per_contact_through_throttling
         assert metadata["postwise_message_id"] in ids
         assert metadata["postwise_campaign_id"] == str(campaign)
         assert dkim.verify(raw, dnsfunc=lambda *_a, **_k: record)
+
+
+def test_rejections_become_bounces_of_mailchimps_kind_and_never_carry_an_smtp_code(
+    make_settings: Any, mailchimp_server: FakeMailchimp
+) -> None:
+    # What Mailchimp holds against each address, and what compliance must make of it.
+    mailchimp_server.rejected.update(
+        {
+            "user0@example.org": "hard-bounce",
+            "user1@example.org": "spam",
+            "user2@example.org": "soft-bounce",
+            "user3@example.org": "unsub",
+            "user4@example.org": "invalid-sender",
+        }
+    )
+    runtime = Runtime(
+        make_settings(
+            provider="mailchimp",
+            provider_options={
+                "mailchimp": {"api_key": API_KEY, "base_url": mailchimp_server.base_url}
+            },
+            frequency_cap="off",
+        )
+    )
+    try:
+        campaign = seed_campaign(runtime, 6)
+        dispatch_campaign(runtime, campaign)
+        drain(runtime, max_wait=30)
+        ComplianceConsumer(runtime, name="test").run_once(block_ms=None)
+        entries: Any = runtime.redis.xrange(EVENT_STREAM)
+        events = [decode_event(fields) for _, fields in entries]
+        with runtime.session() as session:
+            contacts = {c.id: c for c in session.exec(select(Contact)).all()}
+            rows = session.exec(select(LedgerRow).where(LedgerRow.campaign_id == campaign)).all()
+            by_email = {contacts[row.contact_id].email: row for row in rows}
+            suppressed = {c.email: is_suppressed(session, c.email) for c in contacts.values()}
+    finally:
+        runtime.close()
+    status = {email: row.status for email, row in by_email.items()}
+    assert status == {
+        "user0@example.org": "bounced",
+        "user1@example.org": "bounced",
+        "user2@example.org": "bounced",
+        "user3@example.org": "dead",
+        "user4@example.org": "dead",
+        "user5@example.org": "accepted",
+    }
+    bounces = {
+        contacts[e.contact_id].email: e.properties
+        for e in events
+        if e.type == "bounce" and e.event_id.startswith("bounce:")
+    }
+    assert {email: p["kind"] for email, p in bounces.items()} == {
+        "user0@example.org": "hard",
+        "user1@example.org": "complaint",
+        "user2@example.org": "soft",
+    }
+    # Mailchimp's HTTP 200 is recorded as what it is, never as an SMTP reply.
+    assert all("smtp_code" not in p and p["http_status"] == 200 for p in bounces.values())
+    assert all(row.last_code is None for row in rows)
+    # Compliance acted on each kind: suppressed, unsubscribed, counted; the others untouched.
+    by_address = {c.email: c for c in contacts.values()}
+    assert by_address["user0@example.org"].status == "bounced"
+    assert by_address["user1@example.org"].status == "complained"
+    assert by_address["user2@example.org"].status == "active"
+    assert suppressed == {
+        "user0@example.org": True,
+        "user1@example.org": True,
+        "user2@example.org": False,
+        "user3@example.org": False,
+        "user4@example.org": False,
+        "user5@example.org": False,
+    }
+    dead = {contacts[e.contact_id].email: e.properties for e in events if e.type == "dead_letter"}
+    assert "unsubscribed at Mailchimp" in dead["user3@example.org"]["reason"]
+    assert "sender address is not valid" in dead["user4@example.org"]["reason"]

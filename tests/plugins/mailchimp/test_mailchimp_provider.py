@@ -13,7 +13,7 @@ from fake_mailchimp import API_KEY, FakeMailchimp, Reply, error
 
 from postwise.delivery.dkim import DkimSigner, generate_key
 from postwise.delivery.message import Mailbox, build_message
-from postwise.delivery.provider import Outcome, OutgoingMessage
+from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage
 from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
 from postwise.settings import load_settings
@@ -38,12 +38,26 @@ def plain(index: int) -> OutgoingMessage:
 
 
 class TestMailchimpProviderContract(ProviderContract):
+    http_api = True
+
     @pytest.fixture(autouse=True)
     def _server(self, mailchimp_server: FakeMailchimp) -> None:
         self.server = mailchimp_server
 
     def make_provider(self) -> MailchimpProvider:
-        return make_provider(self.server)
+        return make_provider(self.server, concurrency=1)
+
+    def throttle_next(self, retry_after: int) -> None:
+        self.server.reply(Reply(429, {"Retry-After": str(retry_after)}, {"status": "error"}))
+
+    def reject_recipient(self, address: str) -> None:
+        self.server.rejected[address] = "hard-bounce"
+
+    def refuse_next_request(self) -> None:
+        self.server.reply(Reply(500, body=error("Invalid_Key", "Invalid API key")))
+
+    def lose_next_answer(self) -> None:
+        self.server.reply(Reply(drop=True))
 
     def test_contract_messages_are_all_accepted_by_the_local_api(self) -> None:
         provider = self.make_provider()
@@ -79,7 +93,7 @@ def test_the_raw_message_is_sent_as_signed_with_the_ledger_id_as_metadata(
     finally:
         provider.close()
     assert result.outcome is Outcome.ACCEPTED, result.reason
-    assert result.code == 200 and result.provider_message_id
+    assert (result.code, result.http_status) == (None, 200) and result.provider_message_id
     [request] = mailchimp_server.received
     body = request.body
     assert body["key"] == API_KEY
@@ -96,21 +110,46 @@ def test_the_raw_message_is_sent_as_signed_with_the_ledger_id_as_metadata(
     assert dkim.verify(body["raw_message"].encode(), dnsfunc=lambda *_a, **_k: record)
 
 
-def test_a_rejected_recipient_is_permanent_with_the_reject_reason(
-    mailchimp_server: FakeMailchimp,
+@pytest.mark.parametrize(
+    ("reject_reason", "outcome", "kind"),
+    [
+        ("hard-bounce", Outcome.PERMANENT, BounceKind.HARD),
+        ("invalid", Outcome.PERMANENT, BounceKind.HARD),
+        ("soft-bounce", Outcome.PERMANENT, BounceKind.SOFT),
+        ("spam", Outcome.PERMANENT, BounceKind.COMPLAINT),
+        ("unsub", Outcome.FAILED, None),
+        ("custom", Outcome.FAILED, None),
+        ("rule", Outcome.FAILED, None),
+        ("invalid-sender", Outcome.FAILED, None),
+        ("some-future-reason", Outcome.FAILED, None),
+        ("unsigned", Outcome.TRANSIENT, None),
+        ("test-mode-limit", Outcome.TRANSIENT, None),
+    ],
+)
+def test_a_rejected_recipient_is_classified_by_its_reject_reason(
+    mailchimp_server: FakeMailchimp, reject_reason: str, outcome: Outcome, kind: BounceKind | None
 ) -> None:
-    mailchimp_server.rejected.add("rcpt1@example.net")
-    provider = make_provider(mailchimp_server)
+    mailchimp_server.rejected["rcpt1@example.net"] = reject_reason
+    provider = make_provider(mailchimp_server, concurrency=1)
     try:
-        rejected, accepted = provider.send_batch([plain(1), plain(2)])
+        rejected, after = provider.send_batch([plain(1), plain(2)])
     finally:
         provider.close()
-    assert rejected.outcome is Outcome.PERMANENT
-    assert rejected.reason == "rejected by Mailchimp Transactional: hard-bounce"
-    assert accepted.outcome is Outcome.ACCEPTED
+    assert rejected.outcome is outcome
+    assert rejected.bounce_kind is kind
+    assert rejected.reason.startswith(f"rejected by Mailchimp Transactional: {reject_reason}")
+    # Mailchimp's HTTP 200 is no SMTP reply: compliance must never read it as one.
+    assert (rejected.code, rejected.http_status) == (None, 200)
+    assert rejected.provider_message_id
+    if reject_reason == "test-mode-limit":
+        # The account's limit holds for every message: the rest of the batch waits.
+        assert after.outcome is Outcome.TRANSIENT and after.reason.startswith("not attempted")
+        assert len(mailchimp_server.received) == 1
+    else:
+        assert after.outcome is Outcome.ACCEPTED
 
 
-def test_an_invalid_recipient_is_permanent(mailchimp_server: FakeMailchimp) -> None:
+def test_an_invalid_recipient_is_a_hard_bounce(mailchimp_server: FakeMailchimp) -> None:
     mailchimp_server.reply(
         Reply(200, body=[{"email": "rcpt1@example.net", "status": "invalid", "_id": "x1"}])
     )
@@ -120,10 +159,11 @@ def test_an_invalid_recipient_is_permanent(mailchimp_server: FakeMailchimp) -> N
     finally:
         provider.close()
     assert result.outcome is Outcome.PERMANENT
+    assert result.bounce_kind is BounceKind.HARD
     assert "invalid" in result.reason
 
 
-def test_a_validation_error_is_permanent_although_mailchimp_sends_it_as_http_500(
+def test_a_validation_error_fails_the_message_although_mailchimp_sends_it_as_http_500(
     mailchimp_server: FakeMailchimp,
 ) -> None:
     mailchimp_server.reply(
@@ -134,10 +174,10 @@ def test_a_validation_error_is_permanent_although_mailchimp_sends_it_as_http_500
         first, second = provider.send_batch([plain(1), plain(2)])
     finally:
         provider.close()
-    assert first.outcome is Outcome.PERMANENT
+    assert first.outcome is Outcome.FAILED
     assert "ValidationError" in first.reason and "bad address" in first.reason
     # Mailchimp's HTTP 500 is no SMTP reply: compliance must not classify it as a hard bounce.
-    assert first.code is None
+    assert (first.code, first.http_status, first.bounce_kind) == (None, 500, None)
     assert second.outcome is Outcome.ACCEPTED
 
 
@@ -149,6 +189,7 @@ def test_an_invalid_key_is_transient_and_stops_the_batch(mailchimp_server: FakeM
         provider.close()
     assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
     assert "Invalid_Key" in results[0].reason
+    assert results[0].bounce_kind is None
     assert results[2].reason.startswith("not attempted: Mailchimp Transactional refused")
     assert len(mailchimp_server.received) == 1
 
@@ -164,7 +205,7 @@ def test_a_general_error_is_transient_and_sending_goes_on(mailchimp_server: Fake
     assert second.outcome is Outcome.ACCEPTED
 
 
-def test_a_429_is_transient_with_retry_after_and_the_rest_is_not_attempted(
+def test_a_429_defers_the_message_and_the_rest_of_the_batch_for_retry_after(
     mailchimp_server: FakeMailchimp,
 ) -> None:
     mailchimp_server.reply(Reply(429, {"Retry-After": "30"}, {"status": "error"}))
@@ -173,7 +214,8 @@ def test_a_429_is_transient_with_retry_after_and_the_rest_is_not_attempted(
         results = provider.send_batch([plain(i) for i in range(3)])
     finally:
         provider.close()
-    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+    assert [r.outcome for r in results] == [Outcome.DEFERRED] * 3
+    assert [r.retry_after for r in results] == [30.0] * 3
     assert "retry after 30 s" in results[0].reason
     assert len(mailchimp_server.received) == 1
 
@@ -185,18 +227,22 @@ def test_a_bad_gateway_without_json_is_transient(mailchimp_server: FakeMailchimp
         [result] = provider.send_batch([plain(1)])
     finally:
         provider.close()
-    assert result.outcome is Outcome.TRANSIENT and result.code == 502
+    assert result.outcome is Outcome.TRANSIENT
+    assert (result.code, result.http_status) == (None, 502)
 
 
-def test_a_dropped_connection_and_a_timeout_are_transient(mailchimp_server: FakeMailchimp) -> None:
+def test_a_connection_lost_or_an_answer_missing_after_the_request_is_unknown(
+    mailchimp_server: FakeMailchimp,
+) -> None:
     mailchimp_server.reply(Reply(drop=True), Reply(hang=1.5))
     provider = make_provider(mailchimp_server, concurrency=1, timeout=0.3)
     try:
         dropped, timed_out, accepted = provider.send_batch([plain(1), plain(2), plain(3)])
     finally:
         provider.close()
-    assert dropped.outcome is Outcome.TRANSIENT and "connection" in dropped.reason
-    assert timed_out.outcome is Outcome.TRANSIENT and "within 0.3 s" in timed_out.reason
+    # Mailchimp read each request whole: it may have sent the message, so neither is resent.
+    assert dropped.outcome is Outcome.UNKNOWN and "connection" in dropped.reason
+    assert timed_out.outcome is Outcome.UNKNOWN and "within 0.3 s" in timed_out.reason
     assert accepted.outcome is Outcome.ACCEPTED
 
 
@@ -270,20 +316,28 @@ def test_a_missing_api_key_is_a_configuration_error_naming_the_setting() -> None
         parse_options({"apikey": "x"})
 
 
+A = "a@example.net"
+
+
 @pytest.mark.parametrize(
-    ("status", "body", "outcome"),
+    ("status", "body", "outcome", "halt"),
     [
-        (200, [{"email": "a@example.net", "status": "queued", "_id": "1"}], Outcome.ACCEPTED),
-        (200, [{"email": "a@example.net", "status": "scheduled", "_id": "1"}], Outcome.ACCEPTED),
-        (200, [{"email": "a@example.net", "status": "rejected"}], Outcome.PERMANENT),
-        (200, [], Outcome.TRANSIENT),
-        (500, error("PaymentRequired", "no credits"), Outcome.TRANSIENT),
-        (500, error("Unknown_Subaccount", "no such subaccount"), Outcome.TRANSIENT),
-        (400, {"message": "bad"}, Outcome.PERMANENT),
-        (503, None, Outcome.TRANSIENT),
+        (200, [{"email": A, "status": "queued", "_id": "1"}], Outcome.ACCEPTED, False),
+        (200, [{"email": A, "status": "scheduled", "_id": "1"}], Outcome.ACCEPTED, False),
+        (200, [{"email": A, "status": "rejected"}], Outcome.FAILED, False),
+        (200, [{"email": A, "status": "bounced?"}], Outcome.UNKNOWN, False),
+        (200, [], Outcome.TRANSIENT, False),
+        (500, error("PaymentRequired", "no credits"), Outcome.TRANSIENT, True),
+        (500, error("Unknown_Subaccount", "no such subaccount"), Outcome.TRANSIENT, True),
+        (401, None, Outcome.TRANSIENT, True),
+        (400, {"message": "bad"}, Outcome.FAILED, False),
+        (429, None, Outcome.DEFERRED, True),
+        (503, None, Outcome.TRANSIENT, False),
     ],
-)
-def test_each_answer_is_classified(status: int, body: Any, outcome: Outcome) -> None:
+)  # fmt: skip
+def test_each_answer_is_classified(status: int, body: Any, outcome: Outcome, halt: bool) -> None:
     data = b"" if body is None else json.dumps(body).encode()
-    result, _stop = classify_response("m1", "a@example.net", status, {}, data)
-    assert result.outcome is outcome
+    verdict = classify_response("m1", A, status, {}, data)
+    assert verdict.result.outcome is outcome
+    assert verdict.halt is halt
+    assert (verdict.result.code, verdict.result.http_status) == (None, status)

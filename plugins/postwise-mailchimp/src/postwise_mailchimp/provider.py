@@ -7,17 +7,40 @@ DKIM-signed it. One header is added in front: ``X-MC-Metadata`` with postwise's 
 returns it as ``msg.metadata`` in every webhook event, which ties events to the send ledger. An
 added header is not among the signed ones, so the DKIM signature stays valid.
 
-Outcomes, per message:
+Outcomes, per message. The API answers for the request, never with an SMTP reply, so results
+carry its status as ``http_status`` and no ``code``; a rejection says what it means for the
+address as ``bounce_kind``:
 
-* 2xx with the recipient ``sent``, ``queued`` or ``scheduled``: ``accepted``, keeping ``_id``;
-* 2xx with the recipient ``rejected`` or ``invalid``: ``permanent``, with ``reject_reason``;
-* errors (``{"status": "error", "name", "message"}``, which Mailchimp sends with HTTP 500
-  whatever the cause) by name: ``ValidationError`` is ``permanent`` (without a ``code``, so
-  that the compliance consumer cannot read the HTTP 500 as an SMTP reply); ``Invalid_Key``,
-  ``PaymentRequired`` and ``Unknown_Subaccount`` are ``transient`` and stop the batch (the
-  configuration is wrong, not the message); ``GeneralError`` is ``transient``;
-* 429 (Retry-After in the reason), 5xx, connection errors and timeouts: ``transient``; a 429
-  or a failure to connect also stops the rest of the batch.
+================================  ===============================================================
+Mailchimp's answer                outcome
+================================  ===============================================================
+recipient ``sent``, ``queued``,   ``accepted``, keeping ``_id``
+``scheduled``
+``rejected``: ``hard-bounce``,    ``permanent``, ``bounce_kind`` ``hard`` (suppressed): Mailchimp
+``invalid``; status ``invalid``   holds the address as bounced or invalid
+``rejected``: ``soft-bounce``     ``permanent``, ``bounce_kind`` ``soft`` (counted)
+``rejected``: ``spam``            ``permanent``, ``bounce_kind`` ``complaint``: the recipient
+                                  reported earlier mail as spam
+``rejected``: ``unsub``,          ``failed``: not sent, but no bounce; an unsubscribe comes with
+``custom``, ``rule``,             the ``reject`` webhook event, the others are the account's own
+``invalid-sender``, or a reason   rules or sender
+not listed here
+``rejected``: ``unsigned``        ``transient``: the sending domain is not verified yet
+``rejected``: ``test-mode-limit`` ``transient``, and the rest of the batch is not attempted
+429                               ``deferred`` for ``Retry-After``; the rest of the batch waits
+``Invalid_Key``,                  ``transient``, and the rest of the batch is not attempted: the
+``PaymentRequired``,              configuration is wrong, not the message
+``Unknown_Subaccount``; 401, 403,
+404
+``ValidationError``; other 4xx    ``failed``: our request cannot succeed as it is
+``GeneralError``, other 5xx       ``transient`` (waiting at least a ``Retry-After``)
+no connection                     ``transient``, the rest of the batch is not attempted
+request sent, answer lost; a      ``unknown``: in doubt, never sent again automatically
+recipient status not listed here
+================================  ===============================================================
+
+Mailchimp sends every error object (``{"status": "error", "name", "message"}``) with HTTP 500
+whatever its cause, so errors are classified by ``name``.
 
 The API key travels in the JSON body, as the API requires; bodies are never logged.
 """
@@ -25,18 +48,20 @@ The API key travels in the JSON body, as the API requires; bodies are never logg
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from email.utils import parsedate_to_datetime
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 from postwise import __version__ as postwise_version
-from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+from postwise.delivery.http import (
+    MAX_REASON,
+    HttpApiProvider,
+    Verdict,
+    rate_limited,
+    retry_after_seconds,
+)
+from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage, SendResult
 from postwise.errors import ConfigurationError
 from postwise_mailchimp.options import MailchimpOptions
 
@@ -46,21 +71,37 @@ __all__ = [
     "SEND_RAW_PATH",
     "MailchimpProvider",
     "classify_response",
-    "retry_after_seconds",
     "with_metadata",
 ]
-
-log = logging.getLogger(__name__)
 
 #: As the vendor's client calls it: the method path plus the output format.
 SEND_RAW_PATH = "/messages/send-raw.json"
 METADATA_HEADER = "X-MC-Metadata"
 #: The metadata key carrying postwise's message id (the ledger key).
 MESSAGE_ID_KEY = "postwise_message_id"
+SERVICE = "Mailchimp Transactional"
 _ACCEPTED_STATUSES = frozenset({"sent", "queued", "scheduled"})
 _CONFIGURATION_ERRORS = frozenset({"Invalid_Key", "PaymentRequired", "Unknown_Subaccount"})
 _HALTING_STATUSES = {401: "unauthorised", 403: "forbidden", 404: "no such endpoint"}
-_MAX_REASON = 500
+#: Reject reasons that are Mailchimp's verdict on the address.
+_BOUNCE_KINDS = {
+    "hard-bounce": BounceKind.HARD,
+    "invalid": BounceKind.HARD,
+    "soft-bounce": BounceKind.SOFT,
+    "spam": BounceKind.COMPLAINT,
+}
+#: Reject reasons about the account's configuration, which the operator can fix; ``True``: the
+#: rest of the batch would be rejected the same way.
+_CONFIGURATION_REJECTS = {"unsigned": False, "test-mode-limit": True}
+#: What the other documented reasons mean, for the dead letter's reason.
+_REJECT_MEANINGS = {
+    "unsub": "the recipient unsubscribed at Mailchimp",
+    "custom": "the address is on the account's own rejection denylist",
+    "rule": "a rule of the account rejected it",
+    "invalid-sender": "the sender address is not valid",
+    "unsigned": "the sending domain is not verified (DKIM/SPF) in Mailchimp",
+    "test-mode-limit": "the test-mode key's sending limit is reached",
+}
 
 
 def with_metadata(message: OutgoingMessage) -> bytes:
@@ -72,120 +113,113 @@ def with_metadata(message: OutgoingMessage) -> bytes:
     return f"{METADATA_HEADER}: {value}\r\n".encode("ascii") + message.raw
 
 
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait according to ``Retry-After`` (seconds or an HTTP date)."""
-    value = (headers.get("retry-after") or "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
+def _rejected(message_id: str, status: int, why: str, provider_id: str | None) -> Verdict:
+    meaning = _REJECT_MEANINGS.get(why)
+    reason = f"rejected by {SERVICE}: {why or 'no reason given'}"
+    if meaning:
+        reason += f" ({meaning})"
+    kind = _BOUNCE_KINDS.get(why)
+    if kind is not None:
+        outcome = Outcome.PERMANENT
+    elif why in _CONFIGURATION_REJECTS:
+        outcome = Outcome.TRANSIENT
+    else:
+        outcome = Outcome.FAILED
+    result = SendResult(
+        message_id,
+        outcome,
+        reason=reason,
+        provider_message_id=provider_id,
+        http_status=status,
+        bounce_kind=kind,
+    )
+    return Verdict(result, halt=_CONFIGURATION_REJECTS.get(why, False))
 
 
-def _recipient_result(
-    message_id: str, recipient: str, status: int, entries: list[Any]
-) -> SendResult:
+def _recipient_result(message_id: str, recipient: str, status: int, entries: list[Any]) -> Verdict:
     wanted = recipient.lower()
     entry = next(
         (e for e in entries if isinstance(e, dict) and str(e.get("email", "")).lower() == wanted),
         entries[0] if entries and isinstance(entries[0], dict) else None,
     )
     if entry is None:
-        return SendResult(
-            message_id,
-            Outcome.TRANSIENT,
-            code=status,
-            reason="Mailchimp Transactional answered without a result for the recipient",
-        )
+        reason = f"{SERVICE} answered without a result for the recipient"
+        return Verdict(SendResult(message_id, Outcome.TRANSIENT, reason=reason, http_status=status))
     state = str(entry.get("status") or "")
     provider_id = entry.get("_id") if isinstance(entry.get("_id"), str) else None
     if state in _ACCEPTED_STATUSES:
-        return SendResult(
-            message_id, Outcome.ACCEPTED, code=status, provider_message_id=provider_id
+        result = SendResult(
+            message_id, Outcome.ACCEPTED, http_status=status, provider_message_id=provider_id
         )
+        return Verdict(result)
     if state == "rejected":
-        why = entry.get("reject_reason") or "no reason given"
-        return SendResult(
-            message_id,
-            Outcome.PERMANENT,
-            code=status,
-            reason=f"rejected by Mailchimp Transactional: {why}",
-            provider_message_id=provider_id,
-        )
+        return _rejected(message_id, status, str(entry.get("reject_reason") or ""), provider_id)
     if state == "invalid":
-        return SendResult(
+        result = SendResult(
             message_id,
             Outcome.PERMANENT,
-            code=status,
-            reason="Mailchimp Transactional says the recipient address is invalid",
+            reason=f"{SERVICE} says the recipient address is invalid",
             provider_message_id=provider_id,
+            http_status=status,
+            bounce_kind=BounceKind.HARD,
         )
-    return SendResult(
-        message_id,
-        Outcome.TRANSIENT,
-        code=status,
-        reason=f"Mailchimp Transactional answered with the unknown status {state!r}",
+        return Verdict(result)
+    reason = f"{SERVICE} answered with the unknown status {state!r}; it may have been accepted"
+    return Verdict(
+        SendResult(
+            message_id,
+            Outcome.UNKNOWN,
+            reason=reason[:MAX_REASON],
+            provider_message_id=provider_id,
+            http_status=status,
+        )
     )
 
 
 def classify_response(
     message_id: str, recipient: str, status: int, headers: Mapping[str, str], body: bytes
-) -> tuple[SendResult, str | None]:
-    """The outcome of one send-raw response, and why to stop the batch (``None``: go on)."""
+) -> Verdict:
+    """The outcome of one send-raw response (see the module docs)."""
     try:
         data: Any = json.loads(body)
     except ValueError:
         data = None
     if 200 <= status < 300 and isinstance(data, list):
-        return _recipient_result(message_id, recipient, status, data), None
+        return _recipient_result(message_id, recipient, status, data)
+    if status == 429:
+        return rate_limited(message_id, status, headers, service=SERVICE)
     name = message = ""
     if isinstance(data, dict) and data.get("status") == "error":
         name = str(data.get("name") or "")
         message = str(data.get("message") or "")
     detail = f"{name}: {message}" if name else (message or body.decode("utf-8", "replace")[:200])
-    if status == 429:
-        wait = retry_after_seconds(headers)
-        after = f"; retry after {wait:.0f} s" if wait is not None else ""
-        reason = f"rate limited by Mailchimp Transactional (HTTP 429){after}"
-        return SendResult(message_id, Outcome.TRANSIENT, code=status, reason=reason), reason
+    detail = detail or "-"
     if name in _CONFIGURATION_ERRORS or status in _HALTING_STATUSES:
         reason = (
-            f"Mailchimp Transactional refused the request (HTTP {status}, {detail or '-'}); "
+            f"{SERVICE} refused the request (HTTP {status}, {detail}); "
             "check the API key, the account's billing and base_url"
-        )[:_MAX_REASON]
-        return SendResult(message_id, Outcome.TRANSIENT, code=status, reason=reason), reason
+        )[:MAX_REASON]
+        result = SendResult(message_id, Outcome.TRANSIENT, reason=reason, http_status=status)
+        return Verdict(result, halt=True)
     if name == "ValidationError" or (not name and 400 <= status < 500):
-        reason = (f"Mailchimp Transactional refused the message (HTTP {status}, {detail or '-'})")[
-            :_MAX_REASON
-        ]
-        # No code: the core reads a permanent result's code as an SMTP reply when it classifies
-        # the bounce, and this HTTP 500 would suppress a recipient who did nothing.
-        return SendResult(message_id, Outcome.PERMANENT, reason=reason), None
-    reason = f"Mailchimp Transactional failed (HTTP {status}, {detail or '-'})"[:_MAX_REASON]
-    return SendResult(message_id, Outcome.TRANSIENT, code=status, reason=reason), None
+        reason = f"{SERVICE} refused the request (HTTP {status}, {detail})"[:MAX_REASON]
+        return Verdict(SendResult(message_id, Outcome.FAILED, reason=reason, http_status=status))
+    reason = f"{SERVICE} failed (HTTP {status}, {detail})"[:MAX_REASON]
+    result = SendResult(
+        message_id,
+        Outcome.TRANSIENT,
+        reason=reason,
+        http_status=status,
+        retry_after=retry_after_seconds(headers),
+    )
+    return Verdict(result)
 
 
-class _Halt:
-    """The first reason to stop attempting the rest of a batch, shared by its threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reason: str | None = None
-
-    def set(self, reason: str) -> None:
-        with self._lock:
-            if self.reason is None:
-                self.reason = reason
-
-
-class MailchimpProvider(Provider):
+class MailchimpProvider(HttpApiProvider):
     """Sends through Mailchimp Transactional's ``messages/send-raw``; see the module docs."""
 
     name = "mailchimp"
+    service = SERVICE
 
     def __init__(self, options: MailchimpOptions) -> None:
         if not options.api_key.get_secret_value():
@@ -193,55 +227,13 @@ class MailchimpProvider(Provider):
                 "provider_options.mailchimp.api_key is not set: create an API key in "
                 "Mailchimp Transactional and set POSTWISE_PROVIDER_OPTIONS__MAILCHIMP__API_KEY"
             )
+        super().__init__(
+            base_url=options.base_url,
+            timeout=options.timeout,
+            concurrency=options.concurrency,
+            headers={"User-Agent": f"postwise/{postwise_version} postwise-mailchimp"},
+        )
         self.options = options
-        self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
-        self._executor: ThreadPoolExecutor | None = None
-
-    def _http(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                size = self.options.concurrency
-                self._client = httpx.Client(
-                    base_url=self.options.base_url,
-                    headers={"User-Agent": f"postwise/{postwise_version} postwise-mailchimp"},
-                    timeout=self.options.timeout,
-                    # Retries cover only failures to connect: the request was never sent.
-                    transport=httpx.HTTPTransport(
-                        retries=1,
-                        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                    ),
-                )
-            return self._client
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self.options.concurrency, thread_name_prefix="mailchimp"
-                )
-            return self._executor
-
-    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        """One request per message, up to ``concurrency`` at once; results in order."""
-        if not messages:
-            return []
-        client = self._http()
-        halt = _Halt()
-
-        def attempt(message: OutgoingMessage) -> SendResult:
-            if halt.reason is not None:
-                return SendResult(
-                    message.message_id, Outcome.TRANSIENT, reason=f"not attempted: {halt.reason}"
-                )
-            result, stop = self._send_one(client, message)
-            if stop is not None:
-                halt.set(stop)
-            return result
-
-        if len(messages) == 1 or self.options.concurrency == 1:
-            return [attempt(message) for message in messages]
-        return list(self._pool().map(attempt, messages))
 
     def _request_body(self, message: OutgoingMessage) -> dict[str, Any]:
         try:
@@ -261,49 +253,23 @@ class MailchimpProvider(Provider):
             body["return_path_domain"] = self.options.return_path_domain
         return body
 
-    def _send_one(
-        self, client: httpx.Client, message: OutgoingMessage
-    ) -> tuple[SendResult, str | None]:
+    def send_one(self, client: httpx.Client, message: OutgoingMessage) -> Verdict:
+        """Send ``message`` through send-raw and classify the answer."""
         try:
             body = self._request_body(message)
         except ValueError as exc:
-            reason = f"cannot be sent through Mailchimp Transactional: {exc}"
-            return SendResult(message.message_id, Outcome.PERMANENT, reason=reason), None
-        try:
-            response = client.post(SEND_RAW_PATH, json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            reason = f"cannot connect to {self.options.base_url}: {exc}"[:_MAX_REASON]
-            return SendResult(message.message_id, Outcome.TRANSIENT, reason=reason), reason
-        except httpx.TimeoutException as exc:
-            # The request may have reached Mailchimp: a retry can duplicate the message, as
-            # with an SMTP connection lost after DATA.
-            reason = (
-                f"no answer from Mailchimp Transactional within {self.options.timeout:g} s "
-                f"({type(exc).__name__}); it may have been accepted"
-            )
-            return SendResult(message.message_id, Outcome.TRANSIENT, reason=reason), None
-        except httpx.TransportError as exc:
-            reason = (f"connection to Mailchimp Transactional lost ({type(exc).__name__}: {exc})")[
-                :_MAX_REASON
-            ]
-            return SendResult(message.message_id, Outcome.TRANSIENT, reason=reason), None
-        result, stop = classify_response(
-            message.message_id,
-            message.recipient,
-            response.status_code,
-            response.headers,
-            response.content,
+            reason = f"cannot be sent through {SERVICE}: {exc}"
+            return Verdict(SendResult(message.message_id, Outcome.FAILED, reason=reason))
+        return self.post(
+            client,
+            message,
+            SEND_RAW_PATH,
+            body,
+            lambda response: classify_response(
+                message.message_id,
+                message.recipient,
+                response.status_code,
+                response.headers,
+                response.content,
+            ),
         )
-        if result.outcome is not Outcome.ACCEPTED:
-            log.info("mailchimp: %s %s: %s", message.message_id, result.outcome, result.reason)
-        return result, stop
-
-    def close(self) -> None:
-        """Close pooled connections and threads; a later send_batch opens new ones."""
-        with self._lock:
-            client, self._client = self._client, None
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
-        if client is not None:
-            client.close()
