@@ -167,6 +167,7 @@ def test_a_halting_answer_leaves_the_rest_transient(api: EchoApi) -> None:
     ("headers", "seconds"),
     [
         ({"retry-after": "12"}, 12.0),
+        ({"Retry-After": "12"}, 12.0),
         ({"retry-after": " 1.5 "}, 1.5),
         ({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, 60.0),
         ({"retry-after": "Thu, 01 Jan 1970 00:00:10 GMT"}, 0.0),

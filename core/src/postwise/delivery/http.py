@@ -82,10 +82,11 @@ def retry_after_seconds(
     """Seconds to wait according to ``Retry-After`` (seconds or an HTTP date), else according
     to ``reset_header`` (a vendor's epoch-seconds reset time); ``None`` when neither says.
 
-    A date in the past means "now" (0). Values that are neither are ignored.
+    Header names match in any case. A date in the past means "now" (0); values that are
+    neither seconds nor a date are ignored.
     """
     now = time.time() if now is None else now
-    value = (headers.get("retry-after") or "").strip()
+    value = (_header(headers, "retry-after") or "").strip()
     if value:
         try:
             seconds = float(value)
@@ -98,10 +99,17 @@ def retry_after_seconds(
         except (TypeError, ValueError, IndexError):
             pass
     if reset_header is not None:
-        reset = (headers.get(reset_header) or "").strip()
+        reset = (_header(headers, reset_header.lower()) or "").strip()
         if reset.isdigit():
             return max(0.0, float(reset) - now)
     return None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
 
 
 def rate_limited(
