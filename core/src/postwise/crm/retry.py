@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 from postwise.crm.connector import CrmUnavailableError
+from postwise.httputil import retry_after_seconds
 
+# retry_after_seconds is re-exported: connectors read a CRM's Retry-After with it.
 __all__ = ["RetryPolicy", "Retryable", "retry_after_seconds"]
 
 T = TypeVar("T")
@@ -29,23 +30,6 @@ class Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait by ``Retry-After`` (seconds or an HTTP date); ``None`` if absent."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
 
 
 @dataclass(slots=True)

@@ -12,26 +12,25 @@ and calls :meth:`HttpApiProvider.post`, which turns a failed request into a resu
   before the answer): ``unknown``. The ESP may have taken the message, so it is not sent again
   automatically (see :class:`~postwise.delivery.provider.Outcome`).
 
-:func:`retry_after_seconds` reads ``Retry-After`` (seconds or an HTTP date) and, where a vendor
-sends one, an epoch-seconds reset header such as SendGrid's ``X-RateLimit-Reset``.
+:func:`retry_after_seconds` (defined in :mod:`postwise.httputil`, shared with the CRM
+connectors) reads ``Retry-After`` (seconds or an HTTP date) and, where a vendor sends one, an
+epoch-seconds reset header such as SendGrid's ``X-RateLimit-Reset``.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-import math
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import httpx
 
 from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+from postwise.httputil import retry_after_seconds
 
 __all__ = [
     "MAX_REASON",
@@ -74,42 +73,6 @@ class Verdict:
     result: SendResult
     #: The other messages would fare no better (a refused key, a 429): do not send them now.
     halt: bool = False
-
-
-def retry_after_seconds(
-    headers: Mapping[str, str], now: float | None = None, *, reset_header: str | None = None
-) -> float | None:
-    """Seconds to wait according to ``Retry-After`` (seconds or an HTTP date), else according
-    to ``reset_header`` (a vendor's epoch-seconds reset time); ``None`` when neither says.
-
-    Header names match in any case. A date in the past means "now" (0); values that are
-    neither seconds nor a date are ignored.
-    """
-    now = time.time() if now is None else now
-    value = (_header(headers, "retry-after") or "").strip()
-    if value:
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-        except (TypeError, ValueError, IndexError):
-            pass
-    if reset_header is not None:
-        reset = (_header(headers, reset_header.lower()) or "").strip()
-        if reset.isdigit():
-            return max(0.0, float(reset) - now)
-    return None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value
 
 
 def rate_limited(
