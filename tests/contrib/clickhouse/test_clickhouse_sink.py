@@ -55,6 +55,8 @@ def test_the_factory_rejects_unknown_options_and_bad_names(settings: Any) -> Non
         clickhouse_sink_factory(settings, {"hots": "x"})
     with pytest.raises(ConfigurationError, match="database"):
         clickhouse_sink_factory(settings, {"database": "x; DROP TABLE y"})
+    with pytest.raises(ConfigurationError, match=r"provider_options\.clickhouse\.port: "):
+        clickhouse_sink_factory(settings, {"port": 70000})
 
 
 @pytest.fixture

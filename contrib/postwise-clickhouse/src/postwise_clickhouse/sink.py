@@ -34,8 +34,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
 from postwise.errors import ConfigurationError
+from postwise.options import parse_options
 from postwise.settings import Settings
 
 if TYPE_CHECKING:
@@ -273,19 +276,24 @@ class ClickHouseSink(AnalyticsSink):
             self._client.disconnect()
 
 
+class ClickHouseOptions(BaseModel):
+    """``provider_options.clickhouse``: where the sink connects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9000, ge=1, le=65535, description="The native protocol's port.")
+    database: str = "postwise"
+    table: str = "events"
+    user: str = "default"
+    password: SecretStr = SecretStr("")
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+
+
 def clickhouse_sink_factory(settings: Settings, options: Mapping[str, Any]) -> ClickHouseSink:
     """Build the sink from ``provider_options.clickhouse`` (host, port, database, table,
-    user, password)."""
-    allowed = {"host", "port", "database", "table", "user", "password", "connect_timeout"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown clickhouse option(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-    values: dict[str, Any] = dict(options)
-    if "port" in values:
-        values["port"] = int(values["port"])
-    if "connect_timeout" in values:
-        values["connect_timeout"] = float(values["connect_timeout"])
+    user, password, connect_timeout)."""
+    parsed = parse_options(ClickHouseOptions, options, prefix="provider_options.clickhouse")
+    values = parsed.model_dump()
+    values["password"] = parsed.password.get_secret_value()
     return ClickHouseSink(**values)

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic import ValidationError as PydanticValidationError
 
 from postwise.crm.connector import PROFILE_FIELDS
-from postwise.errors import ConfigurationError
+from postwise.options import AbsoluteUrl
+from postwise.options import parse_options as validate_options
 
 __all__ = ["DEFAULT_BASE_URL", "HubSpotOptions", "parse_options"]
 
@@ -32,7 +32,7 @@ class HubSpotOptions(BaseModel):
         description="The app's client secret, which signs webhooks (X-HubSpot-Signature-v3). "
         "Webhooks are refused until it is set.",
     )
-    base_url: str = Field(default=DEFAULT_BASE_URL, description="API host.")
+    base_url: AbsoluteUrl = Field(default=DEFAULT_BASE_URL, description="API host.")
     timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per request.")
     page_size: int = Field(default=100, ge=1, le=200, description="Contacts per search page.")
     properties: dict[str, str] = Field(
@@ -67,13 +67,6 @@ class HubSpotOptions(BaseModel):
         default=60.0, ge=0, le=3600, description="Longest Retry-After honoured, in seconds."
     )
 
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value.rstrip("/")
-
     @field_validator("properties")
     @classmethod
     def _check_properties(cls, value: dict[str, str]) -> dict[str, str]:
@@ -96,14 +89,4 @@ class HubSpotOptions(BaseModel):
 
 def parse_options(options: Mapping[str, Any]) -> HubSpotOptions:
     """Validate ``options``; raises ConfigurationError naming the option and what is allowed."""
-    try:
-        return HubSpotOptions.model_validate(dict(options))
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "options"
-        message = (
-            "unknown option; known: " + ", ".join(sorted(HubSpotOptions.model_fields))
-            if first["type"] == "extra_forbidden"
-            else first["msg"].removeprefix("Value error, ")
-        )
-        raise ConfigurationError(f"crm_options.hubspot.{where}: {message}") from None
+    return validate_options(HubSpotOptions, options, prefix="crm_options.hubspot")

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic import ValidationError as PydanticValidationError
 
-from postwise.errors import ConfigurationError
+from postwise.options import AbsoluteUrl
+from postwise.options import parse_options as validate_options
 
 __all__ = ["DEFAULT_BASE_URL", "WEBHOOK_PATH", "MailchimpOptions", "parse_options"]
 
@@ -29,7 +29,9 @@ class MailchimpOptions(BaseModel):
     api_key: SecretStr = Field(
         default=SecretStr(""), description="A Mailchimp Transactional API key."
     )
-    base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL, with version.")
+    base_url: AbsoluteUrl = Field(
+        default=DEFAULT_BASE_URL, description="API base URL, with version."
+    )
     timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per request.")
     concurrency: int = Field(
         default=8,
@@ -62,13 +64,6 @@ class MailchimpOptions(BaseModel):
         "so a replayed request is either recognised or refused.",
     )
 
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value.rstrip("/")
-
     @field_validator("webhook_url")
     @classmethod
     def _check_webhook_url(cls, value: str) -> str:
@@ -79,14 +74,4 @@ class MailchimpOptions(BaseModel):
 
 def parse_options(options: Mapping[str, Any]) -> MailchimpOptions:
     """Validate ``options``; raises ConfigurationError naming the option and what is allowed."""
-    try:
-        return MailchimpOptions.model_validate(dict(options))
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "options"
-        message = (
-            "unknown option; known: " + ", ".join(sorted(MailchimpOptions.model_fields))
-            if first["type"] == "extra_forbidden"
-            else first["msg"]
-        )
-        raise ConfigurationError(f"provider_options.mailchimp.{where}: {message}") from None
+    return validate_options(MailchimpOptions, options, prefix="provider_options.mailchimp")

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic import ValidationError as PydanticValidationError
 
 from postwise.crm.connector import PROFILE_FIELDS
 from postwise.errors import ConfigurationError
+from postwise.options import AbsoluteUrl
+from postwise.options import parse_options as validate_options
 
 __all__ = ["SalesforceOptions", "parse_options"]
 
@@ -25,7 +26,7 @@ class SalesforceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    login_url: str = Field(
+    login_url: AbsoluteUrl = Field(
         default="https://login.salesforce.com",
         description="Where tokens come from (/services/oauth2/token). Client credentials need "
         "the org's My Domain URL (https://<domain>.my.salesforce.com).",
@@ -78,13 +79,6 @@ class SalesforceOptions(BaseModel):
         default=60.0, ge=0, le=3600, description="Longest Retry-After honoured, in seconds."
     )
 
-    @field_validator("login_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value.rstrip("/")
-
     @field_validator("fields")
     @classmethod
     def _check_fields(cls, value: dict[str, str]) -> dict[str, str]:
@@ -133,14 +127,4 @@ class SalesforceOptions(BaseModel):
 
 def parse_options(options: Mapping[str, Any]) -> SalesforceOptions:
     """Validate ``options``; raises ConfigurationError naming the option and what is allowed."""
-    try:
-        return SalesforceOptions.model_validate(dict(options))
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "options"
-        message = (
-            "unknown option; known: " + ", ".join(sorted(SalesforceOptions.model_fields))
-            if first["type"] == "extra_forbidden"
-            else first["msg"].removeprefix("Value error, ")
-        )
-        raise ConfigurationError(f"crm_options.salesforce.{where}: {message}") from None
+    return validate_options(SalesforceOptions, options, prefix="crm_options.salesforce")

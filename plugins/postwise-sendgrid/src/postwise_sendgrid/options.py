@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic import ValidationError as PydanticValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from postwise.errors import ConfigurationError
+from postwise.options import AbsoluteUrl
+from postwise.options import parse_options as validate_options
 
 __all__ = ["DEFAULT_BASE_URL", "SendGridOptions", "parse_options"]
 
@@ -27,7 +27,7 @@ class SendGridOptions(BaseModel):
     api_key: SecretStr = Field(
         default=SecretStr(""), description="A SendGrid API key with the Mail Send permission."
     )
-    base_url: str = Field(
+    base_url: AbsoluteUrl = Field(
         default=DEFAULT_BASE_URL,
         description="API host; https://api.eu.sendgrid.com for EU data residency.",
     )
@@ -60,24 +60,7 @@ class SendGridOptions(BaseModel):
         "a replayed request is either recognised or refused.",
     )
 
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value.rstrip("/")
-
 
 def parse_options(options: Mapping[str, Any]) -> SendGridOptions:
     """Validate ``options``; raises ConfigurationError naming the option and what is allowed."""
-    try:
-        return SendGridOptions.model_validate(dict(options))
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "options"
-        message = (
-            "unknown option; known: " + ", ".join(sorted(SendGridOptions.model_fields))
-            if first["type"] == "extra_forbidden"
-            else first["msg"]
-        )
-        raise ConfigurationError(f"provider_options.sendgrid.{where}: {message}") from None
+    return validate_options(SendGridOptions, options, prefix="provider_options.sendgrid")
