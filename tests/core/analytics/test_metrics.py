@@ -235,3 +235,19 @@ def test_the_metrics_cli_prints_json(
     assert {r["key"] for r in json.loads(result.output)["rows"]} == {"smtp", "sendgrid"}
     result = runner.invoke(cli, ["metrics", "engagement", str(data["c1"]), "--json"])
     assert json.loads(result.output)["contact_id"] == data["c1"]
+
+
+def test_the_metrics_sink_is_closed_with_its_runtime(make_settings: Any) -> None:
+    from postwise.analytics import metrics as metrics_module
+
+    runtime = Runtime(make_settings())
+    runtime.migrate()
+    first = metrics_module.metrics_backend(runtime)
+    assert metrics_module.metrics_backend(runtime) is first  # built once per runtime
+    sink = metrics_module._BACKENDS[runtime][0]
+    closed: list[bool] = []
+    original = sink.close
+    sink.close = lambda: (closed.append(True), original())[-1]  # type: ignore[method-assign]
+    runtime.close()
+    assert closed == [True]
+    assert runtime not in metrics_module._BACKENDS

@@ -23,6 +23,7 @@ Counts are of distinct messages, so a message opened five times is one open.
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -307,5 +308,13 @@ def metrics_backend(runtime: Runtime) -> MetricsBackend:
                 )
             cached = (sink, backend)
             _BACKENDS[runtime] = cached
-            weakref.finalize(runtime, sink.close)
+            runtime.on_close(functools.partial(_close_backend, runtime))
         return cached[1]
+
+
+def _close_backend(runtime: Runtime) -> None:
+    """Close the sink behind ``runtime``'s metrics (with the runtime: see Runtime.on_close)."""
+    with _BACKENDS_LOCK:
+        cached = _BACKENDS.pop(runtime, None)
+    if cached is not None:
+        cached[0].close()
