@@ -70,3 +70,25 @@ def test_status_reports_backlog_and_pending(invoke: Any, runtime: Runtime, tmp_p
     assert json.loads(result.output)["stored"] == 7
     status = json.loads(invoke("events", "status", "--json").output)
     assert (status["lag"], status["pending"]) == (0, 0)
+
+
+def test_collect_with_several_writers_stores_everything_once(
+    invoke: Any, runtime: Runtime, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps({"event_id": f"w{i}", "type": "x"}) for i in range(2500)))
+    assert invoke("events", "send", str(path)).exit_code == 0
+    result = invoke(
+        "events", "collect", "--writers", "3", "--batch-size", "200", "--consumer", "cw",
+        "--exit-when-idle", "0.5", "--flush-interval", "0.05", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)
+    assert (counts["stored"], counts["duplicates"]) == (2500, 0)
+    assert counts["batches"] >= 13  # 2,500 in batches of at most 200
+    with runtime.engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT count(DISTINCT event_id) FROM event").scalar()
+    assert stored == 2500
+    status = json.loads(invoke("events", "status", "--json").output)
+    assert (status["lag"], status["pending"]) == (0, 0)
+    assert invoke("events", "collect", "--writers", "17").exit_code == 2  # 1 to 16

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,18 @@ class CollectorStats:
     retries: int = 0
     seconds_writing: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def combined(cls, all_stats: Iterable[CollectorStats]) -> CollectorStats:
+        """The counts of several collectors added up (``postwise events collect --writers``)."""
+        total = cls()
+        for stats in all_stats:
+            for name in ("read", "stored", "duplicates", "dead_lettered", "dropped_erased",
+                         "claimed", "batches", "retries"):  # fmt: skip
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+            total.seconds_writing += stats.seconds_writing
+            total.errors.extend(stats.errors)
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         return {

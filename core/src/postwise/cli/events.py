@@ -35,6 +35,15 @@ def events() -> None:
     help="Seconds after which another consumer's pending events are taken over.",
 )
 @click.option("--consumer", default=None, help="Consumer name (default: host-pid-random).")
+@click.option(
+    "--writers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Consumers in this process, each writing its own batches (the database work of one "
+    "overlaps the stream work of another; 2 doubles throughput on 2 cores, see "
+    "docs/analytics.md).",
+)
 @click.option("--sink", default=None, help="Analytics sink (default: settings.analytics_sink).")
 @click.option("--max-events", type=int, default=None, help="Stop after storing this many.")
 @click.option(
@@ -52,6 +61,7 @@ def collect(
     flush_interval: float,
     claim_idle: float,
     consumer: str | None,
+    writers: int,
     sink: str | None,
     max_events: int | None,
     exit_when_idle: float | None,
@@ -77,14 +87,21 @@ def collect(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        collector = Collector(runtime, target, config=config, consumer=consumer)
+        names = [consumer] if writers == 1 else [
+            f"{consumer}-{i}" if consumer else None for i in range(writers)
+        ]  # fmt: skip
+        collectors = [Collector(runtime, target, config=config, consumer=name) for name in names]
         if not as_json:
             click.echo(
-                f"collecting into {target.name!r} as consumer {collector.consumer!r} "
+                f"collecting into {target.name!r} as "
+                f"{', '.join(repr(c.consumer) for c in collectors)} "
                 f"(batches of {batch_size}, flushed every {flush_interval:g} s)",
                 err=True,
             )
-        stats = collector.run(stop, max_events=max_events, exit_when_idle=exit_when_idle)
+        if writers == 1:
+            stats = collectors[0].run(stop, max_events=max_events, exit_when_idle=exit_when_idle)
+        else:
+            stats = _run_together(collectors, stop, max_events, exit_when_idle)
     finally:
         target.close()
     if as_json:
@@ -95,6 +112,29 @@ def collect(
             f"{stats.dead_lettered} dead-lettered) in {stats.batches} batches",
             err=True,
         )
+
+
+def _run_together(
+    collectors: list[Any], stop: threading.Event, max_events: int | None, idle: float | None
+) -> Any:
+    """Run ``collectors`` in threads until ``stop``, ``max_events`` stored in all, or each
+    has been idle for ``idle`` seconds; their counts added up."""
+    from postwise.analytics.collector import CollectorStats
+
+    threads = [
+        threading.Thread(
+            target=c.run, args=(stop,), kwargs={"exit_when_idle": idle}, name=c.consumer
+        )
+        for c in collectors
+    ]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        if max_events is not None and sum(c.stats.stored for c in collectors) >= max_events:
+            stop.set()
+        for thread in threads:
+            thread.join(timeout=0.05)
+    return CollectorStats.combined(c.stats for c in collectors)
 
 
 def _read_events(path: Path) -> Iterator[Any]:
