@@ -6,7 +6,8 @@ between. So before each provider call the attempt marks the messages it is about
 in a single pipelined round trip per call. When a claim expires, recovery reads the dead
 attempt's journal:
 
-* an outcome → it is recorded as if the attempt had finished;
+* an outcome → it is recorded as if the attempt had finished, with everything the provider said
+  (a bounce keeps the provider's kind, a deferral its ``retry_after``);
 * ``started`` without an outcome → the message is *in doubt*: the provider may or may not have
   accepted it. SMTP cannot tell (RFC 1047), so it is dead-lettered, never sent again: a lost
   message is recorded with its reason, a duplicate could not be taken back;
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import redis
 
-from postwise.delivery.provider import Outcome, SendResult
+from postwise.delivery.provider import BounceKind, Outcome, SendResult
 
 __all__ = ["KEY_PREFIX", "STARTED", "Journal", "JournalEntry", "read_journal"]
 
@@ -84,20 +85,27 @@ def read_journal(client: redis.Redis, token: str) -> dict[str, JournalEntry]:
 
 
 def _encode(result: SendResult) -> bytes:
-    return json.dumps(
-        {
-            "o": result.outcome.value,
-            "c": result.code,
-            "s": result.status,
-            "r": result.reason[:500],
-            "p": result.provider_message_id,
-        },
-        separators=(",", ":"),
-    ).encode()
+    data: dict[str, object] = {
+        "o": result.outcome.value,
+        "c": result.code,
+        "s": result.status,
+        "r": result.reason[:500],
+        "p": result.provider_message_id,
+    }
+    # Written only when set: most results have none of them, and entries journaled before these
+    # fields existed decode the same way.
+    if result.http_status is not None:
+        data["h"] = result.http_status
+    if result.bounce_kind is not None:
+        data["k"] = result.bounce_kind.value
+    if result.retry_after is not None:
+        data["a"] = result.retry_after
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _decode(message_id: str, value: bytes) -> SendResult:
     data = json.loads(value)
+    kind = data.get("k")
     return SendResult(
         message_id=message_id,
         outcome=Outcome(data["o"]),
@@ -105,4 +113,7 @@ def _decode(message_id: str, value: bytes) -> SendResult:
         status=data.get("s"),
         reason=data.get("r") or "",
         provider_message_id=data.get("p"),
+        http_status=data.get("h"),
+        bounce_kind=BounceKind(kind) if kind is not None else None,
+        retry_after=data.get("a"),
     )
