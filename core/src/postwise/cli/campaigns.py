@@ -135,15 +135,18 @@ def send(ctx: click.Context, campaign_id: int, drain: bool | None, as_json: bool
 @click.option(
     "--in-doubt-only",
     is_flag=True,
-    help="Only the messages a crashed worker left in doubt (they may arrive twice).",
+    help="Only the messages dead-lettered in doubt: their worker stopped while the provider "
+    "had them, or the provider's answer was lost after the whole message was sent. They may "
+    "arrive twice.",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def resend_dead(ctx: click.Context, campaign_id: int, in_doubt_only: bool, yes: bool) -> None:
     """Send CAMPAIGN_ID's dead-lettered messages again, with fresh attempts.
 
-    Messages dead-lettered "in doubt" (their worker died while the relay had them) may already
-    have been delivered: sending them again trades a possible duplicate for a possible loss.
+    Messages dead-lettered "in doubt" (their worker died while the provider had them, or the
+    provider's answer was lost after the whole message was sent) may already have been
+    delivered: sending them again trades a possible duplicate for a possible loss.
     """
     from postwise.delivery.recovery import resend_dead as resend
 

@@ -129,11 +129,14 @@ def resend_dead(
 
     An operator's decision, never automatic: a message dead-lettered *in doubt* may already have
     been accepted, so sending it again may deliver it twice. Use it once the cause is fixed
-    (a relay that was down for longer than the retries lasted).
+    (a relay that was down for longer than the retries lasted). ``in_doubt_only`` limits it to
+    the messages in doubt, whether their worker stopped while the provider had them or the
+    provider's answer was lost (their reason begins with
+    :data:`~postwise.delivery.outcomes.IN_DOUBT_PREFIX`).
     """
     from postwise.db.models import MessageStatus
     from postwise.delivery.ledger import MESSAGE
-    from postwise.delivery.outcomes import IN_DOUBT_REASON
+    from postwise.delivery.outcomes import IN_DOUBT_PREFIX
 
     now = utcnow()
     query = sa.select(MESSAGE.c.id, MESSAGE.c.provider).where(
@@ -142,7 +145,7 @@ def resend_dead(
     if campaign_id is not None:
         query = query.where(MESSAGE.c.campaign_id == campaign_id)
     if in_doubt_only:
-        query = query.where(MESSAGE.c.last_error == IN_DOUBT_REASON)
+        query = query.where(MESSAGE.c.last_error.startswith(IN_DOUBT_PREFIX, autoescape=True))
     with runtime.engine.begin() as connection:
         rows = connection.execute(query).all()
         ids = [row[0] for row in rows]
