@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.testing import TestClient
+from sqlmodel import select
 
 from postwise.apikeys import create_api_key, revoke_api_key
 from postwise.db.models import ApiKey
@@ -50,7 +51,7 @@ def test_api_keys_are_stored_only_as_hashes(runtime: Runtime) -> None:
     with runtime.session() as session:
         created = create_api_key(session, "hashcheck")
     with runtime.session() as session:
-        stored = session.query(ApiKey).filter_by(name="hashcheck").one()
+        stored = session.exec(select(ApiKey).where(ApiKey.name == "hashcheck")).one()
         assert created.key not in (stored.key_hash, stored.prefix)
         assert len(stored.key_hash) == 64
 
