@@ -13,12 +13,15 @@
    queue until the bucket refills;
 5. per chunk of ``delivery_chunk_size`` messages, on up to ``delivery_concurrency`` lanes at
    once: render and sign, ask the ``before_send`` hooks, journal, send, call the
-   ``after_send`` hooks;
+   ``after_send`` hooks. Once the provider throttles the sender, or a run of transient failures
+   trips the circuit breaker, the chunks not taken yet are not attempted: they are deferred,
+   without using up an attempt;
 6. record every outcome (:class:`~postwise.delivery.outcomes.Settlement`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -53,8 +56,11 @@ log = logging.getLogger(__name__)
 PAUSE_RECHECK_SECONDS = 300.0
 
 #: After this many consecutive transient failures in one batch the rest of the batch is not
-#: attempted: a relay that is down fails every message the same way, each after a timeout.
+#: attempted (it is deferred): a relay that is down fails every message the same way, each
+#: after a timeout.
 MAX_CONSECUTIVE_TRANSIENT = 3
+
+_NOT_ATTEMPTED = "not attempted: "
 
 _JOURNAL_GRACE_SECONDS = 86400
 
@@ -274,12 +280,10 @@ class _Attempt:
         unflushed: list[SendResult] = []
         try:
             while (chunk := work.take()) is not None:
-                tripped = work.tripped(provider.name)
-                if tripped is not None:
+                held = work.held(provider.name)
+                if held is not None:
                     for row in chunk:
-                        self.settlement.result(
-                            row, SendResult(row.id, Outcome.TRANSIENT, reason=tripped)
-                        )
+                        self.settlement.result(row, dataclasses.replace(held, message_id=row.id))
                     continue
                 outgoing = self._compose(chunk, contacts, segments)
                 if not outgoing:
@@ -335,18 +339,25 @@ class _Attempt:
 
 
 class _Chunks:
-    """The chunks of a batch, handed out to lanes, with the circuit breaker they share.
+    """The chunks of a batch, handed out to lanes, and what holds back those not taken yet.
 
-    After :data:`MAX_CONSECUTIVE_TRANSIENT` transient failures in a row, the chunks not yet
-    taken are not attempted: a relay that is down fails every message the same way, each
-    after a timeout.
+    Two things do, and the chunks they hold back are deferred, without using up an attempt
+    (they were not attempted):
+
+    * the provider throttles the sender (a deferral that is not about one recipient, see
+      :func:`_throttles_sender`): the other chunks would be refused the same way, so they wait
+      as long as the provider asked, as the messages of the throttled chunk that the provider
+      did not attempt do;
+    * the circuit breaker: after :data:`MAX_CONSECUTIVE_TRANSIENT` transient failures in a
+      row, a relay that is down fails every message the same way, each after a timeout.
     """
 
     def __init__(self, chunks: list[list[ClaimedRow]]) -> None:
         self._chunks = iter(chunks)
         self._lock = threading.Lock()
         self._transient = 0
-        self._last_reason = ""
+        self._last_transient: SendResult | None = None
+        self._throttled: SendResult | None = None
         self._stopped = False
 
     def take(self) -> list[ClaimedRow] | None:
@@ -364,19 +375,57 @@ class _Chunks:
             for result in results:
                 if result.outcome is Outcome.TRANSIENT:
                     self._transient += 1
-                    self._last_reason = result.reason
-                else:
-                    self._transient = 0
+                    self._last_transient = result
+                    continue
+                self._transient = 0
+                if self._throttled is None and _throttles_sender(result):
+                    self._throttled = result
 
-    def tripped(self, provider: str) -> str | None:
-        """The reason not to attempt the next chunk, or None to go on."""
+    def held(self, provider: str) -> SendResult | None:
+        """Why the next chunk is not attempted, as the deferral to give each of its messages
+        (``message_id`` left empty), or None to attempt it."""
         with self._lock:
-            if self._transient < MAX_CONSECUTIVE_TRANSIENT:
+            throttled = self._throttled
+            if throttled is not None:
+                cause = throttled.reason.removeprefix(_NOT_ATTEMPTED)
+                return SendResult(
+                    "",
+                    Outcome.DEFERRED,
+                    code=throttled.code,
+                    status=throttled.status,
+                    reason=f"{_NOT_ATTEMPTED}{provider} is throttling the sender ({cause})",
+                    http_status=throttled.http_status,
+                    retry_after=throttled.retry_after,
+                )
+            last = self._last_transient
+            if self._transient < MAX_CONSECUTIVE_TRANSIENT or last is None:
                 return None
-            return (
-                f"not attempted: {self._transient} messages in a row failed transiently at "
-                f"{provider} (last: {self._last_reason})"
+            return SendResult(
+                "",
+                Outcome.DEFERRED,
+                reason=(
+                    f"{_NOT_ATTEMPTED}{self._transient} messages in a row failed transiently at "
+                    f"{provider} (last: {last.reason})"
+                ),
+                retry_after=last.retry_after,
             )
+
+
+def _throttles_sender(result: SendResult) -> bool:
+    """Whether ``result`` is a deferral of the sender rather than of one recipient.
+
+    An HTTP API's 429 throttles the account. An SMTP rate-limit reply concerns the recipient
+    when its RFC 3463 status is about addressing (X.1.X) or the mailbox (X.2.X), as Gmail's
+    450 4.2.1 for a mailbox receiving mail too fast; any other status, or none, concerns the
+    sender, and a 421 closes the session whatever it says. (The SMTP provider stops a batch on
+    the same rule.)
+    """
+    if result.outcome is not Outcome.DEFERRED:
+        return False
+    if result.code == 421 or result.status is None:
+        return True
+    subject = result.status.split(".")[1:2]
+    return subject not in (["1"], ["2"])
 
 
 def _recipient(contact: ContactData, row: ClaimedRow) -> Recipient:

@@ -1,0 +1,170 @@
+"""What is deferred rather than attempted, and for how long: a provider's throttle holds back the
+rest of the batch, the circuit breaker defers what it did not attempt, and neither uses up an
+attempt."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from delivery_helpers import add_campaign, add_contacts, add_template, ledger, statuses
+from esp_fakes import PROVIDER, SERVICE, EspApi, use_esp
+
+from postwise.delivery.dispatch import dispatch_campaign
+from postwise.delivery.jobs import queue_name
+from postwise.delivery.ledger import campaign_message_id
+from postwise.delivery.worker import drain
+from postwise.events import EVENT_STREAM, decode_event
+from postwise.runtime import Runtime
+from postwise.testing.http import Reply
+from postwise.testing.smtp import FaultySmtpServer
+
+GMAIL_MAILBOX_RATE = (
+    "4.2.1 The user you are trying to contact is receiving mail at a rate that prevents "
+    "additional messages from being delivered."
+)
+GMAIL_SENDER_RATE = (
+    "4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your "
+    "IP address; mail sent from your IP address has been temporarily rate limited."
+)
+
+
+@pytest.fixture
+def esp() -> Iterator[EspApi]:
+    with EspApi() as api:
+        yield api
+
+
+@pytest.fixture
+def esp_runtime(make_settings: Any, esp: EspApi) -> Iterator[Any]:
+    """Build runtimes sending through the ESP fake; closed after the test."""
+    made: list[Runtime] = []
+
+    def make(**overrides: Any) -> Runtime:
+        values: dict[str, Any] = {"provider": PROVIDER, "frequency_cap": "off", **overrides}
+        runtime = use_esp(Runtime(make_settings(**values)), esp)
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.close()
+
+
+def _campaign(runtime: Runtime, count: int) -> list[str]:
+    contacts = add_contacts(runtime, count)
+    campaign = add_campaign(runtime, add_template(runtime))
+    dispatch_campaign(runtime, campaign)
+    return [campaign_message_id(campaign, c) for c in contacts]
+
+
+def _events(runtime: Runtime, kind: str) -> list[Any]:
+    events = [decode_event(fields) for _, fields in runtime.redis.xrange(EVENT_STREAM)]
+    return [e for e in events if e.type == kind]
+
+
+def _wait_of(runtime: Runtime, message_id: str) -> timedelta:
+    """How long ``message_id`` was put back to wait (its due-by time less the lease)."""
+    row = ledger(runtime, message_id)
+    assert row.claimed_until is not None
+    lease = timedelta(seconds=runtime.settings.delivery_lease_seconds)
+    return row.claimed_until - row.updated_at - lease
+
+
+def test_a_throttled_api_holds_back_the_rest_of_the_batch_for_its_retry_after(
+    esp_runtime: Any, esp: EspApi
+) -> None:
+    runtime = esp_runtime(delivery_chunk_size=2, delivery_concurrency=1, max_attempts=1)
+    esp.reply(Reply(429, {"Retry-After": "2"}, {"status": "error", "name": "Too_Many_Requests"}))
+    ids = _campaign(runtime, 6)
+    drain(runtime, wait_for_scheduled=False)
+    # One request, throttled: neither the rest of its chunk nor the two chunks after it were
+    # sent to an ESP that had just said to wait.
+    assert len(esp.received) == 1
+    assert set(statuses(runtime).values()) == {"queued"}
+    assert {ledger(runtime, m).attempts for m in ids} == {0}
+    assert {_wait_of(runtime, m) for m in ids} == {timedelta(seconds=2)}
+    held = ledger(runtime, ids[4]).last_error or ""
+    assert held.startswith(f"not attempted: {PROVIDER} is throttling the sender (rate limited by")
+    assert f"rate limited by {SERVICE} (HTTP 429); retry after 2 s)" in held
+    # They wait together: one job, due when the ESP said.
+    assert runtime.redis.zcard(f"rq:scheduled:{queue_name(PROVIDER)}") == 1
+
+    drain(runtime)
+    # max_attempts=1: had the wait used up the attempt, they would now be dead.
+    assert Counter(statuses(runtime).values()) == {"accepted": 6}
+    assert {ledger(runtime, m).attempts for m in ids} == {1}
+    assert len(esp.received) == 7
+    assert not _events(runtime, "dead_letter")
+
+
+def test_a_relay_that_rate_limits_the_sender_holds_back_the_later_chunks(
+    make_runtime: Any, smtp_server: FaultySmtpServer
+) -> None:
+    runtime = make_runtime(delivery_chunk_size=2, delivery_concurrency=1, max_attempts=1)
+    smtp_server.fail_transactions(1, code=421, text=GMAIL_SENDER_RATE)
+    ids = _campaign(runtime, 6)
+    drain(runtime, wait_for_scheduled=False)
+    assert smtp_server.transactions == 1
+    assert smtp_server.accepted == []
+    assert set(statuses(runtime).values()) == {"queued"}
+    assert {ledger(runtime, m).attempts for m in ids} == {0}
+    # Without a Retry-After, all wait as long as a first retry would: one draw for the batch.
+    assert len({_wait_of(runtime, m) for m in ids}) == 1
+    drain(runtime)
+    assert Counter(statuses(runtime).values()) == {"accepted": 6}
+    assert len(smtp_server.accepted) == 6
+
+
+def test_a_mailbox_receiving_mail_too_fast_holds_back_only_its_own_message(
+    make_runtime: Any, smtp_server: FaultySmtpServer
+) -> None:
+    runtime = make_runtime(delivery_chunk_size=1, delivery_concurrency=1)
+    smtp_server.defer_recipients("user0@example.org", seconds=60, code=450, text=GMAIL_MAILBOX_RATE)
+    ids = _campaign(runtime, 4)
+    drain(runtime, wait_for_scheduled=False)
+    assert statuses(runtime) == {
+        ids[0]: "queued",
+        ids[1]: "accepted",
+        ids[2]: "accepted",
+        ids[3]: "accepted",
+    }
+    assert ledger(runtime, ids[0]).attempts == 0
+    assert ledger(runtime, ids[0]).last_error == GMAIL_MAILBOX_RATE
+
+
+def test_what_the_circuit_breaker_did_not_attempt_is_deferred_without_using_an_attempt(
+    make_runtime: Any, smtp_server: FaultySmtpServer
+) -> None:
+    runtime = make_runtime(
+        delivery_chunk_size=3,
+        delivery_concurrency=1,
+        max_attempts=1,
+        retry_base_seconds=1.0,
+        retry_max_seconds=1.0,
+    )
+    smtp_server.fail_transactions(3, code=451, text="4.3.0 Temporary system problem")
+    ids = _campaign(runtime, 9)
+    drain(runtime, wait_for_scheduled=False)
+    # The first chunk failed three times in a row: the breaker kept the other two chunks from
+    # a relay that seemed down.
+    assert smtp_server.transactions == 3
+    rows = statuses(runtime)
+    assert [rows[m] for m in ids] == ["dead"] * 3 + ["queued"] * 6
+    assert {ledger(runtime, m).attempts for m in ids[3:]} == {0}
+    held = ledger(runtime, ids[3]).last_error or ""
+    assert held == (
+        "not attempted: 3 messages in a row failed transiently at smtp "
+        "(last: 4.3.0 Temporary system problem)"
+    )
+    assert len(_events(runtime, "dead_letter")) == 3
+
+    drain(runtime)
+    # max_attempts=1: the deferred messages still had their one attempt, and it went through.
+    rows = statuses(runtime)
+    assert [rows[m] for m in ids] == ["dead"] * 3 + ["accepted"] * 6
+    assert len(smtp_server.accepted) == 6
+    assert len(_events(runtime, "dead_letter")) == 3
