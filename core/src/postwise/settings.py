@@ -148,6 +148,16 @@ class Settings(BaseModel):
         "than CPU bound a worker. A crashed worker leaves up to this times delivery_chunk_size "
         "messages in doubt.",
     )
+    delivery_max_defer_hours: float = Field(
+        default=72.0,
+        gt=0,
+        le=8760,
+        description="How long after it was queued a message the provider keeps deferring (HTTP "
+        "429, SMTP rate limits, a relay the circuit breaker holds back) may still wait; after "
+        "that it is dead-lettered, like an MTA's queue lifetime. Deferrals cost no attempt, so "
+        "without this limit a provider that throttles forever keeps messages waiting forever. "
+        "Waits for postwise's own rate_limits and reputation pauses do not end in a dead letter.",
+    )
 
     dkim_domain: str = ""
     dkim_selector: str = "postwise"

@@ -13,12 +13,16 @@ import pytest
 from delivery_helpers import add_campaign, add_contacts, add_template, ledger, statuses
 from esp_fakes import PROVIDER, SERVICE, EspApi, use_esp
 
+from postwise.db.models import utcnow
 from postwise.delivery.dispatch import dispatch_campaign
-from postwise.delivery.jobs import queue_name
-from postwise.delivery.ledger import campaign_message_id
+from postwise.delivery.gate import PAUSED_KEY
+from postwise.delivery.jobs import enqueue_batches, queue_name
+from postwise.delivery.ledger import MESSAGE, campaign_message_id
 from postwise.delivery.worker import drain
+from postwise.errors import ConfigurationError
 from postwise.events import EVENT_STREAM, decode_event
 from postwise.runtime import Runtime
+from postwise.settings import load_settings
 from postwise.testing.http import Reply
 from postwise.testing.smtp import FaultySmtpServer
 
@@ -168,3 +172,74 @@ def test_what_the_circuit_breaker_did_not_attempt_is_deferred_without_using_an_a
     assert [rows[m] for m in ids] == ["dead"] * 3 + ["accepted"] * 6
     assert len(smtp_server.accepted) == 6
     assert len(_events(runtime, "dead_letter")) == 3
+
+
+def _age(runtime: Runtime, message_ids: list[str], hours: float) -> None:
+    """Make ``message_ids`` look queued ``hours`` ago."""
+    with runtime.engine.begin() as connection:
+        connection.execute(
+            MESSAGE.update()
+            .where(MESSAGE.c.id.in_(message_ids))
+            .values(created_at=utcnow() - timedelta(hours=hours))
+        )
+
+
+def test_a_message_still_deferred_after_the_limit_is_dead_lettered(
+    esp_runtime: Any, esp: EspApi
+) -> None:
+    runtime = esp_runtime(
+        delivery_chunk_size=2, delivery_concurrency=1, delivery_max_defer_hours=24
+    )
+    esp.reply(Reply(429, {"Retry-After": "30"}, {"status": "error", "name": "Too_Many_Requests"}))
+    ids = _campaign(runtime, 3)
+    # The first was throttled, the second not attempted by the ESP after that, the third held
+    # back by the batch: every one is a deferral by the provider, and two are too old for it.
+    _age(runtime, [ids[0], ids[2]], hours=25)
+    drain(runtime, wait_for_scheduled=False)
+    assert len(esp.received) == 1
+    assert statuses(runtime) == {ids[0]: "dead", ids[1]: "queued", ids[2]: "dead"}
+    row = ledger(runtime, ids[0])
+    assert row.attempts == 0
+    assert row.last_error == (
+        "gave up: queued 25.0 h ago and still deferred by the provider "
+        f"(delivery_max_defer_hours is 24): rate limited by {SERVICE} (HTTP 429); retry after 30 s"
+    )
+    assert (ledger(runtime, ids[2]).last_error or "").startswith(
+        "gave up: queued 25.0 h ago and still deferred by the provider"
+    )
+    dead = {e.message_id: e.properties for e in _events(runtime, "dead_letter")}
+    assert set(dead) == {ids[0], ids[2]}
+    assert dead[ids[0]]["http_status"] == 429
+    assert "in_doubt" not in dead[ids[0]]
+    assert not _events(runtime, "bounce")
+    # The young one waits as the ESP asked, still with its attempt.
+    assert _wait_of(runtime, ids[1]) == timedelta(seconds=30)
+    assert ledger(runtime, ids[1]).attempts == 0
+
+
+def test_waits_of_postwise_own_making_never_end_in_a_dead_letter(
+    make_runtime: Any, smtp_server: FaultySmtpServer
+) -> None:
+    runtime = make_runtime(rate_limits="smtp=1/m burst 1", delivery_max_defer_hours=1)
+    ids = _campaign(runtime, 3)
+    _age(runtime, ids, hours=100)
+    runtime.redis.hset(PAUSED_KEY, "recipient_domain:example.org", '{"reason": "blocks"}')
+    drain(runtime, wait_for_scheduled=False)
+    assert set(statuses(runtime).values()) == {"queued"}
+    assert ledger(runtime, ids[0]).last_error == "reputation pause: blocks"
+    runtime.redis.delete(PAUSED_KEY)
+    enqueue_batches(runtime, "smtp", [ids])
+    drain(runtime, wait_for_scheduled=False)
+    # The bucket had one token: one sent, the others wait for it to refill, however old.
+    assert Counter(statuses(runtime).values()) == {"accepted": 1, "queued": 2}
+    waiting = [m for m, status in statuses(runtime).items() if status == "queued"]
+    assert all(
+        (ledger(runtime, m).last_error or "").startswith("rate limit of smtp") for m in waiting
+    )
+    assert not _events(runtime, "dead_letter")
+
+
+@pytest.mark.parametrize("hours", ["0", "-1", "8761", "soon"])
+def test_the_deferral_limit_must_be_a_positive_number_of_hours(hours: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTWISE_DELIVERY_MAX_DEFER_HOURS"):
+        load_settings(environ={"POSTWISE_DELIVERY_MAX_DEFER_HOURS": hours}, config_file=None)

@@ -11,9 +11,10 @@ would cost more than the sending.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,6 +58,7 @@ _CLAIMED_COLUMNS = (
     "attempts",
     "transactional",
     "context",
+    "created_at",
     "consent_purpose",
 )
 
@@ -181,8 +183,19 @@ class ClaimedRow:
     attempts: int
     transactional: bool
     context: Mapping[str, Any] | None
+    #: When the message was queued (timezone-aware UTC): ``delivery_max_defer_hours`` counts
+    #: from here.
+    created_at: datetime
     #: The consent purpose the message needs (``message.consent_purpose``), checked before sending.
     consent_purpose: str | None = None
+
+
+def _claimed(values: Sequence[Any]) -> ClaimedRow:
+    row = ClaimedRow(*values)
+    if row.created_at.tzinfo is None:
+        # SQLite hands timestamps back without their zone; postwise stores UTC.
+        row = dataclasses.replace(row, created_at=row.created_at.replace(tzinfo=UTC))
+    return row
 
 
 def claim(
@@ -208,7 +221,7 @@ def claim(
         )
         .returning(*(MESSAGE.c[name] for name in _CLAIMED_COLUMNS))
     )
-    rows = [ClaimedRow(*row) for row in connection.execute(statement)]
+    rows = [_claimed(row) for row in connection.execute(statement)]
     order = {message_id: index for index, message_id in enumerate(message_ids)}
     rows.sort(key=lambda row: order.get(row.id, 0))
     return rows
@@ -229,7 +242,7 @@ def stale_claims(
         query = query.where(id_in(MESSAGE.c.id, message_ids, connection))
     grouped: dict[str, list[ClaimedRow]] = {}
     for *values, token in connection.execute(query.limit(limit)):
-        grouped.setdefault(token or "", []).append(ClaimedRow(*values))
+        grouped.setdefault(token or "", []).append(_claimed(values))
     return grouped
 
 

@@ -20,7 +20,8 @@ Outcomes (see :class:`~postwise.delivery.provider.Outcome`):
 * transient → ``retrying`` with exponential backoff (at least the provider's ``retry_after``),
   or after ``max_attempts`` ``dead`` with a ``dead_letter`` event;
 * deferred → waiting again for the provider's ``retry_after`` (bounded, see
-  :mod:`~postwise.delivery.retry`), without using up an attempt;
+  :mod:`~postwise.delivery.retry`), without using up an attempt; once the message was queued
+  more than ``delivery_max_defer_hours`` ago, ``dead`` with a ``dead_letter`` event instead;
 * unknown → ``dead`` *in doubt*, like a message a crashed worker had handed over: the provider
   may have it, so it is never sent again automatically.
 
@@ -100,9 +101,7 @@ class Settlement:
     ) -> None:
         """Record the provider's outcome for ``row``'s message."""
         if result.outcome is Outcome.DEFERRED:
-            backoff = self._retry_delay(row.attempts + 1)
-            delay = deferral_seconds(result.retry_after, backoff)
-            self.deferred(row, delay, result.reason or "deferred by the provider")
+            self._provider_deferred(row, result)
             return
         attempts = row.attempts + 1
         common: dict[str, Any] = {
@@ -194,8 +193,13 @@ class Settlement:
         fields.setdefault("attempts", row.attempts + 1)
         self._dead(row, reason, in_doubt=True, http_status=http_status, **fields)
 
-    def deferred(self, row: ClaimedRow, delay: float, reason: str) -> None:
-        """Put ``row`` back to wait ``delay`` seconds (rate limit, reputation pause, recovery)."""
+    def deferred(self, row: ClaimedRow, delay: float, reason: str, **fields: Any) -> None:
+        """Put ``row`` back to wait ``delay`` seconds (rate limit, reputation pause, recovery).
+
+        ``fields`` are more of the row's new values (the reply that deferred it). These waits are
+        postwise's own and have no limit; a provider's deferral, which has one
+        (``delivery_max_defer_hours``), goes through :meth:`result`.
+        """
         delay = round(max(0.0, delay), 3)
         self._update(
             row,
@@ -204,8 +208,30 @@ class Settlement:
             last_error=reason,
             due_by=self._due_by(delay),
             count_as="deferred",
+            **fields,
         )
         self._later(row, delay)
+
+    def _provider_deferred(self, row: ClaimedRow, result: SendResult) -> None:
+        # A deferral uses up no attempt, so only the message's age ends a throttle that never
+        # lifts: like an MTA's queue lifetime, counted from when the message was queued.
+        reason = result.reason or "deferred by the provider"
+        limit = self.settings.delivery_max_defer_hours
+        age = self.now - row.created_at
+        if age >= timedelta(hours=limit):
+            hours = age.total_seconds() / 3600
+            self._dead(
+                row,
+                f"gave up: queued {hours:.1f} h ago and still deferred by the provider "
+                f"(delivery_max_defer_hours is {limit:g}): {reason}",
+                http_status=result.http_status,
+                attempts=row.attempts,
+                last_code=result.code,
+                last_status=result.status,
+            )
+            return
+        delay = deferral_seconds(result.retry_after, self._retry_delay(row.attempts + 1))
+        self.deferred(row, delay, reason, last_code=result.code, last_status=result.status)
 
     def commit(self) -> Counter[str]:
         """Write events, then the ledger, then enqueue what must run again; returns counts."""
