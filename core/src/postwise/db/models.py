@@ -293,8 +293,11 @@ class Message(SQLModel, table=True):
     provider: str = Field(max_length=50)
     status: str = Field(default=MessageStatus.QUEUED, max_length=20, index=True)
     attempts: int = Field(default=0)
+    #: The last SMTP reply code; None when the provider speaks to an HTTP API.
     last_code: int | None = Field(default=None)
     last_status: str | None = Field(default=None, max_length=20)
+    #: Migration 0011: the HTTP status of an HTTP-API provider's last answer (200, 429, ...).
+    last_http_status: int | None = Field(default=None)
     last_error: str | None = Field(default=None, max_length=1000)
     provider_message_id: str | None = Field(default=None, max_length=200)
     transactional: bool = Field(default=False)

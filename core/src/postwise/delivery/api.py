@@ -278,6 +278,7 @@ class SendsController(Controller):
             "provider": row.provider,
             "attempts": row.attempts,
             "last_code": row.last_code,
+            "last_http_status": row.last_http_status,
             "last_error": row.last_error,
             "provider_message_id": row.provider_message_id,
             "consent_purpose": row.consent_purpose,

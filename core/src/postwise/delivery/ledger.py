@@ -107,6 +107,7 @@ def ledger_row(
         "attempts": 0,
         "last_code": None,
         "last_status": None,
+        "last_http_status": None,
         "last_error": reason,
         "provider_message_id": None,
         "transactional": transactional,
@@ -287,8 +288,10 @@ class RowUpdate:
     id: str
     status: str
     attempts: int
+    #: The SMTP reply code, and nothing else (an HTTP API's status goes in ``last_http_status``).
     last_code: int | None = None
     last_status: str | None = None
+    last_http_status: int | None = None
     last_error: str | None = None
     provider_message_id: str | None = None
     sent_at: datetime | None = None
@@ -307,6 +310,7 @@ _UPDATE = (
         attempts=sa.bindparam("b_attempts"),
         last_code=sa.bindparam("b_code"),
         last_status=sa.bindparam("b_enhanced"),
+        last_http_status=sa.bindparam("b_http_status"),
         last_error=sa.bindparam("b_error"),
         provider_message_id=sa.bindparam("b_provider_id"),
         sent_at=sa.bindparam("b_sent_at"),
@@ -333,6 +337,7 @@ def apply_updates(
                 "b_attempts": u.attempts,
                 "b_code": u.last_code,
                 "b_enhanced": (u.last_status or "")[:20] or None,
+                "b_http_status": u.last_http_status,
                 "b_error": (u.last_error or "")[:1000] or None,
                 "b_provider_id": (u.provider_message_id or "")[:200] or None,
                 "b_sent_at": u.sent_at,

@@ -25,7 +25,8 @@ Outcomes (see :class:`~postwise.delivery.provider.Outcome`):
 * unknown → ``dead`` *in doubt*, like a message a crashed worker had handed over: the provider
   may have it, so it is never sent again automatically.
 
-Events carry an HTTP API's status as ``http_status``, never as ``smtp_code``.
+Events carry an HTTP API's status as ``http_status``, never as ``smtp_code``; so does the ledger
+(``last_http_status`` beside ``last_code``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Settlement:
             "attempts": attempts,
             "last_code": result.code,
             "last_status": result.status,
+            "last_http_status": result.http_status,
         }
         if result.outcome is Outcome.ACCEPTED:
             self._update(
@@ -141,14 +143,13 @@ class Settlement:
                 sending_domain=self.sending_domain,
             )
         elif result.outcome is Outcome.UNKNOWN:
-            self.in_doubt(row, detail=result.reason, http_status=result.http_status, **common)
+            self.in_doubt(row, detail=result.reason, **common)
         elif result.outcome is Outcome.FAILED:
-            self._dead(row, result.reason, http_status=result.http_status, **common)
+            self._dead(row, result.reason, **common)
         elif is_exhausted(attempts, self.settings):
             self._dead(
                 row,
                 f"gave up after {attempts} attempts: {result.reason}",
-                http_status=result.http_status,
                 **common,
             )
         else:
@@ -181,7 +182,6 @@ class Settlement:
         row: ClaimedRow,
         *,
         detail: str | None = None,
-        http_status: int | None = None,
         **fields: Any,
     ) -> None:
         """``row``'s message may have been taken: dead-lettered, never sent again by itself.
@@ -191,7 +191,7 @@ class Settlement:
         """
         reason = IN_DOUBT_REASON if detail is None else in_doubt_reason(detail)
         fields.setdefault("attempts", row.attempts + 1)
-        self._dead(row, reason, in_doubt=True, http_status=http_status, **fields)
+        self._dead(row, reason, in_doubt=True, **fields)
 
     def deferred(self, row: ClaimedRow, delay: float, reason: str, **fields: Any) -> None:
         """Put ``row`` back to wait ``delay`` seconds (rate limit, reputation pause, recovery).
@@ -216,6 +216,11 @@ class Settlement:
         # A deferral uses up no attempt, so only the message's age ends a throttle that never
         # lifts: like an MTA's queue lifetime, counted from when the message was queued.
         reason = result.reason or "deferred by the provider"
+        replies: dict[str, Any] = {
+            "last_code": result.code,
+            "last_status": result.status,
+            "last_http_status": result.http_status,
+        }
         limit = self.settings.delivery_max_defer_hours
         age = self.now - row.created_at
         if age >= timedelta(hours=limit):
@@ -224,14 +229,12 @@ class Settlement:
                 row,
                 f"gave up: queued {hours:.1f} h ago and still deferred by the provider "
                 f"(delivery_max_defer_hours is {limit:g}): {reason}",
-                http_status=result.http_status,
                 attempts=row.attempts,
-                last_code=result.code,
-                last_status=result.status,
+                **replies,
             )
             return
         delay = deferral_seconds(result.retry_after, self._retry_delay(row.attempts + 1))
-        self.deferred(row, delay, reason, last_code=result.code, last_status=result.status)
+        self.deferred(row, delay, reason, **replies)
 
     def commit(self) -> Counter[str]:
         """Write events, then the ledger, then enqueue what must run again; returns counts."""
@@ -257,7 +260,6 @@ class Settlement:
         reason: str,
         *,
         in_doubt: bool | None = None,
-        http_status: int | None = None,
         **fields: Any,
     ) -> None:
         self._update(row, MessageStatus.DEAD, last_error=reason, **fields)
@@ -268,7 +270,7 @@ class Settlement:
             attempts=fields.get("attempts"),
             in_doubt=in_doubt,
             smtp_code=fields.get("last_code"),
-            http_status=http_status,
+            http_status=fields.get("last_http_status"),
         )
 
     def _retry_delay(self, attempts: int) -> float:
