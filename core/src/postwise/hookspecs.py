@@ -128,7 +128,14 @@ def postwise_before_send(message: OutgoingMessage, contact_id: int | None) -> bo
 
 @hookspec
 def postwise_after_send(message: OutgoingMessage, result: SendResult) -> None:
-    """Called once per message with its provider outcome (accepted, transient, permanent)."""
+    """Called for each message handed to its provider, with the result the provider returned.
+
+    ``result.outcome`` is any :class:`~postwise.delivery.provider.Outcome`: accepted, permanent,
+    failed, transient, deferred or unknown. ``result.code`` is the SMTP reply code only;
+    ``result.http_status`` carries an HTTP API's status. A message retried or deferred is
+    reported again at its next attempt; messages never handed over (skipped, vetoed, held back
+    by a rate limit, a pause, a provider's throttle or the circuit breaker) are not reported.
+    """
 
 
 @hookspec
