@@ -40,7 +40,13 @@ from postwise.delivery.gate import Pauses, Recipient, SkipReason
 from postwise.delivery.journal import Journal
 from postwise.delivery.ledger import ClaimedRow, claim
 from postwise.delivery.outcomes import Settlement
-from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+from postwise.delivery.provider import (
+    Outcome,
+    OutgoingMessage,
+    Provider,
+    SendResult,
+    throttles_sender,
+)
 from postwise.delivery.recovery import recover_stale
 from postwise.delivery.services import DeliveryServices, services_for
 from postwise.errors import DeliveryError, NotFoundError, PostwiseError
@@ -345,9 +351,9 @@ class _Chunks:
     (they were not attempted):
 
     * the provider throttles the sender (a deferral that is not about one recipient, see
-      :func:`_throttles_sender`): the other chunks would be refused the same way, so they wait
-      as long as the provider asked, as the messages of the throttled chunk that the provider
-      did not attempt do;
+      :func:`~postwise.delivery.provider.throttles_sender`): the other chunks would be refused
+      the same way, so they wait as long as the provider asked, as the messages of the
+      throttled chunk that the provider did not attempt do;
     * the circuit breaker: after :data:`MAX_CONSECUTIVE_TRANSIENT` transient failures in a
       row, a relay that is down fails every message the same way, each after a timeout.
     """
@@ -378,7 +384,7 @@ class _Chunks:
                     self._last_transient = result
                     continue
                 self._transient = 0
-                if self._throttled is None and _throttles_sender(result):
+                if self._throttled is None and throttles_sender(result):
                     self._throttled = result
 
     def held(self, provider: str) -> SendResult | None:
@@ -409,23 +415,6 @@ class _Chunks:
                 ),
                 retry_after=last.retry_after,
             )
-
-
-def _throttles_sender(result: SendResult) -> bool:
-    """Whether ``result`` is a deferral of the sender rather than of one recipient.
-
-    An HTTP API's 429 throttles the account. An SMTP rate-limit reply concerns the recipient
-    when its RFC 3463 status is about addressing (X.1.X) or the mailbox (X.2.X), as Gmail's
-    450 4.2.1 for a mailbox receiving mail too fast; any other status, or none, concerns the
-    sender, and a 421 closes the session whatever it says. (The SMTP provider stops a batch on
-    the same rule.)
-    """
-    if result.outcome is not Outcome.DEFERRED:
-        return False
-    if result.code == 421 or result.status is None:
-        return True
-    subject = result.status.split(".")[1:2]
-    return subject not in (["1"], ["2"])
 
 
 def _recipient(contact: ContactData, row: ClaimedRow) -> Recipient:

@@ -14,7 +14,8 @@ outcome        the core                                                         
 ``permanent``  ledger ``bounced``, a ``bounce`` event for the compliance consumer      yes
 ``failed``     ledger ``dead``, a ``dead_letter`` event; never a bounce                yes
 ``transient``  retried with backoff (at least ``retry_after``), dead after the last    yes
-``deferred``   put back to wait ``retry_after`` (bounded), like a rate-limit deferral  no
+``deferred``   put back to wait ``retry_after`` (1 s to 1 h); dead after              no
+               ``delivery_max_defer_hours`` in the queue
 ``unknown``    ledger ``dead`` *in doubt*: never sent again automatically              yes
 =============  ======================================================================  =======
 """
@@ -28,7 +29,14 @@ from dataclasses import dataclass, field
 
 from postwise.compliance.bounces import BounceKind
 
-__all__ = ["BounceKind", "Outcome", "OutgoingMessage", "Provider", "SendResult"]
+__all__ = [
+    "BounceKind",
+    "Outcome",
+    "OutgoingMessage",
+    "Provider",
+    "SendResult",
+    "throttles_sender",
+]
 
 
 class Outcome(enum.StrEnum):
@@ -98,6 +106,23 @@ class SendResult:
     #: Seconds the provider asked to wait before trying again (``Retry-After``), for
     #: ``deferred`` and ``transient`` results.
     retry_after: float | None = None
+
+
+def throttles_sender(result: SendResult) -> bool:
+    """Whether ``result`` defers the *sender* (every other message would be refused the same
+    way) rather than one recipient.
+
+    An HTTP API's 429 throttles the account. For SMTP, RFC 3463 says what a status is about:
+    addressing (X.1.X) and mailbox (X.2.X) statuses concern the recipient (Gmail's 450 4.2.1 for
+    a mailbox receiving mail too fast); any other status, or none, concerns the sender or the
+    session, and 421 closes the session whatever it says. The SMTP provider stops a batch, and
+    the worker holds back the rest of one, on this rule.
+    """
+    if result.outcome is not Outcome.DEFERRED:
+        return False
+    if result.code == 421 or result.status is None:
+        return True
+    return result.status.split(".")[1:2] not in (["1"], ["2"])
 
 
 class Provider(abc.ABC):

@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Literal
 
-from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+from postwise.delivery.provider import (
+    Outcome,
+    OutgoingMessage,
+    Provider,
+    SendResult,
+    throttles_sender,
+)
 from postwise.errors import ConfigurationError
 
 __all__ = ["SmtpProvider", "StartTls", "is_rate_limit_reply", "parse_enhanced_status"]
@@ -375,7 +381,7 @@ class SmtpProvider(Provider):
                     return
                 result, usable = self._transact(connection, batch.messages[index])
                 batch.results[index] = result
-                if result.outcome is Outcome.DEFERRED and _concerns_sender(result):
+                if throttles_sender(result):
                     batch.throttle(result)
                 if usable:
                     failures = 0
@@ -679,18 +685,6 @@ class SmtpProvider(Provider):
                 return
             self._last_logged_failure = reason
         log.error("SMTP delivery via %s:%s failed: %s", self.host, self.port, reason)
-
-
-def _concerns_sender(result: SendResult) -> bool:
-    """Whether a rate-limit reply throttles the sender rather than one recipient.
-
-    RFC 3463 says what a status is about: addressing (X.1.X) and mailbox (X.2.X) statuses
-    concern the recipient (Gmail's 450 4.2.1 for a mailbox receiving mail too fast), every other
-    one, or none, the sender or the session; 421 closes the session whatever it says.
-    """
-    if result.code == 421 or result.status is None:
-        return True
-    return result.status.split(".")[1] not in ("1", "2")
 
 
 def _result(message: OutgoingMessage, outcome: Outcome, reason: str) -> SendResult:
