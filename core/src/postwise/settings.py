@@ -114,6 +114,11 @@ class Settings(BaseModel):
     smtp_implicit_tls: bool = False
     smtp_pool_size: int = Field(default=4, ge=1, le=256)
     smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates to trust for the relay's TLS certificate "
+        "(a private CA); unset: the system's trust store. Certificates are always verified.",
+    )
 
     rate_limits: dict[str, RateLimit] = Field(
         default_factory=dict,
@@ -244,6 +249,18 @@ class Settings(BaseModel):
             value = dict(_split_pairs(value))
         if isinstance(value, Mapping):
             return {k: RateLimit.parse(v) if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("smtp_ca_file", mode="before")
+    @classmethod
+    def _empty_ca_file(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("no such file; give the path of a PEM file of CA certificates")
         return value
 
     @field_validator("disabled_plugins", "consent_regions", mode="before")

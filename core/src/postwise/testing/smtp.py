@@ -45,7 +45,9 @@ __all__ = [
     "DropStage",
     "FaultySmtpServer",
     "ReceivedMessage",
+    "self_signed_certificate",
     "self_signed_tls_contexts",
+    "server_tls_context",
 ]
 
 #: Where :meth:`FaultySmtpServer.drop_connections` hangs up: on ``MAIL FROM``, on ``RCPT TO``,
@@ -458,6 +460,30 @@ def self_signed_tls_contexts(
     The certificate names ``hostname`` and the IP ``addresses``, so a client connecting to
     127.0.0.1 verifies it with hostname checking on.
     """
+    certificate_pem, key_pem = self_signed_certificate(hostname, addresses)
+    return server_tls_context(certificate_pem, key_pem), ssl.create_default_context(
+        cadata=certificate_pem.decode("ascii")
+    )
+
+
+def server_tls_context(certificate_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A TLS server context presenting ``certificate_pem`` with ``key_pem``."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # load_cert_chain only reads files; they are gone once the context holds the key.
+    with tempfile.TemporaryDirectory() as folder:
+        certificate_file = Path(folder, "cert.pem")
+        key_file = Path(folder, "key.pem")
+        certificate_file.write_bytes(certificate_pem)
+        key_file.write_bytes(key_pem)
+        server.load_cert_chain(certificate_file, key_file)
+    return server
+
+
+def self_signed_certificate(
+    hostname: str = "localhost", addresses: tuple[str, ...] = ("127.0.0.1",)
+) -> tuple[bytes, bytes]:
+    """A fresh self-signed certificate (it is its own CA) and its key, both PEM, naming
+    ``hostname`` and the IP ``addresses``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -486,13 +512,4 @@ def self_signed_tls_contexts(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    # load_cert_chain only reads files; they are gone once the context holds the key.
-    with tempfile.TemporaryDirectory() as folder:
-        certificate_file = Path(folder, "cert.pem")
-        key_file = Path(folder, "key.pem")
-        certificate_file.write_bytes(certificate_pem)
-        key_file.write_bytes(key_pem)
-        server.load_cert_chain(certificate_file, key_file)
-    client = ssl.create_default_context(cadata=certificate_pem.decode("ascii"))
-    return server, client
+    return certificate_pem, key_pem

@@ -1,0 +1,63 @@
+"""``smtp_ca_file``: trusting a relay whose certificate comes from a private CA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postwise.delivery.plugin import smtp_provider
+from postwise.delivery.provider import Outcome, OutgoingMessage
+from postwise.errors import ConfigurationError
+from postwise.testing.smtp import FaultySmtpServer, self_signed_certificate, server_tls_context
+
+MESSAGE = OutgoingMessage(
+    message_id="ca-1",
+    sender="news@example.com",
+    recipient="ann@example.org",
+    raw=b"From: news@example.com\r\nTo: ann@example.org\r\nSubject: hi\r\n\r\nhello\r\n",
+)
+
+
+def test_a_relay_signed_by_the_configured_ca_is_trusted_and_others_are_not(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    certificate, key = self_signed_certificate()
+    ca_file = tmp_path / "relay-ca.pem"
+    ca_file.write_bytes(certificate)
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(self_signed_certificate()[0])
+    with FaultySmtpServer(
+        tls_context=server_tls_context(certificate, key), require_starttls=True
+    ) as server:
+        base = {"smtp_host": "127.0.0.1", "smtp_port": server.port, "smtp_starttls": "required"}
+        trusted = smtp_provider(make_settings(**base, smtp_ca_file=str(ca_file)), {})
+        try:
+            assert [r.outcome for r in trusted.send_batch([MESSAGE])] == [Outcome.ACCEPTED]
+        finally:
+            trusted.close()
+        assert server.accepted[0].tls
+        # provider_options.smtp.ca_file wins over the setting; the wrong CA fails verification.
+        wrong = smtp_provider(
+            make_settings(**base, smtp_ca_file=str(ca_file)), {"ca_file": other_ca}
+        )
+        try:
+            [result] = wrong.send_batch([MESSAGE])
+        finally:
+            wrong.close()
+        assert result.outcome is Outcome.TRANSIENT
+        assert "certificate verify failed" in result.reason
+    assert len(server.accepted) == 1
+
+
+def test_a_missing_or_unreadable_ca_file_is_a_configuration_error(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"SMTP_CA_FILE.*no such file"):
+        make_settings(smtp_ca_file=str(tmp_path / "missing.pem"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigurationError, match="cannot load CA certificates"):
+        smtp_provider(make_settings(smtp_ca_file=str(garbage)), {})
+    assert make_settings(smtp_ca_file="").smtp_ca_file is None
