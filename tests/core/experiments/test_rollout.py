@@ -204,3 +204,52 @@ def test_the_rollout_waits_until_the_campaign_has_finished_dispatching(runtime: 
         ).scalar_one()
         names = session.exec(select(Campaign.name).where(Campaign.id == done["campaign_id"]))
         assert rolled == 0 and names.one() == "subject-test: rollout of B"
+
+
+def test_the_rollout_to_a_consent_list_needs_that_consent(
+    delivery: Runtime, smtp_server: FaultySmtpServer
+) -> None:
+    # The experiment's campaign mails the "newsletter" list; a held-back contact who withdraws
+    # that consent before the winner is declared must not get the rollout.
+    from postwise.compliance import consent
+    from postwise.db.models import Segment, SegmentMember
+
+    template_id = add_template(delivery, subject="Spring news")
+    contacts = add_contacts(delivery, CONTACTS)
+    campaign_id = add_campaign(delivery, template_id)
+    with delivery.session() as session:
+        for contact in contacts:
+            consent.grant_consent(session, delivery.settings, contact, "newsletter", source="t")
+        segment = Segment(name="newsletter", kind="static", consent_purpose="newsletter")
+        session.add(segment)
+        session.flush()
+        session.add_all(SegmentMember(segment_id=segment.id, contact_id=c) for c in contacts)
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None
+        campaign.segment_id = segment.id
+        session.add(campaign)
+    experiment_id = new_experiment(
+        delivery,
+        campaign_id=campaign_id,
+        variants=[{"name": "A", "weight": 0.5}, {"name": "B", "weight": 0.5, "subject": "Hi"}],
+        holdout=HOLDOUT,
+        rollout_fraction=ROLLOUT,
+    )
+    dispatch_campaign(delivery, campaign_id)
+    drain(delivery)
+    arms = assigned(delivery, experiment_id, contacts)
+    cells = _cells(experiment_id, contacts, arms)
+    withdrawn = sorted(cells["reserve"])[:5]
+    with delivery.session() as session:
+        for contact in withdrawn:
+            consent.withdraw_consent(session, contact, "newsletter", source="link")
+    by_arm = split(arms)
+    record(delivery, experiment_id, by_arm["A"][:4], "A")
+    record(delivery, experiment_id, by_arm["B"][:70], "B")
+    assert experiment_report(delivery, experiment_id)["winner"] == "B"
+    drain(delivery)
+    mailbox = _mailbox(smtp_server)
+    for contact in withdrawn:
+        assert _address(contacts, contact) not in mailbox
+    still = cells["reserve"] - set(withdrawn)
+    assert all(mailbox[_address(contacts, c)] == ["Hi"] for c in still)

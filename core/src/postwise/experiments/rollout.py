@@ -240,6 +240,21 @@ def _winning_arm(
     return int(spec["template_id"]), int(version)
 
 
+def _list_purpose(session: Session, campaigns: Sequence[Campaign]) -> str | None:
+    """The consent purpose the campaigns' lists require; ConflictError if they differ."""
+    purposes = set()
+    for campaign in campaigns:
+        segment = session.get(Segment, campaign.segment_id) if campaign.segment_id else None
+        purposes.add(segment.consent_purpose if segment is not None else None)
+    if len(purposes) > 1:
+        named = ", ".join(sorted(repr(p) if p else "none" for p in purposes))
+        raise ConflictError(
+            f"the experiment's campaigns send to lists that need different consent ({named}); "
+            "one rollout cannot honour them all: roll out per list by hand"
+        )
+    return purposes.pop() if purposes else None
+
+
 def _prepare(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
     """Steps 1 and 2: the segment and the campaign, recorded in the experiment's state."""
     with runtime.session() as session:
@@ -265,7 +280,11 @@ def _prepare(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
                 raise ConflictError(
                     f"a segment called {name!r} exists but is not this rollout's; rename it"
                 )
-            segment = Segment(name=name, kind="static")
+            # The rollout mails the lists the experiment's campaigns mailed: it needs the
+            # consent they need.
+            segment = Segment(
+                name=name, kind="static", consent_purpose=_list_purpose(session, campaigns)
+            )
             session.add(segment)
             session.flush()
             plan["segment_id"] = segment.id
