@@ -298,6 +298,42 @@ def test_a_send_for_a_campaign_needs_what_its_list_needs(
     assert _received(smtp_server) == Counter({"enrol0@example.org": 1})
 
 
+def test_a_send_for_a_campaign_cannot_need_another_purpose_than_its_list(
+    delivery: Runtime,
+) -> None:
+    (contact,) = add_contacts(delivery, 1, prefix="two")
+    segment = _list(delivery, "two-purposes", [contact], "newsletter")
+    template = add_template(delivery)
+    campaign = add_campaign(delivery, template, segment_id=segment)
+    request = SendRequest(
+        contact_id=contact, template_id=template, dedupe_key="two", campaign_id=campaign,
+        consent_purpose="events",
+    )  # fmt: skip
+    with pytest.raises(ValidationError) as error:
+        submit_send(delivery, request)
+    assert error.value.field == "consent_purpose" and "'newsletter'" in str(error.value)
+    # The same purpose as the list's is fine (and still enforced).
+    same = SendRequest(
+        contact_id=contact, template_id=template, dedupe_key="two", campaign_id=campaign,
+        consent_purpose="newsletter",
+    )  # fmt: skip
+    assert submit_send(delivery, same).reason == "no_consent"
+    # A trigger cannot combine enrol_campaign with a consent purpose of its own.
+    with delivery.session() as session, pytest.raises(ValidationError) as refused:
+        TriggerStore(session, delivery).create(
+            {
+                "name": "enrol-with-purpose",
+                "event_type": "signup",
+                "action": {
+                    "type": "enrol_campaign",
+                    "campaign_id": campaign,
+                    "consent_purpose": "events",
+                },
+            }
+        )
+    assert "set it on the list" in str(refused.value)
+
+
 def test_the_gate_answers_a_page_of_mixed_purposes_with_one_consent_query(
     runtime: Runtime,
 ) -> None:

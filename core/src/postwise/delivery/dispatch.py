@@ -95,9 +95,17 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
         marketing = template.kind != "transactional"
         template_id, version = template.id, template.current_version
         assert template_id is not None
-        if purpose is None and request.campaign_id is not None:
-            # A send for a campaign (a trigger enrolling a contact) needs what its list needs.
-            purpose = _list_purpose(session, request.campaign_id)
+        if request.campaign_id is not None:
+            # A send for a campaign (a trigger enrolling a contact) needs what its list needs;
+            # a ledger row carries one purpose, so a request may not ask for another.
+            listed = _list_purpose(session, request.campaign_id)
+            if listed is not None and purpose not in (None, listed):
+                raise ValidationError(
+                    f"campaign {request.campaign_id} sends to a list that needs {listed!r} "
+                    f"consent; a send cannot also need {purpose!r}",
+                    field="consent_purpose",
+                )
+            purpose = purpose or listed
         variant = None
         if request.experiment_id is not None:
             experiment = session.get(Experiment, request.experiment_id)

@@ -120,6 +120,12 @@ class ActionSpec(BaseModel):
                 raise ValueError("'enrol_campaign' needs 'campaign' (a campaign name or id)")
             if self.template is not None or self.template_id is not None:
                 raise ValueError("'enrol_campaign' sends the campaign's template; drop 'template'")
+            if self.consent_purpose is not None:
+                # One send needs one purpose: the campaign's list's, set on the list.
+                raise ValueError(
+                    "'enrol_campaign' sends need the consent the campaign's list requires; drop "
+                    "'consent_purpose' and set it on the list (postwise segments consent)"
+                )
         return self
 
 
