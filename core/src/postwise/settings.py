@@ -157,8 +157,9 @@ class Settings(BaseModel):
         default=72.0,
         gt=0,
         le=8760,
-        description="How long after it was queued a message the provider keeps deferring (HTTP "
-        "429, SMTP rate limits, a relay the circuit breaker holds back) may still wait; after "
+        description="How long after its first deferral a message the provider keeps "
+        "deferring (HTTP 429, SMTP rate limits, a relay the circuit breaker holds back) may "
+        "still wait; after "
         "that it is dead-lettered, like an MTA's queue lifetime. Deferrals cost no attempt, so "
         "without this limit a provider that throttles forever keeps messages waiting forever. "
         "Waits for postwise's own rate_limits and reputation pauses do not end in a dead letter.",

@@ -174,13 +174,14 @@ def test_what_the_circuit_breaker_did_not_attempt_is_deferred_without_using_an_a
     assert len(_events(runtime, "dead_letter")) == 3
 
 
-def _age(runtime: Runtime, message_ids: list[str], hours: float) -> None:
-    """Make ``message_ids`` look queued ``hours`` ago."""
+def _age(runtime: Runtime, message_ids: list[str], hours: float, *, column: str) -> None:
+    """Make ``message_ids`` look queued (``created_at``) or first deferred by the provider
+    (``deferred_since``) ``hours`` ago."""
     with runtime.engine.begin() as connection:
         connection.execute(
             MESSAGE.update()
             .where(MESSAGE.c.id.in_(message_ids))
-            .values(created_at=utcnow() - timedelta(hours=hours))
+            .values({column: utcnow() - timedelta(hours=hours)})
         )
 
 
@@ -193,19 +194,20 @@ def test_a_message_still_deferred_after_the_limit_is_dead_lettered(
     esp.reply(Reply(429, {"Retry-After": "30"}, {"status": "error", "name": "Too_Many_Requests"}))
     ids = _campaign(runtime, 3)
     # The first was throttled, the second not attempted by the ESP after that, the third held
-    # back by the batch: every one is a deferral by the provider, and two are too old for it.
-    _age(runtime, [ids[0], ids[2]], hours=25)
+    # back by the batch: every one is a deferral by the provider, and two have been deferred
+    # for too long already.
+    _age(runtime, [ids[0], ids[2]], hours=25, column="deferred_since")
     drain(runtime, wait_for_scheduled=False)
     assert len(esp.received) == 1
     assert statuses(runtime) == {ids[0]: "dead", ids[1]: "queued", ids[2]: "dead"}
     row = ledger(runtime, ids[0])
     assert row.attempts == 0
     assert row.last_error == (
-        "gave up: queued 25.0 h ago and still deferred by the provider "
+        "gave up: deferred by the provider for 25.0 h "
         f"(delivery_max_defer_hours is 24): rate limited by {SERVICE} (HTTP 429); retry after 30 s"
     )
     assert (ledger(runtime, ids[2]).last_error or "").startswith(
-        "gave up: queued 25.0 h ago and still deferred by the provider"
+        "gave up: deferred by the provider for 25.0 h"
     )
     dead = {e.message_id: e.properties for e in _events(runtime, "dead_letter")}
     assert set(dead) == {ids[0], ids[2]}
@@ -217,12 +219,35 @@ def test_a_message_still_deferred_after_the_limit_is_dead_lettered(
     assert ledger(runtime, ids[1]).attempts == 0
 
 
+def test_the_deferral_limit_counts_from_the_first_deferral_not_from_queueing(
+    esp_runtime: Any, esp: EspApi
+) -> None:
+    # A message that waited days for reasons of postwise's own (a schedule, a slow rate limit)
+    # is not dead-lettered by its first throttle: the clock starts there.
+    runtime = esp_runtime(
+        delivery_chunk_size=1, delivery_concurrency=1, delivery_max_defer_hours=24
+    )
+    esp.reply(Reply(429, {"Retry-After": "30"}, {"status": "error", "name": "Too_Many_Requests"}))
+    [message] = _campaign(runtime, 1)
+    _age(runtime, [message], hours=100, column="created_at")
+    drain(runtime, wait_for_scheduled=False)
+    row = ledger(runtime, message)
+    assert (row.status, row.attempts) == ("queued", 0)
+    assert row.deferred_since is not None
+    first = row.deferred_since
+    # Deferred again later: the first deferral's time is kept, so the limit does come.
+    enqueue_batches(runtime, PROVIDER, [[message]])
+    esp.reply(Reply(429, {"Retry-After": "30"}, {"status": "error", "name": "Too_Many_Requests"}))
+    drain(runtime, wait_for_scheduled=False)
+    assert ledger(runtime, message).deferred_since == first
+
+
 def test_waits_of_postwise_own_making_never_end_in_a_dead_letter(
     make_runtime: Any, smtp_server: FaultySmtpServer
 ) -> None:
     runtime = make_runtime(rate_limits="smtp=1/m burst 1", delivery_max_defer_hours=1)
     ids = _campaign(runtime, 3)
-    _age(runtime, ids, hours=100)
+    _age(runtime, ids, hours=100, column="created_at")
     runtime.redis.hset(PAUSED_KEY, "recipient_domain:example.org", '{"reason": "blocks"}')
     drain(runtime, wait_for_scheduled=False)
     assert set(statuses(runtime).values()) == {"queued"}

@@ -309,6 +309,9 @@ class Message(SQLModel, table=True):
     #: The delivery attempt that holds the row while it is ``sending``, and until when.
     claim_token: str | None = Field(default=None, max_length=32)
     claimed_until: datetime | None = _ts_nullable()
+    #: When the provider first deferred the message (throttling); ``delivery_max_defer_hours``
+    #: counts from here.
+    deferred_since: datetime | None = _ts_nullable()
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     sent_at: datetime | None = _ts_nullable()

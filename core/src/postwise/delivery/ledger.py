@@ -60,6 +60,7 @@ _CLAIMED_COLUMNS = (
     "context",
     "created_at",
     "consent_purpose",
+    "deferred_since",
 )
 
 
@@ -115,6 +116,7 @@ def ledger_row(
         "consent_purpose": consent_purpose,
         "claim_token": None,
         "claimed_until": due_by,
+        "deferred_since": None,
         "created_at": now,
         "updated_at": now,
         "sent_at": None,
@@ -184,18 +186,26 @@ class ClaimedRow:
     attempts: int
     transactional: bool
     context: Mapping[str, Any] | None
-    #: When the message was queued (timezone-aware UTC): ``delivery_max_defer_hours`` counts
-    #: from here.
+    #: When the message was queued (timezone-aware UTC).
     created_at: datetime
     #: The consent purpose the message needs (``message.consent_purpose``), checked before sending.
     consent_purpose: str | None = None
+    #: When the provider first deferred the message (UTC), if it has:
+    #: ``delivery_max_defer_hours`` counts from here.
+    deferred_since: datetime | None = None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back without their zone; postwise stores UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _claimed(values: Sequence[Any]) -> ClaimedRow:
     row = ClaimedRow(*values)
-    if row.created_at.tzinfo is None:
-        # SQLite hands timestamps back without their zone; postwise stores UTC.
-        row = dataclasses.replace(row, created_at=row.created_at.replace(tzinfo=UTC))
+    created, since = _utc(row.created_at), _utc(row.deferred_since)
+    if created is not row.created_at or since is not row.deferred_since:
+        assert created is not None
+        row = dataclasses.replace(row, created_at=created, deferred_since=since)
     return row
 
 
@@ -297,6 +307,9 @@ class RowUpdate:
     sent_at: datetime | None = None
     #: For rows going back to waiting: when their next attempt is due at the latest.
     due_by: datetime | None = None
+    #: For a provider deferral: when the provider first deferred the row. Kept once set (the
+    #: statement only fills it when empty).
+    deferred_since: datetime | None = None
 
 
 _UPDATE = (
@@ -316,6 +329,10 @@ _UPDATE = (
         sent_at=sa.bindparam("b_sent_at"),
         claim_token=None,
         claimed_until=sa.bindparam("b_due_by"),
+        deferred_since=sa.func.coalesce(
+            MESSAGE.c.deferred_since,
+            sa.bindparam("b_deferred_since", type_=sa.DateTime(timezone=True)),
+        ),
         updated_at=sa.bindparam("b_now"),
     )
 )
@@ -342,6 +359,7 @@ def apply_updates(
                 "b_provider_id": (u.provider_message_id or "")[:200] or None,
                 "b_sent_at": u.sent_at,
                 "b_due_by": u.due_by,
+                "b_deferred_since": u.deferred_since,
                 "b_now": now,
             }
             for u in updates

@@ -20,8 +20,9 @@ Outcomes (see :class:`~postwise.delivery.provider.Outcome`):
 * transient → ``retrying`` with exponential backoff (at least the provider's ``retry_after``),
   or after ``max_attempts`` ``dead`` with a ``dead_letter`` event;
 * deferred → waiting again for the provider's ``retry_after`` (bounded, see
-  :mod:`~postwise.delivery.retry`), without using up an attempt; once the message was queued
-  more than ``delivery_max_defer_hours`` ago, ``dead`` with a ``dead_letter`` event instead;
+  :mod:`~postwise.delivery.retry`), without using up an attempt; once the provider has been
+  deferring it for ``delivery_max_defer_hours`` (since its first deferral, recorded as
+  ``message.deferred_since``), ``dead`` with a ``dead_letter`` event instead;
 * unknown → ``dead`` *in doubt*, like a message a crashed worker had handed over: the provider
   may have it, so it is never sent again automatically.
 
@@ -213,8 +214,9 @@ class Settlement:
         self._later(row, delay)
 
     def _provider_deferred(self, row: ClaimedRow, result: SendResult) -> None:
-        # A deferral uses up no attempt, so only the message's age ends a throttle that never
-        # lifts: like an MTA's queue lifetime, counted from when the message was queued.
+        # A deferral uses up no attempt, so only time ends a throttle that never lifts: like an
+        # MTA's queue lifetime, counted from the provider's first deferral of the message (a
+        # wait of postwise's own making, a schedule or a rate limit, does not count).
         reason = result.reason or "deferred by the provider"
         replies: dict[str, Any] = {
             "last_code": result.code,
@@ -222,19 +224,20 @@ class Settlement:
             "last_http_status": result.http_status,
         }
         limit = self.settings.delivery_max_defer_hours
-        age = self.now - row.created_at
+        since = row.deferred_since or self.now
+        age = self.now - since
         if age >= timedelta(hours=limit):
             hours = age.total_seconds() / 3600
             self._dead(
                 row,
-                f"gave up: queued {hours:.1f} h ago and still deferred by the provider "
+                f"gave up: deferred by the provider for {hours:.1f} h "
                 f"(delivery_max_defer_hours is {limit:g}): {reason}",
                 attempts=row.attempts,
                 **replies,
             )
             return
         delay = deferral_seconds(result.retry_after, self._retry_delay(row.attempts + 1))
-        self.deferred(row, delay, reason, **replies)
+        self.deferred(row, delay, reason, deferred_since=since, **replies)
 
     def commit(self) -> Counter[str]:
         """Write events, then the ledger, then enqueue what must run again; returns counts."""
