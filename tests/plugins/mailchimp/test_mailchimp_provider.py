@@ -326,7 +326,10 @@ A = "a@example.net"
         (200, [{"email": A, "status": "scheduled", "_id": "1"}], Outcome.ACCEPTED, False),
         (200, [{"email": A, "status": "rejected"}], Outcome.FAILED, False),
         (200, [{"email": A, "status": "bounced?"}], Outcome.UNKNOWN, False),
-        (200, [], Outcome.TRANSIENT, False),
+        # Taken (2xx) but no readable result: it may have been sent, so it is not retried.
+        (200, [], Outcome.UNKNOWN, False),
+        (200, {"not": "a list"}, Outcome.UNKNOWN, False),
+        (200, None, Outcome.UNKNOWN, False),
         (500, error("PaymentRequired", "no credits"), Outcome.TRANSIENT, True),
         (500, error("Unknown_Subaccount", "no such subaccount"), Outcome.TRANSIENT, True),
         (401, None, Outcome.TRANSIENT, True),

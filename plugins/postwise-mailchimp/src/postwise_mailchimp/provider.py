@@ -143,8 +143,10 @@ def _recipient_result(message_id: str, recipient: str, status: int, entries: lis
         entries[0] if entries and isinstance(entries[0], dict) else None,
     )
     if entry is None:
-        reason = f"{SERVICE} answered without a result for the recipient"
-        return Verdict(SendResult(message_id, Outcome.TRANSIENT, reason=reason, http_status=status))
+        # A 2xx means the request was taken: without a result to say otherwise, the message
+        # may be on its way, and sending it again could deliver it twice.
+        reason = f"{SERVICE} answered without a result for the recipient; it may have been sent"
+        return Verdict(SendResult(message_id, Outcome.UNKNOWN, reason=reason, http_status=status))
     state = str(entry.get("status") or "")
     provider_id = entry.get("_id") if isinstance(entry.get("_id"), str) else None
     if state in _ACCEPTED_STATUSES:
@@ -184,8 +186,18 @@ def classify_response(
         data: Any = json.loads(body)
     except ValueError:
         data = None
-    if 200 <= status < 300 and isinstance(data, list):
-        return _recipient_result(message_id, recipient, status, data)
+    if 200 <= status < 300:
+        if isinstance(data, list):
+            return _recipient_result(message_id, recipient, status, data)
+        # Taken (2xx), but the answer cannot be read (cut short, rewritten by a proxy): the
+        # message may be on its way, so it is in doubt rather than sent again.
+        reason = (
+            f"{SERVICE} took the request (HTTP {status}) but its answer cannot be read: "
+            f"{body[:120].decode('utf-8', 'replace')!r}; it may have been sent"
+        )
+        return Verdict(
+            SendResult(message_id, Outcome.UNKNOWN, reason=reason[:MAX_REASON], http_status=status)
+        )
     if status == 429:
         return rate_limited(message_id, status, headers, service=SERVICE)
     name = message = ""
