@@ -123,7 +123,7 @@ def test_a_lost_connection_and_a_missing_answer_are_unknown_because_the_request_
     assert [r.body["id"] for r in api.received] == ["m0", "m1", "m2"]
 
 
-def test_no_connection_is_transient_and_the_rest_is_not_attempted() -> None:
+def test_no_connection_is_transient_and_the_rest_is_deferred_unattempted() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -132,7 +132,8 @@ def test_no_connection_is_transient_and_the_rest_is_not_attempted() -> None:
         results = provider.send_batch(messages(3))
     finally:
         provider.close()
-    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+    # The one tried uses up an attempt; the others were never sent and wait without one.
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] + [Outcome.DEFERRED] * 2
     assert results[0].reason.startswith(f"cannot connect to http://127.0.0.1:{port}")
     assert all(r.reason.startswith("not attempted: cannot connect") for r in results[1:])
 
@@ -150,14 +151,14 @@ def test_a_429_defers_the_rest_of_the_batch_for_as_long(api: EchoApi) -> None:
     assert len(api.received) == 2
 
 
-def test_a_halting_answer_leaves_the_rest_transient(api: EchoApi) -> None:
+def test_a_halting_answer_defers_the_rest_unattempted(api: EchoApi) -> None:
     api.reply(Reply(401))
     provider = provider_for(api.url)
     try:
         results = provider.send_batch(messages(3))
     finally:
         provider.close()
-    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] + [Outcome.DEFERRED] * 2
     assert results[2].reason == "not attempted: HTTP 401"
     assert results[2].http_status is None  # it was never asked
     assert len(api.received) == 1

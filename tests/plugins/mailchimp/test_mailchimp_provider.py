@@ -143,7 +143,7 @@ def test_a_rejected_recipient_is_classified_by_its_reject_reason(
     assert rejected.provider_message_id
     if reject_reason == "test-mode-limit":
         # The account's limit holds for every message: the rest of the batch waits.
-        assert after.outcome is Outcome.TRANSIENT and after.reason.startswith("not attempted")
+        assert after.outcome is Outcome.DEFERRED and after.reason.startswith("not attempted")
         assert len(mailchimp_server.received) == 1
     else:
         assert after.outcome is Outcome.ACCEPTED
@@ -187,7 +187,8 @@ def test_an_invalid_key_is_transient_and_stops_the_batch(mailchimp_server: FakeM
         results = provider.send_batch([plain(i) for i in range(3)])
     finally:
         provider.close()
-    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 3
+    # The request that was refused used up an attempt; the others were never sent.
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT] + [Outcome.DEFERRED] * 2
     assert "Invalid_Key" in results[0].reason
     assert results[0].bounce_kind is None
     assert results[2].reason.startswith("not attempted: Mailchimp Transactional refused")

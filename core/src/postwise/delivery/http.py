@@ -233,11 +233,11 @@ class HttpApiProvider(Provider):
 
 
 def _not_attempted(message: OutgoingMessage, cause: SendResult) -> SendResult:
-    """A message left out after ``cause`` stopped the batch: it waits as ``cause`` said."""
-    outcome = Outcome.DEFERRED if cause.outcome is Outcome.DEFERRED else Outcome.TRANSIENT
+    """A message left out after ``cause`` stopped the batch: deferred (it was never sent, so it
+    uses up no attempt), for as long as ``cause`` asked if it did."""
     return SendResult(
         message.message_id,
-        outcome,
+        Outcome.DEFERRED,
         reason=f"not attempted: {cause.reason}"[:MAX_REASON],
         retry_after=cause.retry_after,
     )

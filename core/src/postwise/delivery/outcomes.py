@@ -32,6 +32,7 @@ Events carry an HTTP API's status as ``http_status``, never as ``smtp_code``; so
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import Counter
@@ -236,7 +237,11 @@ class Settlement:
                 **replies,
             )
             return
-        delay = deferral_seconds(result.retry_after, self._retry_delay(row.attempts + 1))
+        # Without a time from the provider, wait about as long as the message has been deferred
+        # already (the backoff of the matching attempt number): a relay that stays away is asked
+        # again after 30 s, then minutes, then hourly, not every 30 s for days.
+        step = 1 + int(math.log2(max(1.0, age.total_seconds() / self.settings.retry_base_seconds)))
+        delay = deferral_seconds(result.retry_after, self._retry_delay(min(step, 32)))
         self.deferred(row, delay, reason, deferred_since=since, **replies)
 
     def commit(self) -> Counter[str]:
