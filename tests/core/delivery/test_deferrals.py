@@ -268,3 +268,19 @@ def test_waits_of_postwise_own_making_never_end_in_a_dead_letter(
 def test_the_deferral_limit_must_be_a_positive_number_of_hours(hours: str) -> None:
     with pytest.raises(ConfigurationError, match="POSTWISE_DELIVERY_MAX_DEFER_HOURS"):
         load_settings(environ={"POSTWISE_DELIVERY_MAX_DEFER_HOURS": hours}, config_file=None)
+
+
+def test_a_deferral_without_a_time_waits_longer_the_longer_it_has_lasted(
+    esp_runtime: Any, esp: EspApi
+) -> None:
+    # A 429 without Retry-After: the first time, about the base backoff (15-30 s); after two
+    # hours of deferral, 30-60 minutes, so a relay that stays away is not asked every 30 s.
+    runtime = esp_runtime(delivery_chunk_size=1, delivery_concurrency=1)
+    throttled = Reply(429, {}, {"status": "error", "name": "Too_Many_Requests"})
+    esp.reply(throttled)
+    fresh, old = _campaign(runtime, 2)
+    _age(runtime, [old], hours=2, column="deferred_since")
+    drain(runtime, wait_for_scheduled=False)
+    assert timedelta(seconds=15) <= _wait_of(runtime, fresh) <= timedelta(seconds=30)
+    assert timedelta(minutes=30) <= _wait_of(runtime, old) <= timedelta(minutes=60)
+    assert ledger(runtime, old).attempts == ledger(runtime, fresh).attempts == 0
