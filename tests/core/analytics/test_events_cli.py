@@ -92,3 +92,24 @@ def test_collect_with_several_writers_stores_everything_once(
     status = json.loads(invoke("events", "status", "--json").output)
     assert (status["lag"], status["pending"]) == (0, 0)
     assert invoke("events", "collect", "--writers", "17").exit_code == 2  # 1 to 16
+
+
+def test_a_writer_that_fails_stops_the_others_and_the_command_fails(
+    invoke: Any, runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from postwise.analytics.collector import Collector
+
+    calls: list[str] = []
+    real_run = Collector.run
+
+    def failing_run(self: Collector, *args: Any, **kwargs: Any) -> Any:
+        calls.append(self.consumer)
+        if len(calls) == 1:
+            raise RuntimeError("redis went away")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collector, "run", failing_run)
+    result = invoke("events", "collect", "--writers", "2", "--flush-interval", "0.05")
+    assert isinstance(result.exception, RuntimeError)
+    assert "redis went away" in str(result.exception)
+    assert len(calls) == 2  # the other writer ran, and was stopped (no --exit-when-idle)

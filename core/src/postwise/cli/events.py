@@ -121,12 +121,16 @@ def _run_together(
     has been idle for ``idle`` seconds; their counts added up."""
     from postwise.analytics.collector import CollectorStats
 
-    threads = [
-        threading.Thread(
-            target=c.run, args=(stop,), kwargs={"exit_when_idle": idle}, name=c.consumer
-        )
-        for c in collectors
-    ]
+    failures: list[BaseException] = []
+
+    def run(collector: Any) -> None:
+        try:
+            collector.run(stop, exit_when_idle=idle)
+        except BaseException as exc:  # one writer failing stops the others, then is raised
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(c,), name=c.consumer) for c in collectors]
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
@@ -134,6 +138,8 @@ def _run_together(
             stop.set()
         for thread in threads:
             thread.join(timeout=0.05)
+    if failures:
+        raise failures[0]
     return CollectorStats.combined(c.stats for c in collectors)
 
 
