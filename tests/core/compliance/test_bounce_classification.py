@@ -58,6 +58,15 @@ def fixture(name: str) -> bytes:
             "4.7.0",
         ),
         (553, "5.1.8 Domain of sender address does not exist", "block", "5.1.8"),
+        # The sender refused, in words that would read as "the address does not exist":
+        # never a reason to suppress the recipient.
+        (550, "Sender address does not exist", "block", None),
+        (550, "Sender verify failed", "block", None),
+        (550, "Absenderadresse existiert nicht", "block", None),
+        (550, "L'adresse de l'expéditeur n'existe pas", "block", None),
+        (550, "La dirección del remitente no existe", "block", None),
+        (550, "Die Adresse existiert nicht", "hard", None),
+        (550, "La dirección no existe", "hard", None),
         (554, "Transaction failed", "hard", None),
     ],
 )

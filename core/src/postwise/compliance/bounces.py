@@ -213,6 +213,18 @@ _HARD_RE = _patterns(
     r"(メールアドレス|アドレス|宛先|ユーザー?|アカウント)[^\n。]{0,12}(存在しません|存在しない|見つかりません)",
     r"宛先不明",
 )
+# The *sender* refused (sender verification, an unknown envelope sender): said in words that
+# would otherwise read as "the address does not exist". Checked before _HARD_RE, so a refusal
+# of our sender never suppresses the recipient.
+_SENDER_RE = _patterns(
+    r"(sender|return[- ]path|envelope[- ]from|mail from)( address| domain)?[^.\n]{0,30}"
+    r"(does not exist|doesn't exist|not found|unknown|invalid|unverifiable|not verified|"
+    r"could not be verified|rejected)",
+    r"sender (address )?verif\w* failed|unverified sender|sender verify failed",
+    r"absender\w*[^.\n]{0,40}(existiert nicht|unbekannt|nicht vorhanden|abgelehnt|ung(ü|ue)ltig)",
+    r"exp(é|e)diteur[^.\n]{0,40}(n'existe pas|inconnue?|refus(é|e)e?|invalide)",
+    r"remitente[^.\n]{0,40}(no existe|desconocido|rechazad[oa]|no v(á|a)lid[oa])",
+)
 _BLOCK_RE = _patterns(
     r"spam",
     r"black ?list",
@@ -283,6 +295,8 @@ def _decide(permanent: bool | None, status: str | None, text: str) -> tuple[Boun
         return BounceKind.BLOCK, f"{status}: {_describe(status or '')}; the sender was refused"
     if _BLOCK_RE.search(text):
         return BounceKind.BLOCK, f"refused for policy, spam or reputation{_suffix(status)}"
+    if _SENDER_RE.search(text):
+        return BounceKind.BLOCK, f"the sender was refused, not the recipient{_suffix(status)}"
     if _HARD_RE.search(text):
         return BounceKind.HARD, f"the recipient address does not exist{_suffix(status)}"
     if subject == "7":
