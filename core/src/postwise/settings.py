@@ -117,7 +117,8 @@ class Settings(BaseModel):
     smtp_ca_file: Path | None = Field(
         default=None,
         description="PEM file of the CA certificates to trust for the relay's TLS certificate "
-        "(a private CA); unset: the system's trust store. Certificates are always verified.",
+        "(a private CA); unset: the system's trust store. Certificates are always verified. "
+        "Read when the SMTP provider is built (only processes that send need the file).",
     )
 
     rate_limits: dict[str, RateLimit] = Field(
@@ -256,13 +257,6 @@ class Settings(BaseModel):
     @classmethod
     def _empty_ca_file(cls, value: Any) -> Any:
         return None if value in ("", None) else value
-
-    @field_validator("smtp_ca_file")
-    @classmethod
-    def _check_ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError("no such file; give the path of a PEM file of CA certificates")
-        return value
 
     @field_validator("disabled_plugins", "consent_regions", mode="before")
     @classmethod
