@@ -38,6 +38,7 @@ __all__ = [
     "WebhookSummary",
     "bounded_id",
     "clean_message_id",
+    "engagement_properties",
     "record_events",
     "short_id",
 ]
@@ -111,6 +112,37 @@ class WebhookSummary:
 def clean_message_id(value: Any) -> str | None:
     """``value`` when it looks like a postwise ledger id, else None."""
     return value if isinstance(value, str) and _MESSAGE_ID_RE.match(value) else None
+
+
+def engagement_properties(
+    kind: str,
+    properties: dict[str, Any],
+    *,
+    occurred_at: datetime,
+    user_agent: str | None,
+    ip: str | None = None,
+    url: Any = None,
+    machine: str | None = None,
+) -> bool:
+    """Fill ``properties`` of an ESP-reported ``open`` or ``click`` the way postwise's own
+    tracking would: a machine open (``machine`` when the vendor says so, else judged from the
+    user agent and IP) or a link scanner's click is flagged, and a click keeps its URL.
+    Returns False for a click without a URL, which the vendor event cannot be recorded without.
+    """
+    from postwise.analytics.bots import classify_click, classify_open
+
+    if kind == "open":
+        machine = machine or classify_open(user_agent, ip, sent_at=None, now=occurred_at)
+        if machine:
+            properties.update(machine_open=True, machine_reason=machine)
+        return True
+    if not isinstance(url, str) or not url:
+        return False
+    properties["url"] = url[:2000]
+    scanner = classify_click(user_agent, sent_at=None, now=occurred_at)
+    if scanner:
+        properties.update(scanner=True, scanner_reason=scanner)
+    return True
 
 
 def short_id(vendor_id: str) -> str:

@@ -55,6 +55,7 @@ from postwise.delivery.provider_events import (
     MappedEvent,
     WebhookSummary,
     clean_message_id,
+    engagement_properties,
     record_events,
 )
 from postwise.errors import ConfigurationError
@@ -195,26 +196,16 @@ def map_event(raw: Any) -> MappedEvent | None:
             publish="delivered",
             properties=properties,
         )
-    if kind == "open":
-        from postwise.analytics.bots import classify_open
-
-        machine = classify_open(
-            _text(raw.get("user_agent")), _text(raw.get("ip")), sent_at=None, now=occurred_at
+    if kind in ("open", "click"):
+        recorded = engagement_properties(
+            kind,
+            properties,
+            occurred_at=occurred_at,
+            user_agent=_text(raw.get("user_agent")),
+            ip=_text(raw.get("ip")),
+            url=raw.get("url"),
         )
-        if machine:
-            properties.update(machine_open=True, machine_reason=machine)
-        return replace(base, publish="open", properties=properties)
-    if kind == "click":
-        from postwise.analytics.bots import classify_click
-
-        url = raw.get("url")
-        if not isinstance(url, str) or not url:
-            return None
-        properties["url"] = url[:2000]
-        scanner = classify_click(_text(raw.get("user_agent")), sent_at=None, now=occurred_at)
-        if scanner:
-            properties.update(scanner=True, scanner_reason=scanner)
-        return replace(base, publish="click", properties=properties)
+        return replace(base, publish=kind, properties=properties) if recorded else None
     if kind in ("hard_bounce", "soft_bounce"):
         diag = _text(message.get("diag")) or _text(message.get("bounce_description")) or ""
         code, status = _smtp_reply(diag)

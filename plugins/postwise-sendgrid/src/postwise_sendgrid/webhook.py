@@ -53,6 +53,7 @@ from postwise.delivery.provider_events import (
     MappedEvent,
     WebhookSummary,
     clean_message_id,
+    engagement_properties,
     record_events,
 )
 from postwise.errors import ConfigurationError
@@ -206,27 +207,18 @@ def map_event(raw: Any) -> MappedEvent | None:
         properties["provider_message_id"] = raw["sg_message_id"][:200]
     if vendor_type == "delivered":
         return replace(base, publish="delivered", properties=properties)
-    if vendor_type == "open":
-        from postwise.analytics.bots import classify_open
-
-        machine = "apple_mpp" if raw.get("sg_machine_open") is True else None
-        machine = machine or classify_open(
-            _text(raw.get("useragent")), _text(raw.get("ip")), sent_at=None, now=occurred_at
+    if vendor_type in ("open", "click"):
+        recorded = engagement_properties(
+            vendor_type,
+            properties,
+            occurred_at=occurred_at,
+            user_agent=_text(raw.get("useragent")),
+            ip=_text(raw.get("ip")),
+            url=raw.get("url"),
+            # SendGrid says itself when Apple Mail Privacy Protection opened the message.
+            machine="apple_mpp" if raw.get("sg_machine_open") is True else None,
         )
-        if machine:
-            properties.update(machine_open=True, machine_reason=machine)
-        return replace(base, publish="open", properties=properties)
-    if vendor_type == "click":
-        from postwise.analytics.bots import classify_click
-
-        url = raw.get("url")
-        if not isinstance(url, str) or not url:
-            return None
-        properties["url"] = url[:2000]
-        scanner = classify_click(_text(raw.get("useragent")), sent_at=None, now=occurred_at)
-        if scanner:
-            properties.update(scanner=True, scanner_reason=scanner)
-        return replace(base, publish="click", properties=properties)
+        return replace(base, publish=vendor_type, properties=properties) if recorded else None
     if vendor_type == "bounce":
         return replace(base, feedback=_bounce_feedback(raw))
     if vendor_type == "dropped":
