@@ -406,8 +406,9 @@ def test_a_relay_that_keeps_dropping_connections_gets_the_rest_back_unattempted(
 ) -> None:
     server.drop_connections(100, stage="mail")
     results = provider.send_batch(make_messages(6))
-    assert outcomes(results) == [Outcome.TRANSIENT] * 6
     tries = MAX_CONSECUTIVE_CONNECTION_FAILURES
+    # The ones tried used up an attempt; the rest were never handed over and wait without one.
+    assert outcomes(results) == [Outcome.TRANSIENT] * tries + [Outcome.DEFERRED] * (6 - tries)
     assert server.transactions == tries
     assert all(r.reason.startswith("not attempted") for r in results[tries:])
     assert server.accepted == []
@@ -442,7 +443,7 @@ def test_every_message_gets_one_correct_outcome_under_mixed_faults(
 # -- sessions that cannot be set up ----------------------------------------------------------
 
 
-def test_an_unreachable_relay_fails_the_batch_as_transient_and_logs_once(
+def test_an_unreachable_relay_defers_the_batch_and_logs_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with (
@@ -451,7 +452,9 @@ def test_an_unreachable_relay_fails_the_batch_as_transient_and_logs_once(
     ):
         first = provider.send_batch(make_messages(3))
         second = provider.send_batch(make_messages(2))
-    assert outcomes(first + second) == [Outcome.TRANSIENT] * 5
+    # Nothing was handed over: deferred, no attempt used (an MTA keeps mail queued while its
+    # relay is away, within delivery_max_defer_hours).
+    assert outcomes(first + second) == [Outcome.DEFERRED] * 5
     assert "could not connect to 127.0.0.1" in first[0].reason
     assert len(caplog.records) == 1
 
@@ -461,7 +464,7 @@ def test_a_relay_that_refuses_the_greeting_fails_the_batch_with_its_code(
 ) -> None:
     server.fail_connections(1, code=554, text="5.7.1 No service for you")
     results = provider.send_batch(make_messages(2))
-    assert outcomes(results) == [Outcome.TRANSIENT, Outcome.TRANSIENT]
+    assert outcomes(results) == [Outcome.DEFERRED, Outcome.DEFERRED]
     assert (results[0].code, results[0].status) == (554, "5.7.1")
     assert outcomes(provider.send_batch(make_messages(1))) == [Outcome.ACCEPTED]
 
@@ -500,17 +503,17 @@ def test_opportunistic_starttls_sends_in_the_clear_when_not_offered(
     assert not server.accepted[0].tls
 
 
-def test_required_starttls_that_is_not_offered_fails_the_batch_as_transient(
+def test_required_starttls_that_is_not_offered_defers_the_batch(
     server: FaultySmtpServer,
 ) -> None:
     with SmtpProvider("127.0.0.1", server.port, starttls="required") as provider:
         results = provider.send_batch(make_messages(2))
-    assert outcomes(results) == [Outcome.TRANSIENT, Outcome.TRANSIENT]
+    assert outcomes(results) == [Outcome.DEFERRED, Outcome.DEFERRED]
     assert "does not offer STARTTLS" in results[0].reason
     assert server.transactions == 0
 
 
-def test_a_certificate_the_provider_does_not_trust_fails_the_batch(
+def test_a_certificate_the_provider_does_not_trust_defers_the_batch(
     tls: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     server_context, _ = tls
@@ -519,7 +522,7 @@ def test_a_certificate_the_provider_does_not_trust_fails_the_batch(
         SmtpProvider("127.0.0.1", server.port) as provider,
     ):
         results = provider.send_batch(make_messages(1))
-    assert outcomes(results) == [Outcome.TRANSIENT]
+    assert outcomes(results) == [Outcome.DEFERRED]
     assert "certificate verify failed" in results[0].reason
     assert server.transactions == 0
 
@@ -556,7 +559,7 @@ def test_credentials_authenticate_over_starttls(
     assert [m.authenticated_as for m in server.accepted] == ["postwise", "postwise"]
 
 
-def test_a_wrong_password_makes_every_message_transient_and_is_logged_once(
+def test_a_wrong_password_defers_every_message_and_is_logged_once(
     tls: tuple[ssl.SSLContext, ssl.SSLContext], caplog: pytest.LogCaptureFixture
 ) -> None:
     server_context, client_context = tls
@@ -574,7 +577,7 @@ def test_a_wrong_password_makes_every_message_transient_and_is_logged_once(
     ):
         first = provider.send_batch(make_messages(3))
         second = provider.send_batch(make_messages(1))
-    assert outcomes(first + second) == [Outcome.TRANSIENT] * 4
+    assert outcomes(first + second) == [Outcome.DEFERRED] * 4
     assert first[0].reason.startswith("authentication failed for user 'postwise'")
     assert (first[0].code, first[0].status) == (535, "5.7.8")
     assert server.transactions == 0
@@ -590,7 +593,7 @@ def test_credentials_are_never_sent_unencrypted_unless_starttls_is_off(
 ) -> None:
     with SmtpProvider("127.0.0.1", server.port, username="postwise", password=PASSWORD) as provider:
         results = provider.send_batch(make_messages(1))
-    assert outcomes(results) == [Outcome.TRANSIENT]
+    assert outcomes(results) == [Outcome.DEFERRED]
     assert "refusing to send credentials" in results[0].reason
 
 

@@ -44,8 +44,10 @@ class Outcome(enum.StrEnum):
 
     #: The provider took the message.
     ACCEPTED = "accepted"
-    #: Worth retrying later, and the attempt counts: SMTP 4xx, a connection that failed before
-    #: the message was handed over, a server error, a configuration the operator can fix.
+    #: Worth retrying later, and the attempt counts: SMTP 4xx, a connection lost during this
+    #: message's transaction before it was handed over, a server error, a configuration the
+    #: operator can fix. (Messages a provider never tried, because no session could be set up
+    #: or the batch was halted, are ``DEFERRED``.)
     TRANSIENT = "transient"
     #: The recipient's side refused the message for good: SMTP 5xx, an address the ESP holds
     #: as bounced. Recorded as a bounce, classified from ``bounce_kind`` or else from ``code``.

@@ -160,7 +160,9 @@ class _SessionError(Exception):
         self.throttled = code is not None and is_rate_limit_reply(code, text)
 
     def result(self, message: OutgoingMessage) -> SendResult:
-        outcome = Outcome.DEFERRED if self.throttled else Outcome.TRANSIENT
+        # The message was never handed over (no session, or the relay throttles the sender):
+        # it waits without using up an attempt, like an MTA's queue while its relay is away.
+        outcome = Outcome.DEFERRED
         return SendResult(
             message_id=message.message_id,
             outcome=outcome,
@@ -313,7 +315,8 @@ class SmtpProvider(Provider):
                 f"all {self.pool_size} connections to {self.host}:{self.port} stayed busy for "
                 f"{self.timeout:g}s; raise pool_size or run fewer sending threads"
             )
-            return [_transient(m, reason) for m in messages]
+            # Never handed over: they wait without using up an attempt.
+            return [_result(m, Outcome.DEFERRED, reason) for m in messages]
         batch = _Batch(messages)
         helpers: list[threading.Thread] = []
         try:
@@ -356,7 +359,7 @@ class SmtpProvider(Provider):
         """Send the batch's next messages over one connection until none are left.
 
         A lane that cannot get a working connection stops and leaves the rest to the other
-        lanes; whatever no lane sent is TRANSIENT with the reason the last lane gave up.
+        lanes; whatever no lane sent is DEFERRED with the reason the last lane gave up.
         """
         connection = self._checkout_idle()
         failures = 0
