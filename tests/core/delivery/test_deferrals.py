@@ -284,3 +284,39 @@ def test_a_deferral_without_a_time_waits_longer_the_longer_it_has_lasted(
     assert timedelta(seconds=15) <= _wait_of(runtime, fresh) <= timedelta(seconds=30)
     assert timedelta(minutes=30) <= _wait_of(runtime, old) <= timedelta(minutes=60)
     assert ledger(runtime, old).attempts == ledger(runtime, fresh).attempts == 0
+
+
+def test_the_deferral_clock_restarts_after_an_attempt_a_pause_or_a_resend(
+    esp_runtime: Any, esp: EspApi
+) -> None:
+    from postwise.delivery.recovery import resend_dead
+
+    runtime = esp_runtime(
+        delivery_chunk_size=1, delivery_concurrency=1, delivery_max_defer_hours=24
+    )
+    # The campaign's first attempt fails transiently for all three, which were deferred for
+    # 20 h before: tried, and the attempt counted, so max_attempts bounds them from here and
+    # the deferral clock is cleared.
+    esp.reply(*[Reply(503, {}, {"status": "error", "name": "GeneralError"})] * 3)
+    ids = _campaign(runtime, 3)
+    _age(runtime, ids, hours=20, column="deferred_since")
+    drain(runtime, wait_for_scheduled=False)
+    assert set(statuses(runtime).values()) == {"retrying"}
+    assert all(ledger(runtime, m).deferred_since is None for m in ids)
+    paused, dead = ids[1], ids[2]
+    # A reputation pause holds mail by decision: its time never counts toward the limit.
+    _age(runtime, [paused], hours=20, column="deferred_since")
+    runtime.redis.hset(PAUSED_KEY, f"provider:{PROVIDER}", '{"reason": "complaints"}')
+    enqueue_batches(runtime, PROVIDER, [[paused]])
+    drain(runtime, wait_for_scheduled=False)
+    runtime.redis.delete(PAUSED_KEY)
+    assert (ledger(runtime, paused).last_error or "").startswith("reputation pause")
+    assert ledger(runtime, paused).deferred_since is None
+    # A dead-lettered message sent again by an operator starts afresh.
+    _age(runtime, [dead], hours=30, column="deferred_since")
+    esp.reply(Reply(429, {"Retry-After": "30"}, {"status": "error", "name": "Too_Many_Requests"}))
+    enqueue_batches(runtime, PROVIDER, [[dead]])
+    drain(runtime, wait_for_scheduled=False)
+    assert ledger(runtime, dead).status == "dead"
+    assert resend_dead(runtime) >= 1
+    assert ledger(runtime, dead).deferred_since is None

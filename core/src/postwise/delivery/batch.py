@@ -218,19 +218,24 @@ class _Attempt:
             return rows
         whole = pauses.provider(provider) or pauses.sending_domain(self.composer.sending_domain)
         delay = PAUSE_RECHECK_SECONDS * (1 + random.random() / 10)
+        # A pause is a decision to hold mail: the time it holds a message never counts toward
+        # delivery_max_defer_hours (the limit starts again at the next provider deferral).
         if whole:
             for row in rows:
-                self.settlement.deferred(row, delay, f"reputation pause: {whole}")
+                self._paused(row, delay, whole)
             return []
         kept: list[ClaimedRow] = []
         for row in rows:
             assert row.contact_id is not None
             reason = pauses.recipient_domain(contacts[row.contact_id].email)
             if reason:
-                self.settlement.deferred(row, delay, f"reputation pause: {reason}")
+                self._paused(row, delay, reason)
             else:
                 kept.append(row)
         return kept
+
+    def _paused(self, row: ClaimedRow, delay: float, reason: str) -> None:
+        self.settlement.deferred(row, delay, f"reputation pause: {reason}", reset_deferral=True)
 
     def _take_tokens(self, rows: list[ClaimedRow], provider: str) -> list[ClaimedRow]:
         bucket = self.services.bucket(provider)

@@ -308,8 +308,11 @@ class RowUpdate:
     #: For rows going back to waiting: when their next attempt is due at the latest.
     due_by: datetime | None = None
     #: For a provider deferral: when the provider first deferred the row. Kept once set (the
-    #: statement only fills it when empty).
+    #: statement only fills it when empty) until ``reset_deferral`` clears it.
     deferred_since: datetime | None = None
+    #: Clear ``deferred_since``: the provider tried the message (a transient failure), or a
+    #: reputation pause holds it, so the deferral limit starts again at the next deferral.
+    reset_deferral: bool = False
 
 
 _UPDATE = (
@@ -329,9 +332,12 @@ _UPDATE = (
         sent_at=sa.bindparam("b_sent_at"),
         claim_token=None,
         claimed_until=sa.bindparam("b_due_by"),
-        deferred_since=sa.func.coalesce(
-            MESSAGE.c.deferred_since,
-            sa.bindparam("b_deferred_since", type_=sa.DateTime(timezone=True)),
+        deferred_since=sa.case(
+            (sa.bindparam("b_reset_deferral", type_=sa.Boolean()), sa.null()),
+            else_=sa.func.coalesce(
+                MESSAGE.c.deferred_since,
+                sa.bindparam("b_deferred_since", type_=sa.DateTime(timezone=True)),
+            ),
         ),
         updated_at=sa.bindparam("b_now"),
     )
@@ -360,6 +366,7 @@ def apply_updates(
                 "b_sent_at": u.sent_at,
                 "b_due_by": u.due_by,
                 "b_deferred_since": u.deferred_since,
+                "b_reset_deferral": u.reset_deferral,
                 "b_now": now,
             }
             for u in updates

@@ -161,6 +161,9 @@ class Settlement:
                 MessageStatus.RETRYING,
                 last_error=result.reason,
                 due_by=self._due_by(delay),
+                # Tried, and the attempt counted: max_attempts bounds it from here, and a later
+                # deferral starts the deferral limit again.
+                reset_deferral=True,
                 **common,
             )
             self._later(row, delay)

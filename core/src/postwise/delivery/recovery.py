@@ -160,6 +160,7 @@ def resend_dead(
                 .values(
                     status=MessageStatus.QUEUED.value,
                     attempts=0,
+                    deferred_since=None,  # a fresh start: the deferral limit too
                     last_error="sent again by an operator after dead-lettering",
                     claimed_until=now + lease,
                     updated_at=now,

@@ -7,7 +7,8 @@ and no retry comes sooner than half its nominal delay.
 
 A provider may also say how long to wait (``Retry-After``). A transient failure then waits at
 least that long; a deferral (the provider did not take the message now) waits exactly that long,
-and when the provider named no time, as long as the backoff of its next attempt. Either way the
+and when the provider named no time, the backoff the settlement picks from how long the message
+has been deferred already. Either way the
 wait is at least :data:`MIN_DEFERRAL_SECONDS` and a requested wait counts for at most
 :data:`MAX_RETRY_AFTER_SECONDS`: a ``Retry-After`` of a year, or of zero, is a provider's bug,
 not a reason to park messages for a year or to call it again at once.
