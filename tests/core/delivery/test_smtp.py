@@ -647,3 +647,17 @@ def test_enhanced_status_is_read_from_the_start_of_the_reply(
     code: int, text: str, status: str | None
 ) -> None:
     assert parse_enhanced_status(code, text) == status
+
+
+def test_a_bug_in_the_provider_is_transient_so_max_attempts_ends_it(
+    server: FaultySmtpServer, provider: SmtpProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failure that strikes every time must not wait out delivery_max_defer_hours as a
+    # deferral would: each try uses up an attempt.
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SmtpProvider, "_transact", broken)
+    results = provider.send_batch(make_messages(2))
+    assert outcomes(results) == [Outcome.TRANSIENT, Outcome.TRANSIENT]
+    assert "internal error in the SMTP provider" in results[0].reason

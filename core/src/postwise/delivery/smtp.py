@@ -150,22 +150,28 @@ class _SessionError(Exception):
     """A session could not be set up; every message not yet attempted gets this reason."""
 
     def __init__(
-        self, reason: str, code: int | None = None, status: str | None = None, text: str = ""
+        self,
+        reason: str,
+        code: int | None = None,
+        status: str | None = None,
+        text: str = "",
+        *,
+        outcome: Outcome = Outcome.DEFERRED,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.code = code
         self.status = status
+        self.outcome = outcome
         #: The relay refused the session because of the sending rate: come back later.
         self.throttled = code is not None and is_rate_limit_reply(code, text)
 
     def result(self, message: OutgoingMessage) -> SendResult:
         # The message was never handed over (no session, or the relay throttles the sender):
         # it waits without using up an attempt, like an MTA's queue while its relay is away.
-        outcome = Outcome.DEFERRED
         return SendResult(
             message_id=message.message_id,
-            outcome=outcome,
+            outcome=self.outcome,
             code=self.code,
             status=self.status,
             reason=self.reason,
@@ -397,7 +403,9 @@ class SmtpProvider(Provider):
             # A bug, not a delivery failure: the batch must still get a result per message.
             log.exception("SMTP sending via %s:%s failed unexpectedly", self.host, self.port)
             reason = f"internal error in the SMTP provider: {_describe(error)}"
-            self._give_up(batch, _SessionError(reason))
+            # TRANSIENT, so max_attempts ends a bug that strikes every time instead of the
+            # messages waiting out delivery_max_defer_hours.
+            self._give_up(batch, _SessionError(reason, outcome=Outcome.TRANSIENT))
             if connection is not None:
                 connection.smtp.close()
                 connection = None
