@@ -67,6 +67,21 @@ def fixture(name: str) -> bytes:
         (550, "La dirección del remitente no existe", "block", None),
         (550, "Die Adresse existiert nicht", "hard", None),
         (550, "La dirección no existe", "hard", None),
+        # ...but a sender word followed by a verdict on the recipient is about the recipient.
+        (550, "sender ok, recipient invalid", "hard", None),
+        (550, "Sender OK - Recipient <bob@example.com> unknown", "hard", None),
+        (550, "MAIL FROM ok; RCPT TO: invalid mailbox", "hard", None),
+        (550, "Remitente OK, destinatario desconocido", "hard", None),
+        (550, "Expéditeur OK, destinataire inconnu", "hard", None),
+        # Exim's sender-verify refusal quotes the callout's 5.1.1 about *our* address.
+        (
+            550,
+            "Verification failed for <bounce@news.example.com>\n550-Called: 192.0.2.7\n"
+            "550-Sent: RCPT TO:<bounce@news.example.com>\n550-Response: 550 5.1.1 User "
+            "unknown\n550 Sender verify failed",
+            "block",
+            "5.1.1",
+        ),
         (554, "Transaction failed", "hard", None),
     ],
 )

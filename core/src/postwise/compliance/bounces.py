@@ -213,17 +213,27 @@ _HARD_RE = _patterns(
     r"(メールアドレス|アドレス|宛先|ユーザー?|アカウント)[^\n。]{0,12}(存在しません|存在しない|見つかりません)",
     r"宛先不明",
 )
+# Characters between a sender word and its verdict, none of them starting a recipient word:
+# "sender ok, recipient unknown" is about the recipient.
+_NOT_RECIPIENT = r"(?:(?!recipient|rcpt|destinat|empf|adressat|user|mailbox|usuario)[^.\n])"
 # The *sender* refused (sender verification, an unknown envelope sender): said in words that
 # would otherwise read as "the address does not exist". Checked before _HARD_RE, so a refusal
 # of our sender never suppresses the recipient.
 _SENDER_RE = _patterns(
-    r"(sender|return[- ]path|envelope[- ]from|mail from)( address| domain)?[^.\n]{0,30}"
+    r"(sender|return[- ]path|envelope[- ]from|mail from)( address| domain)?"
+    rf"{_NOT_RECIPIENT}{{0,30}}"
     r"(does not exist|doesn't exist|not found|unknown|invalid|unverifiable|not verified|"
     r"could not be verified|rejected)",
+    rf"absender\w*{_NOT_RECIPIENT}{{0,40}}"
+    r"(existiert nicht|unbekannt|nicht vorhanden|abgelehnt|ung(ü|ue)ltig)",
+    rf"exp(é|e)diteur{_NOT_RECIPIENT}{{0,40}}(n'existe pas|inconnue?|refus(é|e)e?|invalide)",
+    rf"remitente{_NOT_RECIPIENT}{{0,40}}(no existe|desconocido|rechazad[oa]|no v(á|a)lid[oa])",
+)
+# Sender verification failed: unambiguous, and checked before any status code, because the
+# refusal quotes the callout's reply about *our* address ("550 5.1.1 User unknown").
+_SENDER_VERIFY_RE = _patterns(
     r"sender (address )?verif\w* failed|unverified sender|sender verify failed",
-    r"absender\w*[^.\n]{0,40}(existiert nicht|unbekannt|nicht vorhanden|abgelehnt|ung(ü|ue)ltig)",
-    r"exp(é|e)diteur[^.\n]{0,40}(n'existe pas|inconnue?|refus(é|e)e?|invalide)",
-    r"remitente[^.\n]{0,40}(no existe|desconocido|rechazad[oa]|no v(á|a)lid[oa])",
+    r"verification failed for <",
 )
 _BLOCK_RE = _patterns(
     r"spam",
@@ -289,6 +299,8 @@ def _decide(permanent: bool | None, status: str | None, text: str) -> tuple[Boun
             reason = f"temporarily refused for policy or reputation{_suffix(status)}"
             return BounceKind.BLOCK, reason
         return BounceKind.SOFT, f"temporary failure{_suffix(status)}"
+    if _SENDER_VERIFY_RE.search(text):
+        return BounceKind.BLOCK, "sender verification failed: the sender was refused"
     if detail in _HARD_DETAILS:
         return BounceKind.HARD, f"{status}: {_describe(status or '')}"
     if detail in _SENDER_DETAILS:
