@@ -63,3 +63,32 @@ def test_a_missing_or_unreadable_ca_file_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match="cannot load CA certificates"):
         smtp_provider(make_settings(smtp_ca_file=str(garbage)), {})
     assert make_settings(smtp_ca_file="").smtp_ca_file is None
+
+
+def test_a_worker_whose_provider_cannot_be_built_holds_the_mail_instead_of_losing_it(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    # smtp_ca_file is read only by sending processes, so a worker meets a missing file when it
+    # builds the provider: the batch waits (no attempt used, no dead letter) until it is fixed.
+    from delivery_helpers import add_campaign, add_contacts, add_template, ledger, statuses
+
+    from postwise.delivery.dispatch import dispatch_campaign
+    from postwise.delivery.ledger import campaign_message_id
+    from postwise.delivery.worker import drain
+    from postwise.runtime import Runtime
+
+    runtime = Runtime(
+        make_settings(smtp_ca_file=str(tmp_path / "missing.pem"), frequency_cap="off")
+    )
+    try:
+        contacts = add_contacts(runtime, 2)
+        campaign = add_campaign(runtime, add_template(runtime))
+        dispatch_campaign(runtime, campaign)
+        drain(runtime, wait_for_scheduled=False)
+        assert set(statuses(runtime).values()) == {"queued"}
+        row = ledger(runtime, campaign_message_id(campaign, contacts[0]))
+        assert row.attempts == 0
+        assert "provider 'smtp' is misconfigured" in (row.last_error or "")
+        assert "cannot load CA certificates" in (row.last_error or "")
+    finally:
+        runtime.close()

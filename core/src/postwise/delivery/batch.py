@@ -49,7 +49,7 @@ from postwise.delivery.provider import (
 )
 from postwise.delivery.recovery import recover_stale
 from postwise.delivery.services import DeliveryServices, services_for
-from postwise.errors import DeliveryError, NotFoundError, PostwiseError
+from postwise.errors import ConfigurationError, DeliveryError, NotFoundError, PostwiseError
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -160,10 +160,25 @@ class _Attempt:
         for row in sendable:
             by_provider.setdefault(row.provider, []).append(row)
         for provider_name, group in by_provider.items():
+            try:
+                provider = self.runtime.provider(provider_name)
+            except ConfigurationError as exc:
+                # The operator's to fix, not the messages' fault: they wait, using up nothing,
+                # and nothing is lost (a dead letter per message would be).
+                log.error(
+                    "provider %r cannot be built, holding its messages: %s", provider_name, exc
+                )
+                for row in group:
+                    self.settlement.deferred(
+                        row,
+                        PAUSE_RECHECK_SECONDS,
+                        f"provider {provider_name!r} is misconfigured: {exc}",
+                    )
+                continue
             unpaused = self._apply_pauses(group, contacts, pauses, provider_name)
             granted = self._take_tokens(unpaused, provider_name)
             if granted:
-                self._send(self.runtime.provider(provider_name), granted, contacts, segments)
+                self._send(provider, granted, contacts, segments)
 
     def _gate(
         self, rows: list[ClaimedRow]
