@@ -92,7 +92,9 @@ def test_a_throttled_api_holds_back_the_rest_of_the_batch_for_its_retry_after(
     assert {ledger(runtime, m).attempts for m in ids} == {0}
     assert {_wait_of(runtime, m) for m in ids} == {timedelta(seconds=2)}
     held = ledger(runtime, ids[4]).last_error or ""
-    assert held.startswith(f"not attempted: {PROVIDER} is throttling the sender (rate limited by")
+    assert held.startswith(
+        f"not attempted: {PROVIDER} is refusing the sender for now (rate limited by"
+    )
     assert f"rate limited by {SERVICE} (HTTP 429); retry after 2 s)" in held
     # They wait together: one job, due when the ESP said.
     assert runtime.redis.zcard(f"rq:scheduled:{queue_name(PROVIDER)}") == 1

@@ -419,7 +419,7 @@ class _Chunks:
                     Outcome.DEFERRED,
                     code=throttled.code,
                     status=throttled.status,
-                    reason=f"{_NOT_ATTEMPTED}{provider} is throttling the sender ({cause})",
+                    reason=f"{_NOT_ATTEMPTED}{provider} is refusing the sender for now ({cause})",
                     http_status=throttled.http_status,
                     retry_after=throttled.retry_after,
                 )
