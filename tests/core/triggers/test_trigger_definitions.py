@@ -235,3 +235,35 @@ def test_durations(text: int | str, seconds: int) -> None:
 def test_bad_duration_names_the_field(runtime: Runtime, template_id: int) -> None:
     error = _error(runtime, cooldown="soon")
     assert error.field == "cooldown"
+
+
+def test_a_stored_enrol_campaign_action_with_its_own_consent_purpose_is_skipped_with_a_reason(
+    runtime: Runtime,
+) -> None:
+    # Stored before enrol_campaign refused consent_purpose: it must not fire and fail on every
+    # event; it is compiled with an error that says what to change.
+    from postwise.db.models import Trigger
+    from postwise.triggers.compiled import compile_trigger
+
+    runtime.migrate()
+    with runtime.session() as session:
+        template = Template(name="t-old", subject="s", kind="marketing")
+        session.add(template)
+        session.flush()
+        assert template.id is not None
+        campaign = Campaign(name="c-old", template_id=template.id)
+        session.add(campaign)
+        session.flush()
+        assert campaign.id is not None
+        trigger = Trigger(
+            name="old-enrol",
+            event_type="signup",
+            conditions={},
+            action={"type": "enrol_campaign", "campaign_id": campaign.id, "consent_purpose": "x"},
+        )
+        session.add(trigger)
+        session.flush()
+        registry = runtime.plugins.registry("conditions")
+        compiled = compile_trigger(trigger, registry, {campaign.id: campaign})
+    assert not compiled.usable
+    assert "remove action.consent_purpose" in (compiled.error or "")

@@ -93,6 +93,12 @@ def compile_trigger(
             compiled.error = f"campaign {compiled.campaign_id} no longer exists"
         elif campaign.status == CampaignStatus.CANCELLED:
             compiled.error = f"campaign {campaign.name!r} was cancelled"
+        elif compiled.consent_purpose is not None:
+            # Stored before enrol_campaign refused it: the campaign's list decides the consent.
+            compiled.error = (
+                "an enrol_campaign action cannot name a consent_purpose (the campaign's list "
+                "decides it); remove action.consent_purpose"
+            )
         else:
             compiled.template_id = campaign.template_id
             if compiled.experiment_id is None:
