@@ -247,7 +247,7 @@ def test_a_stored_enrol_campaign_action_with_its_own_consent_purpose_is_skipped_
 
     runtime.migrate()
     with runtime.session() as session:
-        template = Template(name="t-old", subject="s", kind="marketing")
+        template = Template(name="t-old", kind="marketing")
         session.add(template)
         session.flush()
         assert template.id is not None
