@@ -288,6 +288,12 @@ def _prepare(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
             session.add(segment)
             session.flush()
             plan["segment_id"] = segment.id
+        else:
+            # A rollout started by an earlier version made its segment without the purpose.
+            segment = session.get(Segment, int(plan["segment_id"]))
+            if segment is not None and segment.consent_purpose is None:
+                segment.consent_purpose = _list_purpose(session, campaigns)
+                session.add(segment)
         reserved = fill_reserve(
             session.connection(),
             experiment,
