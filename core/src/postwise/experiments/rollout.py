@@ -290,10 +290,10 @@ def _prepare(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
             plan["segment_id"] = segment.id
         else:
             # A rollout started by an earlier version made its segment without the purpose.
-            segment = session.get(Segment, int(plan["segment_id"]))
-            if segment is not None and segment.consent_purpose is None:
-                segment.consent_purpose = _list_purpose(session, campaigns)
-                session.add(segment)
+            existing = session.get(Segment, int(plan["segment_id"]))
+            if existing is not None and existing.consent_purpose is None:
+                existing.consent_purpose = _list_purpose(session, campaigns)
+                session.add(existing)
         reserved = fill_reserve(
             session.connection(),
             experiment,
