@@ -123,7 +123,7 @@ def test_a_lost_connection_and_a_missing_answer_are_unknown_because_the_request_
     assert [r.body["id"] for r in api.received] == ["m0", "m1", "m2"]
 
 
-def test_no_connection_is_transient_and_the_rest_is_deferred_unattempted() -> None:
+def test_no_connection_defers_the_whole_batch_unattempted() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -132,8 +132,8 @@ def test_no_connection_is_transient_and_the_rest_is_deferred_unattempted() -> No
         results = provider.send_batch(messages(3))
     finally:
         provider.close()
-    # The one tried uses up an attempt; the others were never sent and wait without one.
-    assert [r.outcome for r in results] == [Outcome.TRANSIENT] + [Outcome.DEFERRED] * 2
+    # None was sent: all wait without using up an attempt.
+    assert [r.outcome for r in results] == [Outcome.DEFERRED] * 3
     assert results[0].reason.startswith(f"cannot connect to http://127.0.0.1:{port}")
     assert all(r.reason.startswith("not attempted: cannot connect") for r in results[1:])
 

@@ -247,7 +247,7 @@ def test_a_connection_lost_or_an_answer_missing_after_the_request_is_unknown(
     assert accepted.outcome is Outcome.ACCEPTED
 
 
-def test_an_unreachable_host_is_transient() -> None:
+def test_an_unreachable_host_defers_the_batch_without_using_attempts() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -257,7 +257,7 @@ def test_an_unreachable_host_is_transient() -> None:
         results = provider.send_batch([plain(1), plain(2)])
     finally:
         provider.close()
-    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 2
+    assert [r.outcome for r in results] == [Outcome.DEFERRED] * 2
     assert "cannot connect" in results[0].reason
 
 

@@ -272,7 +272,7 @@ def test_a_refused_api_key_is_transient_and_stops_the_batch(
     assert len(sendgrid_server.received) == 1
 
 
-def test_an_unreachable_host_is_transient() -> None:
+def test_an_unreachable_host_defers_the_batch_without_using_attempts() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -283,7 +283,7 @@ def test_an_unreachable_host_is_transient() -> None:
         results = provider.send_batch([plain(1), plain(2)])
     finally:
         provider.close()
-    assert [r.outcome for r in results] == [Outcome.TRANSIENT] * 2
+    assert [r.outcome for r in results] == [Outcome.DEFERRED] * 2
     assert "cannot connect" in results[0].reason
 
 

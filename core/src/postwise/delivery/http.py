@@ -6,8 +6,10 @@ attempting the rest of the batch when an answer says the others would fare no be
 API key, a 429). A subclass builds and classifies one request (:meth:`HttpApiProvider.send_one`)
 and calls :meth:`HttpApiProvider.post`, which turns a failed request into a result:
 
-* the request never left (no connection, the pool or the write timed out, an invalid URL):
-  ``transient``, safe to send again; a failure to connect also stops the batch;
+* no connection could be made: ``deferred`` (never sent, so no attempt is used), and the rest
+  of the batch waits with it, as mail waits for an SMTP relay that is away;
+* the request did not leave completely (the pool or the write timed out): ``transient``, safe
+  to send again;
 * the request was sent and the answer did not come (read timeout, connection reset or closed
   before the answer): ``unknown``. The ESP may have taken the message, so it is not sent again
   automatically (see :class:`~postwise.delivery.provider.Outcome`).
@@ -180,8 +182,10 @@ class HttpApiProvider(Provider):
     def _failed_request(self, message_id: str, exc: httpx.TransportError) -> Verdict:
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, _NOT_CONNECTED):
+            # Never sent: it waits without using up an attempt, as SMTP mail waits for a relay
+            # that is away, and the rest of the batch with it.
             reason = f"cannot connect to {self.base_url}: {what}"[:MAX_REASON]
-            return Verdict(SendResult(message_id, Outcome.TRANSIENT, reason=reason), halt=True)
+            return Verdict(SendResult(message_id, Outcome.DEFERRED, reason=reason), halt=True)
         if isinstance(exc, _NOT_SENT):
             reason = f"the request to {self.service} was not sent completely ({what})"
             return Verdict(SendResult(message_id, Outcome.TRANSIENT, reason=reason[:MAX_REASON]))
