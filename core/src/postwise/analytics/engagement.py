@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from postwise.analytics.sinks import StoredEvent
-from postwise.db.models import Contact
+from postwise.db.models import Contact, as_utc
 from postwise.settings import Settings
 
 __all__ = [
@@ -120,12 +120,7 @@ class EngagementModel:
         """``score`` (as of ``updated_at``) decayed to ``now``."""
         if updated_at is None:
             return 0.0
-        return score * self.decay((now - _aware(updated_at)).total_seconds())
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands timestamps back without a zone; postwise stores UTC everywhere.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return score * self.decay((now - as_utc(updated_at)).total_seconds())
 
 
 _PG_UPDATE = """
@@ -182,7 +177,7 @@ def apply_engagement(
     for contact_id, score, updated_at in rows:
         delta, at = folded[contact_id]
         new_score, new_at = model.combine(
-            score or 0.0, _aware(updated_at) if updated_at else None, delta, at
+            score or 0.0, as_utc(updated_at) if updated_at else None, delta, at
         )
         updates.append({"cid": contact_id, "score": new_score, "at": new_at})
     if updates:
@@ -211,5 +206,5 @@ def engagement_of(
     if row is None:
         return None
     score, updated_at = row
-    last = _aware(updated_at) if updated_at is not None else None
+    last = as_utc(updated_at) if updated_at is not None else None
     return EngagementScore(contact_id, model.current(score or 0.0, last, now), now, last)

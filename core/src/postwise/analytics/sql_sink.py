@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from postwise.analytics.engagement import EngagementModel, apply_engagement
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
 from postwise.db.engine import create_db_engine
-from postwise.db.models import Event
+from postwise.db.models import Event, as_utc
 from postwise.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,11 +54,6 @@ _PG_MOVE = (
     f"INSERT INTO event ({_PG_COLUMNS}) SELECT {_PG_COLUMNS} FROM event_stage "  # noqa: S608
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands timestamps back without a zone; postwise stores UTC everywhere.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _sqlstate(exc: BaseException) -> str:
@@ -207,7 +202,7 @@ class SqlSink(AnalyticsSink):
                 StoredEvent(
                     event_id=row.event_id,
                     type=row.type,
-                    occurred_at=_utc(row.occurred_at),
+                    occurred_at=as_utc(row.occurred_at),
                     contact_id=row.contact_id,
                     message_id=row.message_id,
                     campaign_id=row.campaign_id,

@@ -23,7 +23,7 @@ import enum
 import ipaddress
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
@@ -34,7 +34,7 @@ from postwise.compliance.suppression import (
     suppress,
     suppressions_for,
 )
-from postwise.db.models import ConsentRecord, Contact, ContactStatus, utcnow
+from postwise.db.models import ConsentRecord, Contact, ContactStatus, as_utc, utcnow
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.settings import Settings
 
@@ -180,19 +180,14 @@ def _append(
     if at is not None:
         record.at = at
     previous = current_consent(session, contact_id, purpose)
-    if previous is not None and record.at <= _aware(previous.at):
+    if previous is not None and record.at <= as_utc(previous.at):
         # Times must strictly increase per contact and purpose: readers (the gate, segment
         # rules) take the record with the latest time, and a tie would let a withdrawal and
         # a grant both look current.
-        record.at = _aware(previous.at) + timedelta(microseconds=1)
+        record.at = as_utc(previous.at) + timedelta(microseconds=1)
     session.add(record)
     session.flush()
     return record
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes for timezone-aware columns; every stored time is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def grant_consent(

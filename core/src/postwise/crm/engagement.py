@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 from postwise.analytics.engagement import EngagementModel
 from postwise.crm.connector import EngagementUpdate
 from postwise.crm.sync import MAX_ERRORS, RunLock, connector_for, value_digest
-from postwise.db.models import Contact, ContactStatus, CrmLink, Event, utcnow
+from postwise.db.models import Contact, ContactStatus, CrmLink, Event, as_utc, utcnow
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -126,12 +126,6 @@ def pending_count(runtime: Runtime, system: str) -> int:
         return int(session.exec(query).one())
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _last_engagement(
     session: Session, contact_ids: Sequence[int]
 ) -> dict[tuple[int, str], datetime]:
@@ -149,7 +143,7 @@ def _last_engagement(
     ).all()
     found: dict[tuple[int, str], datetime] = {}
     for contact_id, event_type, at in rows:
-        aware = _aware(at)
+        aware = as_utc(at)
         if contact_id is not None and aware is not None:
             found[(contact_id, event_type)] = aware
     return found
@@ -185,7 +179,7 @@ def _collect(
     current: list[int] = []
     for link, contact in rows:
         assert link.id is not None and contact.id is not None
-        engaged_at = _aware(contact.engagement_updated_at)
+        engaged_at = as_utc(contact.engagement_updated_at)
         score = round(model.current(contact.engagement_score or 0.0, engaged_at, now), 2)
         unsubscribed = contact.status in UNSUBSCRIBED_STATES
         properties: dict[str, Any] = {"engagement_score": score, "unsubscribed": unsubscribed}

@@ -46,7 +46,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
@@ -58,7 +58,7 @@ from postwise.compliance.unsubscribe import unsubscribe
 from postwise.contacts.normalize import email_hash
 from postwise.contacts.service import ContactData, notify_changed, upsert_contact
 from postwise.crm.connector import PROFILE_FIELDS, CrmConnector, CrmContact
-from postwise.db.models import Contact, CrmLink, CrmSyncState, Suppression, utcnow
+from postwise.db.models import Contact, CrmLink, CrmSyncState, Suppression, as_utc, utcnow
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -191,13 +191,6 @@ class SyncReport:
         return asdict(self)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without a zone; postwise stores UTC everywhere.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def value_digest(value: Any) -> str:
     """A short, stable hash of a JSON-able value (what links remember instead of values)."""
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
@@ -292,9 +285,9 @@ def _apply_one(
             return "unchanged"
         session.delete(link)
         return "unlinked"
-    remote_at = _aware(change.updated_at)
+    remote_at = as_utc(change.updated_at)
     assert remote_at is not None
-    seen_at = _aware(link.remote_updated_at) if link is not None else None
+    seen_at = as_utc(link.remote_updated_at) if link is not None else None
     if seen_at is not None and remote_at <= seen_at:
         return "unchanged"
     values = _remote_values(change, report)
@@ -364,7 +357,7 @@ def _update_contact(
 ) -> bool:
     """Merge the CRM's values into an existing contact by the conflict rules; whether it changed."""
     assert contact.id is not None
-    local_at = _aware(contact.updated_at)
+    local_at = as_utc(contact.updated_at)
     remote_is_newer = local_at is None or remote_at >= local_at
     changed = False
     new_email = fields["email"]
@@ -514,7 +507,7 @@ def _parse_cursor(cursor: str | None) -> datetime | None:
     if not cursor:
         return None
     try:
-        return _aware(datetime.fromisoformat(cursor))
+        return as_utc(datetime.fromisoformat(cursor))
     except ValueError:
         return None
 
@@ -538,7 +531,7 @@ def poll(runtime: Runtime, system: str, *, full: bool = False) -> SyncReport:
         def tracked() -> Iterator[CrmContact]:
             nonlocal newest
             for change in connector.fetch_changes(since):
-                at = _aware(change.updated_at)
+                at = as_utc(change.updated_at)
                 if at is not None and (newest is None or at > newest):
                     newest = at
                 yield change

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlmodel import JSON, Column, Field, SQLModel
@@ -45,6 +45,18 @@ __all__ = [
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC (every timestamp postwise stores is UTC)."""
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored timestamp as timezone-aware UTC. SQLite hands timestamps back without their
+    zone; every timestamp postwise stores is UTC, so a naive one is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 def _json(default: Any = None) -> Any:

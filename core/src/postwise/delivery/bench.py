@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlmodel import select
 
+from postwise.db.models import as_utc
 from postwise.delivery.sink import BackgroundSmtpServer, SmtpSink
 from postwise.errors import DeliveryError
 from postwise.settings import Settings
@@ -464,15 +465,11 @@ def _job_latencies(runtime: Any, queue: str, *, since: datetime) -> tuple[list[f
     for job in Job.fetch_many(ids, connection=runtime.redis, serializer=JSONSerializer):
         if job is None or job.started_at is None or job.ended_at is None:
             continue
-        if job.enqueued_at is None or _utc(job.enqueued_at) < since:
+        if job.enqueued_at is None or as_utc(job.enqueued_at) < since:
             continue
         runs.append((job.ended_at - job.started_at).total_seconds())
         waits.append((job.ended_at - job.enqueued_at).total_seconds())
     return runs, waits
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @click.command(name="send")

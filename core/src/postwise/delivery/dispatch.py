@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -38,6 +38,7 @@ from postwise.db.models import (
     MessageStatus,
     Segment,
     Template,
+    as_utc,
     utcnow,
 )
 from postwise.delivery.campaigns import check_sendable
@@ -82,7 +83,7 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
     provider = request.provider or settings.provider
     runtime.component("providers", provider)  # an unknown provider fails here, loudly
     now = utcnow()
-    not_before = _aware(request.not_before) if request.not_before else None
+    not_before = as_utc(request.not_before) if request.not_before else None
     purpose = request.consent_purpose
     if purpose is not None:
         purpose = check_purpose(purpose, field="consent_purpose")
@@ -487,7 +488,3 @@ class _Dispatcher:
                 counts["cursor"] = cursor
             campaign.counts = counts
             session.add(campaign)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from postwise.db.models import Message, MessageStatus, utcnow
+from postwise.db.models import Message, MessageStatus, as_utc, utcnow
 from postwise.delivery.requests import message_id_for
 
 __all__ = [
@@ -195,16 +195,10 @@ class ClaimedRow:
     deferred_since: datetime | None = None
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without their zone; postwise stores UTC.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def _claimed(values: Sequence[Any]) -> ClaimedRow:
     row = ClaimedRow(*values)
-    created, since = _utc(row.created_at), _utc(row.deferred_since)
+    created, since = as_utc(row.created_at), as_utc(row.deferred_since)
     if created is not row.created_at or since is not row.deferred_since:
-        assert created is not None
         row = dataclasses.replace(row, created_at=created, deferred_since=since)
     return row
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from postwise.db.models import Contact, ContactTag, Event
+from postwise.db.models import Contact, ContactTag, Event, as_utc
 from postwise.settings import Settings
 from postwise.triggers.conditions import TriggerEvent
 
@@ -32,11 +32,6 @@ __all__ = ["BatchContext", "EventContext", "ScoreFunction", "engagement_decay", 
 ScoreFunction = Callable[[float, datetime | None, datetime], float]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands timestamps back naive; postwise stores UTC everywhere.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # Built once: constructing a statement costs more than running it on a small batch. The ids
@@ -88,8 +83,8 @@ def load_contacts(session: Session, contact_ids: Iterable[int]) -> dict[int, dic
                 status=row[6],
                 attributes=attributes,
                 engagement_score=float(row[8] or 0.0),
-                engagement_updated_at=_aware(row[9]) if row[9] is not None else None,
-                created_at=_aware(row[10]) if row[10] is not None else None,
+                engagement_updated_at=as_utc(row[9]) if row[9] is not None else None,
+                created_at=as_utc(row[10]) if row[10] is not None else None,
             )
             contacts[cid] = contact
             tags[cid] = set()
@@ -201,7 +196,7 @@ class BatchContext:
             _HISTORY, {"event_type": event_type, "ids": self.contact_ids, "since": since}
         )
         for contact_id, occurred_at, event_id in rows:
-            times.setdefault(contact_id, []).append((_aware(occurred_at), event_id))
+            times.setdefault(contact_id, []).append((as_utc(occurred_at), event_id))
             seen.add(event_id)
         # Events of this batch may not have reached the event table yet: add them.
         for event in self.events:
