@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,13 +44,44 @@ PG_ADMIN_URL = (
 
 
 def _claim_redis_db() -> tuple[int, redis.Redis]:
-    """Claim a Redis database number (1-15) for this session; released at the end."""
+    """Claim a Redis database number (1-15) for this session; released at the end.
+
+    A claim names its process; a claim whose process on this machine has died (a test run that
+    was killed) is taken over, so killed runs never exhaust the fifteen numbers.
+    """
     admin = redis.Redis.from_url(REAL_REDIS_URL)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     for number in range(1, 16):
-        if admin.set(f"postwise:test-db-claim:{number}", token, nx=True, ex=3 * 3600):
+        key = f"postwise:test-db-claim:{number}"
+        if admin.set(key, token, nx=True, ex=3 * 3600):
             return number, admin
-    raise RuntimeError("all 15 Redis test databases are claimed; is a test run stuck?")
+        holder = admin.get(key)
+        if holder is not None and _claim_is_stale(holder.decode(errors="replace")):
+            with admin.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    if pipe.get(key) == holder:
+                        pipe.multi()
+                        pipe.set(key, token, ex=3 * 3600)
+                        pipe.execute()
+                        return number, admin
+                except redis.WatchError:
+                    continue
+    raise RuntimeError("all 15 Redis test databases are claimed by live test runs")
+
+
+def _claim_is_stale(holder: str) -> bool:
+    """A claim made on this machine by a process that no longer exists."""
+    parts = holder.split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @pytest.fixture(scope="session")
