@@ -176,6 +176,7 @@ def delete(ctx: click.Context, ref: str) -> None:
 @click.pass_context
 def stats(ctx: click.Context, ref: str | None, as_json: bool) -> None:
     """Counters per trigger: matched, fired, scheduled, cooldown, capped, exited, errors..."""
+    from postwise.triggers.compiled import read_invalid
     from postwise.triggers.stats import COUNTERS, read_stats
     from postwise.triggers.store import TriggerStore
 
@@ -185,8 +186,15 @@ def stats(ctx: click.Context, ref: str | None, as_json: bool) -> None:
         rows = [store.get(ref)] if ref else store.list()
         names = {t.id: t.name for t in rows if t.id is not None}
     counters = read_stats(runtime.redis, store.keys, names)
+    invalid = read_invalid(runtime.redis, store.keys)
     result: list[dict[str, Any]] = [
-        {"trigger_id": tid, "name": name, "counters": counters[tid]} for tid, name in names.items()
+        {
+            "trigger_id": tid,
+            "name": name,
+            "counters": counters[tid],
+            "engine_errors": invalid.get(tid, []),
+        }
+        for tid, name in names.items()
     ]
     if as_json:
         emit_json({"triggers": result})
@@ -195,6 +203,12 @@ def stats(ctx: click.Context, ref: str | None, as_json: bool) -> None:
     for row in result:
         values = "\t".join(str(row["counters"][c]) for c in COUNTERS)
         click.echo(f"{row['trigger_id']}\t{row['name']}\t{values}")
+    for row in result:
+        for report in row["engine_errors"]:
+            click.echo(
+                f"ENGINE {report['consumer']} CANNOT EVALUATE {row['name']!r}: {report['error']}",
+                err=True,
+            )
 
 
 @triggers.command(name="test")

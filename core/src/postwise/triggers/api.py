@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from sqlmodel import Session
 
 from postwise.runtime import Runtime
+from postwise.triggers.compiled import read_invalid
 from postwise.triggers.dryrun import dry_run, event_from_json
 from postwise.triggers.stats import read_stats
 from postwise.triggers.store import TriggerStore, trigger_to_dict
@@ -72,8 +73,15 @@ class TriggersController(Controller):
         """Counters: matched, fired, scheduled, cooldown, capped, skipped, exited, ..."""
         trigger = TriggerStore(session, runtime).get(trigger_id)
         assert trigger.id is not None
-        counters = read_stats(runtime.redis, TriggerStore(session, runtime).keys, [trigger.id])
-        return {"trigger_id": trigger.id, "name": trigger.name, "counters": counters[trigger.id]}
+        keys = TriggerStore(session, runtime).keys
+        counters = read_stats(runtime.redis, keys, [trigger.id])
+        return {
+            "trigger_id": trigger.id,
+            "name": trigger.name,
+            "counters": counters[trigger.id],
+            # Engines that cannot evaluate it (a condition plugin missing on their host).
+            "engine_errors": read_invalid(runtime.redis, keys).get(trigger.id, []),
+        }
 
     @get("/stats", sync_to_thread=True)
     def all_stats(self, session: Session, runtime: Runtime) -> dict[str, Any]:
@@ -81,9 +89,15 @@ class TriggersController(Controller):
         store = TriggerStore(session, runtime)
         triggers = store.list()
         counters = read_stats(runtime.redis, store.keys, [t.id for t in triggers if t.id])
+        invalid = read_invalid(runtime.redis, store.keys)
         return {
             "triggers": [
-                {"trigger_id": t.id, "name": t.name, "counters": counters[t.id]}
+                {
+                    "trigger_id": t.id,
+                    "name": t.name,
+                    "counters": counters[t.id],
+                    "engine_errors": invalid.get(t.id, []),
+                }
                 for t in triggers
                 if t.id is not None
             ]

@@ -323,10 +323,14 @@ class SegmentMembership(ConditionType[SegmentMembershipConfig]):
 
 class ActionHistoryConfig(_Config):
     """``did``: the contact had ``event_type`` at least ``at_least`` times in the ``within_days``
-    days before the event; ``did: false`` inverts it (fewer than ``at_least`` times).
+    days before the triggering event; ``did: false`` inverts it (fewer than ``at_least`` times).
 
-    ``since_event`` looks forward instead: events after the triggering event, up to now. It is
-    what exit conditions of delayed sends use ("purchased since the cart was abandoned").
+    ``since_event`` looks forward instead: events after the triggering event, up to now (and,
+    with ``within_days``, at most that many days after the event). It is what exit conditions of
+    delayed sends use ("purchased since the cart was abandoned").
+
+    Both windows are anchored at the triggering event, not at the time of the check, so a
+    condition means the same whether it is checked at once or after a delay of weeks.
     """
 
     event_type: str = Field(min_length=1, max_length=100)
@@ -357,9 +361,10 @@ class ActionHistory(ConditionType[ActionHistoryConfig]):
         if config.since_event:
             since, until = event.occurred_at, None
             if config.within_days is not None:
-                since = max(since, context.now - timedelta(days=config.within_days))
+                end = event.occurred_at + timedelta(days=config.within_days)
+                until = end if end < context.now else None
         else:
-            since = context.now - timedelta(days=config.within_days or 0)
+            since = event.occurred_at - timedelta(days=config.within_days or 0)
             until = event.occurred_at
         done = context.count_events(config.event_type, since, until) >= config.at_least
         return done is config.did
@@ -370,7 +375,7 @@ class ActionHistory(ConditionType[ActionHistoryConfig]):
         if config.since_event:
             window = "since the event"
             if config.within_days is not None:
-                window += f" (at most {config.within_days:g} days back)"
+                window += f" (within {config.within_days:g} days of it)"
         else:
             window = f"in the {config.within_days:g} days before the event"
         return f"{verb} {config.event_type!r}{times} {window}"

@@ -8,7 +8,9 @@ is kept out of evaluation and reported with the reason, instead of stopping the 
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,10 +22,25 @@ from postwise.errors import PostwiseError
 from postwise.triggers.definitions import AllOf, compile_conditions
 
 if TYPE_CHECKING:
+    import redis
+
     from postwise.registry import Registry
     from postwise.triggers.conditions import ConditionType
+    from postwise.triggers.cooldown import TriggerKeys
 
-__all__ = ["CompiledTrigger", "TriggerSet", "compile_trigger", "load_trigger_set"]
+__all__ = [
+    "INVALID_REPORT_SECONDS",
+    "CompiledTrigger",
+    "TriggerSet",
+    "compile_trigger",
+    "load_trigger_set",
+    "read_invalid",
+    "report_invalid",
+]
+
+#: An engine's report that it cannot evaluate a trigger counts for this long (engines reload,
+#: and so re-report, at least every 30 seconds).
+INVALID_REPORT_SECONDS = 120
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +131,8 @@ class TriggerSet:
 
     by_id: dict[int, CompiledTrigger] = field(default_factory=dict)
     by_event_type: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
+    #: Active triggers whose definition does not compile on this host, by event type.
+    invalid_by_event_type: dict[str, list[CompiledTrigger]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, triggers: Sequence[CompiledTrigger]) -> TriggerSet:
@@ -122,10 +141,19 @@ class TriggerSet:
             result.by_id[trigger.id] = trigger
             if trigger.active and trigger.usable:
                 result.by_event_type.setdefault(trigger.event_type, []).append(trigger)
+            elif trigger.active:
+                result.invalid_by_event_type.setdefault(trigger.event_type, []).append(trigger)
         return result
 
     def for_event_type(self, event_type: str) -> list[CompiledTrigger]:
         return self.by_event_type.get(event_type, [])
+
+    def invalid_for_event_type(self, event_type: str) -> list[CompiledTrigger]:
+        return self.invalid_by_event_type.get(event_type, [])
+
+    @property
+    def invalid(self) -> list[CompiledTrigger]:
+        return [t for ts in self.invalid_by_event_type.values() for t in ts]
 
 
 def load_trigger_set(session: Session, registry: Registry[ConditionType[Any]]) -> TriggerSet:
@@ -143,3 +171,40 @@ def load_trigger_set(session: Session, registry: Registry[ConditionType[Any]]) -
         if trigger.error and trigger.active:
             log.error("trigger %r (id %s) is skipped: %s", trigger.name, trigger.id, trigger.error)
     return TriggerSet.of(compiled)
+
+
+def report_invalid(
+    client: redis.Redis, keys: TriggerKeys, consumer: str, triggers: TriggerSet
+) -> None:
+    """Record, for the API and the CLI, which active triggers this engine cannot evaluate.
+
+    The hash ``…:invalid`` has a field ``<trigger id>|<consumer>`` per (trigger, engine) with
+    the reason and when it was reported; a trigger that compiles again clears its fields.
+    """
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    for trigger in triggers.by_id.values():
+        field_name = f"{trigger.id}|{consumer}"
+        if trigger.active and not trigger.usable:
+            report = {"consumer": consumer, "error": trigger.error, "at": now}
+            pipe.hset(keys.invalid, field_name, json.dumps(report))
+        else:
+            pipe.hdel(keys.invalid, field_name)
+    pipe.execute()
+
+
+def read_invalid(client: redis.Redis, keys: TriggerKeys) -> dict[int, list[dict[str, Any]]]:
+    """Recent engine reports of triggers they cannot evaluate, by trigger id."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    cutoff = time.time() - INVALID_REPORT_SECONDS
+    raw: Any = client.hgetall(keys.invalid)
+    for name, value in raw.items():
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        trigger_id, _, _consumer = text.partition("|")
+        try:
+            report = json.loads(value)
+        except ValueError:
+            continue
+        if float(report.get("at", 0)) >= cutoff and trigger_id.isdigit():
+            found.setdefault(int(trigger_id), []).append(report)
+    return found

@@ -24,6 +24,7 @@ from sqlmodel import Session, col
 from postwise.db.models import Contact, ContactTag, Event, as_utc
 from postwise.settings import Settings
 from postwise.triggers.conditions import TriggerEvent
+from postwise.triggers.recent import StreamTail
 
 __all__ = ["BatchContext", "EventContext", "ScoreFunction", "engagement_decay", "load_contacts"]
 
@@ -116,8 +117,13 @@ class BatchContext:
         now: datetime,
         score: ScoreFunction | None = None,
         contacts: dict[int, dict[str, Any]] | None = None,
+        recent: StreamTail | None = None,
     ) -> None:
         self.session = session
+        #: Events accepted on the stream but perhaps not stored yet; refreshed before the first
+        #: history query of this context, so the history counts every event accepted before it.
+        self._recent = recent
+        self._recent_fresh = recent is None
         self.events = events
         self.now = now
         self._score = score
@@ -189,6 +195,11 @@ class BatchContext:
         return count
 
     def _load_history(self, event_type: str, since: datetime) -> _History:
+        if not self._recent_fresh and self._recent is not None:
+            # Before the table query: whatever the collector stores after this refresh is
+            # either in the query's result or still in the tail.
+            self._recent.refresh()
+            self._recent_fresh = True
         self.queries += 1
         times: dict[int, list[tuple[datetime, str]]] = {}
         seen: set[str] = set()
@@ -198,6 +209,15 @@ class BatchContext:
         for contact_id, occurred_at, event_id in rows:
             times.setdefault(contact_id, []).append((as_utc(occurred_at), event_id))
             seen.add(event_id)
+        if self._recent is not None:
+            # Accepted on the stream, not stored yet (the collector's lag, or it is down).
+            for contact_id, recent in self._recent.events(
+                event_type, self.contact_ids, since
+            ).items():
+                for item in recent:
+                    if item.event_id not in seen:
+                        seen.add(item.event_id)
+                        times.setdefault(contact_id, []).append((item.occurred_at, item.event_id))
         # Events of this batch may not have reached the event table yet: add them.
         for event in self.events:
             if (

@@ -57,6 +57,10 @@ class TriggerKeys:
         return f"{self.namespace}:scheduled:data"
 
     @property
+    def invalid(self) -> str:
+        return f"{self.namespace}:invalid"
+
+    @property
     def version(self) -> str:
         return f"{self.namespace}:version"
 

@@ -20,8 +20,9 @@ from postwise.triggers.conditions import TriggerEvent
 from postwise.triggers.context import BatchContext, engagement_decay
 from postwise.triggers.cooldown import TriggerKeys, peek
 from postwise.triggers.definitions import ConditionFailed, Leaf
-from postwise.triggers.engine import to_trigger_event
+from postwise.triggers.engine import dedupe_key, to_trigger_event
 from postwise.triggers.quiet_hours import QuietHours
+from postwise.triggers.recent import StreamTail
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -98,7 +99,13 @@ def dry_run(
     registry = runtime.plugins.registry("conditions")
     with runtime.session() as session:
         triggers = load_trigger_set(session, registry)
-        context = BatchContext(session, [event], now=now, score=engagement_decay(runtime.settings))
+        context = BatchContext(
+            session,
+            [event],
+            now=now,
+            score=engagement_decay(runtime.settings),
+            recent=StreamTail(runtime.redis),
+        )
         candidates = sorted(
             (t for t in triggers.by_id.values() if t.event_type == event.type),
             key=lambda t: (-t.priority, t.id),
@@ -167,12 +174,27 @@ def _judge(
     holder, ttl_ms = peek(runtime.redis, key)
     if holder is not None:
         until = now + timedelta(milliseconds=ttl_ms)
-        detail = (
-            "already fired for this event"
-            if holder == event.event_id
-            else f"held by cooldown until {until.isoformat(timespec='seconds')} "
-            f"(fired for event {holder})"
-        )
+        # A delayed send holds the cooldown from when it is scheduled; it has not fired (and
+        # gives the cooldown back if its exit conditions cancel it).
+        pending = runtime.redis.zscore(keys.scheduled, dedupe_key(trigger.id, holder))
+        if holder == event.event_id:
+            detail = (
+                "a send is already scheduled for this event"
+                if pending is not None
+                else "already fired for this event"
+            )
+        elif pending is not None:
+            due = datetime.fromtimestamp(float(pending) / 1000, UTC)
+            detail = (
+                f"held by cooldown until {until.isoformat(timespec='seconds')} (a send for event "
+                f"{holder} is scheduled for {due.isoformat(timespec='seconds')}; it gives the "
+                "cooldown back if it is cancelled)"
+            )
+        else:
+            detail = (
+                f"held by cooldown until {until.isoformat(timespec='seconds')} "
+                f"(fired for event {holder})"
+            )
         return _verdict(trigger, "cooldown", detail)
     due = now + timedelta(seconds=trigger.delay_seconds)
     held = None

@@ -45,7 +45,12 @@ from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
 from postwise.events import EVENT_STREAM, decode_event
 from postwise.triggers.builtin import contact_zone
-from postwise.triggers.compiled import CompiledTrigger, TriggerSet, load_trigger_set
+from postwise.triggers.compiled import (
+    CompiledTrigger,
+    TriggerSet,
+    load_trigger_set,
+    report_invalid,
+)
 from postwise.triggers.conditions import TriggerEvent
 from postwise.triggers.context import BatchContext, ScoreFunction, engagement_decay
 from postwise.triggers.cooldown import (
@@ -58,6 +63,7 @@ from postwise.triggers.cooldown import (
 )
 from postwise.triggers.definitions import ConditionFailed
 from postwise.triggers.quiet_hours import QuietHours
+from postwise.triggers.recent import StreamTail
 from postwise.triggers.schedule import ScheduledSend, claim_due, finish, has_due, schedule
 from postwise.triggers.stats import StatsBatch
 
@@ -173,6 +179,7 @@ class TriggerEngine:
         send_workers: int = 4,
         score: ScoreFunction | None = None,
         clock: Callable[[], datetime] | None = None,
+        recent: StreamTail | None = None,
     ) -> None:
         self.runtime = runtime
         self.redis: redis.Redis = runtime.redis
@@ -193,6 +200,9 @@ class TriggerEngine:
         self.quiet = QuietHours.parse(runtime.settings.quiet_hours)
         self.registry = runtime.plugins.registry("conditions")
         self.triggers = TriggerSet()
+        #: The stream's entries the collector has not stored yet: history conditions (exit
+        #: checks above all) count them, so an event accepted before a check is never missed.
+        self.recent = recent if recent is not None else StreamTail(self.redis, stream=stream)
         self._version: Any = None
         self._loaded_at = 0.0
         self._checked_at = 0.0
@@ -221,6 +231,7 @@ class TriggerEngine:
             self.triggers = load_trigger_set(session, self.registry)
         self._version = version
         self._loaded_at = self._checked_at = time.monotonic()
+        report_invalid(self.redis, self.keys, self.consumer, self.triggers)
         return self.triggers
 
     def _maybe_reload(self) -> None:
@@ -228,9 +239,15 @@ class TriggerEngine:
         if now - self._loaded_at > 30.0:
             self.reload()
         elif now - self._checked_at > 1.0:
-            self._checked_at = now
-            if self.redis.get(self.keys.version) != self._version:
-                self.reload()
+            self._check_version()
+
+    def _check_version(self) -> None:
+        """Reload if a trigger changed. Called after each read of new entries: the store bumps
+        the version after its commit, so an entry published after a trigger was saved is read
+        after the bump and is evaluated against the new trigger set."""
+        self._checked_at = time.monotonic()
+        if self.redis.get(self.keys.version) != self._version:
+            self.reload()
 
     def close(self) -> None:
         """Stop the send threads (the runtime stays open; its owner closes it)."""
@@ -294,6 +311,7 @@ class TriggerEngine:
             time.sleep(self.linger_ms / 1000)
             entries += self._read(">", block=None, count=self.batch_size - len(entries))
         if entries:
+            self._check_version()
             self.process(entries, redelivered=False)
             handled += len(entries)
         return handled
@@ -351,8 +369,14 @@ class TriggerEngine:
                 log.warning("skipping an undecodable stream entry %r: %s", _entry_id, exc)
                 stats.add_engine("undecodable")
                 continue
-            if event is not None and self.triggers.for_event_type(event.type):
+            if event is None:
+                continue
+            if self.triggers.for_event_type(event.type):
                 events.append(event)
+            for invalid in self.triggers.invalid_for_event_type(event.type):
+                # Active, but its definition does not compile here (a condition plugin not
+                # installed on this host, a cancelled campaign): counted, never silent.
+                stats.add(invalid.id, "invalid")
         report.events = len(events)
         if events:
             self._handle(events, redelivered, stats, report)
@@ -374,7 +398,7 @@ class TriggerEngine:
         now = self.clock()
         candidates: list[_Candidate] = []
         with self.runtime.session() as session:
-            context = BatchContext(session, events, now=now, score=self.score)
+            context = BatchContext(session, events, now=now, score=self.score, recent=self.recent)
             for event in events:
                 if event.contact_id not in context.contacts:
                     stats.add_engine("unknown_contact")
@@ -568,14 +592,22 @@ class TriggerEngine:
         for send in sends:
             trigger = self.triggers.by_id.get(send.trigger_id)
             if trigger is None or not trigger.active or not trigger.usable:
-                stats.add(send.trigger_id, "cancelled")
+                # Paused or deleted: cancelled; not compiling on this host: invalid (counted
+                # apart, and reported by `triggers list`, so a missing plugin is seen).
+                reason = "invalid" if trigger is not None and trigger.active else "cancelled"
+                stats.add(send.trigger_id, reason)
+                release(self.redis, send.claim_key, send.event.event_id)
             else:
                 live.append((send, trigger))
         to_submit: list[tuple[ScheduledSend, CompiledTrigger]] = []
         if live:
             with self.runtime.session() as session:
                 context = BatchContext(
-                    session, [s.event for s, _ in live], now=now, score=self.score
+                    session,
+                    [s.event for s, _ in live],
+                    now=now,
+                    score=self.score,
+                    recent=self.recent,
                 )
                 for send, trigger in live:
                     if trigger.exit_conditions is None:
@@ -593,6 +625,8 @@ class TriggerEngine:
                         continue
                     if exited:
                         stats.add(trigger.id, "exited")
+                        # Nothing was sent: the cooldown this send held is given back.
+                        release(self.redis, send.claim_key, send.event.event_id)
                     else:
                         to_submit.append((send, trigger))
         # A due send handled twice can only be one whose first handling died before finishing,

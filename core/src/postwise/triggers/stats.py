@@ -12,6 +12,9 @@ Each trigger has a hash ``…:stats:<trigger id>`` of counters:
 ``cancelled``   a delayed send came due after the trigger was paused or deleted
 ``duplicates``  the same event id was seen again and ignored
 ``errors``      a condition raised, or delivery rejected the request as invalid
+``invalid``     an event (or a due send) the trigger could not evaluate: its definition does
+                not compile on the engine's host (a condition plugin not installed there, its
+                campaign cancelled)
 
 The engine adds a batch's counts and acknowledges the batch's stream entries in one Redis
 transaction, so a crash never counts a batch it will process again.
@@ -40,6 +43,7 @@ COUNTERS = (
     "cancelled",
     "duplicates",
     "errors",
+    "invalid",
 )
 
 
