@@ -104,6 +104,26 @@ class Settings(BaseModel):
     )
     unsubscribe_mailto: str = Field(default="", description="mailto address for List-Unsubscribe.")
 
+    template_max_render_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Longest a template may take to render one message (all parts); a template "
+        "over any template_max_* limit is refused at save, and fails only its own message at "
+        "send time.",
+    )
+    template_max_iterations: int = Field(
+        default=100_000, ge=1, description="Loop iterations and macro calls per message render."
+    )
+    template_max_output_chars: int = Field(
+        default=2_000_000, ge=1_000, description="Characters a message's parts may render to."
+    )
+    template_max_value_chars: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="Largest string or list a template may build ('*', '~', join, replace...).",
+    )
+
     provider: str = Field(default="smtp", description="The ESP provider plugin to send with.")
     provider_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     smtp_host: str = "127.0.0.1"

@@ -20,6 +20,13 @@ from typing import Any
 import jinja2
 from jinja2 import Template
 
+from postwise.content.limits import (
+    DEFAULT_LIMITS,
+    RenderLimits,
+    TemplateLimitError,
+    budget_scope,
+    stream,
+)
 from postwise.content.links import (
     AssetConfig,
     LinkTracker,
@@ -61,6 +68,7 @@ class CompiledTemplate:
         "_collapse_blank_lines",
         "_globals",
         "_html",
+        "_limits",
         "_links",
         "_subject",
         "_text",
@@ -76,8 +84,10 @@ class CompiledTemplate:
         text: Template,
         links: tuple[str, ...],
         collapse_blank_lines: bool,
+        limits: RenderLimits = DEFAULT_LIMITS,
     ) -> None:
         self.source = source
+        self._limits = limits
         self._collapse_blank_lines = collapse_blank_lines
         self._subject = subject
         self._html = html
@@ -119,11 +129,17 @@ class CompiledTemplate:
         context["_pw"] = tracker
         context["_pw_open"] = tracker.open_pixel
         try:
-            subject = _render(self._subject, context)
-            html = _render(self._html, context)
-            text = _render(self._text, context)
+            with budget_scope(self._limits):
+                subject = _render(self._subject, context)
+                html = _render(self._html, context)
+                text = _render(self._text, context)
         except PostwiseError:
             raise
+        except RecursionError as exc:
+            raise TemplateLimitError(
+                f"template {self.source.id!r} version {self.source.version} calls its macros or "
+                "recursive loops too deeply; give the recursion an end"
+            ) from exc
         except _RENDER_ERRORS as exc:
             raise TemplateError(
                 f"template {self.source.id!r} version {self.source.version} failed to render "
@@ -141,11 +157,15 @@ def _render(template: Template, context: dict[str, Any]) -> str:
     # Template.render copies the context and merges the globals on every call; the three parts
     # of a message share one context that already holds the globals, so they render from it
     # directly (a shared context is read-only to the template: `set` writes to its own scope).
-    return "".join(template.root_render_func(template.new_context(context, shared=True)))
+    # The output is counted as it streams: the render's budget refuses it past its limit.
+    return stream(template.root_render_func(template.new_context(context, shared=True)))
 
 
 def compile_template(
-    source: TemplateSource, *, assets: AssetConfig | None = None
+    source: TemplateSource,
+    *,
+    assets: AssetConfig | None = None,
+    limits: RenderLimits = DEFAULT_LIMITS,
 ) -> CompiledTemplate:
     """Do all per-version work for ``source``: inline CSS, rewrite URLs, compile the parts."""
     name = f"template {source.id!r} version {source.version}"
@@ -181,6 +201,7 @@ def compile_template(
         text=text,
         links=links,
         collapse_blank_lines=generated_text,
+        limits=limits,
     )
 
 
@@ -229,8 +250,15 @@ class TemplateCache:
     :class:`postwise.errors.ConflictError`.
     """
 
-    def __init__(self, *, assets: AssetConfig | None = None, max_entries: int = 512) -> None:
+    def __init__(
+        self,
+        *,
+        assets: AssetConfig | None = None,
+        limits: RenderLimits = DEFAULT_LIMITS,
+        max_entries: int = 512,
+    ) -> None:
         self._assets = assets
+        self._limits = limits
         self._max_entries = max_entries
         self._entries: OrderedDict[tuple[int | str, int], CompiledTemplate] = OrderedDict()
         self._lock = threading.Lock()
@@ -243,7 +271,7 @@ class TemplateCache:
             if compiled is not None:
                 self._entries.move_to_end(key)
         if compiled is None:
-            compiled = compile_template(source, assets=self._assets)
+            compiled = compile_template(source, assets=self._assets, limits=self._limits)
             with self._lock:
                 compiled = self._entries.setdefault(key, compiled)
                 while len(self._entries) > self._max_entries:

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, meta, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.visitor import NodeTransformer
 
+from postwise.content import limits
 from postwise.content.links import track_filter
 from postwise.content.recommendations import MAX_RECOMMENDATIONS
 from postwise.errors import TemplateError
@@ -100,13 +103,62 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class _Environment(ImmutableSandboxedEnvironment):
-    """The sandbox, made strict: an unsafe attribute fails at once instead of rendering empty.
+class _Bounded(NodeTransformer):
+    """Rewrites a parsed template so its costs go through :mod:`postwise.content.limits`.
 
-    ``obj.name`` on a dict (a contact, a recommended item) looks the key up first, so a field
-    called ``items`` or ``title`` wins over the dict method of that name, and the common case
-    costs no AttributeError. Anything else goes through the sandbox's checks unchanged.
+    Each loop body and macro body starts by ticking the render's budget (so nested loops,
+    recursive loops and recursive macros are all counted), and ``a ~ b`` concatenation becomes
+    a checked call. The names used are globals of the environment, never the author's.
     """
+
+    def _tick_first(self, body: list[nodes.Node], lineno: int) -> list[nodes.Node]:
+        tick = nodes.Output([nodes.Call(nodes.Name(_TICK, "load"), [], [], None, None)])
+        tick.set_lineno(lineno)
+        return [tick, *body]
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        visited = self.generic_visit(node)
+        assert isinstance(visited, nodes.For)
+        visited.body = self._tick_first(visited.body, visited.lineno)
+        return visited
+
+    def visit_Macro(self, node: nodes.Macro) -> nodes.Node:
+        visited = self.generic_visit(node)
+        assert isinstance(visited, nodes.Macro)
+        visited.body = self._tick_first(visited.body, visited.lineno)
+        return visited
+
+    def visit_CallBlock(self, node: nodes.CallBlock) -> nodes.Node:
+        visited = self.generic_visit(node)
+        assert isinstance(visited, nodes.CallBlock)
+        visited.body = self._tick_first(visited.body, visited.lineno)
+        return visited
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        visited = self.generic_visit(node)
+        assert isinstance(visited, nodes.Concat)
+        call = nodes.Call(nodes.Name(_CONCAT, "load"), list(visited.nodes), [], None, None)
+        call.set_lineno(visited.lineno)
+        return call
+
+
+_TICK: Final = "_pw_tick"
+_CONCAT: Final = "_pw_concat"
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """The sandbox, made strict and bounded.
+
+    An unsafe attribute fails at once instead of rendering empty. ``obj.name`` on a dict (a
+    contact, a recommended item) looks the key up first, so a field called ``items`` or
+    ``title`` wins over the dict method of that name, and the common case costs no
+    AttributeError. Anything else goes through the sandbox's checks unchanged. Resources are
+    bounded by :mod:`postwise.content.limits`: operators that can build large values are
+    intercepted (and so never folded while compiling), filters and method calls are checked
+    before they allocate, and loops and macros tick the render's budget.
+    """
+
+    intercepted_binops = frozenset(limits.BINOPS)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Even a missing private attribute is refused: a probe must fail loudly, not render "".
@@ -121,6 +173,25 @@ class _Environment(ImmutableSandboxedEnvironment):
             f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed"
         )
 
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        return limits.checked_binop(operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        args = limits.checked_call(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            limits.checked_format(value.__self__)
+        return wrapped
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        bounded = _Bounded().visit(tree)
+        assert isinstance(bounded, nodes.Template)
+        return bounded
+
 
 def _make_environment(*, autoescape: bool) -> _Environment:
     env = _Environment(
@@ -134,7 +205,10 @@ def _make_environment(*, autoescape: bool) -> _Environment:
         auto_reload=False,
     )
     env.globals.pop("lipsum", None)
+    env.filters = {name: limits.checked_filter(name, f) for name, f in env.filters.items()}
     env.filters["_pw_track"] = track_filter
+    env.globals[_TICK] = limits.tick
+    env.globals[_CONCAT] = limits.checked_concat
     return env
 
 

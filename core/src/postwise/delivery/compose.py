@@ -20,6 +20,7 @@ from sqlmodel import Session, col
 
 from postwise import tokens
 from postwise.content import AssetConfig, TemplateCache, TemplateSource, TrackingConfig
+from postwise.content.limits import limits_from_settings
 from postwise.content.recommendations import RecommenderFn
 from postwise.db.models import Contact, Template, TemplateVersion
 from postwise.delivery.dkim import DkimSigner
@@ -164,7 +165,7 @@ class Composer:
         assets = (
             AssetConfig(settings.cdn_base_url, frozenset({host})) if settings.cdn_base_url else None
         )
-        self.cache = TemplateCache(assets=assets)
+        self.cache = TemplateCache(assets=assets, limits=limits_from_settings(settings))
         self._key = settings.signing_keys()[0]
         self.tracking = TrackingConfig(
             settings.base_url, self._key, ttl=settings.tracking_link_ttl_days * 86400.0

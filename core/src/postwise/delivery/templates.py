@@ -17,11 +17,12 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from postwise.content import TemplateCache, TemplateSource, assert_valid_template
+from postwise.content.limits import TemplateLimitError, limits_from_settings
 from postwise.content.recommendations import RecommenderFn
 from postwise.content.templates import TemplateKind
 from postwise.db.models import Template, TemplateVersion
 from postwise.delivery.compose import CONTACT_FIELDS, no_recommendations
-from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.errors import ConflictError, NotFoundError, TemplateError, ValidationError
 from postwise.settings import Settings
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 _NAME_LIMIT = 200
+#: Characters in one part of a template as written (Gmail clips messages beyond about 100 kB).
+_SOURCE_LIMIT = 500_000
 _VARIABLE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -68,13 +71,51 @@ def check_template(
         raise ValidationError(
             f"kind {kind!r} is unknown; use 'marketing' or 'transactional'", field="kind"
         ) from None
-    assert_valid_template(
-        subject, html, text, known_variables=known_variables(variables), kind=kind
-    )
+    for part, source in (("subject", subject), ("html", html), ("text", text or "")):
+        if len(source) > _SOURCE_LIMIT:
+            raise ValidationError(
+                f"the {part} is {len(source):,} characters; the limit is {_SOURCE_LIMIT:,}",
+                field=part,
+            )
+    names = known_variables(variables)
+    assert_valid_template(subject, html, text, known_variables=names, kind=kind)
+    _trial_render(settings, subject=subject, html=html, text=text, kind=kind, names=names)
     if kind == TemplateKind.MARKETING:
         from postwise.compliance.canspam import require_marketing_template
 
         require_marketing_template(html, text, postal_address=settings.postal_address)
+
+
+def _trial_render(
+    settings: Settings,
+    *,
+    subject: str,
+    html: str,
+    text: str | None,
+    kind: str,
+    names: Iterable[str],
+) -> None:
+    """Render the template once for a contact with every field empty, under the render limits.
+
+    A template whose cost does not depend on the contact (``[0] * 50000000``, nested loops over
+    ``range(99999)``) is refused here, with the limit it exceeds, instead of failing every
+    message of a campaign. Other render errors are left to previews: with made-up empty values
+    a template that does arithmetic on a field may fail where real data would not.
+    """
+    source = TemplateSource(id="trial", version=0, subject=subject, html=html, text=text, kind=kind)
+    fields: dict[str, Any] = dict.fromkeys(names, "")
+    fields.update(id=0, postal_address=settings.postal_address)
+    try:
+        TemplateCache(max_entries=1, limits=limits_from_settings(settings)).get(source).render(
+            fields,
+            message_id="trial",
+            recommender=no_recommendations,
+            unsubscribe_url=f"{settings.base_url}/u/trial",
+        )
+    except TemplateLimitError as exc:
+        raise TemplateLimitError(f"template is too costly to render: {exc}", field="html") from exc
+    except TemplateError:
+        pass
 
 
 def create_template(
@@ -210,7 +251,7 @@ def preview(
     )
     merged = {"postal_address": settings.postal_address, "id": 0, **fields}
     content = (
-        TemplateCache(max_entries=1)
+        TemplateCache(max_entries=1, limits=limits_from_settings(settings))
         .get(source)
         .render(
             merged,
