@@ -54,6 +54,11 @@ class StatsOptions:
     index: Index = "exposures"
     #: Beta prior (successes, failures) of the Bayesian readout.
     prior: tuple[float, float] = (1.0, 1.0)
+    #: Planned relative minimum detectable effect: tunes the sequential test's mixture to it
+    #: (instead of ``sequential_tuning``). None for the N*-tuned mixture.
+    mde: float | None = None
+    #: Adjust with the variants' pre-exposure covariate (CUPED) when they carry one.
+    cuped: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,8 @@ class Comparison:
     absolute: Interval
     #: Treatment rate over control rate, minus 1; None when the control rate is 0.
     relative: Interval | None
+    #: With CUPED: 1 - adjusted / unadjusted variance of the absolute lift; None without.
+    variance_reduction: float | None = None
 
 
 @runtime_checkable
@@ -80,6 +87,8 @@ class StatsTest(Protocol):
     always_valid: bool
     #: False for descriptive readouts whose numbers must never gate a decision.
     decides: bool
+    # Optional: ``guarantees`` (a sentence on what the test's p-values and intervals keep, shown
+    # in every report); ``analyze`` words one from ``always_valid`` / ``decides`` when absent.
 
     def compare(self, variants: Sequence[VariantData], options: StatsOptions) -> list[Comparison]:
         """Compare each of ``variants[1:]`` with ``variants[0]``; one result each, in order.

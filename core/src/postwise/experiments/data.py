@@ -9,7 +9,13 @@ from numbers import Integral
 
 from postwise.errors import StatsError
 
-__all__ = ["VariantData", "validate_alpha", "validate_variants", "validate_weights"]
+__all__ = [
+    "Covariate",
+    "VariantData",
+    "validate_alpha",
+    "validate_variants",
+    "validate_weights",
+]
 
 #: How far weights may stray from summing to 1 (they usually come from decimal settings).
 WEIGHT_SUM_TOLERANCE = 1e-6
@@ -28,6 +34,78 @@ def _count(value: object, field: str, variant: str) -> int:
     return count
 
 
+#: Largest magnitude of a covariate's mean accepted; beyond it the sums are not a pre-period
+#: metric or a score but a bug upstream (and float sums lose the precision CUPED needs).
+COVARIATE_LIMIT = 1e9
+
+
+def _sum(value: object, field: str, variant: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StatsError(
+            f"variant {variant!r}: covariate {field} must be a finite number, got {value!r}",
+            field=f"covariate.{field}",
+        )
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Covariate:
+    """Sums of a pre-exposure covariate X over the contacts of one variant that have it.
+
+    X is known before exposure (the contact's engagement score when assigned, the same metric
+    in a pre-period), so the treatment cannot move it. ``count`` contacts have it; the rest of
+    the variant's exposures lack it and CUPED fills them with the pooled mean (which leaves the
+    estimate unbiased and only reduces less). ``cross`` is the sum of X over those of the
+    ``count`` who converted, and ``conversions`` how many of them converted.
+    """
+
+    count: int
+    total: float
+    squares: float
+    cross: float
+    conversions: int
+
+    def check(self, variant: VariantData) -> None:
+        """Raise StatsError when the sums cannot come from real per-contact values."""
+        name = variant.name
+        count = _count(self.count, "covariate.count", name)
+        conversions = _count(self.conversions, "covariate.conversions", name)
+        total = _sum(self.total, "total", name)
+        squares = _sum(self.squares, "squares", name)
+        cross = _sum(self.cross, "cross", name)
+        if count > variant.exposures:
+            raise StatsError(
+                f"variant {name!r}: {count} contacts with a covariate but only "
+                f"{variant.exposures} exposures",
+                field="covariate.count",
+            )
+        if conversions > min(count, variant.conversions):
+            raise StatsError(
+                f"variant {name!r}: {conversions} converted contacts with a covariate, more "
+                f"than those with one ({count}) or than all conversions ({variant.conversions})",
+                field="covariate.conversions",
+            )
+        if count and abs(total) / count > COVARIATE_LIMIT:
+            raise StatsError(
+                f"variant {name!r}: covariate mean {total / count:.3g} is absurd (limit "
+                f"{COVARIATE_LIMIT:g}); check the covariate's units",
+                field="covariate.total",
+            )
+        slack = 1e-9 * max(1.0, squares)
+        if squares < 0 or (count and squares * count + slack * count < total * total):
+            raise StatsError(
+                f"variant {name!r}: covariate sums are inconsistent (sum of squares {squares:g} "
+                f"below (sum)^2 / count); they must come from the same contacts",
+                field="covariate.squares",
+            )
+        if cross * cross > conversions * squares + slack:
+            raise StatsError(
+                f"variant {name!r}: covariate cross sum {cross:g} is impossible for "
+                f"{conversions} converted contacts with sum of squares {squares:g}",
+                field="covariate.cross",
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class VariantData:
     """Aggregate counts of one variant: contacts exposed and contacts who converted.
@@ -39,6 +117,8 @@ class VariantData:
     name: str
     exposures: int
     conversions: int
+    #: Pre-exposure covariate sums for CUPED; None when there is none.
+    covariate: Covariate | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -54,6 +134,14 @@ class VariantData:
         # Normalise numpy integers so results serialise to JSON as plain ints.
         object.__setattr__(self, "exposures", exposures)
         object.__setattr__(self, "conversions", conversions)
+        if self.covariate is not None:
+            if not isinstance(self.covariate, Covariate):
+                raise StatsError(
+                    f"variant {self.name!r}: covariate must be a Covariate, got "
+                    f"{type(self.covariate).__name__}",
+                    field="covariate",
+                )
+            self.covariate.check(self)
 
     @property
     def rate(self) -> float:

@@ -302,9 +302,21 @@ def validate_definition(
         raise ValidationError(f"must be 'exposures' or 'outcomes', got {index!r}", field="index")
 
     baseline = mde = None
-    if "baseline" in data or "mde" in data:
-        baseline = _number(data.get("baseline"), "baseline")
-        mde = _number(data.get("mde"), "mde")
+    if data.get("mde") is not None:
+        mde = _number(data["mde"], "mde")
+        if not 0.0 < mde <= 10.0:
+            raise ValidationError(
+                f"the planned effect is relative, in (0, 10] (0.10 = +10%), got {mde}",
+                field="mde",
+            )
+    if data.get("baseline") is not None:
+        baseline = _number(data["baseline"], "baseline")
+        if not 0.0 < baseline < 1.0:
+            raise ValidationError(
+                f"must be a rate between 0 and 1, got {baseline}", field="baseline"
+            )
+        if mde is None:
+            raise ValidationError("a baseline needs the planned effect (mde)", field="mde")
     if data.get("sequential_tuning") is not None:
         tuning = _number(data["sequential_tuning"], "sequential_tuning")
         if tuning <= 0:
@@ -721,6 +733,9 @@ def _analyze(
         min_conversions=int(options.get("min_conversions", 10)),
         previous=previous,
         tests=_stats_tests(runtime),
+        # The mixture is tuned to the planned effect; a state recorded before mde was pinned
+        # keeps the N*-tuned mixture it started with.
+        mde=options.get("mde") if stored is None or "mde" in stored else None,
     )
 
 

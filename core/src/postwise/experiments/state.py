@@ -85,6 +85,8 @@ class SequentialState:
     #: Looks folded in so far (looks blocked by SRM or the minimum sample are not counted).
     looks: int
     memories: tuple[ComparisonMemory, ...]
+    #: The planned relative effect the mixture is tuned to; None for the N*-tuned mixture.
+    mde: float | None = None
 
     @classmethod
     def start(
@@ -95,9 +97,11 @@ class SequentialState:
         sequential_tuning: float,
         index: str,
         variants: Sequence[str],
+        mde: float | None = None,
     ) -> SequentialState:
         """An empty record: no look counted yet."""
         return cls(
+            mde=mde,
             method=method,
             alpha=alpha,
             sequential_tuning=float(sequential_tuning),
@@ -115,6 +119,7 @@ class SequentialState:
         sequential_tuning: float,
         index: str,
         variants: Sequence[str],
+        mde: float | None = None,
     ) -> None:
         """Raise StatsError when this look's settings differ from those the record was built on."""
         # Index first: its default tuning differs, and it is the more fundamental mismatch.
@@ -123,6 +128,7 @@ class SequentialState:
             "index": self.index,
             "alpha": self.alpha,
             "sequential_tuning": self.sequential_tuning,
+            "mde": self.mde,
             "variants": self.variants,
         }
         given = {
@@ -130,6 +136,7 @@ class SequentialState:
             "index": index,
             "alpha": alpha,
             "sequential_tuning": float(sequential_tuning),
+            "mde": mde,
             "variants": tuple(variants),
         }
         for key, value in expected.items():
@@ -187,6 +194,7 @@ class SequentialState:
             "alpha": self.alpha,
             "sequential_tuning": self.sequential_tuning,
             "index": self.index,
+            "mde": self.mde,
             "variants": list(self.variants),
             "looks": self.looks,
             "memories": [
@@ -221,6 +229,7 @@ class SequentialState:
                 alpha=float(data["alpha"]),
                 sequential_tuning=float(data["sequential_tuning"]),
                 index=str(data["index"]),
+                mde=None if data.get("mde") is None else float(data["mde"]),
                 variants=tuple(str(v) for v in data["variants"]),
                 looks=int(data["looks"]),
                 memories=tuple(

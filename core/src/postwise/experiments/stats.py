@@ -27,6 +27,7 @@ from postwise.errors import PluginError, StatsError, UnknownComponentError
 from postwise.experiments.bayes import BayesianReadout, beat_probability_and_loss, posteriors
 from postwise.experiments.chi2 import ChiSquaredTest
 from postwise.experiments.contract import Comparison, Index, Interval, StatsOptions, StatsTest
+from postwise.experiments.cuped import fit as cuped_fit
 from postwise.experiments.data import (
     VariantData,
     validate_alpha,
@@ -34,7 +35,12 @@ from postwise.experiments.data import (
     validate_weights,
 )
 from postwise.experiments.multiple import holm
-from postwise.experiments.sequential import DEFAULT_TUNING, SequentialTest, rho_squared
+from postwise.experiments.sequential import (
+    DEFAULT_TUNING,
+    SequentialTest,
+    rho_squared,
+    validate_mde,
+)
 from postwise.experiments.srm import SRM_THRESHOLD, srm_p_value
 from postwise.experiments.state import ComparisonMemory, SequentialState
 
@@ -105,6 +111,11 @@ class VariantResult:
     #: Holm-adjusted p-value below alpha (whatever the gate says about SRM or sample size).
     significant: bool
     posterior: Posterior | None
+    #: With CUPED: the share of the lift's variance the covariate removed, which is also the
+    #: share of exposures saved for the same power. None when the lift is not adjusted.
+    variance_reduction: float | None = None
+    #: Why this variant can no longer win (a guardrail stopped it); None while it runs.
+    stopped: str | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -138,6 +149,12 @@ class AnalysisResult:
     warnings: tuple[str, ...]
     #: Persist and pass back as ``previous`` at the next look (always-valid tests only).
     state: SequentialState | None
+    #: What this method's p-values, intervals and decision keep, in words.
+    guarantees: str = ""
+    #: The planned relative effect the sequential mixture was tuned to, if any.
+    mde: float | None = None
+    #: The CUPED fit (theta, correlation, coverage of the covariate), when the lift is adjusted.
+    adjustment: dict[str, float] | None = None
 
     def variant(self, name: str) -> VariantResult:
         """The line of the variant called ``name``."""
@@ -214,6 +231,9 @@ def analyze(
     prior: tuple[float, float] = (1.0, 1.0),
     previous: SequentialState | None = None,
     tests: Mapping[str, StatsTest] | None = None,
+    mde: float | None = None,
+    cuped: bool = True,
+    stopped: Mapping[str, str] | None = None,
 ) -> AnalysisResult:
     """Analyse one look at an experiment; ``variants[0]`` is the control.
 
@@ -236,6 +256,13 @@ def analyze(
         prior: Beta prior (a, b) of the Bayesian readout.
         previous: the ``state`` of the previous look (always-valid tests only).
         tests: stats tests by name (the plugin registry's); the built-ins by default.
+        mde: the planned relative minimum detectable effect (0.10 = +10%): the sequential test's
+            mixture is tuned to it (see :mod:`postwise.experiments.sequential`), for more power
+            at that effect than any N*; it is pinned in the state like every other setting.
+        cuped: adjust the lift with the variants' pre-exposure ``covariate`` sums (CUPED,
+            :mod:`postwise.experiments.cuped`) when every variant carries them (exposure index).
+        stopped: treatments stopped early (name -> reason, e.g. a guardrail's): they cannot
+            win, and the sample-ratio check runs on the arms still receiving traffic.
 
     Raises:
         StatsError: inconsistent input (the message names the problem).
@@ -256,11 +283,26 @@ def analyze(
         )
     tuning = DEFAULT_TUNING[index] if sequential_tuning is None else float(sequential_tuning)
     rho_squared(alpha, tuning)  # refuses a non-positive N* before any work is done
+    mde = validate_mde(mde)
     test = _resolve_test(method, tests)
-    options = StatsOptions(alpha=alpha, sequential_tuning=tuning, index=index, prior=prior)
     names = [v.name for v in items]
+    halted = _check_stopped(stopped, names)
+    warnings: list[str] = []
+    adjustment, use_cuped = _cuped_readout(items, index, cuped, warnings)
+    options = StatsOptions(
+        alpha=alpha,
+        sequential_tuning=tuning,
+        index=index,
+        prior=prior,
+        mde=mde,
+        cuped=use_cuped,
+    )
 
-    srm_p = srm_p_value([v.exposures for v in items], split)
+    running = [i for i, v in enumerate(items) if v.name not in halted]
+    running_share = math.fsum(split[i] for i in running)
+    srm_p = srm_p_value(
+        [items[i].exposures for i in running], [split[i] / running_share for i in running]
+    )
     srm_flagged = srm_p < srm_threshold
     shortfalls = _shortfalls(items, min_exposures, min_conversions)
 
@@ -271,7 +313,6 @@ def analyze(
             f"{[c.variant for c in comparisons]}, expected one per treatment: {names[1:]}"
         )
 
-    warnings: list[str] = []
     state: SequentialState | None = None
     directions = [(c.absolute.estimate > 0) - (c.absolute.estimate < 0) for c in comparisons]
     unstable = [False] * len(comparisons)
@@ -282,6 +323,7 @@ def analyze(
             "sequential_tuning": tuning,
             "index": index,
             "variants": names,
+            "mde": mde,
         }
         if previous is None:
             state = SequentialState.start(**settings)
@@ -343,6 +385,8 @@ def analyze(
                 p_value_holm=p_holm,
                 significant=p_holm is not None and p_holm < alpha,
                 posterior=Posterior(float(beat[i]), float(loss[i])),
+                variance_reduction=comparison.variance_reduction if use_cuped else None,
+                stopped=halted.get(variant.name),
             )
         )
 
@@ -370,7 +414,69 @@ def analyze(
         reason=reason,
         warnings=tuple(warnings),
         state=state,
+        guarantees=_guarantees(test, mde, use_cuped),
+        mde=mde,
+        adjustment=adjustment,
     )
+
+
+def _check_stopped(stopped: Mapping[str, str] | None, names: list[str]) -> dict[str, str]:
+    if not stopped:
+        return {}
+    halted = {}
+    for name, why in stopped.items():
+        if name not in names[1:]:
+            raise StatsError(
+                f"stopped names {name!r}, which is not a treatment of this experiment "
+                f"(treatments: {', '.join(names[1:])}; the control cannot be stopped)",
+                field="stopped",
+            )
+        halted[name] = str(why)
+    return halted
+
+
+def _cuped_readout(
+    items: Sequence[VariantData], index: str, cuped: bool, warnings: list[str]
+) -> tuple[dict[str, float] | None, bool]:
+    """The CUPED fit to report and whether the tests may adjust; explains any fallback."""
+    if not cuped or all(v.covariate is None for v in items):
+        return None, False
+    if index != "exposures":
+        warnings.append(
+            "covariate ignored: CUPED adjusts a lift indexed by exposures; with "
+            "index='outcomes' the test watches the share of outcome events, which it cannot adjust"
+        )
+        return None, False
+    fitted, why = cuped_fit(items)
+    if fitted is None:
+        warnings.append(f"CUPED not applied: {why}")
+        return None, False
+    if fitted.coverage < 1.0:
+        warnings.append(
+            f"{(1 - fitted.coverage) * 100:.1f}% of exposed contacts had no covariate; they were "
+            "given the pooled mean (still unbiased, less variance removed)"
+        )
+    return {
+        "theta": fitted.theta,
+        "correlation": fitted.correlation,
+        "coverage": fitted.coverage,
+    }, True
+
+
+def _guarantees(test: StatsTest, mde: float | None, adjusted: bool) -> str:
+    words = getattr(test, "guarantees", None)
+    if not isinstance(words, str) or not words:
+        if not test.decides:
+            words = "descriptive only: never declares a winner"
+        elif test.always_valid:
+            words = "always-valid (as declared by the test): valid at every look"
+        else:
+            words = "fixed horizon: valid for one planned look only; peeking inflates false winners"
+    if mde is not None and test.always_valid:
+        words += f"; mixture tuned to a relative effect of {mde:g} (most power near it)"
+    if adjusted:
+        words += "; lift adjusted by CUPED with a pre-exposure covariate (unbiased, less variance)"
+    return words
 
 
 def _from_memory(current: Comparison, memory: ComparisonMemory) -> Comparison:
@@ -381,7 +487,9 @@ def _from_memory(current: Comparison, memory: ComparisonMemory) -> Comparison:
     relative = current.relative
     if relative is not None and memory.relative is not None:
         relative = Interval(relative.estimate, *memory.relative)
-    return Comparison(current.variant, memory.p_value, absolute, relative)
+    return Comparison(
+        current.variant, memory.p_value, absolute, relative, current.variance_reduction
+    )
 
 
 def _decide(
@@ -425,7 +533,7 @@ def _decide(
         (t, d) for t, d, moved in zip(treatments, directions, unstable, strict=True) if not moved
     ]
     moving = [t.name for t, moved in zip(treatments, unstable, strict=True) if moved]
-    better = [t for t, d in stable if t.significant and d > 0]
+    better = [t for t, d in stable if t.significant and d > 0 and t.stopped is None]
     worse = [t for t, d in stable if t.significant and d < 0]
     if better:
         best = max(better, key=lambda t: t.rate)
@@ -449,6 +557,9 @@ def _decide(
     )
     if worse:
         reason += "; significantly worse than control: " + ", ".join(t.name for t in worse)
+    halted = [t for t in treatments if t.stopped is not None]
+    if halted:
+        reason += "; stopped: " + "; ".join(f"{t.name} ({t.stopped})" for t in halted)
     if moving:
         reason += (
             "; no decision on " + ", ".join(moving) + ": its effect changed over time "
