@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 
 from postwise.errors import StatsError
 
@@ -40,7 +40,7 @@ COVARIATE_LIMIT = 1e9
 
 
 def _sum(value: object, field: str, variant: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise StatsError(
             f"variant {variant!r}: covariate {field} must be a finite number, got {value!r}",
             field=f"covariate.{field}",

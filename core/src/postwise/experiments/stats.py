@@ -331,7 +331,8 @@ def analyze(
             previous.check_compatible(**settings)
             state = previous
         if not srm_flagged and not shortfalls:
-            state, warnings = state.record(comparisons, intersect_absolute=index == "exposures")
+            state, moved = state.record(comparisons, intersect_absolute=index == "exposures")
+            warnings.extend(moved)
             comparisons = [
                 _from_memory(c, m) for c, m in zip(comparisons, state.memories, strict=True)
             ]
