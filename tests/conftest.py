@@ -33,6 +33,11 @@ from postwise.db.models import SQLModel
 from postwise.runtime import Runtime
 from postwise.settings import Settings, load_settings
 
+# The suite runs postwise's long-running processes on loopback with test values (an http base
+# URL, example senders): development mode lets them start. Production mode's refusal is tested
+# on its own (tests/core/test_deployment.py).
+os.environ.setdefault("POSTWISE_MODE", "development")
+
 REDIS_URL = os.environ.get("POSTWISE_TEST_REDIS_URL", "")
 DATABASE_URL = os.environ.get("POSTWISE_TEST_DATABASE_URL", "")
 REAL_REDIS_URL = REDIS_URL or "redis://127.0.0.1:6379"

@@ -74,6 +74,13 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    mode: Literal["production", "development"] = Field(
+        default="production",
+        description="production: the long-running processes (serve, worker, events collect, "
+        "triggers run, reputation run, crm run, run) refuse to start until secret_key, an https "
+        "base_url, sender and postal_address are set. development: they start with the demo "
+        "values and say so; never for real mail.",
+    )
     data_dir: Path = Field(default=Path("postwise-data"), description="Embedded state lives here.")
     database_url: str = Field(
         default="", description="SQLAlchemy URL; empty means a SQLite file in data_dir."
@@ -321,6 +328,41 @@ class Settings(BaseModel):
         return [current.encode()] + [
             k.get_secret_value().encode() for k in self.previous_secret_keys
         ]
+
+    def deployment_problems(self) -> list[str]:
+        """What stops these settings from sending real mail, each with the fix; empty when none.
+
+        Unsubscribe and tracking links are signed with ``secret_key`` and point at
+        ``base_url``: a key generated per machine makes every link from another machine answer
+        404 (a legal problem for unsubscribe links), and mailbox providers want https for
+        one-click unsubscribe. The demo's sender and postal address are not yours.
+        """
+        problems: list[str] = []
+        secret = self.secret_key.get_secret_value()
+        if not secret:
+            problems.append(
+                "secret_key is not set: set POSTWISE_SECRET_KEY to the same long random value on "
+                "every machine (python3 -c 'import secrets; print(secrets.token_urlsafe(32))'); "
+                "keep old keys in POSTWISE_PREVIOUS_SECRET_KEYS when you rotate it"
+            )
+        elif len(secret) < 32:
+            problems.append("secret_key is shorter than 32 characters: use a long random value")
+        fields = type(self).model_fields
+        if self.base_url == fields["base_url"].default or not self.base_url.startswith("https://"):
+            problems.append(
+                f"base_url is {self.base_url!r}: set POSTWISE_BASE_URL to the https:// address "
+                "recipients reach this server at (tracking and unsubscribe links point there)"
+            )
+        if self.cdn_base_url and not self.cdn_base_url.startswith("https://"):
+            problems.append("cdn_base_url must be an https:// URL")
+        if self.sender == fields["sender"].default:
+            problems.append("sender is the demo's: set POSTWISE_SENDER to 'Name <you@your-domain>'")
+        if self.postal_address == fields["postal_address"].default:
+            problems.append(
+                "postal_address is the demo's: set POSTWISE_POSTAL_ADDRESS to your postal "
+                "address (CAN-SPAM requires it in marketing mail)"
+            )
+        return problems
 
     def rate_limit_for(self, provider: str) -> RateLimit | None:
         return self.rate_limits.get(provider)

@@ -146,6 +146,7 @@ def test_a_hard_bounce_journaled_by_a_killed_worker_is_recovered_with_its_kind(
             POSTWISE_DELIVERY_CONCURRENCY="1",
             POSTWISE_DELIVERY_LEASE_SECONDS=str(LEASE_SECONDS),
             POSTWISE_LOG_LEVEL="WARNING",
+            POSTWISE_MODE="development",
         )
         here = str(Path(__file__).parent)
         worker = subprocess.Popen(

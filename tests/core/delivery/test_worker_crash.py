@@ -82,6 +82,7 @@ def test_a_killed_worker_loses_nothing_and_its_successor_duplicates_nothing(
             POSTWISE_FREQUENCY_CAP="off",
             POSTWISE_DELIVERY_LEASE_SECONDS=str(LEASE_SECONDS),
             POSTWISE_LOG_LEVEL="WARNING",
+            POSTWISE_MODE="development",
         )
         first = _worker(env, tmp_path)
         try:

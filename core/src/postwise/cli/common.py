@@ -11,15 +11,43 @@ from typing import Any, TypeVar
 import click
 
 from postwise.runtime import Runtime
-from postwise.settings import load_settings
+from postwise.settings import Settings, load_settings
 
 __all__ = ["emit_json", "get_runtime", "pass_runtime"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("postwise")
 
 
-def get_runtime(ctx: click.Context) -> Runtime:
-    """The runtime of this invocation, built once from settings and closed when it ends."""
+def get_runtime(ctx: click.Context, *, long_running: bool = False) -> Runtime:
+    """The runtime of this invocation, built once from settings and closed when it ends.
+
+    ``long_running`` processes (servers, workers, consumers) handle real mail, so they refuse
+    to start on settings that cannot send it correctly (see ``Settings.deployment_problems``)
+    unless ``mode`` is ``development``, where they start and say what is missing.
+    """
+    runtime = _runtime(ctx)
+    if long_running:
+        _check_deployable(runtime.settings)
+    return runtime
+
+
+def _check_deployable(settings: Settings) -> None:
+    problems = settings.deployment_problems()
+    if not problems:
+        return
+    listing = "\n".join(f"  - {problem}" for problem in problems)
+    if settings.mode == "development":
+        log.warning("development mode: these settings must not send real mail:\n%s", listing)
+        return
+    raise click.ClickException(
+        "these settings cannot send real mail:\n"
+        f"{listing}\n"
+        "Fix them, or set POSTWISE_MODE=development to try postwise on this machine."
+    )
+
+
+def _runtime(ctx: click.Context) -> Runtime:
     root = ctx.find_root()
     root.ensure_object(dict)
     runtime: Runtime | None = root.obj.get("runtime")

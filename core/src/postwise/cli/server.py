@@ -19,7 +19,7 @@ def serve(ctx: click.Context, host: str, port: int, migrate: bool) -> None:
 
     from postwise.server.app import create_app
 
-    runtime = get_runtime(ctx)
+    runtime = get_runtime(ctx, long_running=True)
     if migrate:
         runtime.migrate()
     uvicorn.run(create_app(runtime=runtime), host=host, port=port, log_level="info")
@@ -39,7 +39,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool, name: str |
     """Run an RQ worker that sends batches and runs scheduled jobs."""
     from postwise.delivery.worker import run_worker
 
-    runtime: Runtime = get_runtime(ctx)
+    runtime: Runtime = get_runtime(ctx, long_running=True)
     if runtime.settings.redis_url.startswith("fakeredis://"):
         raise click.UsageError(
             "a separate worker needs a real Redis: set POSTWISE_REDIS_URL=redis://HOST:6379/0 "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-__all__ = ["create_db_engine", "is_sqlite", "session_scope", "upgrade"]
+from postwise.db.models import Installation
+
+__all__ = ["create_db_engine", "installation_uid", "is_sqlite", "session_scope", "upgrade"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -73,3 +76,23 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(engine), revision)
+
+
+def installation_uid(session: Session) -> str:
+    """This installation's random identity, made once per database (by migration 0013).
+
+    A database whose row was removed (tables emptied by hand) gets a new identity here; two
+    processes racing to make it agree on whichever row was stored first.
+    """
+    row = session.get(Installation, 1)
+    if row is not None:
+        return row.uid
+    try:
+        with session.begin_nested():
+            session.add(Installation(id=1, uid=secrets.token_hex(8)))
+    except sa.exc.IntegrityError:
+        pass
+    session.commit()
+    stored = session.get(Installation, 1, populate_existing=True)
+    assert stored is not None
+    return stored.uid

@@ -456,3 +456,17 @@ class AuditRecord(SQLModel, table=True):
     subject_hash: str | None = Field(default=None, max_length=64)
     actor: str = Field(default="system", max_length=100)
     details: dict[str, Any] = _json({})
+
+
+class Installation(SQLModel, table=True):
+    """One row: this installation's random identity, made when its database was created.
+
+    Message-IDs carry it, so two installations (or a rebuilt database) never give different
+    mail the same Message-ID, which mailbox providers would drop as a duplicate.
+    """
+
+    __tablename__ = "installation"
+
+    id: int = Field(default=1, primary_key=True)
+    uid: str = Field(max_length=32)
+    created_at: datetime = _ts()

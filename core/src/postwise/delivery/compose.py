@@ -159,8 +159,10 @@ class Composer:
         settings: Settings,
         *,
         recommender: RecommenderFn | None = None,
+        installation: str | None = None,
     ) -> None:
         self.settings = settings
+        self.installation = installation
         host = settings.base_url.split("://", 1)[-1].split("/", 1)[0].lower()
         assets = (
             AssetConfig(settings.cdn_base_url, frozenset({host})) if settings.cdn_base_url else None
@@ -267,6 +269,7 @@ class Composer:
             unsubscribe_mailto=(
                 _mailto_with_token(mailto, unsubscribe) if marketing and mailto else None
             ),
+            installation=self.installation,
         )
         if self.signer is not None:
             raw = self.signer.sign(raw)

@@ -102,6 +102,7 @@ def build_message(
     reply_to: Mailbox | str | None = None,
     date: datetime | None = None,
     headers: Mapping[str, str] | None = None,
+    installation: str | None = None,
 ) -> bytes:
     """The complete message, CRLF line endings, ready for DKIM signing and the wire.
 
@@ -110,6 +111,8 @@ def build_message(
     ``unsubscribe_mailto``) the message carries ``List-Unsubscribe`` and RFC 8058's
     ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``; mailbox providers honour one-click
     only for an ``https`` URL. ``headers`` adds further headers (``Feedback-ID``...).
+    ``installation`` (the installation's identity) is part of the ``Message-ID``, so that two
+    installations never give different mail the same one.
     """
     from_box = _as_mailbox(sender)
     from_line = _address_header("From", from_box, field="sender")
@@ -121,7 +124,7 @@ def build_message(
     if reply_to is not None:
         lines.append(_address_header("Reply-To", _as_mailbox(reply_to), field="reply_to"))
     lines.append(_unstructured_header("Subject", subject))
-    lines.append(f"Message-ID: {_message_id_header(message_id, from_box.address)}")
+    lines.append(f"Message-ID: {_message_id_header(message_id, from_box.address, installation)}")
     lines.append("MIME-Version: 1.0")
     if unsubscribe_url is not None or unsubscribe_mailto is not None:
         lines.extend(_list_unsubscribe(unsubscribe_url, unsubscribe_mailto))
@@ -282,7 +285,7 @@ def _check_address(address: str, *, field: str) -> str:
     return f"{local}@{domain}"
 
 
-def _message_id_header(message_id: str, sender_address: str) -> str:
+def _message_id_header(message_id: str, sender_address: str, installation: str | None) -> str:
     if not _MESSAGE_ID.fullmatch(message_id):
         raise ValidationError(
             f"message id {message_id!r} must be 1 to 200 printable ASCII characters without spaces",
@@ -291,10 +294,10 @@ def _message_id_header(message_id: str, sender_address: str) -> str:
     domain = sender_address.rpartition("@")[2].strip()
     if not domain.isascii():
         domain = domain.encode("idna").decode("ascii")
-    left = message_id
+    left = f"{message_id}.{installation}" if installation else message_id
     if not _LOCAL_PART.fullmatch(left):
         # Message-ID needs dot-atom text; other ids are hashed to stay deterministic.
-        left = hashlib.sha256(message_id.encode()).hexdigest()[:32]
+        left = hashlib.sha256(left.encode()).hexdigest()[:32]
     return f"<{left}@{domain}>"
 
 

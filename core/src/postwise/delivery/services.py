@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from postwise.content.recommendations import RecommenderFn
+from postwise.db.engine import installation_uid
 from postwise.delivery.compose import Composer, no_recommendations, recommender_function
 from postwise.delivery.frequency import FrequencyCap
 from postwise.delivery.gate import ComplianceGate
@@ -62,7 +63,11 @@ class DeliveryServices:
 
     @cached_property
     def composer(self) -> Composer:
-        return Composer(self.runtime.settings, recommender=self._recommender_fn())
+        with self.runtime.session() as session:
+            installation = installation_uid(session)
+        return Composer(
+            self.runtime.settings, recommender=self._recommender_fn(), installation=installation
+        )
 
     def bucket(self, provider: str) -> TokenBucket | None:
         """The token bucket of ``provider``, or None when it has no rate limit."""
