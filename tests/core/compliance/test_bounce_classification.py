@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from postwise.compliance.bounces import (
     BounceClassification,
     BounceKind,
+    BounceReason,
     classify_message,
     classify_smtp_reply,
     parse_status,
@@ -30,7 +31,8 @@ def fixture(name: str) -> bytes:
         (550, "5.1.1 <bob@example.com>: Recipient address rejected: User unknown", "hard", "5.1.1"),
         (550, "No such user here", "hard", None),
         (553, "5.1.3 Bad recipient address syntax", "hard", "5.1.3"),
-        (550, "5.2.1 The email account that you tried to reach is disabled", "hard", "5.2.1"),
+        # Disabled or suspended is the mailbox's state for now, not a missing address.
+        (550, "5.2.1 The email account that you tried to reach is disabled", "soft", "5.2.1"),
         (452, "4.2.2 The email account that you tried to reach is over quota", "soft", "4.2.2"),
         (552, "5.2.2 Mailbox full", "soft", "5.2.2"),
         (552, "5.3.4 Message size exceeds fixed limit", "soft", "5.3.4"),
@@ -82,14 +84,15 @@ def fixture(name: str) -> bytes:
             "block",
             "5.1.1",
         ),
-        (554, "Transaction failed", "hard", None),
+        # An unrecognised 5xx is never hard: it says nothing about the address.
+        (554, "Transaction failed", "soft", None),
     ],
 )
 def test_smtp_replies_are_classified_by_code_status_and_wording(
     code: int, text: str, kind: str, status: str | None
 ) -> None:
     result = classify_smtp_reply(code, text)
-    assert result.kind == kind, result.reason
+    assert result.kind == kind, result.explanation
     assert result.status == status
     assert result.smtp_code == code
     assert result.diagnostic.startswith(str(code))
@@ -98,7 +101,8 @@ def test_smtp_replies_are_classified_by_code_status_and_wording(
 def test_a_success_reply_is_not_a_failure() -> None:
     result = classify_smtp_reply(250, "2.0.0 OK queued")
     assert result.kind is BounceKind.UNKNOWN
-    assert "not a failure" in result.reason
+    assert result.reason is BounceReason.NOT_A_BOUNCE
+    assert "not a failure" in result.explanation
 
 
 def test_an_enhanced_code_contradicting_the_reply_code_is_ignored() -> None:
@@ -125,13 +129,15 @@ def test_to_dict_is_json_ready_with_the_kind_as_a_string() -> None:
     result = BounceClassification(kind=BounceKind.HARD, recipient="a@example.com", status="5.1.1")
     assert result.to_dict() == {
         "kind": "hard",
+        "reason": "undetermined",
         "recipient": "a@example.com",
         "status": "5.1.1",
         "diagnostic": "",
-        "reason": "",
+        "explanation": "",
         "smtp_code": None,
         "message_id": None,
         "feedback_type": None,
+        "permanent": None,
     }
 
 
@@ -198,7 +204,7 @@ def test_a_postfix_bounce_marked_auto_replied_is_still_a_bounce() -> None:
 def test_a_delivery_report_of_success_is_not_a_failure() -> None:
     result = classify_message(fixture("rfc3464-a4-delivered.eml"))
     assert result.kind is BounceKind.UNKNOWN
-    assert "delivered" in result.reason
+    assert result.reason is BounceReason.DELIVERED
 
 
 def test_failed_with_a_4xx_status_after_retries_is_soft_not_hard() -> None:
@@ -224,7 +230,7 @@ def test_an_amazon_ses_notification_carries_our_message_id_from_its_header_list(
 def test_degenerate_input_is_unknown_with_a_reason(raw: bytes, reason_part: str) -> None:
     result = classify_message(raw)
     assert result.kind is BounceKind.UNKNOWN
-    assert reason_part in result.reason
+    assert reason_part in result.explanation
 
 
 def test_deeply_nested_multiparts_do_not_raise() -> None:
@@ -277,7 +283,7 @@ def test_a_dsn_whose_mime_structure_was_lost_is_read_from_its_text() -> None:
 def test_classify_message_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
     result = classify_message(raw)
     assert isinstance(result.kind, BounceKind)
-    assert isinstance(result.reason, str)
+    assert isinstance(result.explanation, str)
 
 
 _MIME_PIECES = st.sampled_from(

@@ -22,7 +22,8 @@ def test_json_mode_prints_one_object_per_file_and_line() -> None:
         (files[1], "complaint", "user@example.com"),
     ]
     assert rows[0]["status"] == "5.1.1"
-    assert {"diagnostic", "reason"} <= rows[0].keys()
+    assert (rows[0]["reason"], rows[1]["reason"]) == ("user_unknown", "feedback")
+    assert {"diagnostic", "explanation"} <= rows[0].keys()
 
 
 def test_a_missing_file_is_reported_and_only_it_fails(tmp_path: Path) -> None:
@@ -32,7 +33,8 @@ def test_a_missing_file_is_reported_and_only_it_fails(tmp_path: Path) -> None:
     assert result.exit_code == 1
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert rows[0]["file"] == missing and rows[0]["kind"] == "unknown"
-    assert "could not read" in rows[0]["reason"]
+    assert rows[0]["reason"] == "unreadable"
+    assert "could not read" in rows[0]["explanation"]
     assert rows[1]["kind"] == "soft"
     assert f"error: {missing}: could not read" in result.stderr
 

@@ -9,7 +9,12 @@ from typing import Any
 
 import click
 
-from postwise.compliance.bounces import BounceClassification, BounceKind, classify_message
+from postwise.compliance.bounces import (
+    BounceClassification,
+    BounceKind,
+    BounceReason,
+    classify_message,
+)
 
 __all__ = ["bounces"]
 
@@ -49,7 +54,9 @@ def classify(files: tuple[str, ...], as_json: bool) -> None:
             unreadable += 1
             reason = f"could not read the file: {exc.strerror or exc}"
             click.echo(f"error: {name}: {reason}", err=True)
-            unread = BounceClassification(kind=BounceKind.UNKNOWN, reason=reason)
+            unread = BounceClassification(
+                kind=BounceKind.UNKNOWN, reason=BounceReason.UNREADABLE, explanation=reason
+            )
             row: dict[str, Any] = {"file": name, **unread.to_dict()}
         else:
             row = {"file": name, **classify_message(raw).to_dict()}
@@ -70,7 +77,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             "kind": row["kind"],
             "recipient": row["recipient"] or "-",
             "status": row["status"] or "-",
-            "detail": row["diagnostic"] or row["reason"],
+            "detail": row["diagnostic"] or row["explanation"],
         }
         for row in rows
     ]

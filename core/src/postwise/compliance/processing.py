@@ -45,6 +45,7 @@ from postwise.compliance import reputation
 from postwise.compliance.bounces import (
     BounceClassification,
     BounceKind,
+    BounceReason,
     classify_message,
     classify_smtp_reply,
 )
@@ -105,6 +106,15 @@ _REPUTATION_METRIC = {
     BounceKind.SOFT: reputation.Metric.SOFT,
     BounceKind.BLOCK: reputation.Metric.BLOCK,
     BounceKind.COMPLAINT: reputation.Metric.COMPLAINT,
+}
+#: The reason a report gets when the provider names only a kind.
+_PROVIDER_KIND_REASONS = {
+    BounceKind.HARD: BounceReason.USER_UNKNOWN,
+    BounceKind.SOFT: BounceReason.UNDETERMINED,
+    BounceKind.BLOCK: BounceReason.BLOCKED,
+    BounceKind.COMPLAINT: BounceReason.FEEDBACK,
+    BounceKind.AUTO_REPLY: BounceReason.AUTO_REPLY,
+    BounceKind.UNKNOWN: BounceReason.UNDETERMINED,
 }
 #: Contact statuses in order of severity: a later report never downgrades an earlier one.
 _SEVERITY = {
@@ -271,7 +281,7 @@ def _act(
         return "unsubscribed", "complaint: unsubscribed and suppressed"
     if kind is BounceKind.BLOCK:
         return "reputation", "blocked by the receiving side: counted for reputation only"
-    return "ignored", classification.reason or f"{kind.value}: nothing to do"
+    return "ignored", classification.explanation or f"{kind.value}: nothing to do"
 
 
 def apply_classification(
@@ -357,7 +367,7 @@ def apply_classification(
                 occurred_at=occurred_at,
             )
     if kind in (BounceKind.UNKNOWN, BounceKind.AUTO_REPLY):
-        log.info("report not acted on (%s): %s", kind.value, classification.reason)
+        log.info("report not acted on (%s): %s", kind.value, classification.explanation)
     else:
         log.info("%s report for contact %s: %s", kind.value, found_id, reason)
     return ProcessingOutcome(event_id, kind.value, action, found_id, reason, tuple(paused))
@@ -388,6 +398,7 @@ def _emit(
         provider=provider,
         properties={
             "kind": classification.kind.value,
+            "reason": classification.reason.value,
             "status": classification.status,
             "smtp_code": classification.smtp_code,
             "diagnostic": scrub_addresses(classification.diagnostic),
@@ -468,7 +479,7 @@ def _provider_classification(
                 recipient=recipient,
                 status=status,
                 diagnostic=diagnostic,
-                reason="the provider gave neither a kind nor an SMTP or status code",
+                explanation="the provider gave neither a kind nor an SMTP or status code",
                 message_id=message_id,
             )
         text = " ".join(p for p in (status, diagnostic) if p)
@@ -483,10 +494,11 @@ def _provider_classification(
         ) from None
     return BounceClassification(
         parsed,
+        _PROVIDER_KIND_REASONS[parsed],
         recipient=recipient,
         status=status,
         diagnostic=diagnostic,
-        reason=f"reported by the provider as {parsed.value}",
+        explanation=f"reported by the provider as {parsed.value}",
         smtp_code=smtp_code,
         message_id=message_id,
         feedback_type=feedback_type,
@@ -504,19 +516,23 @@ def classification_from_event(event: EventEnvelope) -> BounceClassification:
     if event.type == "complaint":
         return BounceClassification(
             BounceKind.COMPLAINT,
+            BounceReason.FEEDBACK,
             status=props.get("status"),
             feedback_type=props.get("feedback_type") or "abuse",
-            reason="complaint event",
+            explanation="complaint event",
             message_id=event.message_id,
         )
     kind = props.get("kind")
     if isinstance(kind, str) and kind in {k.value for k in BounceKind}:
         code = props.get("smtp_code")
+        reason = props.get("reason")
+        known = {r.value for r in BounceReason}
         return BounceClassification(
             BounceKind(kind),
+            BounceReason(reason) if reason in known else _PROVIDER_KIND_REASONS[BounceKind(kind)],
             status=props.get("status"),
             diagnostic=str(props.get("diagnostic") or ""),
-            reason=f"{kind} bounce event",
+            explanation=f"{kind} bounce event",
             smtp_code=code if isinstance(code, int) else None,
             message_id=event.message_id,
             feedback_type=props.get("feedback_type"),
@@ -529,7 +545,8 @@ def classification_from_event(event: EventEnvelope) -> BounceClassification:
         return replace(classify_smtp_reply(code, text), message_id=event.message_id)
     return BounceClassification(
         BounceKind.UNKNOWN,
-        reason="bounce event without a kind or an SMTP reply code",
+        BounceReason.UNDETERMINED,
+        explanation="bounce event without a kind or an SMTP reply code",
         message_id=event.message_id,
     )
 
