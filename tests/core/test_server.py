@@ -28,7 +28,7 @@ def test_v1_needs_a_valid_api_key(runtime: Runtime) -> None:
     with TestClient(app=create_app(runtime=runtime)) as anonymous:
         missing = anonymous.get("/v1/contacts")
         assert missing.status_code == 401
-        assert "Authorization: Bearer" in missing.json()["error"]
+        assert "Authorization: Bearer" in missing.json()["detail"]
         wrong = anonymous.get(
             "/v1/contacts", headers={"Authorization": "Bearer pw_AAAAAAAA_nope-nope-nope-nope-nope"}
         )
@@ -74,7 +74,7 @@ def test_bad_contact_input_gets_422_naming_the_field(client: Any) -> None:
     bad_zone = client.post("/v1/contacts", json={"email": "a@example.com", "timezone": "Mars/Base"})
     assert bad_zone.status_code == 422 and bad_zone.json()["field"] == "timezone"
     unknown = client.post("/v1/contacts", json={"email": "a@example.com", "shoe": 44})
-    assert unknown.status_code == 422 and "unknown field" in unknown.json()["error"]
+    assert unknown.status_code == 422 and "unknown field" in unknown.json()["detail"]
     not_object = client.post("/v1/contacts", json=[1, 2])
     assert 400 <= not_object.status_code < 500
     assert client.get("/v1/contacts/999999").status_code == 404
@@ -101,5 +101,5 @@ def test_the_api_refuses_to_resubscribe_an_unsubscribed_contact(client: Any) -> 
     contact_id = made.json()["contact"]["id"]
     again = client.patch(f"/v1/contacts/{contact_id}", json={"status": "active"})
     assert again.status_code == 409
-    assert "consent confirmation" in again.json()["error"]
+    assert "consent confirmation" in again.json()["detail"]
     assert client.get(f"/v1/contacts/{contact_id}").json()["status"] == "unsubscribed"

@@ -103,6 +103,17 @@ class Settings(BaseModel):
     )
     cdn_base_url: str = Field(default="", description="Asset URLs are rewritten to this base.")
     tracking_link_ttl_days: int = Field(default=90, ge=1, le=3650)
+    api_rate_limit_per_minute: int = Field(
+        default=120_000,
+        ge=0,
+        description="Requests per minute an API key may make unless it has its own limit "
+        "(postwise apikeys create --rate-limit); 0: unlimited. Over it: 429 with Retry-After.",
+    )
+    api_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="The largest request body the server accepts (413 beyond it).",
+    )
 
     sender: str = Field(default="postwise demo <hello@example.com>")
     postal_address: str = Field(

@@ -96,8 +96,8 @@ def test_a_malformed_event_gets_422_with_index_field_and_reason(
     [error] = body["errors"]
     assert error["index"] == 1
     assert error["field"] == field
-    assert words in error["error"]
-    assert "nothing was stored" in body["error"]
+    assert words in error["detail"]
+    assert "nothing was stored" in body["detail"]
     assert stream_events(runtime) == []
 
 
@@ -119,7 +119,7 @@ def test_partial_acceptance_stores_the_valid_events_and_reports_the_rest(
 def test_a_batch_over_1000_events_is_rejected_whole(client: Any, runtime: Runtime) -> None:
     response = client.post("/v1/events", json=[event(f"x{i}") for i in range(1001)])
     assert response.status_code == 422
-    assert "at most 1000" in response.json()["error"]
+    assert "at most 1000" in response.json()["detail"]
     assert runtime.redis.xlen(EVENT_STREAM) == 0
 
 
@@ -127,7 +127,7 @@ def test_a_batch_over_1000_events_is_rejected_whole(client: Any, runtime: Runtim
 def test_a_body_that_is_not_events_is_a_422(client: Any, body: bytes) -> None:
     response = client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
-    assert response.json()["error"]
+    assert response.json()["detail"]
 
 
 def test_email_is_resolved_to_the_contact_id_and_not_stored(client: Any, runtime: Runtime) -> None:
@@ -144,7 +144,7 @@ def test_an_unknown_email_is_rejected(client: Any) -> None:
     response = client.post("/v1/events", json=event("r2", email="nobody@example.com"))
     assert response.status_code == 422
     assert response.json()["field"] == "email"
-    assert "no contact has this address" in response.json()["error"]
+    assert "no contact has this address" in response.json()["detail"]
 
 
 def test_message_events_are_completed_from_the_ledger(runtime: Runtime) -> None:

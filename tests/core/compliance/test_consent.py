@@ -222,7 +222,7 @@ def test_the_api_answers_bad_input_with_4xx(client: Any, runtime: Runtime) -> No
     wrong_type = client.post(f"/v1/contacts/{cid}/consent", json={"granted": "maybe"})
     assert 400 <= wrong_type.status_code < 500
     missing = client.get(f"/v1/contacts/{cid + 50}/consent")
-    assert missing.status_code == 404 and "does not exist" in missing.json()["error"]
+    assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]
 
 
 def test_the_public_link_confirms_only_on_post(client: Any, runtime: Runtime) -> None:

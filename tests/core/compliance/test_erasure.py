@@ -316,7 +316,7 @@ def test_an_erasure_suppression_cannot_be_lifted(client: Any, runtime: Runtime) 
     listing = client.get("/v1/suppressions?reason=erasure").json()
     [entry] = listing["items"]
     lifted = client.delete(f"/v1/suppressions/{entry['id']}")
-    assert lifted.status_code == 409 and "permanent" in lifted.json()["error"]
+    assert lifted.status_code == 409 and "permanent" in lifted.json()["detail"]
 
 
 def test_the_cli_erases_by_address_and_exports(runtime: Runtime, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def test_a_webhook_with_a_bad_or_missing_signature_gets_401_and_changes_nothing(
     unsigned = client.post("/hooks/crm/memory", content=body)
 
     assert (forged.status_code, unsigned.status_code) == (401, 401)
-    assert "signature" in forged.json()["error"]
+    assert "signature" in forged.json()["detail"]
     assert count_contacts(runtime) == 0
 
 

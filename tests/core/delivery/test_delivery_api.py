@@ -50,14 +50,14 @@ def test_a_broken_template_is_refused_with_the_line_and_the_problem(client: Any)
     assert response.status_code == 422
     body = response.json()
     assert body["field"] == "html"
-    assert "line 1" in body["error"]
+    assert "line 1" in body["detail"]
 
 
 def test_an_unknown_variable_is_refused_unless_declared(client: Any) -> None:
     html = HTML.replace("{{ postal_address }}", "{{ postal_address }} {{ coupon }}")
     refused = _template(client, html=html)
     assert refused.status_code == 422
-    assert "coupon" in refused.json()["error"]
+    assert "coupon" in refused.json()["detail"]
     assert _template(client, html=html, variables=["plan", "coupon"]).status_code == 201
 
 
@@ -65,7 +65,7 @@ def test_a_marketing_template_without_a_postal_address_is_refused(client: Any) -
     html = '<p>Hi</p><a href="{{ unsubscribe_url }}">unsubscribe</a>'
     response = _template(client, html=html)
     assert response.status_code == 409
-    assert "postal" in response.json()["error"].lower()
+    assert "postal" in response.json()["detail"].lower()
     assert (
         _template(client, name="receipt", kind="transactional", html="<p>Hi</p>").status_code == 201
     )

@@ -77,7 +77,7 @@ def test_invalid_items_are_rejected_naming_the_field_and_nothing_is_written(
 ) -> None:
     response = client.post("/v1/items", json={"items": items})
     assert response.status_code == 422
-    assert response.json()["field"] == field and words in response.json()["error"]
+    assert response.json()["field"] == field and words in response.json()["detail"]
     assert client.get("/v1/items").json()["items"] == []
 
 
@@ -85,7 +85,7 @@ def test_an_upsert_is_bounded_in_size(client: Any) -> None:
     response = client.post(
         "/v1/items", json={"items": [_item(n) for n in range(MAX_ITEMS_PER_REQUEST + 1)]}
     )
-    assert response.status_code == 422 and "at most 1000" in response.json()["error"]
+    assert response.status_code == 422 and "at most 1000" in response.json()["detail"]
 
 
 def test_a_body_without_items_is_rejected(client: Any) -> None:
@@ -134,5 +134,5 @@ def test_a_preview_shows_the_contacts_recommendations(
 
 def test_a_preview_of_an_unknown_contact_is_404_and_n_is_bounded(client: Any) -> None:
     assert client.get("/v1/recommendations/424242").status_code == 404
-    assert client.get("/v1/recommendations/1", params={"n": 0}).status_code == 400
-    assert client.get("/v1/recommendations/1", params={"n": 51}).status_code == 400
+    assert client.get("/v1/recommendations/1", params={"n": 0}).status_code == 422
+    assert client.get("/v1/recommendations/1", params={"n": 51}).status_code == 422

@@ -244,7 +244,7 @@ def test_an_invalid_signature_is_refused_and_nothing_recorded(
 def test_a_signature_for_another_url_is_refused(client: Any, runtime: Runtime, ann: int) -> None:
     response = post(client, [md_event("spam")], url="https://elsewhere.example.com" + PATH)
     assert response.status_code == 403
-    assert "exactly the one entered" in response.json()["error"]
+    assert "exactly the one entered" in response.json()["detail"]
     assert stream(runtime) == []
 
 
@@ -276,7 +276,7 @@ def test_events_are_refused_while_no_webhook_key_is_configured(make_settings: An
         with TestClient(app=create_app(runtime=runtime)) as client:
             response = post(client, [md_event("spam")])
         assert response.status_code == 403
-        assert "webhook_key" in response.json()["error"]
+        assert "webhook_key" in response.json()["detail"]
         assert stream(runtime) == []
     finally:
         runtime.close()

@@ -345,7 +345,7 @@ def test_an_invalid_signature_is_refused_and_nothing_recorded(
     forged = body_of([sg_event("spamreport")])
     response = client.post(PATH, content=forged, headers=headers)
     assert response.status_code == 403
-    assert "does not verify" in response.json()["error"]
+    assert "does not verify" in response.json()["detail"]
     assert stream(runtime) == []
     assert contact_status(runtime, ann) == ContactStatus.ACTIVE
 
@@ -360,7 +360,7 @@ def test_a_signature_by_another_key_is_refused(client: Any, runtime: Runtime, an
 def test_an_unsigned_request_is_refused(client: Any, runtime: Runtime) -> None:
     response = client.post(PATH, content=body_of([sg_event("spamreport")]))
     assert response.status_code == 401
-    assert SIGNATURE_HEADER in response.json()["error"]
+    assert SIGNATURE_HEADER in response.json()["detail"]
     assert stream(runtime) == []
 
 
@@ -390,7 +390,7 @@ def test_events_are_refused_while_no_public_key_is_configured(
         with TestClient(app=create_app(runtime=runtime)) as client:
             response = post(client, signing_key, [sg_event("spamreport")])
         assert response.status_code == 403
-        assert "webhook_public_key" in response.json()["error"]
+        assert "webhook_public_key" in response.json()["detail"]
         assert stream(runtime) == []
     finally:
         runtime.close()

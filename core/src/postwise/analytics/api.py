@@ -23,7 +23,7 @@ from postwise.analytics.metrics import (
 )
 from postwise.errors import NotFoundError, ValidationError
 from postwise.runtime import Runtime
-from postwise.server.errors import error_body
+from postwise.server.errors import problem
 
 __all__ = ["EventsController", "MetricsController"]
 
@@ -46,15 +46,15 @@ def _ingest_body(runtime: Runtime, body: bytes, partial: bool) -> Response[Any]:
         result = ingest(runtime, items, partial=partial)
     except EventBatchError as exc:
         first = exc.errors[0]
-        return Response(
-            error_body(
-                str(exc).removeprefix(f"{first.field}: ") if first.field else str(exc),
-                field=first.field,
-                index=first.index,
-                errors=[error.to_dict() for error in exc.errors],
-            ),
-            status_code=422,
-            media_type=MediaType.JSON,
+        return problem(
+            422,
+            str(exc).removeprefix(f"{first.field}: ") if first.field else str(exc),
+            field=first.field,
+            index=first.index,
+            errors=[
+                {"index": error.index, "field": error.field, "detail": error.error}
+                for error in exc.errors
+            ],
         )
     return Response(result.to_dict(), status_code=202, media_type=MediaType.JSON)
 

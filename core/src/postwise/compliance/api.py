@@ -117,6 +117,7 @@ def _consent_out(record: ConsentRecord) -> ConsentOut:
 class ConsentController(Controller):
     path = "/v1/contacts/{contact_id:int}/consent"
     tags = ["compliance"]
+    opt = {"scope": "privacy"}
 
     @get("/", sync_to_thread=True)
     def ledger(self, session: Session, contact_id: int) -> ConsentLedger:
@@ -177,6 +178,7 @@ class ConsentController(Controller):
 class PrivacyController(Controller):
     path = "/v1/contacts/{contact_id:int}"
     tags = ["compliance"]
+    opt = {"scope": "privacy"}
 
     @post("/erase", sync_to_thread=True, status_code=200)
     def erase(
@@ -247,6 +249,7 @@ def _suppression_out(entry: Suppression) -> SuppressionOut:
 class SuppressionsController(Controller):
     path = "/v1/suppressions"
     tags = ["compliance"]
+    opt = {"scope": "privacy"}
 
     @get("/", sync_to_thread=True)
     def list_entries(
@@ -324,13 +327,13 @@ class ReputationController(Controller):
             "reports": counters(runtime.redis),
         }
 
-    @post("/resume", sync_to_thread=True, status_code=200)
+    @post("/resume", sync_to_thread=True, status_code=200, opt={"scope": "admin"})
     def resume(self, runtime: Runtime, data: StreamIn) -> dict[str, Any]:
         """Resume a paused stream; its counters start afresh."""
         lifted = reputation.resume(runtime.redis, data.stream)
         return {"resumed": data.stream, "pause": lifted}
 
-    @post("/pause", sync_to_thread=True, status_code=200)
+    @post("/pause", sync_to_thread=True, status_code=200, opt={"scope": "admin", "problems": [409]})
     def pause(self, runtime: Runtime, data: StreamIn) -> dict[str, Any]:
         """Pause a stream by hand until it is resumed."""
         if not reputation.pause(runtime.redis, data.stream, reason=data.reason):

@@ -23,6 +23,7 @@ from postwise.contacts.service import ContactData, contact_dict, get_contact, up
 from postwise.db.models import Contact, ContactTag, Segment, SegmentMember
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.runtime import Runtime
+from postwise.server.pagination import After, Limit, next_after
 
 __all__ = ["ContactsController", "SegmentsController"]
 
@@ -68,20 +69,25 @@ class ContactsController(Controller):
 
     @get("/", sync_to_thread=True)
     def list_contacts(
-        self,
-        session: Session,
-        after: int = Parameter(default=0, ge=0, description="Return ids greater than this."),
-        limit: int = Parameter(default=100, ge=1, le=1000),
-        email: str | None = None,
+        self, session: Session, after: After = 0, limit: Limit = 100, email: str | None = None
     ) -> dict[str, Any]:
-        """Contacts in id order, paged by ``after`` (keyset pagination)."""
+        """Contacts in id order with their tags, paged by ``after`` (keyset pagination)."""
         query = select(Contact).where(col(Contact.id) > after)
         if email:
             query = query.where(Contact.email == normalize_email(email))
         rows = list(session.exec(query.order_by(col(Contact.id)).limit(limit)))
+        tags: dict[int, list[str]] = {}
+        if rows:
+            pairs = session.exec(
+                select(ContactTag.contact_id, ContactTag.tag)
+                .where(col(ContactTag.contact_id).in_([c.id for c in rows]))
+                .order_by(col(ContactTag.tag))
+            )
+            for contact_id, tag in pairs:
+                tags.setdefault(contact_id, []).append(tag)
         return {
-            "contacts": [contact_dict(c) for c in rows],
-            "next_after": rows[-1].id if len(rows) == limit else None,
+            "contacts": [contact_dict(c, tags.get(c.id or 0, [])) for c in rows],
+            "next_after": next_after(rows, limit),
         }
 
     @get("/{contact_id:int}", sync_to_thread=True)

@@ -19,6 +19,7 @@ from postwise.crm.engagement import push_engagement
 from postwise.crm.status import crm_status, record_failure, record_run
 from postwise.crm.sync import configured_systems, connector_for, poll
 from postwise.runtime import Runtime
+from postwise.server.errors import problem
 
 __all__ = ["CrmController", "SyncRequest"]
 
@@ -72,17 +73,12 @@ class CrmController(Controller):
         connector_for(runtime, system)
         return crm_status(runtime, system)
 
-    @post("/{system:str}/sync", sync_to_thread=True, status_code=200)
+    @post("/{system:str}/sync", sync_to_thread=True, status_code=200, opt={"scope": "admin"})
     def sync(self, runtime: Runtime, system: str, data: SyncRequest | None = None) -> Response[Any]:
         """Poll the CRM now, then push engagement."""
         request = data or SyncRequest()
         try:
             result = run_sync(runtime, system, full=request.full, push=request.push)
         except CrmUnavailableError as exc:
-            return Response(
-                {"error": str(exc)},
-                status_code=503,
-                headers={"Retry-After": "60"},
-                media_type=MediaType.JSON,
-            )
+            return problem(503, str(exc), headers={"Retry-After": "60"})
         return Response(result, media_type=MediaType.JSON)

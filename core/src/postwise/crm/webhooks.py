@@ -25,6 +25,7 @@ from postwise.crm.connector import CrmUnavailableError
 from postwise.crm.status import record_failure, record_run
 from postwise.crm.sync import SyncReport, apply_changes, connector_for
 from postwise.errors import ConfigurationError, NotFoundError
+from postwise.server.errors import problem
 
 __all__ = ["CrmWebhookController", "handle_webhook"]
 
@@ -96,10 +97,5 @@ class CrmWebhookController(Controller):
             if exc.status >= 500:
                 log.warning("crm %s webhook: %s", system, exc)
             extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else None
-            return Response(
-                {"error": str(exc)},
-                status_code=exc.status,
-                headers=extra,
-                media_type=MediaType.JSON,
-            )
+            return problem(exc.status, str(exc), headers=extra)
         return Response(report.to_dict(), media_type=MediaType.JSON)

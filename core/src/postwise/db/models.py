@@ -427,6 +427,12 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = _ts()
     last_used_at: datetime | None = _ts_nullable()
     revoked_at: datetime | None = _ts_nullable()
+    #: Comma-separated scopes (``read,send``); see :data:`postwise.apikeys.SCOPES`.
+    scopes: str = Field(
+        default="admin", max_length=200, sa_column_kwargs={"server_default": "admin"}
+    )
+    #: Requests per minute; ``None``: ``Settings.api_rate_limit_per_minute``.
+    rate_limit: int | None = None
 
 
 class CatalogueItem(SQLModel, table=True):

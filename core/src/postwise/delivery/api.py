@@ -146,7 +146,12 @@ class TemplatesController(Controller):
         )
         return template_dict(get_template(session, template_id), version)
 
-    @post("/{template_id:int}/preview", sync_to_thread=True, status_code=HTTP_200_OK)
+    @post(
+        "/{template_id:int}/preview",
+        sync_to_thread=True,
+        status_code=HTTP_200_OK,
+        opt={"scope": ("read", "send")},
+    )
     def preview(
         self, session: Session, runtime: Runtime, template_id: int, data: PreviewIn
     ) -> dict[str, str]:
@@ -207,7 +212,12 @@ class CampaignsController(Controller):
         """The campaign, its dispatch progress and its messages counted by status."""
         return campaign_status(session, campaign_id)
 
-    @post("/{campaign_id:int}/send", sync_to_thread=True, status_code=HTTP_202_ACCEPTED)
+    @post(
+        "/{campaign_id:int}/send",
+        sync_to_thread=True,
+        status_code=HTTP_202_ACCEPTED,
+        opt={"scope": "send", "problems": [409]},
+    )
     def send(self, runtime: Runtime, campaign_id: int) -> dict[str, Any]:
         """Start sending: workers stream the audience and deliver it.
 
@@ -231,7 +241,7 @@ class SendsController(Controller):
     path = "/v1/sends"
     tags = ["sends"]
 
-    @post("/", sync_to_thread=True)
+    @post("/", sync_to_thread=True, opt={"scope": "send"})
     def submit(self, runtime: Runtime, data: SendIn) -> Response[dict[str, Any]]:
         """Send one message. The same ``dedupe_key`` for the same contact and template is
         sent once: a repeat answers ``duplicate``. 202 when queued, 200 otherwise."""
@@ -258,7 +268,7 @@ class SendsController(Controller):
         code = HTTP_202_ACCEPTED if result.status == SubmitStatus.QUEUED else HTTP_200_OK
         return Response(body, status_code=code)
 
-    @get("/{message_id:str}", sync_to_thread=True)
+    @get("/{message_id:str}", sync_to_thread=True, opt={"scope": ("read", "send")})
     def show(self, session: Session, message_id: str) -> dict[str, Any]:
         """Where one message stands in the ledger."""
         row = session.get(Message, message_id)

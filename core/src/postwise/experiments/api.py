@@ -124,7 +124,7 @@ class ExperimentsController(Controller):
             raise ValidationError(f"must be a variant name, got {ship!r}", field="ship")
         return stop_experiment(runtime, experiment_id, ship=ship)
 
-    @post("/plan", sync_to_thread=True, status_code=HTTP_200_OK)
+    @post("/plan", sync_to_thread=True, status_code=HTTP_200_OK, opt={"scope": "read"})
     def plan(self, data: dict[str, Any]) -> dict[str, Any]:
         """Exposures per arm: fixed horizon, and the cap the always-valid test needs."""
         return plan_from(data)

@@ -103,7 +103,7 @@ class TriggersController(Controller):
             ]
         }
 
-    @post("/test", sync_to_thread=True, status_code=HTTP_200_OK)
+    @post("/test", sync_to_thread=True, status_code=HTTP_200_OK, opt={"scope": "read"})
     def test_event(self, runtime: Runtime, data: dict[str, Any]) -> dict[str, Any]:
         """Dry-run one event: which triggers would fire and what stopped the others."""
         event = event_from_json(data)

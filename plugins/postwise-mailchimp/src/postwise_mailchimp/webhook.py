@@ -59,6 +59,7 @@ from postwise.delivery.provider_events import (
     record_events,
 )
 from postwise.errors import ConfigurationError
+from postwise.server.errors import problem
 from postwise_mailchimp.options import WEBHOOK_PATH, MailchimpOptions, parse_options
 from postwise_mailchimp.provider import MESSAGE_ID_KEY
 
@@ -295,7 +296,7 @@ class MailchimpWebhookController(Controller):
             params = authenticate(options, url, request.headers, body)
             summary = await sync_to_thread(handle_events, runtime, options, params, now=time.time())
         except _Rejected as exc:
-            return Response({"error": str(exc)}, status_code=exc.status, media_type=MediaType.JSON)
+            return problem(exc.status, str(exc))
         except ConfigurationError as exc:
-            return Response({"error": str(exc)}, status_code=403, media_type=MediaType.JSON)
+            return problem(403, str(exc))
         return Response(summary.to_dict(), media_type=MediaType.JSON)

@@ -57,6 +57,7 @@ from postwise.delivery.provider_events import (
     record_events,
 )
 from postwise.errors import ConfigurationError
+from postwise.server.errors import problem
 from postwise_sendgrid.convert import MESSAGE_ID_ARG
 from postwise_sendgrid.options import SendGridOptions, parse_options
 
@@ -287,7 +288,7 @@ class SendGridWebhookController(Controller):
                 raise _Rejected(400, "the body is not JSON") from None
             summary = await sync_to_thread(handle_events, runtime, options, payload)
         except _Rejected as exc:
-            return Response({"error": str(exc)}, status_code=exc.status, media_type=MediaType.JSON)
+            return problem(exc.status, str(exc))
         except ConfigurationError as exc:
-            return Response({"error": str(exc)}, status_code=403, media_type=MediaType.JSON)
+            return problem(403, str(exc))
         return Response(summary.to_dict(), media_type=MediaType.JSON)
