@@ -36,8 +36,7 @@ def _send(
     recipient_domain: str = "gmail.com",
 ) -> list[str]:
     return reputation.record(
-        runtime.redis,
-        runtime.settings,
+        runtime,
         metric,
         provider=provider,
         sending_domain="news.example.com",
@@ -131,8 +130,8 @@ def test_streams_are_named_scope_colon_value(rt: Runtime) -> None:
 
 
 def test_the_api_reports_resumes_and_pauses(client: Any, runtime: Runtime) -> None:
-    reputation.record(runtime.redis, runtime.settings, "sent", provider="smtp", count=2000)
-    reputation.record(runtime.redis, runtime.settings, "complaint", provider="smtp", count=10)
+    reputation.record(runtime, "sent", provider="smtp", count=2000)
+    reputation.record(runtime, "complaint", provider="smtp", count=10)
     status = client.get("/v1/reputation").json()
     assert "provider:smtp" in status["paused"]
     [smtp] = [s for s in status["streams"] if s["stream"] == "provider:smtp"]
@@ -160,8 +159,8 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def test_the_cli_shows_status_and_resumes(runtime: Runtime) -> None:
-    reputation.record(runtime.redis, runtime.settings, "sent", provider="smtp", count=2000)
-    reputation.record(runtime.redis, runtime.settings, "hard", provider="smtp", count=200)
+    reputation.record(runtime, "sent", provider="smtp", count=2000)
+    reputation.record(runtime, "hard", provider="smtp", count=200)
     runner = CliRunner()
     env = _env(runtime.settings)
     status = runner.invoke(cli, ["reputation", "status", "--json"], env=env)

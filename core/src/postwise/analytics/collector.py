@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from postwise.analytics.engagement import EngagementModel, apply_engagement
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
 from postwise.errors import ValidationError
-from postwise.events import EVENT_STREAM, EventEnvelope, decode_event
+from postwise.events import EventEnvelope, decode_event
+from postwise.streams.consumer import Entry, StreamConsumer
 
 if TYPE_CHECKING:
     import redis
@@ -60,8 +61,6 @@ DEAD_LETTER_STREAM = "postwise:events:dead"
 #: Contacts erased recently (member: contact id, score: when); see postwise.analytics.erasure.
 ERASED_CONTACTS_KEY = "postwise:erased-contacts"
 _DEAD_LETTER_MAXLEN = 100_000
-#: Consumers with nothing pending that have been idle this long are removed from the group.
-_CONSUMER_RETENTION_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +156,7 @@ def open_sink(runtime: Runtime, name: str | None = None) -> AnalyticsSink:
 
 def ensure_group(client: redis.Redis, group: str = GROUP) -> None:
     """Create the consumer group (reading from the start of the stream) if it is missing."""
-    import redis as redis_module
-
-    try:
-        client.xgroup_create(EVENT_STREAM, group, id="0", mkstream=True)
-    except redis_module.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    StreamConsumer(client, group=group).ensure_group()
 
 
 def _is_data_error(exc: BaseException) -> bool:
@@ -181,9 +174,6 @@ def _is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, ValueError | TypeError | ValidationError)
 
 
-Entry = tuple[bytes, dict[Any, Any]]
-
-
 @dataclass(slots=True)
 class _Batch:
     """Entries read from the stream and what they decode to."""
@@ -194,7 +184,7 @@ class _Batch:
     dead: list[tuple[bytes, dict[bytes, bytes], str]] = field(default_factory=list)
 
 
-class Collector:
+class Collector(StreamConsumer):
     """One consumer of the ``analytics`` group writing batches to ``sink``."""
 
     def __init__(
@@ -207,60 +197,31 @@ class Collector:
         group: str = GROUP,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.runtime = runtime
-        self.redis = runtime.redis
-        self.sink = sink
         self.config = config or CollectorConfig()
-        self.group = group
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        super().__init__(
+            runtime.redis,
+            group=group,
+            consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            batch_size=self.config.batch_size,
+            claim_idle_ms=int(self.config.claim_idle * 1000),
+        )
+        self.runtime = runtime
+        self.sink = sink
         self.stats = CollectorStats()
         self.engagement = EngagementModel.from_settings(runtime.settings)
         self._sleep = sleep
         self._next_claim = 0.0
         self._checked_own_pending = False
         self._filling = False
-        ensure_group(self.redis, group)
+        self.ensure_group()
 
     # -- reading ---------------------------------------------------------------------------
 
     def _claim(self) -> list[Entry]:
         """Entries a dead consumer left pending; deleted ones are acknowledged."""
-        idle_ms = int(self.config.claim_idle * 1000)
-        entries: list[Entry] = []
-        start = "0-0"
-        while len(entries) < self.config.batch_size:
-            reply: Any = self.redis.xautoclaim(
-                EVENT_STREAM,
-                self.group,
-                self.consumer,
-                idle_ms,
-                start_id=start,
-                count=self.config.batch_size - len(entries),
-            )
-            start, claimed = reply[0], reply[1]
-            entries.extend(claimed)
-            if start in (b"0-0", "0-0"):
-                break
-        if entries:
-            self.stats.claimed += len(entries)
-            log.info("claimed %d pending events of a dead consumer", len(entries))
+        entries = self.claim_stale()
+        self.stats.claimed += len(entries)
         return entries
-
-    def _own_pending(self) -> list[Entry]:
-        reply: Any = self.redis.xreadgroup(
-            self.group, self.consumer, {EVENT_STREAM: "0"}, count=self.config.batch_size
-        )
-        return list(reply[0][1]) if reply else []
-
-    def _read(self, count: int, block_ms: int) -> list[Entry]:
-        reply: Any = self.redis.xreadgroup(
-            self.group,
-            self.consumer,
-            {EVENT_STREAM: ">"},
-            count=count,
-            block=max(1, block_ms),
-        )
-        return list(reply[0][1]) if reply else []
 
     def next_batch(self) -> list[Entry]:
         """Up to ``batch_size`` entries: this consumer's own pending ones first, then entries
@@ -268,7 +229,7 @@ class Collector:
         if not self._checked_own_pending:
             # Only a restarted consumer of the same name has entries of its own pending: a
             # running one retries a failed batch until it is written.
-            pending = self._own_pending()
+            pending = self.read_own_pending()
             if pending:
                 return pending
             self._checked_own_pending = True
@@ -284,7 +245,7 @@ class Collector:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            batch.extend(self._read(self.config.batch_size - len(batch), int(remaining * 1000)))
+            batch.extend(self.read_new(self.config.batch_size - len(batch), int(remaining * 1000)))
             if not batch:
                 # Nothing at all yet: the interval starts with the first entry.
                 return batch
@@ -338,7 +299,7 @@ class Collector:
                     return 0
                 self._sleep(delay)
                 delay = min(delay * 2, self.config.retry_max)
-        self.redis.xack(EVENT_STREAM, self.group, *(entry_id for entry_id, _ in batch.entries))
+        self.ack(batch.entries)
         self.stats.batches += 1
         self.stats.stored += new
         self.stats.duplicates += len(batch.events) - new
@@ -427,7 +388,7 @@ class Collector:
         write mostly waits on the database, so the two overlap. At most one batch is read
         ahead; if the collector stops with it unwritten, it stays pending and is claimed.
         """
-        stop = stop or threading.Event()
+        stop = stop or self.stopping
         done = threading.Event()
         ready: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=1)
         # One element per batch the reader holds or has queued (list ops are atomic under the GIL).
@@ -479,20 +440,5 @@ class Collector:
         finally:
             done.set()
             reader.join(timeout=self.config.flush_interval + 5)
-        self._leave()
+        self.leave()
         return self.stats
-
-    def _leave(self) -> None:
-        """Remove this consumer from the group if it holds nothing, and prune long-idle ones."""
-        try:
-            consumers: Any = self.redis.xinfo_consumers(EVENT_STREAM, self.group)
-            for consumer in consumers:
-                name = consumer["name"]
-                name = name.decode() if isinstance(name, bytes) else name
-                idle = int(consumer.get("idle", 0))
-                if consumer["pending"] == 0 and (
-                    name == self.consumer or idle > _CONSUMER_RETENTION_MS
-                ):
-                    self.redis.xgroup_delconsumer(EVENT_STREAM, self.group, name)
-        except Exception as exc:  # tidying up must never turn a clean stop into a failure
-            log.warning("could not tidy the consumer group: %s", exc)

@@ -11,7 +11,8 @@ schema) is a JSON object::
      "properties": {"value": 19.99}}           # a JSON object of at most 16 KiB
 
 Ingestion is idempotent by ``event_id``: a ``SET NX`` in Redis (kept
-``settings.event_dedupe_ttl_seconds``) drops client retries at once, and the batch writer's
+``settings.event_dedupe_ttl_seconds``, see :mod:`postwise.streams.publish`) drops client
+retries at once, and the batch writer's
 ``ON CONFLICT DO NOTHING`` drops anything that gets past it. A batch is validated whole before
 anything is published: one bad event rejects the batch unless partial acceptance is asked for.
 Addresses given as ``email`` are resolved to contact ids and never stored in the event.
@@ -23,7 +24,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,8 @@ from postwise.contacts.normalize import email_domain, normalize_email
 from postwise.db.models import Contact
 from postwise.db.models import Message as LedgerRow
 from postwise.errors import ValidationError
-from postwise.events import EMAIL_EVENT_TYPES, EVENT_STREAM, EventEnvelope, encode_event
+from postwise.events import EMAIL_EVENT_TYPES, EventEnvelope
+from postwise.streams.publish import DEDUPE_PREFIX, EVENT_ID_RE, EVENT_TYPE_RE, publish
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -62,8 +64,6 @@ MAX_PROPERTIES_BYTES = 16 * 1024
 FUTURE_TOLERANCE = timedelta(minutes=5)
 #: Older than this is a wrong year or a unit mistake, not a backfill.
 MAX_AGE = timedelta(days=3653)
-#: Redis key prefix of the idempotency markers.
-DEDUPE_PREFIX = "postwise:evid:"
 
 _FIELDS = (
     "event_id",
@@ -79,8 +79,6 @@ _FIELDS = (
     "provider",
     "properties",
 )
-_ID_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,100}$")
-_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
 _TOKEN_RE = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
 _MAX_INT = 2**31 - 1  # ids are 32-bit integers in the database
 
@@ -232,13 +230,13 @@ def validate_event(raw: Any, *, now: datetime | None = None) -> tuple[EventEnvel
     event_id = raw.get("event_id")
     if event_id is None:
         raise ValidationError("is required: the client's unique id of the event", field="event_id")
-    if not isinstance(event_id, str) or not _ID_RE.match(event_id):
+    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
         raise ValidationError(
             "must be 1 to 100 characters without whitespace or control characters",
             field="event_id",
         )
     event_type = raw.get("type")
-    if not isinstance(event_type, str) or not _TYPE_RE.match(event_type):
+    if not isinstance(event_type, str) or not EVENT_TYPE_RE.match(event_type):
         raise ValidationError(
             "must be 1 to 100 letters, digits or _ . : - (e.g. 'purchase')", field="type"
         )
@@ -333,80 +331,6 @@ def _resolve(
             )
         resolved[index] = envelope
     return resolved
-
-
-# One round trip per batch on a real Redis: for each event, SET NX EX its idempotency marker
-# and, when the marker is new, XADD it with MAXLEN ~. KEYS: the stream, then one marker per
-# event; ARGV: ttl, maxlen, then one payload per event. Atomic, so no marker without its entry.
-_PUBLISH_SCRIPT = """
-local flags = {}
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i + 1])
-    flags[i - 1] = 1
-  else
-    flags[i - 1] = 0
-  end
-end
-return flags
-"""
-
-
-def publish(runtime: Runtime, events: Sequence[EventEnvelope]) -> list[bool]:
-    """Publish validated events; returns, per event, whether it was new (not a duplicate).
-
-    Per event: ``SET NX EX`` of its idempotency marker, and ``XADD MAXLEN ~`` when the marker
-    was new. On Redis this is one script call per batch (one round trip, atomic); on the
-    in-process stand-in, which has no scripting, two pipelines: the markers, then the new
-    events in one ``MULTI``; if the second fails, the markers are removed so a retry
-    publishes the events instead of calling them duplicates.
-    """
-    if not events:
-        return []
-    redis = runtime.redis
-    ttl = runtime.settings.event_dedupe_ttl_seconds
-    maxlen = runtime.settings.event_stream_maxlen
-    if not runtime.settings.redis_url.startswith("fakeredis://"):
-        keys = [EVENT_STREAM, *(DEDUPE_PREFIX + event.event_id for event in events)]
-        payloads = [encode_event(event)[b"e"] for event in events]
-        flags: Any = redis.eval(_PUBLISH_SCRIPT, len(keys), *keys, ttl, maxlen, *payloads)
-        fresh = [bool(flag) for flag in flags]
-        _notify(runtime, [e for e, ok in zip(events, fresh, strict=True) if ok])
-        return fresh
-    pipe = redis.pipeline(transaction=False)
-    for event in events:
-        pipe.execute_command("SET", DEDUPE_PREFIX + event.event_id, b"1", "NX", "EX", ttl)
-    fresh = [bool(ok) for ok in pipe.execute()]
-    new = [event for event, ok in zip(events, fresh, strict=True) if ok]
-    if not new:
-        return fresh
-    pipe = redis.pipeline(transaction=True)
-    for event in new:
-        pipe.execute_command(
-            "XADD", EVENT_STREAM, "MAXLEN", "~", maxlen, "*", "e", encode_event(event)[b"e"]
-        )
-    try:
-        pipe.execute()
-    except Exception:
-        try:
-            redis.delete(*(DEDUPE_PREFIX + event.event_id for event in new))
-        except Exception:  # the original error is what the caller must see
-            log.warning("could not remove idempotency markers after a failed publish")
-        raise
-    _notify(runtime, new)
-    return fresh
-
-
-def _notify(runtime: Runtime, events: Iterable[EventEnvelope]) -> None:
-    hook = runtime.plugins.hook.postwise_event_tracked
-    if not hook.get_hookimpls():
-        return
-    for event in events:
-        try:
-            hook(event=event.to_dict())
-        except Exception:
-            # The event is already on the stream; a failing observer must not undo that.
-            log.exception("a postwise_event_tracked hook failed for event %s", event.event_id)
 
 
 def ingest(

@@ -29,11 +29,9 @@ from __future__ import annotations
 import email.policy
 import hashlib
 import logging
-import os
-import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.parser import BytesParser
@@ -65,7 +63,9 @@ from postwise.contacts.normalize import email_domain, email_hash, normalize_emai
 from postwise.db.models import Contact, ContactStatus, utcnow
 from postwise.db.models import Message as LedgerRow
 from postwise.errors import PostwiseError, ValidationError
-from postwise.events import EVENT_STREAM, EventEnvelope, decode_event, encode_event
+from postwise.events import EventEnvelope
+from postwise.streams.consumer import Entry, StreamConsumer
+from postwise.streams.publish import publish
 
 if TYPE_CHECKING:
     import redis
@@ -346,8 +346,7 @@ def apply_classification(
         metric = _REPUTATION_METRIC.get(kind)
         if metric is not None:
             paused = reputation.record(
-                redis_client,
-                settings,
+                runtime,
                 metric,
                 provider=provider,
                 sending_domain=sending_domain,
@@ -408,12 +407,7 @@ def _emit(
             "source": source,
         },
     )
-    runtime.redis.xadd(
-        EVENT_STREAM,
-        encode_event(event),  # type: ignore[arg-type]
-        maxlen=runtime.settings.event_stream_maxlen,
-        approximate=True,
-    )
+    publish(runtime, [event])
 
 
 def record_provider_feedback(
@@ -551,7 +545,7 @@ def classification_from_event(event: EventEnvelope) -> BounceClassification:
     )
 
 
-class ComplianceConsumer:
+class ComplianceConsumer(StreamConsumer):
     """Reads ``postwise:events`` in the consumer group ``compliance``.
 
     ``bounce`` and ``complaint`` events are acted on (unless already handled when they were
@@ -568,73 +562,30 @@ class ComplianceConsumer:
         batch_size: int = 500,
         claim_idle_ms: int = 60_000,
     ) -> None:
+        super().__init__(
+            runtime.redis,
+            group=CONSUMER_GROUP,
+            consumer=name,
+            batch_size=batch_size,
+            claim_idle_ms=claim_idle_ms,
+        )
         self.runtime = runtime
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.batch_size = batch_size
-        self.claim_idle_ms = claim_idle_ms
-        self._group_ready = False
 
-    def ensure_group(self) -> None:
-        """Create the consumer group (reading from the start of the stream) if missing."""
-        if self._group_ready:
-            return
-        import redis as redis_module
-
-        try:
-            self.runtime.redis.xgroup_create(EVENT_STREAM, CONSUMER_GROUP, id="0", mkstream=True)
-        except redis_module.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
+    @property
+    def name(self) -> str:
+        """This consumer's name in the group."""
+        return self.consumer
 
     def run_once(self, *, block_ms: int | None = None) -> int:
         """Process one batch (reclaimed entries first); returns how many entries were handled."""
-        self.ensure_group()
-        redis_client = self.runtime.redis
-        entries = self._claim()
-        if not entries:
-            response: Any = redis_client.xreadgroup(
-                CONSUMER_GROUP,
-                self.name,
-                {EVENT_STREAM: ">"},
-                count=self.batch_size,
-                block=block_ms,
-            )
-            for _stream, items in response or []:
-                entries.extend(items)
-        if not entries:
-            return 0
-        self.handle(entries)
-        redis_client.xack(EVENT_STREAM, CONSUMER_GROUP, *[entry_id for entry_id, _ in entries])
-        return len(entries)
+        return self.step(block_ms)
 
-    def _claim(self) -> list[tuple[Any, Any]]:
-        result = self.runtime.redis.xautoclaim(
-            EVENT_STREAM,
-            CONSUMER_GROUP,
-            self.name,
-            min_idle_time=self.claim_idle_ms,
-            start_id="0-0",
-            count=self.batch_size,
-        )
-        claimed = result[1] if result else []
-        return [(entry_id, fields) for entry_id, fields in claimed if fields]
-
-    def run(self, *, stop: Callable[[], bool], block_ms: int = 1000) -> int:
-        """Process until ``stop()`` is true; returns the number of entries handled."""
-        total = 0
-        while not stop():
-            total += self.run_once(block_ms=block_ms)
-        return total
-
-    def handle(self, entries: list[tuple[Any, Any]]) -> None:
-        """Process decoded stream entries: volume counters in one go, reports one by one."""
-        events: list[EventEnvelope] = []
-        for entry_id, fields in entries:
-            try:
-                events.append(decode_event(fields))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("skipping unreadable stream entry %r: %s", entry_id, exc)
+    def handle(self, entries: Sequence[Entry]) -> None:
+        """Process stream entries: volume counters in one go, reports one by one."""
+        decoded, bad = self.decode(entries)
+        for entry_id, _fields in bad:
+            log.warning("skipping unreadable stream entry %r", entry_id)
+        events = [event for _entry_id, event in decoded]
         volume = [e for e in events if e.type in ("sent", "delivered")]
         if volume:
             self._count_volume(volume)
@@ -693,8 +644,7 @@ class ComplianceConsumer:
             grouped[key] = grouped.get(key, 0) + 1
         for (metric, provider, sending_domain, recipient_domain, at), count in grouped.items():
             reputation.record(
-                self.runtime.redis,
-                settings,
+                self.runtime,
                 metric,
                 provider=provider,
                 sending_domain=sending_domain,

@@ -34,11 +34,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from postwise.errors import NotFoundError, ValidationError
-from postwise.events import EVENT_STREAM, EventEnvelope, encode_event
+from postwise.events import EventEnvelope
 from postwise.settings import Settings
+from postwise.streams.publish import publish
 
 if TYPE_CHECKING:
     import redis
+
+    from postwise.runtime import Runtime
 
 __all__ = [
     "PAUSED_KEY",
@@ -135,8 +138,7 @@ def _streams(
 
 
 def record(
-    redis_client: redis.Redis,
-    settings: Settings,
+    runtime: Runtime,
     metric: Metric | str,
     *,
     provider: str | None = None,
@@ -149,6 +151,7 @@ def record(
     given; returns the streams that became paused as a result (bad metrics are evaluated at
     once, over the window ending now)."""
     metric = Metric(metric)
+    redis_client, settings = runtime.redis, runtime.settings
     now = time.time()
     # Counted in the hour it happened (a consumer catching up must not pile a backlog into
     # the current hour); what is older than the window no longer matters.
@@ -169,7 +172,7 @@ def record(
     pipe.execute()
     if metric not in _BAD:
         return []
-    return [s for s in streams if evaluate(redis_client, settings, s, now=now)]
+    return [s for s in streams if evaluate(runtime, s, now=now)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,11 +253,10 @@ def _assess(
     return ("pause" if "pause" in levels else "warn" if levels else "ok"), crossed
 
 
-def evaluate(
-    redis_client: redis.Redis, settings: Settings, stream: str, *, now: float | None = None
-) -> bool:
+def evaluate(runtime: Runtime, stream: str, *, now: float | None = None) -> bool:
     """Check ``stream``'s rates; pause it and alert if a pause threshold is crossed, alert once
     per window on a warning. Returns whether this call paused the stream."""
+    redis_client, settings = runtime.redis, runtime.settings
     now = time.time() if now is None else now
     counts = _window_counts(redis_client, settings, stream, now)
     _level, crossed = _assess(settings, counts)
@@ -276,8 +278,7 @@ def evaluate(
             ):
                 paused_now = True
                 _alert(
-                    redis_client,
-                    settings,
+                    runtime,
                     stream,
                     level="pause",
                     reason=reason,
@@ -294,8 +295,7 @@ def evaluate(
             if warned:
                 reason = f"{metric} rate {rate:.2%} reached the warning threshold {limit:.2%}"
                 _alert(
-                    redis_client,
-                    settings,
+                    runtime,
                     stream,
                     level="warn",
                     reason=reason,
@@ -324,8 +324,7 @@ def _set_paused(
 
 
 def _alert(
-    redis_client: redis.Redis,
-    settings: Settings,
+    runtime: Runtime,
     stream: str,
     *,
     level: str,
@@ -349,12 +348,7 @@ def _alert(
             **details,
         },
     )
-    redis_client.xadd(
-        EVENT_STREAM,
-        encode_event(event),  # type: ignore[arg-type]
-        maxlen=settings.event_stream_maxlen,
-        approximate=True,
-    )
+    publish(runtime, [event])
 
 
 def pause(redis_client: redis.Redis, stream: str, *, reason: str, actor: str = "operator") -> bool:

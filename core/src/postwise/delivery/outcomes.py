@@ -3,9 +3,9 @@
 A :class:`Settlement` collects the outcome of every message of one attempt and commits them in
 an order that survives a crash at any point:
 
-1. events go on the stream first (pipelined ``XADD``, ``MAXLEN ~``), with deterministic ids
-   (``sent:<message id>``...), so writing them twice after a crash is harmless: consumers are
-   idempotent by event id;
+1. events go on the stream first (:func:`postwise.streams.publish`, one atomic call), with
+   deterministic ids (``sent:<message id>``...), so writing them twice after a crash is
+   harmless: consumers are idempotent by event id;
 2. the ledger rows are updated in one transaction, each only while the attempt's claim holds;
 3. retries and deferrals are enqueued for their time. Rows going back to waiting carry a due-by
    time, so a crash before this step leaves them to the sweeper rather than losing them.
@@ -50,7 +50,8 @@ from postwise.delivery.retry import (
     is_exhausted,
     retry_seconds,
 )
-from postwise.events import EVENT_STREAM, EventEnvelope, encode_event
+from postwise.events import EventEnvelope
+from postwise.streams.publish import publish
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -250,11 +251,8 @@ class Settlement:
     def commit(self) -> Counter[str]:
         """Write events, then the ledger, then enqueue what must run again; returns counts."""
         if self.events:
-            maxlen = self.settings.event_stream_maxlen
-            pipe = self.runtime.redis.pipeline(transaction=False)
-            for event in self.events:
-                pipe.xadd(EVENT_STREAM, encode_event(event), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.execute()
+            # Ids are deterministic and every consumer is idempotent by id: no markers needed.
+            publish(self.runtime, self.events, dedupe=False)
         if self.updates:
             with self.runtime.engine.begin() as connection:
                 apply_updates(connection, self.token, self.updates, now=self.now)

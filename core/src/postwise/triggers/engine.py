@@ -28,8 +28,6 @@ failures are not isolated: the batch stays unacknowledged and is retried.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +42,7 @@ from sqlalchemy.exc import DBAPIError
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
 from postwise.events import EVENT_STREAM, decode_event
+from postwise.streams.consumer import Entry, StreamConsumer, default_consumer_name
 from postwise.triggers.builtin import contact_zone
 from postwise.triggers.compiled import (
     CompiledTrigger,
@@ -91,12 +90,6 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 Submitter = Callable[["Runtime", SendRequest], SubmitResult]
-Entry = tuple[bytes | str, Any]
-
-
-def default_consumer_name() -> str:
-    """``<host>-<pid>``: unique per process, recognisable in XINFO CONSUMERS."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def dedupe_key(trigger_id: int, event_id: str) -> str:
@@ -159,8 +152,11 @@ class _Candidate:
     claim: Claim
 
 
-class TriggerEngine:
+class TriggerEngine(StreamConsumer):
     """One consumer of the ``triggers`` group. Run one per process; add processes to scale."""
+
+    #: A new group starts at new events (``"0"`` would replay the whole stream).
+    start_id = "$"
 
     def __init__(
         self,
@@ -181,16 +177,18 @@ class TriggerEngine:
         clock: Callable[[], datetime] | None = None,
         recent: StreamTail | None = None,
     ) -> None:
+        super().__init__(
+            runtime.redis,
+            group=group,
+            consumer=consumer,
+            stream=stream,
+            batch_size=batch_size,
+            claim_idle_ms=claim_idle_ms,
+        )
         self.runtime = runtime
-        self.redis: redis.Redis = runtime.redis
-        self.consumer = consumer or default_consumer_name()
-        self.group = group
-        self.stream = stream
         self.keys = keys or TriggerKeys()
-        self.batch_size = batch_size
         self.block_ms = block_ms
         self.linger_ms = linger_ms
-        self.claim_idle_ms = claim_idle_ms
         self.due_lease_ms = due_lease_ms
         self.submit: Submitter = submit or _submit_send
         self.send_workers = send_workers
@@ -208,21 +206,9 @@ class TriggerEngine:
         self._checked_at = 0.0
         self._claimed_at = 0.0
         self._due_at = 0.0
-        self._claim_cursor: bytes | str = "0-0"
         self._own_pending = True
 
     # -- set-up ---------------------------------------------------------------------------------
-
-    def ensure_group(self, start_id: str = "$") -> None:
-        """Create the consumer group (and the stream) unless it exists.
-
-        ``start_id="$"`` starts a new group at new events; ``"0"`` would replay the whole stream.
-        """
-        try:
-            self.redis.xgroup_create(self.stream, self.group, id=start_id, mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def reload(self) -> TriggerSet:
         """Load and compile the triggers now."""
@@ -262,37 +248,32 @@ class TriggerEngine:
         *,
         stop: threading.Event | None = None,
         idle_exit: float | None = None,
-    ) -> None:
-        """Consume until ``stop`` is set (or, with ``idle_exit``, after that many idle seconds)."""
-        stop = stop or threading.Event()
+    ) -> int:
+        """Consume until ``stop`` is set (or, with ``idle_exit``, after that many idle seconds).
+
+        Database and Redis outages leave the batch pending; it is retried with backoff.
+        """
         self.ensure_group()
         self.reload()
-        idle_since = time.monotonic()
-        failures = 0
-        while not stop.is_set():
-            try:
-                handled = self.step()
-                failures = 0
-            except INFRASTRUCTURE_ERRORS as exc:
-                failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
-                log.warning("trigger engine: %s; retrying in %.1f s", exc, delay)
-                self._own_pending = True
-                stop.wait(delay)
-                continue
-            if handled:
-                idle_since = time.monotonic()
-            elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
-                break
-        self.close()
+        try:
+            return self.consume(stop=stop, idle_exit=idle_exit, block_ms=self.block_ms)
+        finally:
+            self.close()
 
-    def step(self) -> int:
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        return INFRASTRUCTURE_ERRORS
+
+    def after_failure(self) -> None:
+        # The failed batch is this consumer's own pending entries now: read them first.
+        self._own_pending = True
+
+    def step(self, block_ms: int | None = None) -> int:
         """One iteration: reclaim, read one batch, handle due sends. Returns entries handled."""
         self._maybe_reload()
         handled = 0
         if self._own_pending:
             # Entries this consumer read but never acknowledged (it crashed, or a batch failed).
-            entries = self._read("0", block=None)
+            entries = self.read_own_pending()
             if entries:
                 self.process(entries, redelivered=True)
                 handled += len(entries)
@@ -303,49 +284,23 @@ class TriggerEngine:
         if time.monotonic() - self._due_at > 0.25:
             self._due_at = time.monotonic()
             handled += self.process_due()
-        block = None if handled else self.block_ms
-        entries = self._read(">", block=block)
+        block = None if handled else (self.block_ms if block_ms is None else block_ms)
+        entries = self.read_new(block_ms=block)
         if entries and len(entries) < self.batch_size and self.linger_ms:
             # A trickle: wait a moment for more, so that per-batch work (a query, two Redis
             # transactions) is shared by several events instead of paid for each.
             time.sleep(self.linger_ms / 1000)
-            entries += self._read(">", block=None, count=self.batch_size - len(entries))
+            entries += self.read_new(count=self.batch_size - len(entries))
         if entries:
             self._check_version()
             self.process(entries, redelivered=False)
             handled += len(entries)
         return handled
 
-    def _read(self, start: str, *, block: int | None, count: int | None = None) -> list[Entry]:
-        reply: Any = self.redis.xreadgroup(
-            self.group,
-            self.consumer,
-            {self.stream: start},
-            count=count or self.batch_size,
-            block=block,
-        )
-        if not reply:
-            return []
-        entries: list[Entry] = reply[0][1]
-        return entries
-
     def _autoclaim(self) -> int:
         self._claimed_at = time.monotonic()
-        reply: Any = self.redis.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=self.batch_size,
-        )
-        cursor, entries, *rest = reply
-        self._claim_cursor = cursor
-        deleted = rest[0] if rest else []
-        if deleted:
-            self.redis.xack(self.stream, self.group, *deleted)
+        entries = self.claim_stale()
         if entries:
-            log.info("reclaimed %d idle entries from dead or stuck consumers", len(entries))
             self.process(entries, redelivered=True)
         return len(entries)
 
@@ -383,8 +338,7 @@ class TriggerEngine:
         stats.add_engine("entries", len(entries))
         pipe = self.redis.pipeline(transaction=True)
         stats.write(pipe)
-        if entries:
-            pipe.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        self.ack(entries, pipe)
         pipe.execute()
         return report
 
