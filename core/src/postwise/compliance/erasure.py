@@ -42,6 +42,7 @@ from postwise.db.models import (
     Contact,
     ContactTag,
     CrmLink,
+    JourneyRun,
     MessageStatus,
     Segment,
     SegmentMember,
@@ -141,6 +142,8 @@ def _erase_rows(session: Session, contact: Contact) -> dict[str, int]:
         ("segment_memberships", SegmentMember, SegmentMember.contact_id),
         ("crm_links", CrmLink, CrmLink.contact_id),
         ("consent_records", ConsentRow, ConsentRow.contact_id),
+        # Inside a journey: removed at once, so nothing more is sent or called for them.
+        ("journey_runs", JourneyRun, JourneyRun.contact_id),
     ):
         result = session.execute(sa.delete(model).where(col(column) == cid))
         counts[name] = int(getattr(result, "rowcount", 0) or 0)

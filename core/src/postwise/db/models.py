@@ -30,6 +30,9 @@ __all__ = [
     "CrmSyncState",
     "Event",
     "Experiment",
+    "Journey",
+    "JourneyRun",
+    "JourneyVersion",
     "Message",
     "MessageStatus",
     "Segment",
@@ -476,3 +479,66 @@ class Installation(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     uid: str = Field(max_length=32)
     created_at: datetime = _ts()
+
+
+class Journey(SQLModel, table=True):
+    """A flow: a graph of steps contacts go through (see postwise.journeys)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    active: bool = Field(default=True)
+    #: The version new entrants get (the latest saved).
+    version: int = Field(default=1)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class JourneyVersion(SQLModel, table=True):
+    """One saved definition of a journey; runs stay on the version they entered."""
+
+    __tablename__ = "journey_version"
+    __table_args__ = (sa.UniqueConstraint("journey_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    journey_id: int = Field(foreign_key="journey.id")
+    version: int
+    definition: dict[str, Any] = _json({})
+    created_at: datetime = _ts()
+
+
+class JourneyRun(SQLModel, table=True):
+    """One contact's pass through a journey: its durable position.
+
+    ``seq`` counts the steps taken; every advance writes ``WHERE seq = <seq read>`` so two
+    workers never both move a run, and side effects are keyed by ``(id, seq)`` so a replay
+    after a crash repeats none of them.
+    """
+
+    __tablename__ = "journey_run"
+    __table_args__ = (
+        sa.Index("ix_journey_run_contact_status", "contact_id", "status"),
+        sa.Index("ix_journey_run_journey_status_step", "journey_id", "status", "step"),
+        sa.Index("ix_journey_run_journey_contact", "journey_id", "contact_id", "entered_at"),
+        # What started the run (the entry event's id): an event read twice enters once.
+        sa.UniqueConstraint("journey_id", "entry_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    journey_id: int = Field(foreign_key="journey.id")
+    version: int
+    contact_id: int
+    entry_key: str = Field(max_length=200)
+    step: str = Field(max_length=100)
+    seq: int = Field(default=0)
+    #: active (at a step, or waiting) or done.
+    status: str = Field(default="active", max_length=20)
+    #: The event type a wait step waits for (None when not waiting for an event).
+    waiting_for: str | None = Field(default=None, max_length=100)
+    due_at: datetime | None = _ts_nullable()
+    exit_reason: str | None = Field(default=None, max_length=50)
+    #: The entry event (id, type, occurred_at, properties): conditions are judged against it.
+    event: dict[str, Any] = _json({})
+    #: Per-run state: split choices, webhook attempts, the last send's message id.
+    state: dict[str, Any] = _json({})
+    entered_at: datetime = _ts()
+    updated_at: datetime = _ts()

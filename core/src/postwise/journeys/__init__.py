@@ -1,0 +1,1 @@
+"""Journeys: multi-step flows with waits, branches, splits and goals (see docs/journeys.md)."""

@@ -1,0 +1,1144 @@
+"""The journey executor: moves contacts through flows, durably.
+
+Where a contact is in a journey is a row of ``journey_run`` (the database is the truth); the
+Redis sorted set ``postwise:journeys:due`` indexes the runs that must be looked at at a given
+time (a wait ending, a send held by quiet hours or deferred by the frequency cap, a webhook's
+retry). Nothing else is held per contact, in memory or in Redis: memory follows the steps in
+flight, not the number of contacts.
+
+Two inputs move runs:
+
+* **events**, read from ``postwise:events`` as the consumer group ``journeys``: an event may
+  enter contacts into journeys (``entry``), convert them (``goal``), make them leave
+  (``exit_on``) or end a wait for that event;
+* **due runs**, claimed from the due index with a lease (a worker that dies leaves them to come
+  due again).
+
+A run is advanced from its step until it waits or ends. Every step taken increments the run's
+``seq``; the new position is written ``WHERE seq = <seq read>``, so two workers can never both
+move a run, and a worker killed at any point leaves the run where its last commit put it. Side
+effects are keyed by the run's identity and position — a send's dedupe key is
+``journey:<journey>:<entry event>:<seq>:<step>:<attempt>`` (delivery turns it into the message
+id), a webhook carries it as ``Idempotency-Key`` — so the replay after a crash repeats none of
+them: nothing is sent twice. Contact updates are written in the same transaction as the position.
+
+Decisions are taken with the database session closed while side effects run (sends commit their
+own ledger rows), in rounds: evaluate every run up to its next side effect or wait; perform the
+side effects (sends on a small thread pool); evaluate again; then write every position in one
+transaction, then the due index, then the counters and the stream acknowledgement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import redis
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, col, select
+
+from postwise.db.models import (
+    Contact,
+    ContactTag,
+    Journey,
+    JourneyRun,
+    JourneyVersion,
+    Message,
+    as_utc,
+    utcnow,
+)
+from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
+from postwise.errors import PostwiseError
+from postwise.events import EVENT_STREAM, decode_event
+from postwise.journeys.definition import (
+    BranchStep,
+    CompiledJourney,
+    ExitStep,
+    SendStep,
+    SplitStep,
+    UpdateContactStep,
+    WaitStep,
+    WebhookStep,
+    compile_journey,
+    parse_journey,
+)
+from postwise.journeys.store import JourneyKeys
+from postwise.triggers.builtin import contact_zone
+from postwise.triggers.conditions import TriggerEvent
+from postwise.triggers.context import BatchContext, ScoreFunction, engagement_decay
+from postwise.triggers.definitions import AllOf, ConditionFailed
+from postwise.triggers.engine import to_trigger_event
+from postwise.triggers.recent import StreamTail
+
+if TYPE_CHECKING:
+    from postwise.runtime import Runtime
+
+__all__ = [
+    "CONSUMER_GROUP",
+    "JourneyEngine",
+    "JourneySet",
+    "StepReport",
+    "load_journey_set",
+    "run_event",
+    "send_dedupe_key",
+]
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "journeys"
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    DBAPIError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+#: A send the frequency cap refused is tried again this much later, at most this many times.
+CAP_RETRY_SECONDS = 3600
+CAP_MAX_DEFERRALS = 72
+#: Webhook retries back off from this many seconds, doubling.
+WEBHOOK_BACKOFF_SECONDS = 30
+#: A run never takes more steps than this in one advance (the save-time cycle check makes
+#: this unreachable; it is the guard against a definition stored by other means).
+MAX_STEPS_PER_ADVANCE = 100
+
+Submitter = Callable[["Runtime", SendRequest], SubmitResult]
+Entry = tuple[bytes | str, Any]
+
+
+def _submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
+    from postwise.delivery.dispatch import submit_send
+
+    result: SubmitResult = submit_send(runtime, request)
+    return result
+
+
+def send_dedupe_key(run: JourneyRun, step: str, attempt: int) -> str:
+    return f"journey:{run.journey_id}:{run.entry_key}:{run.seq}:{step}:{attempt}"
+
+
+def run_event(run: JourneyRun) -> TriggerEvent:
+    """The entry event of a run, as conditions see it."""
+    data = run.event or {}
+    occurred = data.get("occurred_at")
+    return TriggerEvent(
+        event_id=str(data.get("event_id") or run.entry_key),
+        type=str(data.get("type") or ""),
+        contact_id=run.contact_id,
+        occurred_at=datetime.fromisoformat(occurred) if occurred else as_utc(run.entered_at),
+        properties=data.get("properties") or {},
+    )
+
+
+def _event_json(event: TriggerEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at.isoformat(),
+        "properties": dict(event.properties),
+    }
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.astimezone(UTC).timestamp() * 1000)
+
+
+# -- the journeys in force -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class JourneySet:
+    """Every compiled version, the current ones by entry event type, and the event types any
+    version reacts to (goals, exits, waits)."""
+
+    versions: dict[tuple[int, int], CompiledJourney] = field(default_factory=dict)
+    by_entry: dict[str, list[CompiledJourney]] = field(default_factory=dict)
+    watched: set[str] = field(default_factory=set)
+    errors: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def get(self, journey_id: int, version: int) -> CompiledJourney | None:
+        return self.versions.get((journey_id, version))
+
+    def relevant(self, event_type: str) -> bool:
+        return event_type in self.by_entry or event_type in self.watched
+
+
+def load_journey_set(session: Session, registry: Any) -> JourneySet:
+    journeys = {j.id: j for j in session.exec(select(Journey)).all()}
+    result = JourneySet()
+    for row in session.exec(select(JourneyVersion)).all():
+        journey = journeys.get(row.journey_id)
+        if journey is None:
+            continue
+        try:
+            compiled = compile_journey(
+                parse_journey(row.definition),
+                registry,
+                journey_id=row.journey_id,
+                version=row.version,
+            )
+        except PostwiseError as exc:
+            result.errors[(row.journey_id, row.version)] = str(exc)
+            log.error("journey %r version %s cannot run: %s", journey.name, row.version, exc)
+            continue
+        compiled.active = journey.active
+        result.versions[(row.journey_id, row.version)] = compiled
+        definition = compiled.definition
+        if definition.goal is not None:
+            result.watched.add(definition.goal.event)
+        result.watched.update(match.type for match in definition.exit_on)
+        for step in definition.steps:
+            if isinstance(step, WaitStep) and step.for_event is not None:
+                result.watched.add(step.for_event.type)
+        if row.version == journey.version and journey.active:
+            result.by_entry.setdefault(definition.entry.event, []).append(compiled)
+    for entries in result.by_entry.values():
+        entries.sort(key=lambda j: (-j.definition.priority, j.id))
+    return result
+
+
+# -- one batch's work ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepReport:
+    """What one batch (of events or of due runs) did."""
+
+    events: int = 0
+    entered: int = 0
+    advanced: int = 0
+    steps: int = 0
+    sent: int = 0
+    waiting: int = 0
+    finished: int = 0
+    conflicts: int = 0
+
+
+@dataclass(slots=True)
+class _Work:
+    """A run being advanced in this batch."""
+
+    run: JourneyRun
+    journey: CompiledJourney
+    seq_read: int
+    new: bool = False
+    #: The side effect the run stopped at, to perform between rounds.
+    effect: str | None = None
+    effect_result: Any = None
+    stopped: bool = False
+    contact_updates: list[UpdateContactStep] = field(default_factory=list)
+    message_ids: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[int, str], int] = {}
+
+    def add(self, journey_id: int, name: str, amount: int = 1) -> None:
+        key = (journey_id, name)
+        self.counts[key] = self.counts.get(key, 0) + amount
+
+    def write(self, pipe: Any, keys: JourneyKeys) -> None:
+        for (journey_id, name), amount in self.counts.items():
+            if amount:
+                pipe.hincrby(keys.stats(journey_id), name, amount)
+
+
+class JourneyEngine:
+    """One journey worker: a consumer of the ``journeys`` group and a processor of due runs."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        consumer: str | None = None,
+        group: str = CONSUMER_GROUP,
+        stream: str = EVENT_STREAM,
+        keys: JourneyKeys | None = None,
+        batch_size: int = 500,
+        due_batch_size: int = 1000,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        due_lease_ms: int = 60_000,
+        submit: Submitter | None = None,
+        send_workers: int = 4,
+        http: httpx.Client | None = None,
+        clock: Callable[[], datetime] | None = None,
+        score: ScoreFunction | None = None,
+        recent: StreamTail | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.redis: redis.Redis = runtime.redis
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.group = group
+        self.stream = stream
+        self.keys = keys or JourneyKeys()
+        self.batch_size = batch_size
+        self.due_batch_size = due_batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.due_lease_ms = due_lease_ms
+        self.submit: Submitter = submit or _submit_send
+        self.send_workers = send_workers
+        self._pool: ThreadPoolExecutor | None = None
+        self.http = http
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.score = score if score is not None else engagement_decay(runtime.settings)
+        self.recent = recent if recent is not None else StreamTail(self.redis, stream=stream)
+        self.registry = runtime.plugins.registry("conditions")
+        self.journeys = JourneySet()
+        self._version: Any = None
+        self._loaded_at = 0.0
+        self._claimed_at = 0.0
+        self._claim_cursor: bytes | str = "0-0"
+        self._own_pending = True
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def ensure_group(self, start_id: str = "$") -> None:
+        try:
+            self.redis.xgroup_create(self.stream, self.group, id=start_id, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def reload(self) -> JourneySet:
+        version = self.redis.get(self.keys.version)
+        with self.runtime.session() as session:
+            self.journeys = load_journey_set(session, self.registry)
+        self._version = version
+        self._loaded_at = time.monotonic()
+        return self.journeys
+
+    def _check_version(self) -> None:
+        if (
+            time.monotonic() - self._loaded_at > 30
+            or self.redis.get(self.keys.version) != self._version
+        ):
+            self.reload()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, *, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
+        stop = stop or threading.Event()
+        self.ensure_group()
+        self.reload()
+        idle_since = time.monotonic()
+        failures = 0
+        while not stop.is_set():
+            try:
+                handled = self.step()
+                failures = 0
+            except INFRASTRUCTURE_ERRORS as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                log.warning("journey engine: %s; retrying in %.1f s", exc, delay)
+                self._own_pending = True
+                stop.wait(delay)
+                continue
+            if handled:
+                idle_since = time.monotonic()
+            elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                break
+        self.close()
+
+    def step(self) -> int:
+        """Reclaim, handle due runs, read one batch of events. Returns how much was done."""
+        handled = 0
+        if self._own_pending:
+            entries = self._read("0", block=None)
+            if entries:
+                self._check_version()
+                self.process(entries)
+                handled += len(entries)
+            else:
+                self._own_pending = False
+        if time.monotonic() - self._claimed_at > self.claim_idle_ms / 4000:
+            handled += self._autoclaim()
+        handled += self.process_due()
+        entries = self._read(">", block=None if handled else self.block_ms)
+        if entries:
+            # After the read: a journey saved before these events were published is seen.
+            self._check_version()
+            self.process(entries)
+            handled += len(entries)
+        return handled
+
+    def _read(self, start: str, *, block: int | None) -> list[Entry]:
+        reply: Any = self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=self.batch_size, block=block
+        )
+        if not reply:
+            return []
+        entries: list[Entry] = reply[0][1]
+        return entries
+
+    def _autoclaim(self) -> int:
+        self._claimed_at = time.monotonic()
+        reply: Any = self.redis.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self.batch_size,
+        )
+        cursor, entries, *rest = reply
+        self._claim_cursor = cursor
+        if rest and rest[0]:
+            self.redis.xack(self.stream, self.group, *rest[0])
+        if entries:
+            self.process(entries)
+        return len(entries)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def process(self, entries: Sequence[Entry]) -> StepReport:
+        """Handle a batch of stream entries and acknowledge them."""
+        report = StepReport()
+        stats = _Stats()
+        events: list[TriggerEvent] = []
+        for entry_id, fields in entries:
+            if not fields:
+                continue
+            try:
+                event = to_trigger_event(decode_event(fields))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping an undecodable stream entry %r: %s", entry_id, exc)
+                continue
+            if event is not None and self.journeys.relevant(event.type):
+                events.append(event)
+        report.events = len(events)
+        works: list[_Work] = []
+        if events:
+            works = self._on_events(events, stats, report)
+            self._advance_all(works, stats, report)
+            self._save(works, stats, report)
+        pipe = self.redis.pipeline(transaction=True)
+        stats.write(pipe, self.keys)
+        if entries:
+            pipe.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        pipe.execute()
+        return report
+
+    def _on_events(
+        self, events: list[TriggerEvent], stats: _Stats, report: StepReport
+    ) -> list[_Work]:
+        now = self.clock()
+        contact_ids = sorted({e.contact_id for e in events})
+        watched = [e for e in events if e.type in self.journeys.watched]
+        entering = [e for e in events if e.type in self.journeys.by_entry]
+        # Keyed by the run object: new runs have no id before they are written.
+        works: dict[int, _Work] = {}
+        with self.runtime.session() as session:
+            context = BatchContext(session, events, now=now, score=self.score, recent=self.recent)
+            runs: dict[int, list[JourneyRun]] = {}
+            if watched or entering:
+                query = select(JourneyRun).where(
+                    col(JourneyRun.contact_id).in_(contact_ids), JourneyRun.status == "active"
+                )
+                for run in session.exec(query).all():
+                    session.expunge(run)
+                    runs.setdefault(run.contact_id, []).append(run)
+            history = self._entry_history(session, entering) if entering else {}
+            for event in events:
+                contact = context.contacts.get(event.contact_id)
+                for run in runs.get(event.contact_id, []):
+                    if run.status != "active":
+                        continue
+                    journey = self.journeys.get(run.journey_id, run.version)
+                    if journey is None:
+                        continue
+                    work = works.get(id(run))
+                    if work is None:
+                        work = _Work(run, journey, run.seq)
+                    if self._react(work, event, context, stats):
+                        works[id(run)] = work
+                if contact is None:
+                    continue
+                for journey in self.journeys.by_entry.get(event.type, []):
+                    work = self._enter(
+                        journey, event, context, history=history, runs=runs, stats=stats, now=now
+                    )
+                    if work is not None:
+                        works[id(work.run)] = work
+                        runs.setdefault(event.contact_id, []).append(work.run)
+                        report.entered += 1
+        return list(works.values())
+
+    def _entry_history(
+        self, session: Session, events: list[TriggerEvent]
+    ) -> dict[tuple[int, int], tuple[datetime | None, set[str]]]:
+        """Per (journey, contact): when the contact last entered, and the entry keys used."""
+        journey_ids = sorted({j.id for e in events for j in self.journeys.by_entry[e.type]})
+        contact_ids = sorted({e.contact_id for e in events})
+        rows = session.execute(
+            sa.select(
+                col(JourneyRun.journey_id),
+                col(JourneyRun.contact_id),
+                col(JourneyRun.entered_at),
+                col(JourneyRun.entry_key),
+            ).where(
+                col(JourneyRun.journey_id).in_(journey_ids),
+                col(JourneyRun.contact_id).in_(contact_ids),
+            )
+        )
+        found: dict[tuple[int, int], tuple[datetime | None, set[str]]] = {}
+        for journey_id, contact_id, entered_at, entry_key in rows:
+            last, keys = found.get((journey_id, contact_id), (None, set()))
+            entered = as_utc(entered_at)
+            keys.add(entry_key)
+            found[(journey_id, contact_id)] = (
+                entered if last is None or entered > last else last,
+                keys,
+            )
+        return found
+
+    def _enter(
+        self,
+        journey: CompiledJourney,
+        event: TriggerEvent,
+        context: BatchContext,
+        *,
+        history: dict[tuple[int, int], tuple[datetime | None, set[str]]],
+        runs: dict[int, list[JourneyRun]],
+        stats: _Stats,
+        now: datetime,
+    ) -> _Work | None:
+        if not self._holds(journey, journey.entry_conditions, event, context, stats):
+            return None
+        last, keys = history.get((journey.id, event.contact_id), (None, set()))
+        if event.event_id in keys:
+            return None  # this event already entered it (a re-read after a crash)
+        inside = any(
+            r.journey_id == journey.id and r.status == "active"
+            for r in runs.get(event.contact_id, [])
+        )
+        if inside:
+            stats.add(journey.id, "entry:already_inside")
+            return None
+        every = journey.definition.reentry_seconds
+        if last is not None:
+            if every is None:
+                stats.add(journey.id, "entry:once")
+                return None
+            if every and now - last < timedelta(seconds=every):
+                stats.add(journey.id, "entry:too_soon")
+                return None
+        history[(journey.id, event.contact_id)] = (now, {*keys, event.event_id})
+        start = journey.definition.start_step
+        run = JourneyRun(
+            journey_id=journey.id,
+            version=journey.version,
+            contact_id=event.contact_id,
+            entry_key=event.event_id,
+            step=start,
+            seq=0,
+            status="active",
+            event=_event_json(event),
+            state={},
+            entered_at=now,
+            updated_at=now,
+        )
+        stats.add(journey.id, "journey:entered")
+        stats.add(journey.id, f"{start}:entered")
+        return _Work(run, journey, 0, new=True)
+
+    def _react(
+        self, work: _Work, event: TriggerEvent, context: BatchContext, stats: _Stats
+    ) -> bool:
+        """An event for a contact inside: goal, exit, or the end of a wait. True if it moved."""
+        run, journey = work.run, work.journey
+        if event.occurred_at < as_utc(run.entered_at) - timedelta(seconds=1):
+            return False  # happened before the contact entered
+        goal = journey.definition.goal
+        if (
+            goal is not None
+            and event.type == goal.event
+            and journey.goal_conditions is not None
+            and self._holds(journey, journey.goal_conditions, event, context, stats)
+        ):
+            self._finish(work, "converted", stats)
+            stats.add(journey.id, "goal:converted")
+            stats.add(journey.id, f"{run.step}:converted")
+            return True
+        for event_type, conditions in journey.exit_conditions:
+            if event.type == event_type and self._holds(journey, conditions, event, context, stats):
+                self._finish(work, f"exit_on:{event_type}"[:50], stats)
+                return True
+        step = journey.steps.get(run.step)
+        if (
+            isinstance(step, WaitStep)
+            and step.for_event is not None
+            and run.waiting_for == event.type
+            and self._holds(journey, journey.wait_conditions[step.id], event, context, stats)
+        ):
+            stats.add(journey.id, f"{step.id}:event_arrived")
+            self._move(work, step.next, stats)
+            return True
+        return False
+
+    def _holds(
+        self,
+        journey: CompiledJourney,
+        conditions: AllOf,
+        event: TriggerEvent,
+        context: BatchContext,
+        stats: _Stats,
+    ) -> bool:
+        try:
+            return conditions.evaluate(event, context.for_event(event))
+        except ConditionFailed as failed:
+            if isinstance(failed.error, INFRASTRUCTURE_ERRORS):
+                raise failed.error from failed
+            log.error(
+                "condition %r of plugin %r raised in journey %r: %s: %s",
+                failed.leaf.condition.name,
+                failed.leaf.plugin,
+                journey.name,
+                type(failed.error).__name__,
+                failed.error,
+            )
+            stats.add(journey.id, "errors")
+            return False
+
+    # -- due runs -------------------------------------------------------------------------------
+
+    def process_due(self, limit: int | None = None) -> int:
+        """Advance the runs whose time has come. Returns how many were claimed."""
+        now = self.clock()
+        ids = self._claim_due(now, limit or self.due_batch_size)
+        if not ids:
+            return 0
+        stats = _Stats()
+        report = StepReport()
+        works: list[_Work] = []
+        gone: list[int] = []
+        with self.runtime.session() as session:
+            rows = session.exec(select(JourneyRun).where(col(JourneyRun.id).in_(ids))).all()
+            found = {run.id for run in rows}
+            gone.extend(i for i in ids if i not in found)
+            for run in rows:
+                session.expunge(run)
+                journey = self.journeys.get(run.journey_id, run.version)
+                if run.status != "active":
+                    gone.append(run.id or 0)
+                elif journey is None:
+                    # Its version no longer compiles here (a plugin missing): try again later.
+                    stats.add(run.journey_id, "errors")
+                    run.due_at = now + timedelta(minutes=5)
+                    works.append(_Work(run, _unloadable(run), run.seq, stopped=True))
+                elif not journey.active:
+                    # Paused: contacts stay where they are; looked at again in a minute.
+                    run.due_at = max(as_utc(run.due_at) or now, now + timedelta(minutes=1))
+                    works.append(_Work(run, journey, run.seq, stopped=True))
+                else:
+                    works.append(_Work(run, journey, run.seq))
+        self._advance_all(works, stats, report, due=True)
+        self._save(works, stats, report)
+        pipe = self.redis.pipeline(transaction=True)
+        if gone:
+            pipe.zrem(self.keys.due, *gone)
+        stats.write(pipe, self.keys)
+        pipe.execute()
+        return len(ids)
+
+    def _claim_due(self, now: datetime, limit: int) -> list[int]:
+        now_ms = _ms(now)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.keys.due)
+                    members: list[Any] = list(
+                        pipe.zrangebyscore(self.keys.due, "-inf", now_ms, start=0, num=limit)
+                    )
+                    if not members:
+                        pipe.unwatch()
+                        return []
+                    pipe.multi()
+                    pipe.zadd(
+                        self.keys.due, dict.fromkeys(members, now_ms + self.due_lease_ms), xx=True
+                    )
+                    pipe.execute()
+                    return [int(m) for m in members]
+                except redis.WatchError:
+                    continue
+
+    # -- advancing ------------------------------------------------------------------------------
+
+    def _advance_all(
+        self, works: list[_Work], stats: _Stats, report: StepReport, *, due: bool = False
+    ) -> None:
+        """Advance every run until it waits or ends, performing side effects between rounds."""
+        pending = [w for w in works if not w.stopped]
+        rounds = 0
+        while pending:
+            rounds += 1
+            now = self.clock()
+            with self.runtime.session() as session:
+                events = [run_event(w.run) for w in pending]
+                context = BatchContext(
+                    session, events, now=now, score=self.score, recent=self.recent
+                )
+                for work, event in zip(pending, events, strict=True):
+                    self._walk(work, event, context, now=now, stats=stats, report=report)
+            effects = [w for w in pending if w.effect is not None]
+            if effects:
+                self._perform(effects, now)
+            pending = []
+            for work in effects:
+                self._after_effect(work, now, stats, report)
+                if not work.stopped:
+                    pending.append(work)
+            if rounds > MAX_STEPS_PER_ADVANCE:
+                for work in pending:
+                    self._finish(work, "too_many_steps", stats)
+                break
+
+    def _walk(
+        self,
+        work: _Work,
+        event: TriggerEvent,
+        context: BatchContext,
+        *,
+        now: datetime,
+        stats: _Stats,
+        report: StepReport,
+    ) -> None:
+        """Take steps until the run waits, ends or needs a side effect."""
+        run, journey = work.run, work.journey
+        contact = context.contacts.get(run.contact_id)
+        if contact is None:
+            # Erased (or deleted) while inside: it leaves at once, nothing more is done.
+            self._finish(work, "contact_erased", stats)
+            return
+        for _ in range(MAX_STEPS_PER_ADVANCE):
+            if work.stopped:
+                return
+            step = journey.steps.get(run.step)
+            if step is None:
+                self._finish(work, "step_missing", stats)
+                return
+            report.steps += 1
+            due = as_utc(run.due_at)
+            if isinstance(step, WaitStep):
+                if due is None:
+                    if step.for_event is not None:
+                        assert isinstance(step.timeout, int)
+                        run.waiting_for = step.for_event.type
+                        run.due_at = now + timedelta(seconds=step.timeout)
+                    elif step.duration is not None:
+                        assert isinstance(step.duration, int)
+                        run.due_at = now + timedelta(seconds=step.duration)
+                    else:
+                        assert step.until_local_time is not None
+                        run.due_at = _next_local_time(now, step.until_local_time, contact)
+                    stats.add(journey.id, f"{step.id}:waiting")
+                    work.stopped = True
+                    report.waiting += 1
+                    return
+                if due > now:
+                    work.stopped = True  # looked at early (a stale due entry): keep waiting
+                    return
+                if step.for_event is not None:
+                    stats.add(journey.id, f"{step.id}:timed_out")
+                    self._move(work, step.timeout_next, stats)
+                else:
+                    self._move(work, step.next, stats)
+                continue
+            if isinstance(step, SendStep):
+                if due is not None and due > now:
+                    work.stopped = True
+                    return
+                if journey.quiet is not None and not step.ignore_quiet_hours:
+                    held = journey.quiet.hold_until(now, contact_zone(contact))
+                    if held is not None:
+                        run.due_at = held
+                        stats.add(journey.id, f"{step.id}:quiet_hours")
+                        work.stopped = True
+                        return
+                work.effect = "send"
+                return
+            if isinstance(step, WebhookStep):
+                if due is not None and due > now:
+                    work.stopped = True
+                    return
+                work.effect = "webhook"
+                return
+            if isinstance(step, BranchStep):
+                conditions = journey.branch_conditions[step.id]
+                taken = self._holds(journey, conditions, event, context, stats)
+                stats.add(journey.id, f"{step.id}:{'then' if taken else 'else'}")
+                self._move(work, step.then if taken else step.else_, stats)
+                continue
+            if isinstance(step, SplitStep):
+                path = _split(run, step)
+                run.state = {**run.state, f"split:{step.id}": path}
+                stats.add(journey.id, f"{step.id}:path{path}")
+                self._move(work, step.paths[path].next, stats)
+                continue
+            if isinstance(step, UpdateContactStep):
+                work.contact_updates.append(step)
+                _apply_to_mapping(contact, step)
+                stats.add(journey.id, f"{step.id}:updated")
+                self._move(work, step.next, stats)
+                continue
+            if isinstance(step, ExitStep):
+                self._finish(work, step.reason, stats)
+                return
+            self._finish(work, "unknown_step", stats)
+            return
+        self._finish(work, "too_many_steps", stats)
+
+    def _move(self, work: _Work, target: str | None, stats: _Stats) -> None:
+        run = work.run
+        if target is None:
+            self._finish(work, "completed", stats)
+            return
+        run.step = target
+        run.seq += 1
+        run.due_at = None
+        run.waiting_for = None
+        run.state = {k: v for k, v in run.state.items() if not k.startswith("attempt")}
+        stats.add(work.journey.id, f"{target}:entered")
+
+    def _finish(self, work: _Work, reason: str, stats: _Stats) -> None:
+        run = work.run
+        run.status = "done"
+        run.exit_reason = reason
+        run.due_at = None
+        run.waiting_for = None
+        run.seq += 1
+        work.stopped = True
+        work.effect = None
+        stats.add(work.journey.id, f"exit:{reason}")
+        stats.add(work.journey.id, f"{run.step}:exited")
+
+    # -- side effects ---------------------------------------------------------------------------
+
+    def _perform(self, works: list[_Work], now: datetime) -> None:
+        if self.send_workers <= 1 or len(works) == 1:
+            for work in works:
+                self._perform_one(work)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.send_workers, thread_name_prefix="journey-send")
+        list(self._pool.map(self._perform_one, works))
+
+    def _perform_one(self, work: _Work) -> None:
+        step = work.journey.steps[work.run.step]
+        try:
+            if isinstance(step, SendStep):
+                work.effect_result = self.submit(self.runtime, self._request(work, step))
+            elif isinstance(step, WebhookStep):
+                work.effect_result = self._call_webhook(work, step)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except PostwiseError as exc:
+            work.effect_result = exc
+
+    def _request(self, work: _Work, step: SendStep) -> SendRequest:
+        run = work.run
+        attempt = int(run.state.get("attempt", 0))
+        template_id = work.journey.templates.get(step.id)
+        if template_id is None:
+            assert isinstance(step.template, int)
+            template_id = step.template
+        return SendRequest(
+            contact_id=run.contact_id,
+            template_id=template_id,
+            dedupe_key=send_dedupe_key(run, step.id, attempt),
+            reason="journey",
+            context={
+                "event": dict((run.event or {}).get("properties") or {}),
+                "event_type": (run.event or {}).get("type"),
+                "journey": work.journey.name,
+                "journey_step": step.id,
+            },
+            consent_purpose=step.consent_purpose,
+        )
+
+    def _call_webhook(self, work: _Work, step: WebhookStep) -> int | str:
+        run = work.run
+        body = json.dumps(
+            {
+                "journey": work.journey.name,
+                "journey_id": work.journey.id,
+                "step": step.id,
+                "contact_id": run.contact_id,
+                "event": run.event,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": send_dedupe_key(run, step.id, 0),
+            "User-Agent": "postwise-journeys",
+        }
+        secret = os.environ.get(step.secret_env) if step.secret_env else None
+        if secret:
+            stamp = str(int(time.time()))
+            digest = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256)
+            headers["X-Postwise-Signature"] = f"t={stamp},v1={digest.hexdigest()}"
+        if self.http is None:
+            self.http = httpx.Client(follow_redirects=False)
+        try:
+            response = self.http.post(step.url, content=body, headers=headers, timeout=step.timeout)
+        except httpx.TimeoutException:
+            return "timeout"
+        except httpx.HTTPError as exc:
+            return f"error:{type(exc).__name__}"
+        return response.status_code
+
+    def _after_effect(self, work: _Work, now: datetime, stats: _Stats, report: StepReport) -> None:
+        run, journey = work.run, work.journey
+        step = journey.steps[run.step]
+        result, work.effect, work.effect_result = work.effect_result, None, None
+        if isinstance(step, SendStep):
+            if isinstance(result, PostwiseError):
+                # The template was deleted under the live journey, or the request is invalid.
+                log.error("journey %r step %r cannot send: %s", journey.name, step.id, result)
+                reason = "template_missing" if "template" in str(result) else "send_error"
+                self._finish(work, reason, stats)
+                return
+            assert isinstance(result, SubmitResult)
+            status, skip = result.status, result.reason
+            if status == SubmitStatus.DUPLICATE:
+                status, skip = self._ledger_outcome(result.message_id)
+            if status == SubmitStatus.SKIPPED and skip == "frequency_cap":
+                deferrals = int(run.state.get("attempt", 0)) + 1
+                if deferrals > CAP_MAX_DEFERRALS:
+                    self._finish(work, "frequency_cap", stats)
+                    return
+                run.state = {**run.state, "attempt": deferrals}
+                run.due_at = now + timedelta(seconds=CAP_RETRY_SECONDS)
+                stats.add(journey.id, f"{step.id}:deferred")
+                work.stopped = True
+                return
+            if status == SubmitStatus.SKIPPED:
+                stats.add(journey.id, f"{step.id}:skipped")
+                self._finish(work, f"send_skipped:{skip}"[:50], stats)
+                return
+            stats.add(journey.id, f"{step.id}:sent")
+            work.message_ids.append((result.message_id, step.id))
+            report.sent += 1
+            self._move(work, step.next, stats)
+            return
+        if isinstance(step, WebhookStep):
+            if isinstance(result, int) and 200 <= result < 300:
+                stats.add(journey.id, f"{step.id}:delivered")
+                self._move(work, step.next, stats)
+                return
+            permanent = isinstance(result, int) and 400 <= result < 500 and result not in (408, 429)
+            attempts = int(run.state.get("attempt", 0)) + 1
+            stats.add(journey.id, f"{step.id}:failed")
+            run.state = {**run.state, "attempt": attempts, "webhook_last": str(result)}
+            if permanent or attempts >= step.attempts:
+                if step.on_failure:
+                    self._move(work, step.on_failure, stats)
+                else:
+                    self._finish(work, "webhook_failed", stats)
+                return
+            run.due_at = now + timedelta(seconds=WEBHOOK_BACKOFF_SECONDS * 2 ** (attempts - 1))
+            work.stopped = True
+
+    def _ledger_outcome(self, message_id: str) -> tuple[SubmitStatus, str | None]:
+        """A duplicate submission: what the first one did (a replay after a crash)."""
+        with self.runtime.session() as session:
+            row = session.execute(
+                sa.select(col(Message.status), col(Message.last_error)).where(
+                    col(Message.id) == message_id
+                )
+            ).first()
+        if row is not None and row[0] == "skipped":
+            return SubmitStatus.SKIPPED, row[1]
+        return SubmitStatus.QUEUED, None
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _save(self, works: list[_Work], stats: _Stats, report: StepReport) -> None:
+        """Write every moved run (optimistically) and every new one, then the due index."""
+        if not works:
+            return
+        now = self.clock()
+        saved: list[_Work] = []
+        with self.runtime.session() as session:
+            for work in works:
+                run = work.run
+                run.updated_at = now
+                if work.new:
+                    session.add(run)
+                    saved.append(work)
+                    continue
+                result = session.execute(
+                    sa.update(JourneyRun)
+                    .where(col(JourneyRun.id) == run.id, col(JourneyRun.seq) == work.seq_read)
+                    .values(
+                        step=run.step,
+                        seq=run.seq,
+                        status=run.status,
+                        waiting_for=run.waiting_for,
+                        due_at=run.due_at,
+                        exit_reason=run.exit_reason,
+                        state=run.state,
+                        updated_at=now,
+                    )
+                )
+                if getattr(result, "rowcount", 1) == 1:
+                    saved.append(work)
+                else:
+                    report.conflicts += 1  # moved by another worker meanwhile, or erased
+            for work in saved:
+                for update in work.contact_updates:
+                    _apply_to_contact(session, work.run.contact_id, update)
+            session.flush()
+            positions = [(w, w.run.id, w.run.status, as_utc(w.run.due_at)) for w in saved]
+        report.advanced += len(saved)
+        # After the commit: a run whose index entry is lost here is found again by
+        # `postwise journeys rebuild-index`; an entry left behind is dropped when it comes due.
+        pipe = self.redis.pipeline(transaction=False)
+        for work, run_id, status, due_at in positions:
+            assert run_id is not None
+            if status == "active" and due_at is not None:
+                pipe.zadd(self.keys.due, {str(run_id): _ms(due_at)})
+            else:
+                pipe.zrem(self.keys.due, str(run_id))
+                if status == "done":
+                    report.finished += 1
+            for message_id, step_id in work.message_ids:
+                pipe.set(
+                    self.keys.message(message_id),
+                    f"{work.run.journey_id}:{step_id}",
+                    ex=30 * 86400,
+                )
+        pipe.execute()
+
+
+def _unloadable(run: JourneyRun) -> CompiledJourney:
+    return CompiledJourney(
+        id=run.journey_id,
+        version=run.version,
+        definition=None,  # type: ignore[arg-type]
+        steps={},
+        entry_conditions=AllOf("entry", []),
+        goal_conditions=None,
+        exit_conditions=[],
+        branch_conditions={},
+        wait_conditions={},
+        templates={},
+        quiet=None,
+    )
+
+
+def _split(run: JourneyRun, step: SplitStep) -> int:
+    """A stable choice for this run (a replay picks the same path)."""
+    digest = hashlib.sha256(f"{run.journey_id}:{run.entry_key}:{step.id}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64 * sum(p.weight for p in step.paths)
+    for index, path in enumerate(step.paths):
+        point -= path.weight
+        if point < 0:
+            return index
+    return len(step.paths) - 1
+
+
+def _next_local_time(now: datetime, hhmm: str, contact: Any) -> datetime:
+    """The next moment (after now) that is ``hhmm`` on the contact's clock."""
+    zone = contact_zone(contact)
+    hour, minute = (int(part) for part in hhmm.split(":"))
+    local = now.astimezone(zone)
+    candidate = datetime.combine(local.date(), dtime(hour, minute), tzinfo=zone)
+    if candidate <= local:
+        candidate = datetime.combine(
+            local.date() + timedelta(days=1), dtime(hour, minute), tzinfo=zone
+        )
+    return candidate.astimezone(UTC)
+
+
+def _apply_to_mapping(contact: dict[str, Any], step: UpdateContactStep) -> None:
+    """The update as later conditions of the same advance see it (built-in fields win)."""
+    attributes = dict(contact.get("attributes") or {})
+    attributes.update(step.set)
+    for name in step.unset:
+        attributes.pop(name, None)
+        if name not in _FIELDS:
+            contact.pop(name, None)
+    contact["attributes"] = attributes
+    for name, value in step.set.items():
+        if name not in _FIELDS:
+            contact[name] = value
+    tags = set(contact.get("tags") or ())
+    tags.update(step.add_tags)
+    tags.difference_update(step.remove_tags)
+    contact["tags"] = frozenset(tags)
+
+
+_FIELDS = frozenset(
+    {"id", "email", "first_name", "last_name", "timezone", "country", "status", "tags"}
+)
+
+
+def _apply_to_contact(session: Session, contact_id: int, step: UpdateContactStep) -> None:
+    contact = session.get(Contact, contact_id)
+    if contact is None:
+        return
+    if step.set or step.unset:
+        attributes = dict(contact.attributes or {})
+        attributes.update(step.set)
+        for name in step.unset:
+            attributes.pop(name, None)
+        contact.attributes = attributes
+        contact.updated_at = utcnow()
+        session.add(contact)
+    query = select(ContactTag.tag).where(ContactTag.contact_id == contact_id)
+    existing = set(session.exec(query).all())
+    for tag in step.add_tags:
+        if tag not in existing:
+            session.add(ContactTag(contact_id=contact_id, tag=tag))
+            existing.add(tag)
+    if step.remove_tags:
+        session.execute(
+            sa.delete(ContactTag).where(
+                col(ContactTag.contact_id) == contact_id, col(ContactTag.tag).in_(step.remove_tags)
+            )
+        )
+
+
+def rebuild_due_index(runtime: Runtime, keys: JourneyKeys | None = None) -> int:
+    """Re-add every waiting run to the due index from the database (after losing Redis)."""
+    keys = keys or JourneyKeys()
+    count = 0
+    with runtime.session() as session:
+        rows: Iterable[Any] = session.execute(
+            sa.select(col(JourneyRun.id), col(JourneyRun.due_at)).where(
+                col(JourneyRun.status) == "active", col(JourneyRun.due_at).is_not(None)
+            )
+        )
+        pipe = runtime.redis.pipeline(transaction=False)
+        for run_id, due_at in rows:
+            pipe.zadd(keys.due, {str(run_id): _ms(as_utc(due_at))})
+            count += 1
+            if count % 10_000 == 0:
+                pipe.execute()
+        pipe.execute()
+    return count
