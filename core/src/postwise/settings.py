@@ -274,9 +274,9 @@ class Settings(BaseModel):
     )
 
     recommender: str = Field(
-        default="popularity",
-        description="The recommender that fills recommendation blocks: popularity, "
-        "collaborative, content, hybrid, or one a plugin registers.",
+        default="hybrid",
+        description="The recommender that fills recommendation blocks: hybrid, ease, als, "
+        "popularity, collaborative, content, or one a plugin registers.",
     )
 
     disabled_plugins: list[str] = Field(default_factory=list)

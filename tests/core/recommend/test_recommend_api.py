@@ -119,13 +119,13 @@ def test_a_preview_shows_the_contacts_recommendations(
     assert client.post("/v1/items", json=body).json()["created"] == len(recent_clusters.items)
     store_events(runtime, recent_clusters.interactions)
     store_contacts(runtime, [1])
-    train(runtime, "popularity")
+    train(runtime)  # the default recommender
 
     response = client.get("/v1/recommendations/1", params={"n": 4})
 
     assert response.status_code == 200
     data = response.json()
-    assert data["contact_id"] == 1 and data["recommender"] == "popularity"
+    assert data["contact_id"] == 1 and data["recommender"] == "hybrid"
     assert len(data["items"]) == 4
     assert set(data["items"][0]) >= {"id", "title", "url", "image_url", "category"}
     seen = {i.item_id for i in recent_clusters.interactions if i.contact_id == 1}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from postwise.cli.common import emit_json, get_runtime
 from postwise.content.recommendations import MAX_RECOMMENDATIONS
+from postwise.errors import ValidationError
 from postwise.recommend.catalogue import (
     DEFAULT_EVENT_WEIGHTS,
     InteractionSource,
@@ -148,6 +150,20 @@ def preview(
     help="Score a deterministic sample of this many contacts.",
 )
 @click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="Evaluate on interaction files (CSV or RecBole atomic files, see "
+    "docs/recommendations.md) instead of the database; nothing is loaded into it.",
+)
+@click.option(
+    "--cold-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Replay this share of the warm contacts as new ones (history cut to their latest "
+    "1-3 items) to measure cold start.",
+)
+@click.option(
     "--synthetic",
     type=click.IntRange(min=10),
     metavar="CONTACTS",
@@ -163,6 +179,8 @@ def evaluate(
     names: tuple[str, ...],
     k: int,
     max_contacts: int,
+    dataset: Path | None,
+    cold_share: float,
     synthetic: int | None,
     seed: int,
     weights: tuple[str, ...],
@@ -170,50 +188,110 @@ def evaluate(
     max_pairs: int,
     as_json: bool,
 ) -> None:
-    """Hold out each contact's last interaction; report hit rate@k and coverage per recommender.
+    """Hold out each contact's last interaction; report hit rate@k, NDCG@k, coverage and 95%
+    intervals per recommender, for cold (1-3 items) and warm contacts, and paired tests.
 
-    Training data and models in the store are not touched.
+    Recommenders tune their settings on a split of the training part only. Training data and
+    models in the store are not touched.
     """
+    import numpy as np
+
+    from postwise.recommend.datasets import load_dataset
     from postwise.recommend.evaluation import evaluate as run_evaluation
-    from postwise.recommend.evaluation import leave_last_out
+    from postwise.recommend.evaluation import leave_last_out, paired_tests
     from postwise.recommend.synthetic import clustered
 
     runtime = get_runtime(ctx)
     registry = runtime.plugins.registry("recommenders")
     chosen = list(names) or registry.names()
     factories = {name: runtime.component("recommenders", name) for name in chosen}
+    if synthetic is not None and dataset is not None:
+        raise click.UsageError("give --synthetic or --dataset, not both")
     if synthetic is not None:
         data = clustered(contacts=synthetic, seed=seed)
         items, interactions = data.items, data.interactions
         source_name = f"synthetic ({synthetic} contacts, seed {seed})"
+    elif dataset is not None:
+        try:
+            loaded = load_dataset(
+                dataset, parse_weights(weights) if weights else dict(DEFAULT_EVENT_WEIGHTS)
+            )
+        except ValidationError as exc:
+            raise click.ClickException(str(exc)) from None
+        items, interactions = loaded.items, loaded.interactions
+        source_name = f"dataset {loaded.name} ({dataset})"
     else:
         items = load_items(runtime.engine)
         interactions = list(
             iter_interactions(runtime.engine, _source(weights, lookback_days, max_pairs))
         )
         source_name = "database"
-    split = leave_last_out(interactions, items, max_contacts=max_contacts)
-    results = run_evaluation(factories, split, items, k=k)
+    split = leave_last_out(interactions, items, max_contacts=max_contacts, cold_share=cold_share)
+    results = run_evaluation(factories, split, items, k=k) if split.held_out else []
+    segments = [split.segment(c) for c in sorted(split.held_out)]
+    comparisons: dict[str, list[dict[str, Any]]] = {
+        "all": paired_tests(results),
+        **{
+            segment: paired_tests(results, np.array([s == segment for s in segments]))
+            for segment in ("cold", "warm")
+            if segment in segments
+        },
+    }
     if as_json:
         emit_json(
             {
                 "data": source_name,
                 "items": len(items),
                 "interactions": len(interactions),
+                "held_out": len(split.held_out),
+                "cold_share": cold_share,
                 "results": [result.to_dict() for result in results],
+                "paired_tests": comparisons,
             }
         )
         return
     click.echo(
         f"{source_name}: {len(items)} items, {len(interactions)} interactions, "
-        f"{len(split.held_out)} contacts held out"
+        f"{len(split.held_out)} contacts held out "
+        f"({segments.count('cold')} cold, {segments.count('warm')} warm)"
     )
     if not split.held_out:
         click.echo("nothing to evaluate: no contact has two or more interactions")
         return
-    click.echo(f"{'recommender':<16}{f'hit@{k}':>9}{'coverage':>10}{'fit s':>8}{'ms/contact':>12}")
+    header = (
+        f"{'recommender':<14}{'group':<6}{'contacts':>9}{f'hit@{k}':>8}{'95% CI':>16}"
+        f"{f'NDCG@{k}':>9}{'95% CI':>16}{'coverage':>9}"
+    )
+    click.echo(header)
     for result in results:
-        click.echo(
-            f"{result.recommender:<16}{result.hit_rate:>9.3f}{result.coverage:>10.3f}"
-            f"{result.fit_seconds:>8.2f}{result.recommend_ms:>12.3f}"
+        if result.error is not None:
+            click.echo(f"{result.recommender:<14}skipped: {result.error}")
+            continue
+        for group, metrics in (("all", result.overall), *result.segments.items()):
+            if not metrics.contacts:
+                continue
+            click.echo(
+                f"{result.recommender:<14}{group:<6}{metrics.contacts:>9}{metrics.hit_rate:>8.3f}"
+                f"{_interval(metrics.hit_rate_ci):>16}{metrics.ndcg:>9.3f}"
+                f"{_interval(metrics.ndcg_ci):>16}{metrics.coverage:>9.3f}"
+            )
+    click.echo(
+        "fit seconds / ms per contact: "
+        + ", ".join(
+            f"{r.recommender} {r.fit_seconds:.1f}/{r.recommend_ms:.2f}"
+            for r in results
+            if not r.error
         )
+    )
+    if comparisons["all"]:
+        click.echo("paired tests (all contacts): McNemar p on hits, paired t p on NDCG")
+        for row in comparisons["all"]:
+            click.echo(
+                f"  {row['a']} vs {row['b']}: hits {row['hits_only_a']}/{row['hits_only_b']} "
+                f"p={row['mcnemar_p']:.4f}; NDCG {row['ndcg_difference']:+.4f} "
+                f"p={row['ndcg_paired_t_p']:.4f}"
+            )
+
+
+def _interval(bounds: tuple[float, float]) -> str:
+    return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"

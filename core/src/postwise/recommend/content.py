@@ -10,24 +10,31 @@ Every catalogue item becomes a TF-IDF vector of its features:
 
 Features found in more than half of the catalogue are dropped: they separate nothing. Rows are
 L2-normalised, so a dot product is the cosine similarity. A contact's profile is the
-sum of the vectors of the items it interacted with, each weighted by ``log(1 + weight)``; items
-are ranked by their cosine similarity to the profile. Items sharing no feature with the profile
-are not scored and come last, in popularity order, as do all items for contacts without
-history. New items rank from their first day: they need metadata, not interactions.
+sum of the vectors of the items in its profile (see :mod:`postwise.recommend.scoring`: the
+strongest interaction counts 1, older items less with a recency half-life); items are ranked by
+their cosine similarity to the profile plus a popularity prior, ``prior · log(1 + popularity) /
+log(1 + top popularity)``: between two equally similar items the one more contacts chose is the
+safer bet, and items sharing no feature with the profile follow in popularity order. The prior
+weight and the half-life are chosen on a validation split of the training data
+(:mod:`postwise.recommend.tuning`). Contacts without history get the popularity ranking. New
+items rank from their first day: they need metadata, not interactions.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-from postwise.recommend.base import Interaction, Item, Recommender
-from postwise.recommend.matrix import InteractionMatrix, top_items
+from postwise.errors import ConfigurationError
+from postwise.recommend.base import Item
+from postwise.recommend.matrix import InteractionMatrix
+from postwise.recommend.scoring import ProfileRecommender
+from postwise.recommend.tuning import Validation, held_out_ranks, ndcg, validation_split
 
 __all__ = ["ContentRecommender", "item_features"]
 
@@ -73,58 +80,102 @@ def item_features(item: Item) -> list[str]:
     return features
 
 
-class ContentRecommender(Recommender):
-    """Items whose title and attributes resemble those of the contact's items (TF-IDF cosine)."""
+class ContentRecommender(ProfileRecommender):
+    """Items whose title and attributes resemble those of the contact's items (TF-IDF cosine),
+    with a popularity prior."""
 
     name = "content"
     description = "Items similar in title and attributes to what the contact viewed or bought."
 
-    def __init__(self) -> None:
-        self._matrix: InteractionMatrix | None = None
+    def __init__(
+        self,
+        *,
+        prior: float | None = None,
+        half_life: float | Literal["auto"] | None = "auto",
+        seed: int = 0,
+    ) -> None:
+        """``prior``: the weight of popularity (None: chosen on a validation split)."""
+        super().__init__()
+        if prior is not None and prior < 0:
+            raise ConfigurationError(f"prior must be 0 or more, got {prior}")
+        self.prior = prior
+        self.requested_half_life: float | Literal["auto"] | None = half_life
+        self.seed = seed
+        #: What tuning chose and measured.
+        self.tuned: dict[str, object] = {}
         self._vectors = sp.csr_matrix((0, 0), dtype=np.float32)
         self._postings = sp.csr_matrix((0, 0), dtype=np.float32)
+        self._popularity = np.zeros(0)
 
-    def fit(self, interactions: Iterable[Interaction], items: Sequence[Item]) -> None:
-        self.fit_matrix(InteractionMatrix.build(interactions, items))
-
-    def fit_matrix(self, matrix: InteractionMatrix) -> None:
-        """Learn from an already built matrix (the hybrid shares one with collaborative)."""
-        self._matrix = matrix
+    def fit_matrix(self, matrix: InteractionMatrix, validation: Validation | None = None) -> None:
         self._vectors = _tfidf([item_features(item) for item in matrix.items])
         # Features x items: scoring walks only the items that share a feature with the profile.
         self._postings = self._vectors.T.tocsr()
+        priors = list(PRIORS) if self.prior is None else [self.prior]
+        requested = self.requested_half_life
+        half_lives = list(HALF_LIVES) if requested == "auto" else [requested]
+        if validation is None and (len(priors) > 1 or len(half_lives) > 1):
+            validation = validation_split(matrix, seed=self.seed)
+        prior, half_life = priors[0], half_lives[0]
+        if validation is not None and (len(priors) > 1 or len(half_lives) > 1):
+            blocked = validation.blocked()
+            popularity = prior_scores(validation.matrix)
+            best: tuple[float, float, float | None] | None = None
+            for candidate_half_life in half_lives:
+                similarity = self.similarity(validation.case_profiles(candidate_half_life))
+                for candidate_prior in priors:
+                    scores = _with_prior(similarity, popularity, candidate_prior)
+                    value = float(ndcg(held_out_ranks(scores, validation.held, blocked)).mean())
+                    if best is None or value > best[0] + 1e-12:
+                        best = (value, candidate_prior, candidate_half_life)
+            assert best is not None
+            _, prior, half_life = best
+            self.tuned = {
+                "prior": prior,
+                "half_life": half_life,
+                "validation_ndcg": round(best[0], 4),
+                "validated": True,
+            }
+        else:
+            self.tuned = {"prior": prior, "half_life": half_life, "validated": False}
+        self.prior_weight = prior
+        self._popularity = prior_scores(matrix)
+        self._install(matrix, half_life)
 
-    def scores(self, contact_id: int) -> np.ndarray | None:
-        """Cosine similarity of every catalogue item to the contact's profile (``-inf``: none)."""
-        matrix = self._matrix
-        if matrix is None:
-            return None
-        row = matrix.row(contact_id)
-        if row is None:
-            return None
-        columns, weights = matrix.history(row)
-        in_catalogue = columns < matrix.n_catalogue
-        if not in_catalogue.any():
-            return None
-        features, values = _gather(
-            self._vectors, columns[in_catalogue], np.log1p(weights[in_catalogue])
-        )
-        if len(features) == 0:
-            return None
-        # The profile: the weighted sum of the history's item vectors, one value per feature.
-        profile_features, slot = np.unique(features, return_inverse=True)
-        weights_sum = np.bincount(slot, weights=values)
-        profile = weights_sum / (float(np.linalg.norm(weights_sum)) or 1.0)
-        items, products = _gather(self._postings, profile_features, profile)
-        scores = np.bincount(items, weights=products, minlength=matrix.n_catalogue)
+    def similarity(self, profiles: sp.csr_matrix) -> np.ndarray:
+        """Cosine similarity of each profile to every catalogue item (``-inf``: none)."""
+        n_catalogue = self._vectors.shape[0]
+        cases = sp.csr_matrix(profiles[:, :n_catalogue], dtype=np.float64)
+        profile = cases @ self._vectors
+        profile = sp.csr_matrix(profile)
+        norms = np.sqrt(np.asarray(profile.multiply(profile).sum(axis=1)).ravel())
+        norms[norms == 0.0] = 1.0
+        profile = sp.diags(1.0 / norms) @ profile
+        scores = np.asarray((profile @ self._postings).toarray(), dtype=np.float64)
         return np.where(scores > 0.0, scores, -np.inf)
 
-    def recommend(self, contact_id: int, n: int, *, exclude: Iterable[str] = ()) -> list[Item]:
-        matrix = self._matrix
-        if matrix is None or n <= 0:
-            return []
-        blocked = matrix.blocked(matrix.row(contact_id), exclude)
-        return top_items(matrix, self.scores(contact_id), n, blocked)
+    def score_profiles(self, profiles: sp.csr_matrix) -> np.ndarray:
+        return _with_prior(self.similarity(profiles), self._popularity, self.prior_weight)
+
+
+#: Popularity prior weights tried (cosine similarity is 0..1, the prior 0..1 times this).
+PRIORS: Final = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+#: Recency half-lives (in items) tried for content profiles.
+HALF_LIVES: Final[tuple[float | None, ...]] = (None, 3.0, 10.0)
+
+
+def prior_scores(matrix: InteractionMatrix) -> np.ndarray:
+    """Popularity as a prior in 0..1: ``log(1 + score) / log(1 + best score)``."""
+    values = np.log1p(np.maximum(matrix.popularity_scores.astype(np.float64), 0.0))
+    top = float(values.max()) if len(values) else 0.0
+    return values / top if top > 0 else values
+
+
+def _with_prior(similarity: np.ndarray, popularity: np.ndarray, prior: float) -> np.ndarray:
+    if prior <= 0:
+        return similarity
+    # Items sharing nothing with the profile rank by the prior alone, after similar ones.
+    return np.where(np.isfinite(similarity), similarity, 0.0) + prior * popularity[None, :]
 
 
 def _gather(

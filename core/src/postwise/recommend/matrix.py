@@ -17,7 +17,7 @@ import math
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,6 +41,11 @@ class InteractionMatrix:
     weights: sp.csr_matrix
     #: Catalogue columns, most popular first (decayed weight, then catalogue order).
     popularity: np.ndarray
+    #: Seconds since the epoch of each pair's latest interaction, aligned with
+    #: ``weights.data`` (NaN when the interaction had no time).
+    last_at: np.ndarray
+    #: Decayed popularity score of every catalogue column (what :attr:`popularity` sorts).
+    popularity_scores: np.ndarray
 
     @classmethod
     def build(
@@ -62,11 +67,10 @@ class InteractionMatrix:
             if item.id not in columns:
                 columns[item.id] = len(catalogue)
                 catalogue.append(item)
-        now = now or datetime.now(UTC)
         contacts = array("q")
         cols = array("i")
         weights = array("f")
-        decayed = array("f")
+        times = array("d")
         for interaction in interactions:
             weight = float(interaction.weight)
             if not (weight > 0.0 and math.isfinite(weight)):
@@ -77,25 +81,120 @@ class InteractionMatrix:
             contacts.append(int(interaction.contact_id))
             cols.append(column)
             weights.append(weight)
-            if half_life_days and interaction.at is not None:
-                age_days = max(0.0, (now - interaction.at).total_seconds() / 86400)
-                weight *= 0.5 ** (age_days / half_life_days)
-            decayed.append(weight)
-
-        contact_ids, rows = np.unique(np.frombuffer(contacts, dtype=np.int64), return_inverse=True)
-        col_array = np.frombuffer(cols, dtype=np.int32)
-        matrix = sp.csr_matrix(
-            (np.frombuffer(weights, dtype=np.float32), (rows, col_array)),
-            shape=(len(contact_ids), len(columns)),
-            dtype=np.float32,
+            at = interaction.at
+            times.append(at.timestamp() if at is not None else math.nan)
+        weight_array = np.frombuffer(weights, dtype=np.float32)
+        time_array = np.frombuffer(times, dtype=np.float64)
+        decayed = weight_array.astype(np.float64)
+        known = ~np.isnan(time_array)
+        if half_life_days and known.any():
+            # Ages count from ``now``, or else from the latest interaction: the ranking is the
+            # same either way, and the model's bytes do not depend on when it was trained.
+            reference = now.timestamp() if now is not None else float(time_array[known].max())
+            ages = np.maximum(0.0, reference - time_array[known]) / 86400.0
+            decayed[known] *= 0.5 ** (ages / half_life_days)
+        return cls.from_arrays(
+            tuple(catalogue),
+            columns,
+            np.frombuffer(contacts, dtype=np.int64),
+            np.frombuffer(cols, dtype=np.int32),
+            weight_array,
+            time_array,
+            decayed,
         )
-        matrix.sum_duplicates()
+
+    @classmethod
+    def from_arrays(  # noqa: PLR0917 - parallel arrays, always passed together
+        cls,
+        items: tuple[Item, ...],
+        columns: dict[str, int],
+        contacts: np.ndarray,
+        cols: np.ndarray,
+        weights: np.ndarray,
+        times: np.ndarray,
+        decayed: np.ndarray | None = None,
+    ) -> InteractionMatrix:
+        """The matrix of parallel arrays of interactions (repeated pairs add up)."""
+        contact_ids, rows = np.unique(contacts.astype(np.int64), return_inverse=True)
+        n_rows, n_cols = len(contact_ids), len(columns)
+        # One entry per pair, in CSR order: sums of weights, the latest time.
+        keys = rows.astype(np.int64) * max(n_cols, 1) + cols.astype(np.int64)
+        unique_keys, slot = np.unique(keys, return_inverse=True)
+        summed = np.bincount(slot, weights=weights, minlength=len(unique_keys))
+        known = ~np.isnan(times)
+        latest = np.full(len(unique_keys), -np.inf)
+        np.maximum.at(latest, slot[known], times[known])
+        latest[np.isinf(latest)] = np.nan
+        pair_rows = unique_keys // max(n_cols, 1)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
+        matrix = sp.csr_matrix(
+            (
+                summed.astype(np.float32),
+                (unique_keys % max(n_cols, 1)).astype(np.int32),
+                indptr,
+            ),
+            shape=(n_rows, n_cols),
+        )
+        base = decayed if decayed is not None else weights
         scores = np.bincount(
-            col_array, weights=np.frombuffer(decayed, dtype=np.float32), minlength=len(columns)
-        )[: len(catalogue)]
+            cols.astype(np.int64), weights=base.astype(np.float64), minlength=n_cols
+        )[: len(items)]
         # Ties (and items nobody touched) keep catalogue order, so the ranking is deterministic.
-        popularity = np.lexsort((np.arange(len(catalogue)), -scores)).astype(np.int32)
-        return cls(tuple(catalogue), columns, contact_ids, matrix, popularity)
+        popularity = np.lexsort((np.arange(len(items)), -scores)).astype(np.int32)
+        return cls(tuple(items), columns, contact_ids, matrix, popularity, latest, scores)
+
+    def without(self, contact_rows: np.ndarray, item_columns: np.ndarray) -> InteractionMatrix:
+        """This matrix less one pair per given row (a validation split); same columns."""
+        coo = self.weights.tocoo()
+        drop = np.zeros(self.weights.shape[0], dtype=np.int64) - 1
+        drop[contact_rows] = item_columns
+        keep = coo.col != drop[coo.row]
+        return InteractionMatrix.from_arrays(
+            self.items,
+            self.columns,
+            self.contact_ids[coo.row[keep]],
+            coo.col[keep].astype(np.int32),
+            coo.data[keep],
+            self.last_at[keep],
+        )
+
+    def recency_positions(self) -> np.ndarray:
+        """For each pair (aligned with ``weights.data``): 0 for the contact's latest item, 1
+        for the one before, and so on (pairs without a time count as oldest; ties: the
+        greater column is later)."""
+        n_pairs = self.n_pairs
+        rows = np.repeat(np.arange(self.weights.shape[0]), np.diff(self.weights.indptr))
+        times = np.nan_to_num(self.last_at, nan=-np.inf)
+        order = np.lexsort((self.weights.indices, times, rows))
+        counts = np.diff(self.weights.indptr)
+        ends = np.repeat(self.weights.indptr[1:], counts)
+        positions = np.empty(n_pairs, dtype=np.int64)
+        # order is grouped by row, oldest first: position = (row end - 1) - place in order.
+        positions[order] = ends - 1 - np.arange(n_pairs)
+        return positions
+
+    def profile_matrix(self, half_life: float | None) -> sp.csr_matrix:
+        """Contacts by columns: each pair's profile weight.
+
+        The weight is ``log(1 + weight) / log(1 + the contact's largest weight)`` (so event
+        weight units do not matter, and a purchase still counts more than a view), times
+        ``0.5 ** (position / half_life)`` where position 0 is the contact's latest item:
+        recent interests count more. ``half_life`` None: no decay.
+        """
+        values = np.log1p(self.weights.data.astype(np.float64))
+        if self.n_pairs:
+            counts = np.diff(self.weights.indptr)
+            nonempty = counts > 0
+            row_max = np.zeros(len(counts))
+            row_max[nonempty] = np.maximum.reduceat(values, self.weights.indptr[:-1][nonempty])
+            values = values / np.repeat(np.where(row_max > 0, row_max, 1.0), counts)
+        if half_life is not None and self.n_pairs:
+            values = values * 0.5 ** (self.recency_positions() / half_life)
+        return sp.csr_matrix(
+            (values.astype(np.float32), self.weights.indices, self.weights.indptr),
+            shape=self.weights.shape,
+        )
 
     @property
     def n_catalogue(self) -> int:

@@ -9,14 +9,18 @@ from postwise import hookimpl
 
 @hookimpl
 def postwise_register_recommenders(register: Any) -> None:
+    from postwise.recommend.als import AlsRecommender
     from postwise.recommend.collaborative import CollaborativeRecommender
     from postwise.recommend.content import ContentRecommender
+    from postwise.recommend.ease import EaseRecommender
     from postwise.recommend.hybrid import HybridRecommender
     from postwise.recommend.popularity import PopularityRecommender
 
     register("popularity", PopularityRecommender)
     register("collaborative", CollaborativeRecommender)
     register("content", ContentRecommender)
+    register("ease", EaseRecommender)
+    register("als", AlsRecommender)
     register("hybrid", HybridRecommender)
 
 

@@ -1,0 +1,206 @@
+"""Choosing settings on a validation split of the training data, never on the test split.
+
+Every learnt recommender tunes itself inside :meth:`fit`: it holds out the latest item of a
+sample of the contacts it is given, fits candidate settings on the rest, keeps the ones that
+rank the held-out items best (NDCG@10), and refits on everything with them. Because tuning only
+ever sees the interactions handed to ``fit``, an offline evaluation that hides its test items
+from ``fit`` (``postwise recommend evaluate``) can never tune on them.
+
+Short histories are served differently from long ones, so the validation contacts come in two
+segments: *cold* (1 to :data:`COLD_MAX_ITEMS` items) and *warm*. Contacts with few items are
+rare in some data (every MovieLens user rated 20 films), so warm validation contacts are also
+replayed as cold ones: the same held-out item, predicted from their latest one to three items
+only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Final
+
+import numpy as np
+import scipy.sparse as sp
+
+from postwise.recommend.matrix import InteractionMatrix
+
+__all__ = [
+    "COLD_MAX_ITEMS",
+    "Validation",
+    "blend_grid",
+    "held_out_ranks",
+    "ndcg",
+    "segment_of",
+    "standardise",
+    "validation_split",
+]
+
+#: Contacts with at most this many distinct items are "cold"; more are "warm".
+COLD_MAX_ITEMS: Final = 3
+#: Ranks are judged at this cut-off while tuning (the size of a typical block and report).
+TUNING_K: Final = 10
+#: Validation contacts times catalogue items scored at once, bounding tuning memory.
+_MAX_CELLS: Final = 6_000_000
+
+
+def segment_of(history_length: int) -> str:
+    """``"cold"`` for 1..COLD_MAX_ITEMS items, ``"warm"`` above (0: ``"none"``)."""
+    if history_length <= 0:
+        return "none"
+    return "cold" if history_length <= COLD_MAX_ITEMS else "warm"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A training matrix and, per validation case, a profile to score and the item to find.
+
+    Case ``c`` is row ``rows[c]`` of ``matrix`` predicting column ``held[c]`` from its latest
+    ``keep_latest[c]`` items; ``cold[c]`` tells its segment.
+    """
+
+    matrix: InteractionMatrix
+    rows: np.ndarray
+    held: np.ndarray
+    keep_latest: np.ndarray
+    cold: np.ndarray
+
+    def case_profiles(self, half_life: float | None) -> sp.csr_matrix:
+        """Profiles of every case: warm cases whole, cold cases their latest items only."""
+        full = self.matrix.profile_matrix(half_life)
+        positions = self.matrix.recency_positions()
+        rows = full[self.rows]
+        position_rows = sp.csr_matrix(
+            (positions.astype(np.float64) + 1.0, full.indices, full.indptr), shape=full.shape
+        )[self.rows]
+        # position + 1 <= keep_latest keeps a case's latest ``keep_latest`` items.
+        limits = np.repeat(self.keep_latest, np.diff(position_rows.indptr))
+        keep = position_rows.data <= limits
+        data = np.where(keep, rows.data, 0.0).astype(np.float32)
+        result = sp.csr_matrix((data, rows.indices, rows.indptr), shape=rows.shape)
+        result.eliminate_zeros()
+        return result
+
+    def blocked(self) -> sp.csr_matrix:
+        """Per case, the items its contact had (never recommended, whatever the profile)."""
+        seen = self.matrix.weights[self.rows]
+        return sp.csr_matrix(
+            (np.ones(seen.nnz, dtype=bool), seen.indices, seen.indptr), shape=seen.shape
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def validation_split(
+    matrix: InteractionMatrix,
+    *,
+    max_cases: int = 2000,
+    cold_replay_share: float = 0.3,
+    seed: int = 0,
+) -> Validation | None:
+    """Hold out each sampled contact's latest item; None when too few contacts have two.
+
+    At most ``max_cases`` cases (fewer for a large catalogue, to bound memory); a share
+    ``cold_replay_share`` of the warm contacts is replayed as cold (see the module docstring).
+    """
+    n_catalogue = matrix.n_catalogue
+    if matrix.n_pairs == 0 or n_catalogue < 2:
+        return None
+    budget = max(50, min(max_cases, _MAX_CELLS // max(n_catalogue, 1)))
+    counts = np.diff(matrix.weights.indptr)
+    positions = matrix.recency_positions()
+    pair_rows = np.repeat(np.arange(len(counts)), counts)
+    latest = positions == 0
+    rows, cols = pair_rows[latest], matrix.weights.indices[latest]
+    usable = (counts[rows] >= 2) & (cols < n_catalogue)
+    rows, cols = rows[usable], cols[usable]
+    if len(rows) < 20:
+        return None
+    rng = np.random.default_rng(seed)
+    if len(rows) > budget:
+        chosen = np.sort(rng.choice(len(rows), size=budget, replace=False))
+        rows, cols = rows[chosen], cols[chosen]
+    train = matrix.without(rows, cols)
+    # Rows keep their index: every sampled contact keeps at least one pair.
+    history = counts[rows] - 1
+    keep_latest = np.full(len(rows), np.iinfo(np.int32).max, dtype=np.int64)
+    cold = history <= COLD_MAX_ITEMS
+    warm = np.flatnonzero(~cold)
+    replay = warm[rng.random(len(warm)) < cold_replay_share]
+    case_rows = np.concatenate([rows, rows[replay]])
+    case_held = np.concatenate([cols, cols[replay]])
+    case_keep = np.concatenate([keep_latest, rng.integers(1, COLD_MAX_ITEMS + 1, len(replay))])
+    case_cold = np.concatenate([cold, np.ones(len(replay), dtype=bool)])
+    return Validation(train, case_rows, case_held, case_keep, case_cold)
+
+
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """Each row to mean 0 and deviation 1 over its finite scores; unscored items below all."""
+    result = np.array(scores, dtype=np.float64, copy=True)
+    finite = np.isfinite(result)
+    counts = finite.sum(axis=1)
+    safe = np.where(finite, result, 0.0)
+    mean = safe.sum(axis=1) / np.maximum(counts, 1)
+    deviation = np.sqrt(
+        np.where(finite, (safe - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(counts, 1)
+    )
+    deviation[deviation == 0.0] = 1.0
+    result = (safe - mean[:, None]) / deviation[:, None]
+    floor = np.where(finite, result, np.inf).min(axis=1, initial=np.inf)
+    floor = np.where(np.isfinite(floor), floor, 0.0) - 1.0
+    return np.where(finite, result, floor[:, None])
+
+
+def held_out_ranks(scores: np.ndarray, held: np.ndarray, blocked: sp.csr_matrix) -> np.ndarray:
+    """The 0-based rank of each case's held-out item among its unblocked items.
+
+    Ties rank as :func:`postwise.recommend.matrix.top_items` breaks them (catalogue order).
+    """
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    n_cases, n_catalogue = scores.shape
+    block = blocked[:, :n_catalogue].tocoo()
+    scores[block.row, block.col] = -np.inf
+    target = scores[np.arange(n_cases), held][:, None]
+    columns = np.arange(n_catalogue)[None, :]
+    ahead = (scores > target) | ((scores == target) & (columns < held[:, None]))
+    return ahead.sum(axis=1)
+
+
+def ndcg(ranks: np.ndarray, k: int = TUNING_K) -> np.ndarray:
+    """Per case: ``1 / log2(rank + 2)`` when the held-out item is in the top ``k``, else 0."""
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def blend_grid(parts: int, step: float = 0.1) -> Iterator[tuple[float, ...]]:
+    """Every weight vector on the simplex with the given step (each part alone included)."""
+    units = round(1.0 / step)
+    for combo in product(range(units + 1), repeat=parts - 1):
+        if sum(combo) <= units:
+            yield (*(c * step for c in combo), (units - sum(combo)) * step)
+
+
+def best_blend(
+    parts: Sequence[np.ndarray],
+    held: np.ndarray,
+    blocked: sp.csr_matrix,
+    *,
+    step: float = 0.1,
+    judge: Callable[[np.ndarray], float] | None = None,
+) -> tuple[tuple[float, ...], float]:
+    """The weights of standardised ``parts`` whose blend ranks ``held`` best, and the score.
+
+    Every part alone is on the grid, so the chosen blend is never worse than the best part on
+    these cases. Ties prefer the grid point found first.
+    """
+    judge = judge or (lambda ranks: float(ndcg(ranks).mean()))
+    standardised = [standardise(part) for part in parts]
+    best: tuple[tuple[float, ...], float] | None = None
+    for weights in blend_grid(len(parts), step):
+        blended = sum(w * s for w, s in zip(weights, standardised, strict=True) if w > 0)
+        assert isinstance(blended, np.ndarray)
+        value = judge(held_out_ranks(blended, held, blocked))
+        if best is None or value > best[1] + 1e-12:
+            best = (weights, value)
+    assert best is not None
+    return best
