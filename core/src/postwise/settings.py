@@ -122,6 +122,18 @@ class Settings(BaseModel):
     )
     unsubscribe_mailto: str = Field(default="", description="mailto address for List-Unsubscribe.")
 
+    required_processes: list[
+        Literal["server", "worker", "collector", "triggers", "compliance", "crm"]
+    ] = Field(
+        default_factory=lambda: ["worker", "collector", "triggers", "compliance"],
+        description="Process kinds /health needs alive (each beats into Redis) to answer 200.",
+    )
+    health_max_lag_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="/health answers 503 when a consumer group or a queue is further behind.",
+    )
+
     template_max_render_seconds: float = Field(
         default=2.0,
         gt=0,

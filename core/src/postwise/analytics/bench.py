@@ -120,12 +120,12 @@ def _wait_healthy(port: int, server: subprocess.Popen[bytes]) -> None:
         if server.poll() is not None:
             raise ConfigurationError(f"the server exited with status {server.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise ConfigurationError("the server did not answer /health within 60 s")
+    raise ConfigurationError("the server did not answer /health/live within 60 s")
 
 
 @click.command(name="ingest")

@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "domain": "postwise.cli.domain:domain",
     "crm": "postwise.cli.crm:crm",
     "recommend": "postwise.cli.recommend:recommend",
+    "run": "postwise.cli.run:run",
 }
 
 

@@ -10,29 +10,39 @@ from typing import Any, TypeVar
 
 import click
 
+from postwise.ops.heartbeat import Heartbeat
+from postwise.redis_client import connect_redis
 from postwise.runtime import Runtime
 from postwise.settings import Settings, load_settings
 
-__all__ = ["emit_json", "get_runtime", "pass_runtime"]
+__all__ = ["check_deployable", "emit_json", "get_runtime", "pass_runtime"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("postwise")
 
 
-def get_runtime(ctx: click.Context, *, long_running: bool = False) -> Runtime:
+def get_runtime(ctx: click.Context, *, process: str | None = None) -> Runtime:
     """The runtime of this invocation, built once from settings and closed when it ends.
 
-    ``long_running`` processes (servers, workers, consumers) handle real mail, so they refuse
-    to start on settings that cannot send it correctly (see ``Settings.deployment_problems``)
-    unless ``mode`` is ``development``, where they start and say what is missing.
+    A long-running ``process`` (one of :data:`postwise.ops.heartbeat.PROCESS_KINDS`: servers,
+    workers, consumers) handles real mail, so it refuses to start on settings that cannot send
+    it correctly (see ``Settings.deployment_problems``) unless ``mode`` is ``development``,
+    where it starts and says what is missing. It then beats into Redis until the command ends,
+    so ``/health`` and ``postwise run`` know it is alive.
     """
     runtime = _runtime(ctx)
-    if long_running:
-        _check_deployable(runtime.settings)
+    if process is not None:
+        check_deployable(runtime.settings)
+        if not runtime.settings.redis_url.startswith("fakeredis://"):
+            # Its own connection: a worker forks, and the beat must not share its pool.
+            heartbeat = Heartbeat(connect_redis(runtime.settings.redis_url), process)
+            heartbeat.__enter__()
+            ctx.find_root().call_on_close(lambda: heartbeat.__exit__(None, None, None))
     return runtime
 
 
-def _check_deployable(settings: Settings) -> None:
+def check_deployable(settings: Settings) -> None:
+    """Refuse settings that cannot send real mail, unless ``mode`` is ``development``."""
     problems = settings.deployment_problems()
     if not problems:
         return

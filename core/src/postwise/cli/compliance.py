@@ -291,7 +291,7 @@ def reputation_run(
     count sent and delivered volume, read the bounce mailbox, pause streams over threshold."""
     from postwise.compliance.processing import ComplianceConsumer, process_mailbox
 
-    runtime = get_runtime(ctx, long_running=True)
+    runtime = get_runtime(ctx, process="compliance")
     consumer = ComplianceConsumer(runtime, name=name)
     stopping = False
 

@@ -79,7 +79,7 @@ def crm_run(ctx: click.Context, once: bool, interval: float | None) -> None:
     from postwise.crm.scheduler import run_forever, run_round
     from postwise.crm.sync import configured_systems
 
-    runtime = get_runtime(ctx, long_running=True)
+    runtime = get_runtime(ctx, process="crm")
     if not configured_systems(runtime):
         click.echo("no CRM is configured: set crm_options (see docs/crm.md)", err=True)
         ctx.exit(2)

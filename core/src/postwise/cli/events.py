@@ -74,7 +74,7 @@ def collect(
     """
     from postwise.analytics.collector import Collector, CollectorConfig, open_sink
 
-    runtime = get_runtime(ctx, long_running=True)
+    runtime = get_runtime(ctx, process="collector")
     config = CollectorConfig(
         batch_size=batch_size, flush_interval=flush_interval, claim_idle=claim_idle
     )

@@ -290,7 +290,7 @@ def run(
     """Run a trigger engine consumer until SIGINT/SIGTERM (run more to scale out)."""
     from postwise.triggers.engine import TriggerEngine
 
-    runtime = get_runtime(ctx, long_running=True)
+    runtime = get_runtime(ctx, process="triggers")
     engine = TriggerEngine(
         runtime,
         consumer=consumer,

@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
-from litestar import Litestar, get
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
@@ -25,6 +24,7 @@ from postwise.runtime import Runtime
 from postwise.server.auth import is_protected, require_api_key, required_scopes
 from postwise.server.deps import provide_runtime, provide_session
 from postwise.server.errors import EXCEPTION_HANDLERS, KINDS, PROBLEM_MEDIA_TYPE, Problem
+from postwise.server.health import health, live
 from postwise.server.validation import check_request
 from postwise.settings import Settings
 
@@ -43,26 +43,6 @@ _WHEN: dict[int, str] = {
     429: "The API key made too many requests; retry after ``Retry-After`` seconds.",
     503: "The database or Redis is unavailable; retry after ``Retry-After`` seconds.",
 }
-
-
-@get("/health", sync_to_thread=True, tags=["health"])
-def health(state: State) -> dict[str, Any]:
-    """Liveness and readiness: the database and Redis answer."""
-    runtime: Runtime = state.runtime
-    checks: dict[str, str] = {}
-    try:
-        with runtime.engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}"
-    try:
-        runtime.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-    ok = all(v == "ok" for v in checks.values())
-    return {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
 
 
 def _problem_statuses(route: HTTPRoute, method: str, handler: Any) -> list[int]:
@@ -126,7 +106,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             if owned:
                 runtime.close()
 
-    handlers: list[Any] = [health]
+    handlers: list[Any] = [health, live]
     handlers.extend(entry.component for entry in runtime.plugins.registry("routes"))
     app = Litestar(
         route_handlers=handlers,
