@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from postwise.compliance.bench import bench_bounces, default_corpora
+from postwise.devtools.bench.compliance import bench_bounces, default_corpora
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ORIGINAL = FIXTURES / "bounces"

@@ -24,7 +24,7 @@ from postwise.contacts.normalize import email_hash
 from postwise.db.models import AuditRecord, CrmLink, Message, MessageStatus, SQLModel, Suppression
 from postwise.delivery.dispatch import submit_send
 from postwise.delivery.requests import SendRequest
-from postwise.delivery.sink import SmtpSink
+from postwise.devtools.sink import SmtpSink
 from postwise.delivery.templates import create_template
 from postwise.delivery.worker import drain
 from postwise.errors import NotFoundError

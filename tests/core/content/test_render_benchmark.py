@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from postwise.content.bench import bench_render, benchmark_template, render_benchmark
+from postwise.devtools.bench.content import bench_render, benchmark_template, render_benchmark
 from postwise.content.templates import validate_template
 
 

@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from postwise.delivery.provider import Outcome, OutgoingMessage
-from postwise.delivery.sink import SmtpSink, _SinkSession
+from postwise.devtools.sink import SmtpSink, _SinkSession
 from postwise.delivery.smtp import SmtpProvider
 from postwise.errors import ConfigurationError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from postwise.experiments.bench import bench_experiments, decision_benchmark
+from postwise.devtools.bench.experiments import bench_experiments, decision_benchmark
 
 
 def test_a_decision_for_10_variants_and_10_million_exposures_takes_under_50_ms() -> None:

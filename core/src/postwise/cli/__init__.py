@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "apikeys": "postwise.cli.apikeys:apikeys",
     "templates": "postwise.cli.templates:templates",
     "campaigns": "postwise.cli.campaigns:campaigns",
-    "demo": "postwise.cli.demo:demo",
+    "demo": "postwise.devtools.demo_command:demo",
     "bench": "postwise.cli.bench:bench",
     "events": "postwise.cli.events:events",
     "metrics": "postwise.cli.metrics:metrics",

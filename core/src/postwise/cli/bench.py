@@ -1,6 +1,8 @@
 """``postwise bench``: benchmarks whose figures go into docs/benchmarks.md.
 
-Each subcommand lives with the subsystem it measures and is loaded lazily.
+Each subcommand lives in :mod:`postwise.devtools.bench` (one module per subsystem measured) and
+is loaded lazily, by name: no product module imports the benchmarks, and they import no CLI code
+but :mod:`postwise.cli.common`.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ import click
 from postwise.cli import LazyGroup
 
 BENCH_COMMANDS: dict[str, str] = {
-    "send": "postwise.delivery.bench:bench_send",
-    "render": "postwise.content.bench:bench_render",
-    "ingest": "postwise.analytics.bench:bench_ingest",
-    "metrics": "postwise.analytics.bench:bench_metrics",
-    "triggers": "postwise.triggers.bench:bench_triggers",
-    "experiments": "postwise.experiments.bench:bench_experiments",
-    "import": "postwise.contacts.bench:bench_import",
-    "bounces": "postwise.compliance.bench:bench_bounces",
+    "send": "postwise.devtools.bench.delivery:bench_send",
+    "render": "postwise.devtools.bench.content:bench_render",
+    "ingest": "postwise.devtools.bench.analytics:bench_ingest",
+    "metrics": "postwise.devtools.bench.analytics:bench_metrics",
+    "triggers": "postwise.devtools.bench.triggers:bench_triggers",
+    "experiments": "postwise.devtools.bench.experiments:bench_experiments",
+    "import": "postwise.devtools.bench.contacts:bench_import",
+    "bounces": "postwise.devtools.bench.compliance:bench_bounces",
 }
 
 

@@ -38,7 +38,7 @@ from typing import Any, Literal, NoReturn
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from postwise.delivery.sink import BackgroundSmtpServer
+from postwise.devtools.sink import BackgroundSmtpServer
 from postwise.errors import ValidationError
 
 __all__ = [

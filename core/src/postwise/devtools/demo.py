@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from postwise.contacts.normalize import email_hash
 from postwise.db.models import (
     ConsentRecord,
     Contact,
@@ -37,6 +38,15 @@ from postwise.db.models import (
     Template,
     utcnow,
 )
+from postwise.delivery.campaigns import create_campaign
+from postwise.delivery.dispatch import dispatch_campaign
+from postwise.delivery.dkim import generate_key
+from postwise.delivery.services import DEFAULT_RECOMMENDER, services_for
+from postwise.delivery.templates import create_template
+from postwise.delivery.worker import drain
+from postwise.devtools.sink import SmtpSink
+from postwise.errors import UnknownComponentError
+from postwise.recommend.base import Interaction, Item
 from postwise.runtime import Runtime
 from postwise.settings import Settings
 
@@ -164,8 +174,6 @@ def demo_settings(settings: Settings) -> Settings:
     base.mkdir(parents=True, exist_ok=True)
     key_path = base / "dkim-rsa.pem"
     if not key_path.exists():
-        from postwise.delivery.dkim import generate_key
-
         key_path.write_bytes(generate_key("rsa-sha256").private_key_pem)
         key_path.chmod(0o600)
     return settings.model_copy(
@@ -199,11 +207,6 @@ def run_demo(
     progress: Progress | None = None,
 ) -> DemoResult:
     """Seed, send one campaign end to end, and summarise it."""
-    from postwise.delivery.campaigns import create_campaign
-    from postwise.delivery.dispatch import dispatch_campaign
-    from postwise.delivery.services import services_for
-    from postwise.delivery.sink import SmtpSink
-    from postwise.delivery.worker import drain
 
     config = demo_settings(settings)
     box = Path(outbox) if outbox is not None else Path(settings.data_dir) / "demo" / "outbox"
@@ -297,7 +300,6 @@ def _seed_contacts(session: Session, count: int) -> None:
     Each contact's made-up details come from a generator seeded with its number, so every run
     (and every --contacts) describes the same people the same way.
     """
-    from postwise.contacts.normalize import email_hash
 
     existing = {
         email
@@ -364,7 +366,6 @@ def _seed_contacts(session: Session, count: int) -> None:
 
 
 def _seed_template(session: Session, runtime: Runtime) -> int:
-    from postwise.delivery.templates import create_template
 
     template = session.exec(select(Template).where(Template.name == DEMO_TEMPLATE)).first()
     if template is None:
@@ -382,7 +383,6 @@ def _seed_template(session: Session, runtime: Runtime) -> int:
 
 def _prefill_frequency_cap(runtime: Runtime) -> None:
     """Give a few contacts three recent messages already, as if sent by earlier campaigns."""
-    from postwise.delivery.services import services_for
 
     cap = services_for(runtime).frequency_cap
     if cap is None:
@@ -404,9 +404,6 @@ def _prefill_frequency_cap(runtime: Runtime) -> None:
 
 def _install_recommender(runtime: Runtime) -> None:
     """Fit the registry's popularity recommender on a small catalogue and made-up history."""
-    from postwise.delivery.services import DEFAULT_RECOMMENDER, services_for
-    from postwise.errors import UnknownComponentError
-    from postwise.recommend.base import Interaction, Item
 
     try:
         factory = runtime.component("recommenders", DEFAULT_RECOMMENDER)

@@ -21,6 +21,11 @@ from typing import Any
 import click
 
 from postwise.cli.common import emit_json
+from postwise.compliance.bounces import classify_message, evaluate_corpus
+from postwise.compliance.processing import process_raw_report
+from postwise.errors import ConfigurationError
+from postwise.runtime import Runtime
+from postwise.settings import load_settings
 
 __all__ = ["CORPUS_NAMES", "bench_bounces", "default_corpora", "measure"]
 
@@ -46,10 +51,6 @@ def _percentile(values: list[float], fraction: float) -> float:
 def _process(messages: list[bytes], reports: int) -> dict[str, Any]:
     """Process ``reports`` messages (cycling) through a fresh embedded runtime."""
     import uuid
-
-    from postwise.compliance.processing import process_raw_report
-    from postwise.runtime import Runtime
-    from postwise.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(
@@ -78,7 +79,6 @@ def _process(messages: list[bytes], reports: int) -> dict[str, Any]:
 def measure(corpora: Sequence[Path], *, repeat: int = 5, reports: int = 0) -> dict[str, Any]:
     """Accuracy on each of ``corpora`` and classification speed (``repeat`` passes over all
     their messages); with ``reports`` > 0 also the end-to-end processing rate."""
-    from postwise.compliance.bounces import classify_message, evaluate_corpus
 
     results: list[dict[str, Any]] = []
     messages: list[bytes] = []
@@ -142,7 +142,6 @@ def measure(corpora: Sequence[Path], *, repeat: int = 5, reports: int = 0) -> di
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_bounces(corpora: tuple[Path, ...], repeat: int, reports: int, as_json: bool) -> None:
     """Bounce classification accuracy on labelled corpora, and how fast reports are handled."""
-    from postwise.errors import ConfigurationError
 
     chosen = list(corpora) or default_corpora()
     if not chosen:

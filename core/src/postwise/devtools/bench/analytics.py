@@ -28,9 +28,25 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from postwise.analytics.collector import Collector, CollectorConfig, ensure_group, open_sink
+from postwise.analytics.ingest import DEDUPE_PREFIX
+from postwise.analytics.metrics import (
+    AttributionModel,
+    HealthKey,
+    MetricsBackend,
+    Scope,
+    VariantKey,
+)
+from postwise.analytics.sql_metrics import SqlMetrics
+from postwise.analytics.sql_sink import SqlSink
+from postwise.apikeys import create_api_key
 from postwise.cli.common import emit_json, get_runtime
+from postwise.db.engine import create_db_engine
+from postwise.db.models import Event, Segment
 from postwise.errors import ConfigurationError
+from postwise.events import EVENT_STREAM
 from postwise.runtime import Runtime
+from postwise.settings import load_settings
 
 __all__ = ["bench_ingest", "bench_metrics"]
 
@@ -151,11 +167,6 @@ def bench_ingest(
     as_json: bool,
 ) -> None:
     """HTTP batches → Redis stream (events/s), then stream → PostgreSQL (stored/s)."""
-    from postwise.analytics.collector import Collector, CollectorConfig, ensure_group
-    from postwise.analytics.ingest import DEDUPE_PREFIX
-    from postwise.analytics.sql_sink import SqlSink
-    from postwise.apikeys import create_api_key
-    from postwise.events import EVENT_STREAM
 
     runtime = get_runtime(ctx)
     _require_servers(runtime)
@@ -318,7 +329,6 @@ def _pg_generate(engine: sa.Engine, total: int) -> None:
     """``total`` events: one ``sent`` per message, then opens, clicks, conversions, bounces,
     complaints, failures and product events, spread over 90 days; the model's indexes are
     built after the load (faster than maintaining them row by row)."""
-    from postwise.db.models import Event
 
     messages = max(1, total * 3 // 10)
     table = Event.__table__  # type: ignore[attr-defined]
@@ -453,17 +463,6 @@ def bench_metrics(
     ctx: click.Context, *, total: int, sink_name: str, repeat: int, regenerate: bool, as_json: bool
 ) -> None:
     """Time the metric queries over --events synthetic events (PostgreSQL or ClickHouse)."""
-    from postwise.analytics.metrics import (
-        AttributionModel,
-        HealthKey,
-        MetricsBackend,
-        Scope,
-        VariantKey,
-    )
-    from postwise.analytics.sql_metrics import SqlMetrics
-    from postwise.db.engine import create_db_engine
-    from postwise.db.models import Segment
-    from postwise.settings import load_settings
 
     runtime = get_runtime(ctx)
     base = runtime.settings.resolved_database_url
@@ -498,8 +497,6 @@ def bench_metrics(
         backend = SqlMetrics(engine)
         sink = None
     else:
-        from postwise.analytics.collector import open_sink
-
         sink = open_sink(bench_runtime, "clickhouse")
         table = sink.table  # type: ignore[attr-defined]
         [(present,)] = sink.execute(f"SELECT count() FROM {table}")  # type: ignore[attr-defined]  # noqa: S608

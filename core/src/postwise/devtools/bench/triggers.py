@@ -37,14 +37,28 @@ from typing import Any
 import click
 
 from postwise.cli.common import emit_json
+from postwise.db.models import (
+    Contact,
+    ContactTag,
+    Event,
+    Message,
+    Segment,
+    Template,
+    TemplateVersion,
+)
+from postwise.delivery.dispatch import submit_send
+from postwise.delivery.frequency import KEY_PREFIX
+from postwise.delivery.jobs import queue_name
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
 from postwise.events import EventEnvelope, encode_event
+from postwise.redis_client import connect_redis
 from postwise.runtime import Runtime
 from postwise.settings import Settings, load_settings
 from postwise.triggers.cooldown import TriggerKeys
 from postwise.triggers.engine import Submitter, TriggerEngine
 from postwise.triggers.stats import COUNTERS, read_stats
+from postwise.triggers.store import TriggerStore
 
 __all__ = ["BENCH_TRIGGERS", "bench_triggers", "run_benchmark"]
 
@@ -250,8 +264,6 @@ def _populate(runtime: Runtime, contacts: int, rng: random.Random) -> list[int]:
     import sqlalchemy as sa
     from sqlmodel import col
 
-    from postwise.db.models import Contact, ContactTag, Event, Segment, Template, TemplateVersion
-
     now = datetime.now(UTC)
     with runtime.session() as session:
         template = Template(name="bench-follow-up")
@@ -312,7 +324,6 @@ def _populate(runtime: Runtime, contacts: int, rng: random.Random) -> list[int]:
 
 
 def _define_triggers(runtime: Runtime, count: int, keys: TriggerKeys) -> dict[int, str]:
-    from postwise.triggers.store import TriggerStore
 
     names: dict[int, str] = {}
     with runtime.session() as session:
@@ -442,7 +453,6 @@ class _Producer:
     seed: int
 
     def __call__(self) -> None:
-        from postwise.redis_client import connect_redis
 
         client = connect_redis(self.redis_url)
         rng = random.Random(self.seed)
@@ -511,7 +521,6 @@ def _paced(
 def _forget_claims(runtime: Runtime, run: _Run) -> None:
     """Free the cooldowns and frequency-cap slots of the throughput phase, so the paced phase
     sends as a fresh population would."""
-    from postwise.delivery.frequency import KEY_PREFIX
 
     client = runtime.redis
     for key in client.scan_iter(match=f"{run.keys.namespace}:cd:*", count=1000):
@@ -519,8 +528,6 @@ def _forget_claims(runtime: Runtime, run: _Run) -> None:
     with runtime.session() as session:
         import sqlalchemy as sa
         from sqlmodel import col
-
-        from postwise.db.models import Contact
 
         ids = [row[0] for row in session.execute(sa.select(col(Contact.id)))]
     for start in range(0, len(ids), 1000):
@@ -543,7 +550,6 @@ def run_benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run both phases on ``settings`` (a scratch database) and return the figures."""
-    from postwise.delivery.dispatch import submit_send
 
     say = progress or (lambda _text: None)
     rng = random.Random(seed)
@@ -622,8 +628,6 @@ def _cleanup(runtime: Runtime, run: _Run) -> None:
     from rq.registry import ScheduledJobRegistry
     from rq.serializers import JSONSerializer
 
-    from postwise.delivery.jobs import queue_name
-
     client = runtime.redis
     client.delete(run.stream)
     for key in client.scan_iter(match=f"{run.keys.namespace}:*", count=1000):
@@ -632,8 +636,6 @@ def _cleanup(runtime: Runtime, run: _Run) -> None:
     # The sends this run queued: jobs whose message ids all belong to the scratch ledger.
     import sqlalchemy as sa
     from sqlmodel import col
-
-    from postwise.db.models import Message
 
     with runtime.session() as session:
         message_ids = {row[0] for row in session.execute(sa.select(col(Message.id)))}

@@ -40,9 +40,20 @@ import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlmodel import select
 
-from postwise.db.models import as_utc
-from postwise.delivery.sink import BackgroundSmtpServer, SmtpSink
-from postwise.errors import DeliveryError
+from postwise.cli.common import emit_json, get_runtime
+from postwise.db.models import Contact, Message, Segment, Template, as_utc, utcnow
+from postwise.delivery.atomic import supports_lua
+from postwise.delivery.campaigns import create_campaign
+from postwise.delivery.dispatch import dispatch_campaign
+from postwise.delivery.dkim import generate_key
+from postwise.delivery.jobs import bind_runtime, queue_name
+from postwise.delivery.services import DEFAULT_RECOMMENDER, services_for
+from postwise.delivery.templates import create_template
+from postwise.delivery.worker import drain, run_worker
+from postwise.devtools.sink import BackgroundSmtpServer, SmtpSink
+from postwise.errors import DeliveryError, UnknownComponentError
+from postwise.recommend.base import Interaction, Item
+from postwise.runtime import Runtime
 from postwise.settings import Settings
 
 __all__ = ["bench_send", "run_bench"]
@@ -145,10 +156,6 @@ def _sink_process(outbox: str | None, shared: dict[str, Any]) -> None:
 
 def _worker_process(settings_json: str, ready: Any, stats: Any) -> None:
     """A child process running one delivery worker until SIGTERM."""
-    from postwise.delivery.jobs import bind_runtime
-    from postwise.delivery.services import services_for
-    from postwise.delivery.worker import run_worker
-    from postwise.runtime import Runtime
 
     logging.basicConfig(level=logging.WARNING)
     for name in ("rq.worker", "rq.scheduler", "rq.queue", "rq.job"):
@@ -167,9 +174,6 @@ def _worker_process(settings_json: str, ready: Any, stats: Any) -> None:
 
 
 def _fit_recommender(runtime: Any) -> None:
-    from postwise.delivery.services import DEFAULT_RECOMMENDER, services_for
-    from postwise.errors import UnknownComponentError
-    from postwise.recommend.base import Interaction, Item
 
     try:
         factory = runtime.component("recommenders", DEFAULT_RECOMMENDER)
@@ -209,8 +213,6 @@ def _bench_settings(
     if dkim:
         key_path = bench_dir / "dkim-rsa.pem"
         if not key_path.exists():
-            from postwise.delivery.dkim import generate_key
-
             key_path.write_bytes(generate_key("rsa-sha256").private_key_pem)
         updates.update(
             dkim_domain=_DOMAIN,
@@ -225,9 +227,6 @@ def _bench_settings(
 
 def _seed(runtime: Any, messages: int) -> int:
     """N bench contacts (added to what earlier runs left), a template and a campaign."""
-    from postwise.db.models import Contact, Segment, Template, utcnow
-    from postwise.delivery.campaigns import create_campaign
-    from postwise.delivery.templates import create_template
 
     table = Contact.__table__  # type: ignore[attr-defined]
     with runtime.engine.begin() as connection:
@@ -315,11 +314,6 @@ def run_bench(
     timeout: float = 3600.0,
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the module docstring)."""
-    from postwise.delivery.atomic import supports_lua
-    from postwise.delivery.dispatch import dispatch_campaign
-    from postwise.delivery.jobs import queue_name
-    from postwise.delivery.worker import drain
-    from postwise.runtime import Runtime
 
     bench_dir = Path(settings.data_dir) / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +418,6 @@ def run_bench(
 
 
 def _ledger_counts(runtime: Any, campaign_id: int) -> dict[str, int]:
-    from postwise.db.models import Message
 
     table = Message.__table__  # type: ignore[attr-defined]
     with runtime.engine.connect() as connection:
@@ -437,7 +430,6 @@ def _ledger_counts(runtime: Any, campaign_id: int) -> dict[str, int]:
 
 
 def _wait_until_final(runtime: Any, campaign_id: int, *, deadline: float) -> None:
-    from postwise.db.models import Message
 
     table = Message.__table__  # type: ignore[attr-defined]
     query = sa.select(sa.func.count()).where(
@@ -503,7 +495,6 @@ def bench_send(
     as_json: bool,
 ) -> None:
     """End-to-end sending throughput: dispatch, RQ workers, render, DKIM, SMTP."""
-    from postwise.cli.common import emit_json, get_runtime
 
     for name in ("mail.log", "rq.worker", "rq.queue", "rq.job", "rq.scheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)

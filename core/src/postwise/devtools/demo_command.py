@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from postwise.cli.common import emit_json, get_runtime
+from postwise.devtools.demo import run_demo
 
 
 @click.command()
@@ -33,7 +34,6 @@ def demo(ctx: click.Context, contacts: int, outbox: Path | None, as_json: bool) 
     A local SMTP sink writes every message as an .eml file; the demo uses its own SQLite
     database and an in-process Redis under DATA_DIR/demo, so it never touches real data.
     """
-    from postwise.delivery.demo import run_demo
 
     settings = get_runtime(ctx).settings
     # The sink's and the in-process worker's per-message logs would drown the summary.

@@ -1,0 +1,1 @@
+"""``postwise bench``: one module per subsystem measured; figures go into docs/benchmarks.md."""
