@@ -41,7 +41,8 @@ _RETURNED_SEPARATOR_RE = re.compile(
     r"^[ \t]*-{2,}[^\n]*(copy of the (original )?message|original message|unsent message|"
     r"returned message|message headers? follow|undelivered message|header of the original|"
     r"original message header|below this line is a copy)"
-    r"[^\n]*$|^[ \t]*(?:-{3,}\s*)?(?:The )?original message (?:follows|headers?)",
+    r"[^\n]*$|^[ \t]*(?:-{3,}\s*)?(?:The )?original message (?:follows|headers?)|"
+    r"lines of (?:your|the) original message follow:?",
     re.I | re.M,
 )
 

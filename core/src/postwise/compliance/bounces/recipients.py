@@ -44,6 +44,7 @@ _RECIPIENT_PATTERNS = [
         rf"{_ADDR}[:\s.]+(?:user unknown|unknown user|no such user|mailbox (?:is )?full|"
         rf"does not exist|not found)",
         rf"^\s*Failed address:\s*{_ADDR}",
+        rf"(?:delivery of e-?mail to this address|failed to deliver to)\s*[\"']?{_ADDR}",
         rf"(?:delivery to|deliver to|delivering to|sending to)(?: the following recipient)?"
         rf"(?: failed)?:?\s*{_ADDR}",
         # An address alone on its line (qmail style without the colon).

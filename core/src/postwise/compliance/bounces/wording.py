@@ -76,7 +76,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     (
         _R.MAILBOX_FULL,
         _patterns(
-            r"mail ?box (is )?(full|over)",
+            r"mail ?box (is )?(full|over)|full mailbox",
             r"over (the |its |their )?(allowed |storage |disk )?quota",
             r"quota (exceeded|full|violation)|\bover ?quota\b",
             r"exceed(s|ed)? (the |its |their |his |her )?(storage |mailbox |disk )?quota",
@@ -118,6 +118,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
         _R.USER_UNKNOWN,
         _patterns(
             r"user unknown|unknown user|destinatario desconocido",
+            r"non-?existent (user|mailbox|recipient|address|account)",
             # Exchange Online's directory-based edge blocking: the recipient does not exist.
             r"5\.4\.1 recipient address rejected: access denied",
             # IronPort's LDAP accept query: the address is not in the directory.
@@ -190,6 +191,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
             r"(name server|dns|nameserver)[^\n]{0,30}(failure|error|timeout|not respond)",
             r"temporary lookup failure|malformed or unexpected name server reply",
             r"mail (loop|forwarding loop)|loops back to myself|too many hops|routing loop",
+            r"forwarding loop|alias(ing)? loop|loop (detected|broken)|unrouteable mail domain",
             r"no answer from",
         ),
     ),
