@@ -240,6 +240,14 @@ class Settings(BaseModel):
         "suppressed.",
     )
     soft_bounce_window_days: int = Field(default=7, ge=1, le=365)
+    undetermined_bounce_limit: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Permanent (5xx) failures of undetermined cause within "
+        "undetermined_bounce_window_days after which an address is suppressed.",
+    )
+    undetermined_bounce_window_days: int = Field(default=30, ge=1, le=365)
     bounce_mailbox: str = Field(
         default="",
         description="Where DSNs and mailto unsubscribes arrive: a maildir path or an "

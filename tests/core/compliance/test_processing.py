@@ -18,7 +18,12 @@ from sqlmodel import select
 from postwise import hookimpl
 from postwise.cli import cli
 from postwise.compliance import reputation
-from postwise.compliance.bounces import BounceClassification, BounceKind, classify_message
+from postwise.compliance.bounces import (
+    BounceClassification,
+    BounceKind,
+    BounceReason,
+    classify_message,
+)
 from postwise.compliance.processing import (
     ComplianceConsumer,
     apply_classification,
@@ -169,6 +174,73 @@ def test_a_block_feeds_reputation_and_never_suppresses_the_address(runtime: Runt
     assert stream.counts["block"] == 1
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "550 5.7.1 Client host rejected: cannot find your reverse hostname (no PTR record)",
+        "553 5.1.8 <news@example.com>: Sender address rejected: Domain not found",
+        "550 5.7.26 Unauthenticated email is not accepted due to the domain's DMARC policy",
+        "550 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+        "554 5.7.1 Can't determine Purported Responsible Address",
+    ],
+)
+def test_a_sender_side_refusal_never_suppresses_the_recipient_and_alerts(
+    runtime: Runtime, reply: str
+) -> None:
+    from postwise.compliance.bounces import Side, classify_smtp_reply
+    from postwise.compliance.bounces.reasons import REASONS
+    from postwise.compliance.processing import counters
+
+    cid = _contact(runtime, "ida@example.org")
+    code, _, text = reply.partition(" ")
+    found = classify_smtp_reply(int(code), text)
+    assert REASONS[found.reason].side is Side.SENDER, found.explanation
+    classification = BounceClassification(
+        found.kind,
+        found.reason,
+        recipient="ida@example.org",
+        status=found.status,
+        diagnostic=found.diagnostic,
+        permanent=True,
+    )
+    outcome = apply_classification(runtime, classification, provider="smtp")
+    assert outcome.action == "reputation"
+    assert not _suppressed(runtime, "ida@example.org")
+    assert _status(runtime, cid) == ContactStatus.ACTIVE
+    assert counters(runtime.redis)[f"alert:{found.reason.value}"] == 1
+
+
+def test_an_undetermined_permanent_failure_suppresses_only_after_repeats(
+    make_settings: Any,
+) -> None:
+    from dataclasses import replace
+
+    from postwise.compliance.bounces import classify_smtp_reply
+
+    runtime = Runtime(make_settings(undetermined_bounce_limit=3, soft_bounce_limit=1))
+    try:
+        cid = _contact(runtime, "jon@example.net")
+        found = classify_smtp_reply(554, "Transaction failed")
+        assert (found.kind, found.reason) == (BounceKind.SOFT, BounceReason.UNDETERMINED)
+        bounce = replace(found, recipient="jon@example.net")
+        actions = [
+            apply_classification(
+                runtime, replace(bounce, message_id=f"u{i}"), event_id=f"u{i}"
+            ).action
+            for i in range(3)
+        ]
+        # Not the soft rule (its limit of 1 would have suppressed at once): its own count.
+        assert actions == [
+            "undetermined_counted",
+            "undetermined_counted",
+            "undetermined_suppressed",
+        ]
+        assert _suppressed(runtime, "jon@example.net")
+        assert _status(runtime, cid) == ContactStatus.BOUNCED
+    finally:
+        runtime.close()
+
+
 def test_an_arf_complaint_unsubscribes_and_suppresses(runtime: Runtime) -> None:
     cid = _contact(runtime, "carol@yahoo.example.com")
     classification = _fixture("arf-yahoo-style-abuse.eml")
@@ -229,7 +301,11 @@ def test_reports_resolve_the_contact_through_the_ledger(runtime: Runtime) -> Non
             Message(id="ledger-7", contact_id=cid, provider="smtp", status=MessageStatus.ACCEPTED)
         )
     classification = BounceClassification(
-        BounceKind.HARD, recipient=None, status="5.1.1", message_id="ledger-7"
+        BounceKind.HARD,
+        BounceReason.USER_UNKNOWN,
+        recipient=None,
+        status="5.1.1",
+        message_id="ledger-7",
     )
     outcome = apply_classification(runtime, classification)
     assert outcome.contact_id == cid

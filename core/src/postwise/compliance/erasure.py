@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from postwise.compliance.consent import consent_history
-from postwise.compliance.processing import soft_bounce_key
+from postwise.compliance.processing import bounce_keys
 from postwise.compliance.suppression import SuppressionReason, suppress_hash
 from postwise.compliance.unsubscribe import PENDING_STATES
 from postwise.contacts.normalize import email_hash, normalize_email
@@ -225,7 +225,7 @@ def _erase_elsewhere(
     if contact_id is not None:
         _erase_events(runtime, contact_id, report)
     if hashed:
-        report.counts["redis_keys"] = int(runtime.redis.delete(soft_bounce_key(hashed)))
+        report.counts["redis_keys"] = int(runtime.redis.delete(*bounce_keys(hashed)))
 
 
 def erase_email(runtime: Runtime, email: str, *, actor: str = "api") -> ErasureReport:

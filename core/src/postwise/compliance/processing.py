@@ -7,15 +7,20 @@ Reports reach postwise three ways, and all end in :func:`apply_classification`:
 * DSNs and ARF reports in the bounce mailbox (maildir or IMAP): :func:`process_mailbox`;
 * ESP webhooks: provider plugins call :func:`record_provider_feedback`.
 
-What each kind does:
+What each verdict does (the reason decides; see ``postwise.compliance.bounces.reasons``):
 
-* ``hard``: the address is suppressed at once (scope ``all``), the contact's status becomes
+* ``hard`` (only recipient-side permanent reasons: user unknown, host unknown, has moved, not
+  accepted): the address is suppressed at once (scope ``all``), the contact's status becomes
   ``bounced`` and its unsent messages are skipped;
-* ``soft``: counted in Redis per address, once per message (repeated delay warnings about one
-  message count once); ``soft_bounce_limit`` of them within ``soft_bounce_window_days``
+* ``soft`` with reason ``undetermined`` and a permanent (5xx) code: a failure nobody could
+  explain; counted per address, once per message, and only ``undetermined_bounce_limit`` of
+  them within ``undetermined_bounce_window_days`` suppress it;
+* other ``soft``: counted in Redis per address, once per message (repeated delay warnings about
+  one message count once); ``soft_bounce_limit`` of them within ``soft_bounce_window_days``
   suppress it like a hard bounce;
-* ``block``: the receiving side refused the *sender*; it feeds the reputation rates and never
-  suppresses the address;
+* ``block`` (sender-side: IP/PTR/RBL, policy, DMARC, sender refused...): never suppresses the
+  address; counts against the sending stream's reputation and is logged as an alert (counter
+  ``alert:<reason>``);
 * ``complaint``: the contact is unsubscribed, the address suppressed, the status ``complained``;
 * ``auto_reply`` and ``unknown``: nothing but a log line and a counter. A malformed DSN is
   ``unknown``: postwise never suppresses on a guess.
@@ -41,9 +46,11 @@ from sqlmodel import Session, col, select
 
 from postwise.compliance import reputation
 from postwise.compliance.bounces import (
+    REASONS,
     BounceClassification,
     BounceKind,
     BounceReason,
+    Side,
     classify_message,
     classify_smtp_reply,
 )
@@ -78,12 +85,14 @@ __all__ = [
     "MailboxRun",
     "ProcessingOutcome",
     "apply_classification",
+    "bounce_keys",
     "classification_from_event",
     "counters",
     "process_mailbox",
     "process_raw_report",
     "record_provider_feedback",
     "soft_bounce_key",
+    "undetermined_bounce_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +100,7 @@ log = logging.getLogger(__name__)
 CONSUMER_GROUP = "compliance"
 _DONE = "postwise:compliance:done:"
 _SOFT = "postwise:compliance:soft:"
+_UNDETERMINED = "postwise:compliance:undetermined:"
 _COUNTERS = "postwise:compliance:counts"
 #: How long an event id is remembered as handled; redeliveries come within minutes, webhook
 #: retries within a few days.
@@ -131,7 +141,8 @@ class ProcessingOutcome:
 
     event_id: str
     kind: str
-    #: suppressed, soft_counted, soft_suppressed, unsubscribed, reputation, ignored, duplicate
+    #: suppressed, soft_counted, soft_suppressed, undetermined_counted, undetermined_suppressed,
+    #: unsubscribed, reputation, ignored, duplicate
     action: str
     contact_id: int | None
     reason: str
@@ -151,6 +162,27 @@ class ProcessingOutcome:
 def soft_bounce_key(hashed_address: str) -> str:
     """The Redis sorted set of an address's recent soft bounces (erasure deletes it)."""
     return _SOFT + hashed_address
+
+
+def undetermined_bounce_key(hashed_address: str) -> str:
+    """The Redis sorted set of an address's recent permanent failures of undetermined cause."""
+    return _UNDETERMINED + hashed_address
+
+
+def bounce_keys(hashed_address: str) -> list[str]:
+    """Every Redis key that holds bounce counts of an address (erasure deletes them)."""
+    return [soft_bounce_key(hashed_address), undetermined_bounce_key(hashed_address)]
+
+
+def _count_recent(redis_client: redis.Redis, key: str, member: str, now: float, days: int) -> int:
+    """Add ``member`` to the sorted set ``key`` and count its members of the last ``days``."""
+    window = days * 86400
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.zadd(key, {member: now})
+    pipe.zremrangebyscore(key, "-inf", now - window)
+    pipe.zcard(key)
+    pipe.expire(key, window)
+    return int(pipe.execute()[2])
 
 
 def counters(redis_client: redis.Redis) -> dict[str, int]:
@@ -233,34 +265,50 @@ def _act(
     )
     contact = target.contact
     hashed = email_hash(target.address) if target.address else None
-    if kind is BounceKind.HARD:
+    info = REASONS[classification.reason]
+    if kind is BounceKind.HARD and info.side is Side.RECIPIENT:
         if hashed is None:
             return "ignored", "hard bounce names no address or known contact"
         _suppress_bounced(session, hashed, contact, SuppressionReason.HARD_BOUNCE, detail)
-        return "suppressed", "hard bounce: address suppressed"
+        return "suppressed", f"hard bounce ({classification.reason.value}): address suppressed"
+    # One count per message: an MTA that keeps retrying sends several delay warnings for the
+    # same message (then maybe delivers it), and those are one bounce, not many.
+    member = f"message:{classification.message_id}" if classification.message_id else event_id
+    if (
+        kind is BounceKind.SOFT
+        and classification.reason is BounceReason.UNDETERMINED
+        and classification.permanent
+    ):
+        # A permanent failure nobody could explain: the address may well be gone, but one such
+        # report is no proof. Only repeats suppress.
+        if hashed is None:
+            return "ignored", "undetermined permanent failure names no address or known contact"
+        limit = settings.undetermined_bounce_limit
+        days = settings.undetermined_bounce_window_days
+        recent = _count_recent(redis_client, undetermined_bounce_key(hashed), member, now, days)
+        if recent < limit:
+            return "undetermined_counted", (
+                f"permanent failure of undetermined cause {recent} of {limit} within {days} days"
+            )
+        summary = (
+            f"{recent} permanent failures of undetermined cause within {days} days; "
+            f"last: {detail or 'no diagnostic'}"
+        )
+        _suppress_bounced(session, hashed, contact, SuppressionReason.HARD_BOUNCE, summary)
+        return "undetermined_suppressed", (
+            f"{recent} permanent failures of undetermined cause: address suppressed"
+        )
     if kind is BounceKind.SOFT:
         if hashed is None:
             return "ignored", "soft bounce names no address or known contact"
-        key = soft_bounce_key(hashed)
-        window = settings.soft_bounce_window_days * 86400
-        # One count per message: an MTA that keeps retrying sends several delay warnings for
-        # the same message (then maybe delivers it), and those are one soft bounce, not many.
-        member = f"message:{classification.message_id}" if classification.message_id else event_id
-        pipe = redis_client.pipeline(transaction=True)
-        pipe.zadd(key, {member: now})
-        pipe.zremrangebyscore(key, "-inf", now - window)
-        pipe.zcard(key)
-        pipe.expire(key, window)
-        recent = int(pipe.execute()[2])
+        days = settings.soft_bounce_window_days
+        recent = _count_recent(redis_client, soft_bounce_key(hashed), member, now, days)
         if recent < settings.soft_bounce_limit:
             return "soft_counted", (
-                f"soft bounce {recent} of {settings.soft_bounce_limit} "
-                f"within {settings.soft_bounce_window_days} days"
+                f"soft bounce ({classification.reason.value}) {recent} of "
+                f"{settings.soft_bounce_limit} within {days} days"
             )
-        summary = (
-            f"{recent} soft bounces within {settings.soft_bounce_window_days} days; "
-            f"last: {detail or 'no diagnostic'}"
-        )
+        summary = f"{recent} soft bounces within {days} days; last: {detail or 'no diagnostic'}"
         _suppress_bounced(session, hashed, contact, SuppressionReason.SOFT_BOUNCE, summary)
         return "soft_suppressed", f"{recent} soft bounces within the window: address suppressed"
     if kind is BounceKind.COMPLAINT:
@@ -279,8 +327,19 @@ def _act(
             detail=classification.feedback_type,
         )
         return "unsubscribed", "complaint: unsubscribed and suppressed"
-    if kind is BounceKind.BLOCK:
-        return "reputation", "blocked by the receiving side: counted for reputation only"
+    if kind in (BounceKind.BLOCK, BounceKind.HARD):
+        # The sender was refused (IP, PTR, RBL, policy, DMARC...): nothing is wrong with the
+        # recipient. It counts against the stream's reputation, and is logged as an alert.
+        log.warning(
+            "sender-side refusal (%s) reported by the receiving side: %s",
+            classification.reason.value,
+            detail or "no diagnostic",
+        )
+        _count(redis_client, f"alert:{classification.reason.value}")
+        return "reputation", (
+            f"refused for the sender ({classification.reason.value}): counted against the "
+            "sending stream's reputation, the recipient is not suppressed"
+        )
     return "ignored", classification.explanation or f"{kind.value}: nothing to do"
 
 
