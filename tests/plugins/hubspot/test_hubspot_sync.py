@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from fake_hubspot import BASE, FakeHubSpot
 from hubspot_helpers import BASE_URL, CLIENT_SECRET
 from sqlmodel import select
@@ -14,6 +15,7 @@ from postwise.crm.engagement import push_engagement
 from postwise.crm.sync import poll
 from postwise.db.models import Contact, ContactStatus, CrmLink, utcnow
 from postwise.runtime import Runtime
+from postwise.testing.webhooks import SignedWebhookContract
 from postwise_hubspot.signature import signature_v3
 
 HOOK = "/hooks/crm/hubspot"
@@ -24,8 +26,8 @@ def contacts(runtime: Runtime) -> dict[str, Contact]:
         return {c.email: c for c in session.exec(select(Contact))}
 
 
-def signed(body: bytes) -> dict[str, str]:
-    timestamp = str(int(time.time() * 1000))
+def signed(body: bytes, at: float | None = None) -> dict[str, str]:
+    timestamp = str(int((time.time() if at is None else at) * 1000))
     signature = signature_v3(CLIENT_SECRET, "POST", BASE_URL + HOOK, body, timestamp)
     return {
         "X-HubSpot-Signature-v3": signature,
@@ -94,7 +96,8 @@ def test_a_signed_webhook_lands_the_contact_and_a_redelivery_changes_nothing(
     ).encode()
 
     first = client.post(HOOK, content=body, headers=signed(body))
-    again = client.post(HOOK, content=body, headers=signed(body))
+    # HubSpot delivers again with a new timestamp, so a new signature.
+    again = client.post(HOOK, content=body, headers=signed(body, time.time() - 1))
 
     assert first.status_code == 200 and first.json()["created"] == 1
     assert again.status_code == 200 and again.json()["unchanged"] == 1
@@ -125,3 +128,16 @@ def test_a_webhook_with_a_bad_signature_gets_401_and_changes_nothing(
     assert response.status_code == 401
     assert contacts(runtime) == {}
     assert hubspot_server.requests(f"{BASE}/batch/read") == []
+
+
+class TestHubSpotWebhookContract(SignedWebhookContract):
+    path = HOOK
+
+    @pytest.fixture(autouse=True)
+    def _hubspot(self, hubspot_server: FakeHubSpot) -> None:
+        self.ada = hubspot_server.add("ada@example.com", firstname="Ada")
+
+    def signed_request(self, at: float) -> tuple[bytes, dict[str, str]]:
+        event = {"eventId": 7, "subscriptionType": "contact.creation", "objectId": int(self.ada)}
+        body = json.dumps([{**event, "occurredAt": int(at * 1000)}]).encode()
+        return body, signed(body, at)

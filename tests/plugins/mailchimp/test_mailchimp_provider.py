@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import socket
 from typing import Any
 
 import dkim
@@ -17,7 +15,7 @@ from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage
 from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
 from postwise.settings import load_settings
-from postwise.testing.contracts import ProviderContract
+from postwise.testing.contracts import HttpProviderContract
 from postwise_mailchimp.options import parse_options
 from postwise_mailchimp.provider import MailchimpProvider, classify_response
 
@@ -37,36 +35,26 @@ def plain(index: int) -> OutgoingMessage:
     return OutgoingMessage(f"m{index}", "news@example.com", f"rcpt{index}@example.net", raw)
 
 
-class TestMailchimpProviderContract(ProviderContract):
-    http_api = True
+class TestMailchimpProviderContract(HttpProviderContract):
+    secret = API_KEY
+    service = "Mailchimp Transactional"
 
-    @pytest.fixture(autouse=True)
-    def _server(self, mailchimp_server: FakeMailchimp) -> None:
-        self.server = mailchimp_server
+    def make_server(self) -> FakeMailchimp:
+        return FakeMailchimp(API_KEY)
 
-    def make_provider(self) -> MailchimpProvider:
-        return make_provider(self.server, concurrency=1)
+    def provider_for(self, url: str, **options: Any) -> MailchimpProvider:
+        values = {"api_key": API_KEY, "base_url": url + "/api/1.3", **options}
+        return MailchimpProvider(parse_options(values))
 
-    def throttle_next(self, retry_after: int) -> None:
-        self.server.reply(Reply(429, {"Retry-After": str(retry_after)}, {"status": "error"}))
+    def error_body(self, status: int, message: str) -> Any:
+        return error("ValidationError" if status < 500 else "GeneralError", message)
+
+    def refusal(self) -> Reply:
+        # Mailchimp Transactional sends every error with HTTP 500, named.
+        return Reply(500, body=error("Invalid_Key", "Invalid API key"))
 
     def reject_recipient(self, address: str) -> None:
-        self.server.rejected[address] = "hard-bounce"
-
-    def refuse_next_request(self) -> None:
-        self.server.reply(Reply(500, body=error("Invalid_Key", "Invalid API key")))
-
-    def lose_next_answer(self) -> None:
-        self.server.reply(Reply(drop=True))
-
-    def test_contract_messages_are_all_accepted_by_the_local_api(self) -> None:
-        provider = self.make_provider()
-        try:
-            results = provider.send_batch(self.make_messages(5))
-        finally:
-            provider.close()
-        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
-        assert len(self.server.received) == 5
+        self.server.rejected[address] = "hard-bounce"  # type: ignore[attr-defined]
 
 
 def test_the_raw_message_is_sent_as_signed_with_the_ledger_id_as_metadata(
@@ -206,21 +194,6 @@ def test_a_general_error_is_transient_and_sending_goes_on(mailchimp_server: Fake
     assert second.outcome is Outcome.ACCEPTED
 
 
-def test_a_429_defers_the_message_and_the_rest_of_the_batch_for_retry_after(
-    mailchimp_server: FakeMailchimp,
-) -> None:
-    mailchimp_server.reply(Reply(429, {"Retry-After": "30"}, {"status": "error"}))
-    provider = make_provider(mailchimp_server, concurrency=1)
-    try:
-        results = provider.send_batch([plain(i) for i in range(3)])
-    finally:
-        provider.close()
-    assert [r.outcome for r in results] == [Outcome.DEFERRED] * 3
-    assert [r.retry_after for r in results] == [30.0] * 3
-    assert "retry after 30 s" in results[0].reason
-    assert len(mailchimp_server.received) == 1
-
-
 def test_a_bad_gateway_without_json_is_transient(mailchimp_server: FakeMailchimp) -> None:
     mailchimp_server.reply(Reply(502, {"Content-Type": "text/html"}))
     provider = make_provider(mailchimp_server)
@@ -230,61 +203,6 @@ def test_a_bad_gateway_without_json_is_transient(mailchimp_server: FakeMailchimp
         provider.close()
     assert result.outcome is Outcome.TRANSIENT
     assert (result.code, result.http_status) == (None, 502)
-
-
-def test_a_connection_lost_or_an_answer_missing_after_the_request_is_unknown(
-    mailchimp_server: FakeMailchimp,
-) -> None:
-    mailchimp_server.reply(Reply(drop=True), Reply(hang=1.5))
-    provider = make_provider(mailchimp_server, concurrency=1, timeout=0.3)
-    try:
-        dropped, timed_out, accepted = provider.send_batch([plain(1), plain(2), plain(3)])
-    finally:
-        provider.close()
-    # Mailchimp read each request whole: it may have sent the message, so neither is resent.
-    assert dropped.outcome is Outcome.UNKNOWN and "connection" in dropped.reason
-    assert timed_out.outcome is Outcome.UNKNOWN and "within 0.3 s" in timed_out.reason
-    assert accepted.outcome is Outcome.ACCEPTED
-
-
-def test_an_unreachable_host_defers_the_batch_without_using_attempts() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    options = {"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}/api/1.3", "timeout": 2}
-    provider = MailchimpProvider(parse_options(options))
-    try:
-        results = provider.send_batch([plain(1), plain(2)])
-    finally:
-        provider.close()
-    assert [r.outcome for r in results] == [Outcome.DEFERRED] * 2
-    assert "cannot connect" in results[0].reason
-
-
-def test_requests_share_pooled_connections(mailchimp_server: FakeMailchimp) -> None:
-    provider = make_provider(mailchimp_server, concurrency=3)
-    try:
-        results = provider.send_batch([plain(i) for i in range(30)])
-    finally:
-        provider.close()
-    assert [r.message_id for r in results] == [f"m{i}" for i in range(30)]
-    assert all(r.outcome is Outcome.ACCEPTED for r in results)
-    assert 1 <= mailchimp_server.connections <= 3
-
-
-def test_the_api_key_is_never_logged(
-    mailchimp_server: FakeMailchimp, caplog: pytest.LogCaptureFixture
-) -> None:
-    mailchimp_server.reply(Reply(500, body=error("GeneralError", "boom")))
-    caplog.set_level(logging.DEBUG)
-    provider = make_provider(mailchimp_server, concurrency=1)
-    try:
-        results = provider.send_batch([plain(1), plain(2)])
-    finally:
-        provider.close()
-    assert caplog.records
-    assert API_KEY not in caplog.text
-    assert all(API_KEY not in r.reason for r in results)
 
 
 def test_settings_from_the_environment_pick_and_configure_the_provider(

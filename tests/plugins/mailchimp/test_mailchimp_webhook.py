@@ -22,6 +22,7 @@ from postwise.db.models import Message as LedgerRow
 from postwise.events import EVENT_STREAM, EventEnvelope, decode_event
 from postwise.runtime import Runtime
 from postwise.server.app import create_app
+from postwise.testing.webhooks import SignedWebhookContract
 from postwise_mailchimp.webhook import SIGNATURE_HEADER, sign_request
 
 PATH = "/hooks/mailchimp/events"
@@ -210,13 +211,27 @@ def test_sync_events_are_ignored(client: Any, runtime: Runtime) -> None:
     assert stream(runtime) == []
 
 
-def test_a_replayed_request_records_nothing_twice(client: Any, runtime: Runtime, ann: int) -> None:
+def test_a_replayed_request_is_refused_and_records_nothing(
+    client: Any, runtime: Runtime, ann: int
+) -> None:
     events = [md_event("open", user_agent="Mozilla/5.0 (X11) Firefox"), md_event("spam")]
     first = post(client, events)
     before = stream(runtime)
     second = post(client, events)
     assert first.json()["recorded"] == 2
-    assert second.json()["duplicates"] == 2 and second.json()["recorded"] == 0
+    assert second.status_code == 401 and "replay" in second.json()["detail"]
+    assert stream(runtime) == before
+
+
+def test_events_sent_again_in_another_request_are_recorded_once(
+    client: Any, runtime: Runtime, ann: int
+) -> None:
+    events = [md_event("open", user_agent="Mozilla/5.0 (X11) Firefox"), md_event("spam")]
+    first = post(client, events)
+    before = stream(runtime)
+    again = post(client, [*events, {"event": "deferral", "msg": {}, "ts": 1}])
+    assert first.json()["recorded"] == 2
+    assert again.json()["duplicates"] == 2 and again.json()["recorded"] == 0
     assert stream(runtime) == before
 
 
@@ -225,7 +240,7 @@ def test_old_events_are_skipped_and_a_request_of_only_old_events_refused(
 ) -> None:
     old = int(time.time()) - 2 * 86400
     refused = post(client, [md_event("spam", ts=old)])
-    assert refused.status_code == 403
+    assert refused.status_code == 401
     assert contact_status(runtime, ann) == ContactStatus.ACTIVE
     mixed = post(client, [md_event("spam", ts=old), md_event("open")])
     assert mixed.json()["expired"] == 1 and mixed.json()["recorded"] == 1
@@ -236,14 +251,14 @@ def test_an_invalid_signature_is_refused_and_nothing_recorded(
     client: Any, runtime: Runtime, ann: int
 ) -> None:
     response = post(client, [md_event("spam")], key="not-the-key")
-    assert response.status_code == 403
+    assert response.status_code == 401
     assert stream(runtime) == []
     assert contact_status(runtime, ann) == ContactStatus.ACTIVE
 
 
 def test_a_signature_for_another_url_is_refused(client: Any, runtime: Runtime, ann: int) -> None:
     response = post(client, [md_event("spam")], url="https://elsewhere.example.com" + PATH)
-    assert response.status_code == 403
+    assert response.status_code == 401
     assert "exactly the one entered" in response.json()["detail"]
     assert stream(runtime) == []
 
@@ -263,7 +278,7 @@ def test_a_configured_webhook_url_is_what_the_signature_covers(make_settings: An
     runtime = Runtime(make_settings(provider_options={"mailchimp": options}))
     try:
         with TestClient(app=create_app(runtime=runtime)) as client:
-            assert post(client, [md_event("open")], url=URL).status_code == 403
+            assert post(client, [md_event("open")], url=URL).status_code == 401
             accepted = post(client, [md_event("open")], url=public)
         assert accepted.status_code == 200 and accepted.json()["received"] == 1
     finally:
@@ -275,7 +290,7 @@ def test_events_are_refused_while_no_webhook_key_is_configured(make_settings: An
     try:
         with TestClient(app=create_app(runtime=runtime)) as client:
             response = post(client, [md_event("spam")])
-        assert response.status_code == 403
+        assert response.status_code == 401
         assert "webhook_key" in response.json()["detail"]
         assert stream(runtime) == []
     finally:
@@ -299,3 +314,21 @@ def test_an_unknown_message_still_counts_its_event_but_ties_nothing(
     response = post(client, [stranger])
     assert response.json()["unmatched"] == 1
     assert stream(runtime) == []
+
+
+class TestMailchimpWebhookContract(SignedWebhookContract):
+    path = PATH
+    max_age_seconds = 86_400
+    signs_time = False
+
+    @pytest.fixture(autouse=True)
+    def _ann(self, ann: int) -> None:
+        pass
+
+    def signed_request(self, at: float) -> tuple[bytes, dict[str, str]]:
+        params = {"mandrill_events": json.dumps([md_event("spam", ts=int(at))])}
+        headers = {
+            SIGNATURE_HEADER: documented_signature(WEBHOOK_KEY, URL, params),
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        return urlencode(params).encode(), headers

@@ -21,6 +21,7 @@ from postwise.crm.sync import poll
 from postwise.db.models import Contact, ContactStatus, CrmLink, utcnow
 from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
+from postwise.testing.webhooks import SignedWebhookContract
 from postwise_salesforce.connector import SalesforceConnector
 from postwise_salesforce.options import parse_options
 from postwise_salesforce.signature import SIGNATURE_HEADER, sign
@@ -183,9 +184,9 @@ def notification(*events: tuple[str, list[str]]) -> bytes:
     ).encode()
 
 
-def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
+def signed(body: bytes, secret: str = WEBHOOK_SECRET, *, ago: int = 0) -> dict[str, str]:
     return {
-        SIGNATURE_HEADER: sign(secret, body, int(time.time())),
+        SIGNATURE_HEADER: sign(secret, body, int(time.time()) - ago),
         "Content-Type": "application/json",
     }
 
@@ -254,9 +255,13 @@ def test_signed_notifications_apply_once_and_bad_signatures_get_401(
     forged = client.post("/hooks/crm/salesforce", content=body, headers=signed(body, "wrong"))
     assert forged.status_code == 401 and contacts(runtime) == {}
 
-    first = client.post("/hooks/crm/salesforce", content=body, headers=signed(body))
-    again = client.post("/hooks/crm/salesforce", content=body, headers=signed(body))
+    headers = signed(body)
+    first = client.post("/hooks/crm/salesforce", content=body, headers=headers)
+    replayed = client.post("/hooks/crm/salesforce", content=body, headers=headers)
+    # Delivered again, newly signed: applied idempotently.
+    again = client.post("/hooks/crm/salesforce", content=body, headers=signed(body, ago=2))
     assert first.status_code == 200 and first.json()["created"] == 1
+    assert replayed.status_code == 401 and "replay" in replayed.json()["detail"]
     assert again.json()["unchanged"] == 1
 
     salesforce_server.delete(ada)
@@ -265,3 +270,15 @@ def test_signed_notifications_apply_once_and_bad_signatures_get_401(
     assert gone.json()["unlinked"] == 1
     with runtime.session() as session:
         assert session.exec(select(CrmLink)).all() == []
+
+
+class TestSalesforceWebhookContract(SignedWebhookContract):
+    path = "/hooks/crm/salesforce"
+
+    @pytest.fixture(autouse=True)
+    def _salesforce(self, salesforce_server: FakeSalesforce) -> None:
+        self.ada = salesforce_server.add("ada@example.com", FirstName="Ada")
+
+    def signed_request(self, at: float) -> tuple[bytes, dict[str, str]]:
+        body = notification(("CREATE", [self.ada]))
+        return body, signed(body, ago=int(time.time() - at))

@@ -20,6 +20,7 @@ from postwise.db.models import Message as LedgerRow
 from postwise.events import EVENT_STREAM, EventEnvelope, decode_event
 from postwise.runtime import Runtime
 from postwise.server.app import create_app
+from postwise.testing.webhooks import SignedWebhookContract
 from postwise_sendgrid.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -306,7 +307,7 @@ def test_events_without_a_ledger_id_are_tied_by_address(
     assert delivered.contact_id == ann and delivered.message_id is None
 
 
-def test_a_replayed_request_records_nothing_twice(
+def test_a_replayed_request_is_refused_and_records_nothing(
     client: Any, runtime: Runtime, signing_key: ec.EllipticCurvePrivateKey, ann: int
 ) -> None:
     body = body_of([sg_event("open", useragent="Mozilla/5.0 (X11)"), sg_event("spamreport")])
@@ -315,8 +316,21 @@ def test_a_replayed_request_records_nothing_twice(
     before = stream(runtime)
     second = client.post(PATH, content=body, headers=headers)
     assert first.json()["recorded"] == 2
-    assert second.status_code == 200
-    assert second.json()["duplicates"] == 2 and second.json()["recorded"] == 0
+    assert second.status_code == 401
+    assert "replay" in second.json()["detail"]
+    assert stream(runtime) == before
+
+
+def test_events_sent_again_in_a_newly_signed_request_are_recorded_once(
+    client: Any, runtime: Runtime, signing_key: ec.EllipticCurvePrivateKey, ann: int
+) -> None:
+    events = [sg_event("open", useragent="Mozilla/5.0 (X11)"), sg_event("spamreport")]
+    first = post(client, signing_key, events)
+    before = stream(runtime)
+    again = post(client, signing_key, events, timestamp=int(time.time()) - 1)
+    assert first.json()["recorded"] == 2
+    assert again.status_code == 200
+    assert again.json()["duplicates"] == 2 and again.json()["recorded"] == 0
     assert stream(runtime) == before
 
 
@@ -344,7 +358,7 @@ def test_an_invalid_signature_is_refused_and_nothing_recorded(
     headers = signed_headers(signing_key, genuine)
     forged = body_of([sg_event("spamreport")])
     response = client.post(PATH, content=forged, headers=headers)
-    assert response.status_code == 403
+    assert response.status_code == 401
     assert "does not verify" in response.json()["detail"]
     assert stream(runtime) == []
     assert contact_status(runtime, ann) == ContactStatus.ACTIVE
@@ -353,7 +367,7 @@ def test_an_invalid_signature_is_refused_and_nothing_recorded(
 def test_a_signature_by_another_key_is_refused(client: Any, runtime: Runtime, ann: int) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
     response = post(client, other, [sg_event("spamreport")])
-    assert response.status_code == 403
+    assert response.status_code == 401
     assert contact_status(runtime, ann) == ContactStatus.ACTIVE
 
 
@@ -369,7 +383,7 @@ def test_an_old_or_future_timestamp_is_refused(
     client: Any, runtime: Runtime, signing_key: ec.EllipticCurvePrivateKey, ann: int, age: int
 ) -> None:
     response = post(client, signing_key, [sg_event("spamreport")], timestamp=int(time.time()) - age)
-    assert response.status_code == 403
+    assert response.status_code == 401
     assert stream(runtime) == []
     assert contact_status(runtime, ann) == ContactStatus.ACTIVE
 
@@ -389,8 +403,21 @@ def test_events_are_refused_while_no_public_key_is_configured(
     try:
         with TestClient(app=create_app(runtime=runtime)) as client:
             response = post(client, signing_key, [sg_event("spamreport")])
-        assert response.status_code == 403
+        assert response.status_code == 401
         assert "webhook_public_key" in response.json()["detail"]
         assert stream(runtime) == []
     finally:
         runtime.close()
+
+
+class TestSendGridWebhookContract(SignedWebhookContract):
+    path = PATH
+    max_age_seconds = 86_400
+
+    @pytest.fixture(autouse=True)
+    def _key(self, signing_key: ec.EllipticCurvePrivateKey, ann: int) -> None:
+        self.key = signing_key
+
+    def signed_request(self, at: float) -> tuple[bytes, dict[str, str]]:
+        body = body_of([sg_event("spamreport", timestamp=int(at))])
+        return body, signed_headers(self.key, body, timestamp=int(at))

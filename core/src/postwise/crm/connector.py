@@ -92,6 +92,9 @@ class CrmConnector(abc.ABC):
     name: ClassVar[str]
     #: Most records one :meth:`push_engagement` call may carry.
     push_batch_size: ClassVar[int] = 100
+    #: The header carrying the webhook signature: a signature seen before within the replay
+    #: window is refused (see :class:`postwise.server.webhooks.SignedWebhookController`).
+    webhook_signature_header: ClassVar[str] = ""
 
     @abc.abstractmethod
     def fetch_changes(self, since: datetime | None) -> Iterator[CrmContact]:

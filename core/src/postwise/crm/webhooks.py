@@ -15,48 +15,55 @@ webhooks carry ids only read the records), so the CRM delivers the webhook again
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from litestar import Controller, MediaType, Request, Response, post
-from litestar.concurrency import sync_to_thread
+from litestar import Request, Response, post
 from litestar.datastructures import State
 
 from postwise.crm.connector import CrmUnavailableError
 from postwise.crm.status import record_failure, record_run
 from postwise.crm.sync import SyncReport, apply_changes, connector_for
 from postwise.errors import ConfigurationError, NotFoundError
-from postwise.server.errors import problem
+from postwise.server.webhooks import (
+    SignedWebhookController,
+    Verified,
+    WebhookRejected,
+    WebhookRequest,
+)
 
-__all__ = ["CrmWebhookController", "handle_webhook"]
+__all__ = ["CrmWebhookController", "WebhookRejected", "handle_webhook"]
+
+if TYPE_CHECKING:
+    from postwise.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: Seconds a CRM is asked to wait before delivering a webhook again after a 503.
-RETRY_AFTER_SECONDS = 60
-
-
-class WebhookRejected(Exception):
-    """The request is refused with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def handle_webhook(
     runtime: Any, system: str, *, method: str, url: str, headers: dict[str, str], body: bytes
 ) -> SyncReport:
     """Verify, parse and apply one webhook request; raises :class:`WebhookRejected`."""
+    request = WebhookRequest(method, url, headers, body, {"system": system})
+    return _apply(runtime, system, request, _verify(runtime, system, request))
+
+
+def _verify(runtime: Any, system: str, request: WebhookRequest) -> Verified:
     try:
         connector = connector_for(runtime, system)
     except (NotFoundError, ConfigurationError) as exc:
         raise WebhookRejected(404, str(exc)) from None
-    if not connector.verify_request(method, url, headers, body):
+    if not connector.verify_request(request.method, request.url, request.headers, request.body):
         raise WebhookRejected(
             401, f"the request does not carry a valid {system} signature; nothing was changed"
         )
+    header = connector.webhook_signature_header
+    return Verified(request.header(header) if header else "")
+
+
+def _apply(runtime: Any, system: str, request: WebhookRequest, verified: Verified) -> SyncReport:
+    connector = connector_for(runtime, system)
     try:
-        changes = connector.parse_webhook(body)
+        changes = connector.parse_webhook(request.body)
     except ValueError as exc:
         raise WebhookRejected(400, f"the body is not a {system} webhook: {exc}") from None
     except CrmUnavailableError as exc:
@@ -67,35 +74,23 @@ def handle_webhook(
     return report
 
 
-class CrmWebhookController(Controller):
-    """Webhooks of every configured CRM; authenticated by the CRM's signature."""
+class CrmWebhookController(SignedWebhookController):
+    """Webhooks of every configured CRM; authenticated by the CRM's signature.
+
+    The connectors check their signed times themselves (each CRM signs differently); the base
+    refuses a signature it has seen within :attr:`max_age_seconds` as a replay.
+    """
 
     path = "/hooks/crm"
-    tags = ["webhooks"]
+    source = "crm"
 
     @post("/{system:str}", status_code=200, security=[])
-    async def receive(
-        self, state: State, request: Request[Any, Any, Any], system: str
-    ) -> Response[Any]:
+    async def events(self, state: State, request: Request[Any, Any, Any]) -> Response[Any]:
         """Apply the contact changes a signed CRM webhook announces."""
-        runtime = state.runtime
-        body = await request.body()
-        query = request.url.query
-        url = runtime.settings.base_url + request.url.path + (f"?{query}" if query else "")
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            report = await sync_to_thread(
-                handle_webhook,
-                runtime,
-                system,
-                method=request.method,
-                url=url,
-                headers=headers,
-                body=body,
-            )
-        except WebhookRejected as exc:
-            if exc.status >= 500:
-                log.warning("crm %s webhook: %s", system, exc)
-            extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else None
-            return problem(exc.status, str(exc), headers=extra)
-        return Response(report.to_dict(), media_type=MediaType.JSON)
+        return await self.receive(state, request, system=request.path_params["system"])
+
+    def verify(self, runtime: Runtime, request: WebhookRequest) -> Verified:
+        return _verify(runtime, request.path_params["system"], request)
+
+    def process(self, runtime: Runtime, request: WebhookRequest, verified: Verified) -> Any:
+        return _apply(runtime, request.path_params["system"], request, verified).to_dict()

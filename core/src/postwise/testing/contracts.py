@@ -17,8 +17,10 @@ only through your subclass).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,11 +35,13 @@ from postwise.errors import ValidationError
 from postwise.experiments.contract import Comparison, Index, Interval, StatsOptions, StatsTest
 from postwise.experiments.data import VariantData
 from postwise.recommend.base import Interaction, Item, Recommender
+from postwise.testing.http import Reply, ScriptedHttpServer
 from postwise.triggers.conditions import ConditionType, TriggerEvent
 
 __all__ = [
     "AnalyticsSinkContract",
     "ConditionContract",
+    "HttpProviderContract",
     "ProviderContract",
     "RecommenderContract",
     "StaticContext",
@@ -266,6 +270,165 @@ class ProviderContract:
         lost, after = self._send(messages)
         assert lost.outcome is Outcome.UNKNOWN, lost
         assert after.outcome is Outcome.ACCEPTED, after
+
+
+class HttpProviderContract(ProviderContract):
+    """Every provider speaking to an ESP's HTTP API, against your fake of that API.
+
+    On top of :class:`ProviderContract`: a 429 defers the message and the rest of the batch for
+    ``Retry-After``; a 5xx is transient and the batch goes on; an answer lost or late after the
+    request was sent is ``unknown`` (never sent twice); an unreachable host defers the batch
+    without using attempts; a refused key stops the batch and blames no recipient; requests
+    share pooled connections; the provider works again after ``close``; and the secret
+    (:attr:`secret`, the API key) appears in no log record at DEBUG and in no result.
+
+    Your subclass says how to make the fake (:meth:`make_server`, a
+    :class:`~postwise.testing.http.ScriptedHttpServer` answering as the vendor does when not
+    scripted) and the provider (:meth:`provider_for`); the suite starts and stops the server
+    with the ``fake_server`` fixture of the postwise pytest plugin::
+
+        class TestAcmeProvider(HttpProviderContract):
+            secret = API_KEY
+
+            def make_server(self):
+                return FakeAcme()
+
+            def provider_for(self, url, **options):
+                return AcmeProvider(parse_options({"api_key": API_KEY, "base_url": url,
+                                                   **options}))
+    """
+
+    http_api = True
+    #: The credential that must never be logged or put in a reason.
+    secret: ClassVar[str]
+    #: The vendor's name as reasons say it ("SendGrid"); checked in the timeout's reason.
+    service: ClassVar[str] = ""
+    server: ScriptedHttpServer
+
+    def make_server(self) -> ScriptedHttpServer:
+        raise NotImplementedError("return your (unstarted) fake of the vendor's API")
+
+    def provider_for(self, url: str, **options: Any) -> Provider:
+        """Your provider for the API at ``url`` (the server's root URL: add your API's base
+        path), with ``timeout`` and ``concurrency`` options when given."""
+        raise NotImplementedError("return your provider pointed at url")
+
+    def error_body(self, status: int, message: str) -> Any:
+        """The vendor's error body for ``status`` (JSON-able, ``bytes`` or ``None``)."""
+        return {"errors": [{"message": message}]}
+
+    def refusal(self) -> Reply:
+        """The vendor's answer to a refused API key."""
+        return Reply(401, body=self.error_body(401, "the API key was refused"))
+
+    @pytest.fixture(autouse=True)
+    def _http_fake(self, fake_server: Any) -> None:
+        self.server = fake_server(self.make_server())
+
+    def make_provider(self) -> Provider:
+        return self.provider_for(self.server.url, concurrency=1, timeout=5)
+
+    def throttle_next(self, retry_after: int) -> None:
+        body = self.error_body(429, "too many requests")
+        self.server.reply(Reply(429, {"Retry-After": str(retry_after)}, body))
+
+    def refuse_next_request(self) -> None:
+        self.server.reply(self.refusal())
+
+    def lose_next_answer(self) -> None:
+        self.server.reply(Reply(drop=True))
+
+    def _send_with(self, messages: list[OutgoingMessage], **options: Any) -> list[SendResult]:
+        provider = self.provider_for(options.pop("url", self.server.url), **options)
+        try:
+            results = provider.send_batch(messages)
+        finally:
+            provider.close()
+        self.check_results(messages, results)
+        return results
+
+    def test_every_message_is_accepted_by_the_fake(self) -> None:
+        results = self._send_with(self.make_messages(5), concurrency=1, timeout=5)
+        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5, results
+        assert all(r.http_status is not None and r.code is None for r in results), results
+        assert len(self.server.received) == 5
+
+    def test_a_429_defers_the_message_and_the_rest_of_the_batch_for_retry_after(self) -> None:
+        self.server.reply(
+            Reply(429, {"Retry-After": "7"}, self.error_body(429, "too many requests"))
+        )
+        results = self._send_with(self.make_messages(4), concurrency=1, timeout=5)
+        assert [r.outcome for r in results] == [Outcome.DEFERRED] * 4, results
+        assert (results[0].http_status, results[0].code) == (429, None)
+        assert [r.retry_after for r in results] == [7.0] * 4
+        assert all(r.reason.startswith("not attempted: ") for r in results[1:]), results
+        assert len(self.server.received) == 1
+
+    def test_a_server_error_is_transient_and_sending_goes_on(self) -> None:
+        self.server.reply(
+            Reply(500, body=self.error_body(500, "internal error")),
+            Reply(503, {"Retry-After": "4"}, b"<html>Service Unavailable</html>"),
+        )
+        results = self._send_with(self.make_messages(3), concurrency=1, timeout=5)
+        outcomes = [r.outcome for r in results]
+        assert outcomes == [Outcome.TRANSIENT, Outcome.TRANSIENT, Outcome.ACCEPTED], results
+        assert results[1].retry_after == 4.0 and results[1].http_status == 503
+        assert all(r.bounce_kind is None for r in results)
+
+    def test_an_answer_that_never_comes_is_unknown(self) -> None:
+        self.server.reply(Reply(hang=1.5))
+        [result] = self._send_with(self.make_messages(1), timeout=0.3)
+        assert result.outcome is Outcome.UNKNOWN, result
+        assert "may have been accepted" in result.reason
+        assert not self.service or self.service in result.reason
+
+    def test_an_unreachable_host_defers_the_batch_without_using_attempts(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        results = self._send_with(self.make_messages(2), url=closed, timeout=2)
+        assert [r.outcome for r in results] == [Outcome.DEFERRED] * 2, results
+        assert "cannot connect" in results[0].reason
+
+    def test_a_refused_key_is_transient_and_stops_the_batch(self) -> None:
+        self.refuse_next_request()
+        results = self._send_with(self.make_messages(3), concurrency=1, timeout=5)
+        assert [r.outcome for r in results] == [Outcome.TRANSIENT] + [Outcome.DEFERRED] * 2
+        assert all(r.bounce_kind is None for r in results), results
+        assert len(self.server.received) == 1
+
+    def test_requests_share_pooled_connections(self) -> None:
+        provider = self.provider_for(self.server.url, concurrency=4, timeout=5)
+        try:
+            first = provider.send_batch(self.make_messages(40))
+            second = provider.send_batch(self.make_messages(20))
+        finally:
+            provider.close()
+        assert all(r.outcome is Outcome.ACCEPTED for r in first + second)
+        assert len(self.server.received) == 60
+        assert 1 <= self.server.connections <= 4
+
+    def test_the_provider_works_again_after_close(self) -> None:
+        provider = self.provider_for(self.server.url, timeout=5)
+        provider.send_batch(self.make_messages(2))
+        provider.close()
+        [result] = provider.send_batch(self.make_messages(1))
+        provider.close()
+        assert result.outcome is Outcome.ACCEPTED, result
+
+    def test_the_secret_is_never_logged_nor_put_in_a_result(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        self.server.reply(
+            Reply(400, body=self.error_body(400, "bad request")),
+            Reply(500, body=self.error_body(500, "internal error")),
+            Reply(drop=True),
+        )
+        caplog.set_level(logging.DEBUG)
+        results = self._send_with(self.make_messages(4), concurrency=1, timeout=5)
+        assert caplog.records, "expected the HTTP client and the provider to log at DEBUG"
+        assert self.secret and self.secret not in caplog.text
+        assert all(self.secret not in repr(r) for r in results)
 
 
 class RecommenderContract:

@@ -54,7 +54,7 @@ from postwise.crm.connector import (
 from postwise.crm.retry import Retryable, RetryPolicy, retry_after_seconds
 from postwise.errors import ConfigurationError
 from postwise_hubspot.options import HubSpotOptions
-from postwise_hubspot.signature import verify_v3
+from postwise_hubspot.signature import SIGNATURE_HEADER, verify_v3
 
 __all__ = ["HubSpotConnector"]
 
@@ -104,6 +104,7 @@ class HubSpotConnector(CrmConnector):
     """HubSpot's contacts; see the module docs for the wire format."""
 
     name = "hubspot"
+    webhook_signature_header = SIGNATURE_HEADER
     push_batch_size = 100
     #: Most results HubSpot's search returns for one query (paging stops there).
     search_result_limit: ClassVar[int] = 10_000

@@ -7,11 +7,12 @@ name and value, sorted by name. The URL is ``webhook_url`` (default: the server'
 plus ``/hooks/mailchimp/events``). Mailchimp checks that the URL exists with a ``HEAD`` request
 when the webhook is added; that answers 200.
 
-A request is refused, and nothing recorded, when the signature is missing (401), does not
-verify or no key is configured (403), or when every event in it is older than
-``webhook_max_age_seconds`` (403). Events older than that in a request with fresh ones are
-skipped and counted as ``expired``. Event ids are remembered for that same window, so a
-replayed request is either recognised (and changes nothing) or refused.
+A request is refused with 401, and nothing recorded, when the signature is missing or does not
+verify, no key is configured, every event in it is older than ``webhook_max_age_seconds``, or
+the same signed request came before within that window (the rejection path of
+:class:`postwise.server.webhooks.SignedWebhookController`). Events older than that in a request with
+fresh ones are skipped and counted as ``expired``. Event ids are remembered for the window too,
+so an event Mailchimp sends again in another request is recorded once.
 
 Mailchimp's ``_id`` names the *message*, so an event's id here is ``_id``, the event type and
 ``ts`` (and the URL for clicks): two opens of one message are two events.
@@ -46,9 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from litestar import Controller, MediaType, Request, Response, head, post
-from litestar.concurrency import sync_to_thread
-from litestar.datastructures import State
+from litestar import head
 
 from postwise.delivery.provider_events import (
     Feedback,
@@ -58,8 +57,13 @@ from postwise.delivery.provider_events import (
     engagement_properties,
     record_events,
 )
-from postwise.errors import ConfigurationError
-from postwise.server.errors import problem
+from postwise.runtime import Runtime
+from postwise.server.webhooks import (
+    SignedWebhookController,
+    Verified,
+    WebhookRejected,
+    WebhookRequest,
+)
 from postwise_mailchimp.options import WEBHOOK_PATH, MailchimpOptions, parse_options
 from postwise_mailchimp.provider import MESSAGE_ID_KEY
 
@@ -88,12 +92,6 @@ _REJECT_FEEDBACK = {
 }
 
 
-class _Rejected(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def sign_request(key: str, url: str, params: Mapping[str, str]) -> str:
     """The ``X-Mandrill-Signature`` of a POST of ``params`` to ``url`` with webhook ``key``."""
     signed = url + "".join(name + params[name] for name in sorted(params))
@@ -110,33 +108,6 @@ def verify_signature(key: str, url: str, params: Mapping[str, str], signature: s
 def webhook_url(options: MailchimpOptions, base_url: str) -> str:
     """The URL Mailchimp signs with: the configured one, else the server's own."""
     return options.webhook_url or base_url.rstrip("/") + WEBHOOK_PATH
-
-
-def authenticate(
-    options: MailchimpOptions, url: str, headers: Mapping[str, str], body: bytes
-) -> dict[str, str]:
-    """The request's POST fields, if Mailchimp signed them; raises :class:`_Rejected`."""
-    signature = headers.get(SIGNATURE_HEADER.lower())
-    if not signature:
-        raise _Rejected(401, f"unsigned request: {SIGNATURE_HEADER} is required")
-    key = options.webhook_key.get_secret_value()
-    if not key:
-        raise _Rejected(
-            403,
-            "signature verification is not configured: set provider_options.mailchimp."
-            "webhook_key to the webhook's key",
-        )
-    try:
-        params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
-    except UnicodeDecodeError:
-        raise _Rejected(403, "the body is not a UTF-8 form") from None
-    if not verify_signature(key, url, params, signature):
-        raise _Rejected(
-            403,
-            f"the signature does not verify for {url} with the configured key; the URL must be "
-            "exactly the one entered at Mailchimp (set webhook_url when behind a proxy)",
-        )
-    return params
 
 
 def _smtp_reply(diag: str) -> tuple[int | None, str | None]:
@@ -243,9 +214,9 @@ def handle_events(
     try:
         payload = json.loads(params.get(EVENTS_FIELD, ""))
     except ValueError:
-        raise _Rejected(400, f"the {EVENTS_FIELD} field is not JSON") from None
+        raise WebhookRejected(400, f"the {EVENTS_FIELD} field is not JSON") from None
     if not isinstance(payload, list):
-        raise _Rejected(400, f"{EVENTS_FIELD} must be a JSON array of events")
+        raise WebhookRejected(400, f"{EVENTS_FIELD} must be a JSON array of events")
     summary = WebhookSummary(received=len(payload))
     mapped: list[MappedEvent] = []
     for raw in payload:
@@ -261,8 +232,8 @@ def handle_events(
         else:
             mapped.append(event)
     if summary.expired and summary.expired == summary.received:
-        raise _Rejected(
-            403,
+        raise WebhookRejected(
+            401,
             f"every event is older than {options.webhook_max_age_seconds} s; refused as a "
             "possible replay",
         )
@@ -275,28 +246,50 @@ def handle_events(
     )
 
 
-class MailchimpWebhookController(Controller):
+class MailchimpWebhookController(SignedWebhookController):
     """The webhook endpoint; authenticates by Mailchimp's signature, not an API key."""
 
     path = "/hooks/mailchimp"
-    tags = ["webhooks"]
+    source = PROVIDER
 
     @head("/events", security=[])
     async def exists(self) -> None:
         """Mailchimp checks the URL with HEAD before it adds the webhook."""
 
-    @post("/events", status_code=200, security=[])
-    async def events(self, state: State, request: Request[Any, Any, Any]) -> Response[Any]:
-        """Verify, then record the events (idempotent by event)."""
-        runtime = state.runtime
-        body = await request.body()
+    def max_age(self, runtime: Runtime) -> float:
+        return _options(runtime).webhook_max_age_seconds
+
+    def verify(self, runtime: Runtime, request: WebhookRequest) -> Verified:
+        """The POST fields, if Mailchimp signed them (its scheme signs no time: events' own
+        times are checked against the window when they are processed)."""
+        signature = request.header(SIGNATURE_HEADER)
+        if not signature:
+            raise WebhookRejected(401, f"unsigned request: {SIGNATURE_HEADER} is required")
+        options = _options(runtime)
+        key = options.webhook_key.get_secret_value()
+        if not key:
+            raise WebhookRejected(
+                401,
+                "signature verification is not configured: set provider_options.mailchimp."
+                "webhook_key to the webhook's key",
+            )
         try:
-            options = parse_options(runtime.settings.provider_options.get(PROVIDER, {}))
-            url = webhook_url(options, runtime.settings.base_url)
-            params = authenticate(options, url, request.headers, body)
-            summary = await sync_to_thread(handle_events, runtime, options, params, now=time.time())
-        except _Rejected as exc:
-            return problem(exc.status, str(exc))
-        except ConfigurationError as exc:
-            return problem(403, str(exc))
-        return Response(summary.to_dict(), media_type=MediaType.JSON)
+            params = dict(parse_qsl(request.body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise WebhookRejected(401, "the body is not a UTF-8 form") from None
+        url = webhook_url(options, runtime.settings.base_url)
+        if not verify_signature(key, url, params, signature):
+            raise WebhookRejected(
+                401,
+                f"the signature does not verify for {url} with the configured key; the URL must "
+                "be exactly the one entered at Mailchimp (set webhook_url when behind a proxy)",
+            )
+        return Verified(signature, payload=params)
+
+    def process(self, runtime: Runtime, request: WebhookRequest, verified: Verified) -> Any:
+        summary = handle_events(runtime, _options(runtime), verified.payload, now=time.time())
+        return summary.to_dict()
+
+
+def _options(runtime: Runtime) -> MailchimpOptions:
+    return parse_options(runtime.settings.provider_options.get(PROVIDER, {}))

@@ -47,7 +47,7 @@ from postwise.crm.retry import Retryable, RetryPolicy, retry_after_seconds
 from postwise.errors import ConfigurationError
 from postwise_salesforce.auth import Token, request_token
 from postwise_salesforce.options import SalesforceOptions
-from postwise_salesforce.signature import verify
+from postwise_salesforce.signature import SIGNATURE_HEADER, verify
 
 __all__ = ["SalesforceConnector", "parse_timestamp"]
 
@@ -97,6 +97,7 @@ class SalesforceConnector(CrmConnector):
     """Salesforce Contacts; see the module docs for the wire format."""
 
     name = "salesforce"
+    webhook_signature_header = SIGNATURE_HEADER
     push_batch_size = 200
 
     def __init__(

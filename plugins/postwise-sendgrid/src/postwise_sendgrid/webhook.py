@@ -5,10 +5,11 @@ the bytes of ``X-Twilio-Email-Event-Webhook-Timestamp`` followed by the raw body
 DER signature is in ``X-Twilio-Email-Event-Webhook-Signature``. The verification key is the
 public key SendGrid shows when signing is switched on (``webhook_public_key``).
 
-A request is refused, and nothing recorded, when the headers are missing (401), the signature
-does not verify, no key is configured, or the timestamp is older than
-``webhook_max_age_seconds`` or more than five minutes ahead (403). Event ids are remembered for
-that same window, so a replayed request is either recognised (and changes nothing) or refused.
+A request is refused with 401, and nothing recorded, when the headers are missing, the signature
+does not verify, no key is configured, the timestamp is older than ``webhook_max_age_seconds``
+or more than five minutes ahead, or the same signed request came before (the replay window and
+rejection path of :class:`postwise.server.webhooks.SignedWebhookController`). Event ids are remembered
+for that window too, so an event SendGrid sends again in a new request is recorded once.
 
 Events and what postwise does with them:
 
@@ -34,7 +35,6 @@ import binascii
 import functools
 import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -44,9 +44,6 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
-from litestar import Controller, MediaType, Request, Response, post
-from litestar.concurrency import sync_to_thread
-from litestar.datastructures import State
 
 from postwise.delivery.provider_events import (
     Feedback,
@@ -57,7 +54,13 @@ from postwise.delivery.provider_events import (
     record_events,
 )
 from postwise.errors import ConfigurationError
-from postwise.server.errors import problem
+from postwise.runtime import Runtime
+from postwise.server.webhooks import (
+    SignedWebhookController,
+    Verified,
+    WebhookRejected,
+    WebhookRequest,
+)
 from postwise_sendgrid.convert import MESSAGE_ID_ARG
 from postwise_sendgrid.options import SendGridOptions, parse_options
 
@@ -86,12 +89,6 @@ _DROPPED_FEEDBACK = {
         "complaint", feedback_type="abuse", diagnostic="dropped by SendGrid: spam report"
     ),
 }
-
-
-class _Rejected(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,38 +125,6 @@ def verify_signature(
     except (InvalidSignature, ValueError, binascii.Error):
         return False
     return True
-
-
-def authenticate(
-    options: SendGridOptions, headers: Mapping[str, str], body: bytes, *, now: float
-) -> None:
-    """Raise :class:`_Rejected` unless the request is signed by SendGrid and recent."""
-    signature = headers.get(SIGNATURE_HEADER.lower())
-    timestamp = headers.get(TIMESTAMP_HEADER.lower())
-    if not signature or not timestamp:
-        raise _Rejected(
-            401, f"unsigned request: {SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required"
-        )
-    if not options.webhook_public_key:
-        raise _Rejected(
-            403,
-            "signature verification is not configured: set provider_options.sendgrid."
-            "webhook_public_key to the signed Event Webhook's verification key",
-        )
-    key = load_public_key(options.webhook_public_key)
-    if not verify_signature(key, body, signature, timestamp):
-        raise _Rejected(403, "the signature does not verify with the configured public key")
-    if not timestamp.strip().isdigit():
-        raise _Rejected(403, f"{TIMESTAMP_HEADER} is not a Unix time")
-    age = now - int(timestamp)
-    if age > options.webhook_max_age_seconds:
-        raise _Rejected(
-            403,
-            f"the request was signed {age:.0f} s ago; older than "
-            f"{options.webhook_max_age_seconds} s is refused as a possible replay",
-        )
-    if age < -FUTURE_TOLERANCE_SECONDS:
-        raise _Rejected(403, "the signed timestamp is in the future; check the server's clock")
 
 
 def _smtp_code(reason: str) -> int | None:
@@ -248,10 +213,9 @@ def _text(value: Any) -> str | None:
 
 def handle_events(runtime: Any, options: SendGridOptions, payload: Any) -> WebhookSummary:
     """Map and record a verified request's events."""
-    summary = WebhookSummary()
     if not isinstance(payload, list):
-        raise _Rejected(400, "the body must be a JSON array of events")
-    summary.received = len(payload)
+        raise WebhookRejected(400, "the body must be a JSON array of events")
+    summary = WebhookSummary(received=len(payload))
     mapped = []
     for raw in payload:
         event = map_event(raw)
@@ -260,35 +224,47 @@ def handle_events(runtime: Any, options: SendGridOptions, payload: Any) -> Webho
         else:
             mapped.append(event)
     return record_events(
-        runtime,
-        PROVIDER,
-        mapped,
-        remember_seconds=options.webhook_max_age_seconds,
-        summary=summary,
+        runtime, PROVIDER, mapped, remember_seconds=options.webhook_max_age_seconds, summary=summary
     )
 
 
-class SendGridWebhookController(Controller):
+class SendGridWebhookController(SignedWebhookController):
     """The Event Webhook endpoint; authenticates by SendGrid's signature, not an API key."""
 
     path = "/hooks/sendgrid"
-    tags = ["webhooks"]
+    source = PROVIDER
+    future_tolerance_seconds = FUTURE_TOLERANCE_SECONDS
 
-    @post("/events", status_code=200, security=[])
-    async def events(self, state: State, request: Request[Any, Any, Any]) -> Response[Any]:
-        """Verify, then record the events (idempotent by ``sg_event_id``)."""
-        runtime = state.runtime
-        body = await request.body()
+    def max_age(self, runtime: Runtime) -> float:
+        return _options(runtime).webhook_max_age_seconds
+
+    def verify(self, runtime: Runtime, request: WebhookRequest) -> Verified:
+        signature, timestamp = request.header(SIGNATURE_HEADER), request.header(TIMESTAMP_HEADER)
+        if not signature or not timestamp:
+            raise WebhookRejected(
+                401, f"unsigned request: {SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required"
+            )
+        options = _options(runtime)
+        if not options.webhook_public_key:
+            raise WebhookRejected(
+                401,
+                "signature verification is not configured: set provider_options.sendgrid."
+                "webhook_public_key to the signed Event Webhook's verification key",
+            )
+        key = load_public_key(options.webhook_public_key)
+        if not verify_signature(key, request.body, signature, timestamp):
+            raise WebhookRejected(401, "the signature does not verify with the configured key")
+        if not timestamp.isdigit():
+            raise WebhookRejected(401, f"{TIMESTAMP_HEADER} is not a Unix time")
+        return Verified(signature, signed_at=float(timestamp))
+
+    def process(self, runtime: Runtime, request: WebhookRequest, verified: Verified) -> Any:
         try:
-            options = parse_options(runtime.settings.provider_options.get(PROVIDER, {}))
-            authenticate(options, request.headers, body, now=time.time())
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                raise _Rejected(400, "the body is not JSON") from None
-            summary = await sync_to_thread(handle_events, runtime, options, payload)
-        except _Rejected as exc:
-            return problem(exc.status, str(exc))
-        except ConfigurationError as exc:
-            return problem(403, str(exc))
-        return Response(summary.to_dict(), media_type=MediaType.JSON)
+            payload = json.loads(request.body)
+        except ValueError:
+            raise WebhookRejected(400, "the body is not JSON") from None
+        return handle_events(runtime, _options(runtime), payload).to_dict()
+
+
+def _options(runtime: Runtime) -> SendGridOptions:
+    return parse_options(runtime.settings.provider_options.get(PROVIDER, {}))
