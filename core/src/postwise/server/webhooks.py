@@ -16,9 +16,9 @@ does everything but the vendor's own parts, in this order:
 5. :meth:`~SignedWebhookController.process` (the subclass) in a worker thread: parse and store.
    A failure there forgets the signature again, so the vendor's retry is processed.
 
-Every refusal is an RFC 9457 problem whose ``detail`` says what is wrong. A forged, stale or replayed
-request is refused with 401 before anything is read from it, so nothing is stored or queued.
-A server whose configuration is wrong (an invalid key in the options) answers 503 with
+Every refusal is an RFC 9457 problem whose ``detail`` says what is wrong. A forged, stale or
+replayed request is refused with 401 before anything is read from it, so nothing is stored or
+queued. A server whose configuration is wrong (an invalid key in the options) answers 503 with
 ``Retry-After``: the vendor delivers again once the operator fixed it, and no event is lost.
 
 A subclass sets ``path`` and ``source`` and implements the two methods; the route is

@@ -8,8 +8,9 @@ public key SendGrid shows when signing is switched on (``webhook_public_key``).
 A request is refused with 401, and nothing recorded, when the headers are missing, the signature
 does not verify, no key is configured, the timestamp is older than ``webhook_max_age_seconds``
 or more than five minutes ahead, or the same signed request came before (the replay window and
-rejection path of :class:`postwise.server.webhooks.SignedWebhookController`). Event ids are remembered
-for that window too, so an event SendGrid sends again in a new request is recorded once.
+rejection path of :class:`postwise.server.webhooks.SignedWebhookController`). Event ids are
+remembered for that window too, so an event SendGrid sends again in a new request is recorded
+once.
 
 Events and what postwise does with them:
 
