@@ -17,6 +17,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "ingest": "postwise.devtools.bench.analytics:bench_ingest",
     "metrics": "postwise.devtools.bench.analytics:bench_metrics",
     "triggers": "postwise.devtools.bench.triggers:bench_triggers",
+    "journeys": "postwise.devtools.bench.journeys:bench_journeys",
     "experiments": "postwise.devtools.bench.experiments:bench_experiments",
     "import": "postwise.devtools.bench.contacts:bench_import",
     "bounces": "postwise.devtools.bench.compliance:bench_bounces",

@@ -79,7 +79,12 @@ from postwise.journeys.definition import (
 from postwise.journeys.store import JourneyKeys
 from postwise.triggers.builtin import contact_zone
 from postwise.triggers.conditions import TriggerEvent
-from postwise.triggers.context import BatchContext, ScoreFunction, engagement_decay
+from postwise.triggers.context import (
+    BatchContext,
+    ScoreFunction,
+    engagement_decay,
+    load_contacts,
+)
 from postwise.triggers.definitions import AllOf, ConditionFailed
 from postwise.triggers.engine import to_trigger_event
 from postwise.triggers.recent import StreamTail
@@ -431,8 +436,8 @@ class JourneyEngine:
         report.events = len(events)
         works: list[_Work] = []
         if events:
-            works = self._on_events(events, stats, report)
-            self._advance_all(works, stats, report)
+            works, contacts = self._on_events(events, stats, report)
+            self._advance_all(works, stats, report, contacts=contacts)
             self._save(works, stats, report)
         pipe = self.redis.pipeline(transaction=True)
         stats.write(pipe, self.keys)
@@ -443,7 +448,7 @@ class JourneyEngine:
 
     def _on_events(
         self, events: list[TriggerEvent], stats: _Stats, report: StepReport
-    ) -> list[_Work]:
+    ) -> tuple[list[_Work], dict[int, dict[str, Any]]]:
         now = self.clock()
         contact_ids = sorted({e.contact_id for e in events})
         watched = [e for e in events if e.type in self.journeys.watched]
@@ -484,7 +489,8 @@ class JourneyEngine:
                         works[id(work.run)] = work
                         runs.setdefault(event.contact_id, []).append(work.run)
                         report.entered += 1
-        return list(works.values())
+            contacts = context.contacts
+        return list(works.values()), contacts
 
     def _entry_history(
         self, session: Session, events: list[TriggerEvent]
@@ -654,7 +660,7 @@ class JourneyEngine:
                     works.append(_Work(run, journey, run.seq, stopped=True))
                 else:
                     works.append(_Work(run, journey, run.seq))
-        self._advance_all(works, stats, report, due=True)
+        self._advance_all(works, stats, report)
         self._save(works, stats, report)
         pipe = self.redis.pipeline(transaction=True)
         if gone:
@@ -687,18 +693,36 @@ class JourneyEngine:
     # -- advancing ------------------------------------------------------------------------------
 
     def _advance_all(
-        self, works: list[_Work], stats: _Stats, report: StepReport, *, due: bool = False
+        self,
+        works: list[_Work],
+        stats: _Stats,
+        report: StepReport,
+        *,
+        contacts: dict[int, dict[str, Any]] | None = None,
     ) -> None:
-        """Advance every run until it waits or ends, performing side effects between rounds."""
+        """Advance every run until it waits or ends, performing side effects between rounds.
+
+        Contacts are loaded once for the batch (``contacts`` may bring them already loaded)
+        and reused by later rounds, which see the batch's own contact updates.
+        """
         pending = [w for w in works if not w.stopped]
+        known: dict[int, dict[str, Any]] = contacts if contacts is not None else {}
         rounds = 0
         while pending:
             rounds += 1
             now = self.clock()
             with self.runtime.session() as session:
                 events = [run_event(w.run) for w in pending]
+                missing = {w.run.contact_id for w in pending} - known.keys()
+                if missing:
+                    known.update(load_contacts(session, missing))
                 context = BatchContext(
-                    session, events, now=now, score=self.score, recent=self.recent
+                    session,
+                    events,
+                    now=now,
+                    score=self.score,
+                    recent=self.recent,
+                    contacts=known,
                 )
                 for work, event in zip(pending, events, strict=True):
                     self._walk(work, event, context, now=now, stats=stats, report=report)
@@ -977,6 +1001,41 @@ class JourneyEngine:
 
     # -- writing --------------------------------------------------------------------------------
 
+    def _update_positions(
+        self, session: Session, moved: list[_Work], now: datetime, report: StepReport
+    ) -> list[_Work]:
+        """One executemany ``UPDATE … WHERE id = ? AND seq = <seq read>`` for every moved run
+        (pipelined by the driver); the runs another worker moved meanwhile (or erased) are left
+        out of what is returned."""
+        params = [
+            {
+                "b_id": work.run.id,
+                "b_seq_read": work.seq_read,
+                "step": work.run.step,
+                "seq": work.run.seq,
+                "status": work.run.status,
+                "waiting_for": work.run.waiting_for,
+                "due_at": work.run.due_at,
+                "exit_reason": work.run.exit_reason,
+                "state": work.run.state,
+                "updated_at": now,
+            }
+            for work in moved
+        ]
+        result: Any = session.connection().execute(_UPDATE_POSITION, params)
+        if int(getattr(result, "rowcount", -1)) == len(moved):
+            return moved
+        # Some were moved by someone else: keep the ones whose row now holds our seq.
+        rows = session.execute(
+            sa.select(col(JourneyRun.id), col(JourneyRun.seq)).where(
+                col(JourneyRun.id).in_([work.run.id for work in moved])
+            )
+        )
+        current = dict(rows.tuples().all())
+        kept = [work for work in moved if current.get(work.run.id or 0) == work.run.seq]
+        report.conflicts += len(moved) - len(kept)
+        return kept
+
     def _save(self, works: list[_Work], stats: _Stats, report: StepReport) -> None:
         """Write every moved run (optimistically) and every new one, then the due index."""
         if not works:
@@ -984,31 +1043,23 @@ class JourneyEngine:
         now = self.clock()
         saved: list[_Work] = []
         with self.runtime.session() as session:
+            moved: list[_Work] = []
+            fresh: list[_Work] = []
             for work in works:
-                run = work.run
-                run.updated_at = now
-                if work.new:
-                    session.add(run)
-                    saved.append(work)
-                    continue
-                result = session.execute(
-                    sa.update(JourneyRun)
-                    .where(col(JourneyRun.id) == run.id, col(JourneyRun.seq) == work.seq_read)
-                    .values(
-                        step=run.step,
-                        seq=run.seq,
-                        status=run.status,
-                        waiting_for=run.waiting_for,
-                        due_at=run.due_at,
-                        exit_reason=run.exit_reason,
-                        state=run.state,
-                        updated_at=now,
-                    )
-                )
-                if getattr(result, "rowcount", 1) == 1:
-                    saved.append(work)
-                else:
-                    report.conflicts += 1  # moved by another worker meanwhile, or erased
+                work.run.updated_at = now
+                (fresh if work.new else moved).append(work)
+            if fresh:
+                ids = session.execute(
+                    sa.insert(JourneyRun).returning(
+                        col(JourneyRun.id), sort_by_parameter_order=True
+                    ),
+                    [_row(work.run) for work in fresh],
+                ).scalars()
+                for work, run_id in zip(fresh, ids, strict=True):
+                    work.run.id = run_id
+                saved.extend(fresh)
+            if moved:
+                saved.extend(self._update_positions(session, moved, now, report))
             for work in saved:
                 for update in work.contact_updates:
                     _apply_to_contact(session, work.run.contact_id, update)
@@ -1033,6 +1084,30 @@ class JourneyEngine:
                     ex=30 * 86400,
                 )
         pipe.execute()
+
+
+_RUNS = JourneyRun.__table__  # type: ignore[attr-defined]
+_COLUMNS = [c.name for c in _RUNS.columns if c.name != "id"]
+
+
+def _row(run: JourneyRun) -> dict[str, Any]:
+    return {name: getattr(run, name) for name in _COLUMNS}
+
+
+_UPDATE_POSITION = (
+    sa.update(_RUNS)
+    .where(_RUNS.c.id == sa.bindparam("b_id"), _RUNS.c.seq == sa.bindparam("b_seq_read"))
+    .values(
+        step=sa.bindparam("step"),
+        seq=sa.bindparam("seq"),
+        status=sa.bindparam("status"),
+        waiting_for=sa.bindparam("waiting_for"),
+        due_at=sa.bindparam("due_at"),
+        exit_reason=sa.bindparam("exit_reason"),
+        state=sa.bindparam("state"),
+        updated_at=sa.bindparam("updated_at"),
+    )
+)
 
 
 def _unloadable(run: JourneyRun) -> CompiledJourney:

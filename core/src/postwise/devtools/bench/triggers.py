@@ -60,7 +60,7 @@ from postwise.triggers.engine import Submitter, TriggerEngine
 from postwise.triggers.stats import COUNTERS, read_stats
 from postwise.triggers.store import TriggerStore
 
-__all__ = ["BENCH_TRIGGERS", "bench_triggers", "run_benchmark"]
+__all__ = ["BENCH_TRIGGERS", "bench_triggers", "delete_scratch_jobs", "run_benchmark"]
 
 EVENT_TYPE = "page_view"
 CATEGORIES = ("shoes", "bags", "hats", "coats", "socks")
@@ -624,16 +624,22 @@ def _text(value: bytes | str) -> str:
 
 
 def _cleanup(runtime: Runtime, run: _Run) -> None:
-    from rq import Queue
-    from rq.registry import ScheduledJobRegistry
-    from rq.serializers import JSONSerializer
-
     client = runtime.redis
     client.delete(run.stream)
     for key in client.scan_iter(match=f"{run.keys.namespace}:*", count=1000):
         client.delete(key)
     _forget_claims(runtime, run)
-    # The sends this run queued: jobs whose message ids all belong to the scratch ledger.
+    delete_scratch_jobs(runtime)
+
+
+def delete_scratch_jobs(runtime: Runtime) -> None:
+    """Delete the RQ jobs a benchmark queued: jobs whose message ids all belong to the scratch
+    database's ledger (the shared Redis may hold a development server's jobs too)."""
+    from rq import Queue
+    from rq.registry import ScheduledJobRegistry
+    from rq.serializers import JSONSerializer
+
+    client = runtime.redis
     import sqlalchemy as sa
     from sqlmodel import col
 
