@@ -45,13 +45,13 @@ from sqlmodel import col
 from postwise.cli.common import emit_json
 from postwise.db.models import Contact, JourneyRun, Template, TemplateVersion
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
+from postwise.devtools.bench.triggers import delete_scratch_jobs
 from postwise.errors import PostwiseError
 from postwise.events import EventEnvelope, encode_event
 from postwise.journeys.engine import JourneyEngine, Submitter
 from postwise.journeys.store import JourneyKeys, JourneyStore, read_journey_stats
 from postwise.runtime import Runtime
 from postwise.settings import Settings, load_settings
-from postwise.devtools.bench.triggers import delete_scratch_jobs
 
 __all__ = ["bench_journeys", "run_benchmark"]
 
