@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ from hubspot_helpers import BASE_URL, CLIENT_SECRET, options
 
 from postwise.crm.connector import CrmUnavailableError, EngagementUpdate
 from postwise.errors import ConfigurationError
+from postwise.testing.contracts import CrmConnectorContract
 from postwise_hubspot.connector import HubSpotConnector
 from postwise_hubspot.options import parse_options
 from postwise_hubspot.signature import signature_v3
@@ -211,3 +213,24 @@ def test_webhook_events_are_read_back_from_hubspot(hubspot_server: FakeHubSpot) 
     assert [i["id"] for i in read[0].body["inputs"]] == [ada]
     with pytest.raises(ValueError, match="array"):
         connector(hubspot_server).parse_webhook(b"{}")
+
+
+class TestHubSpotConnectorContract(CrmConnectorContract):
+    @pytest.fixture(autouse=True)
+    def _crm(self, hubspot_server: FakeHubSpot) -> None:
+        self.crm = hubspot_server
+
+    def make_connector(self) -> HubSpotConnector:
+        return connector(self.crm)
+
+    def unreachable_connector(self) -> HubSpotConnector:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        return HubSpotConnector(parse_options({**options(self.crm), "base_url": closed}))
+
+    def add_contact(self, email: str, first_name: str) -> str:
+        return self.crm.add(email, firstname=first_name)
+
+    def delete_contact(self, external_id: str) -> None:
+        self.crm.archive(external_id)

@@ -4,6 +4,7 @@ end-to-end syncs through a running postwise."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from postwise.crm.sync import poll
 from postwise.db.models import Contact, ContactStatus, CrmLink, utcnow
 from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
+from postwise.testing.contracts import CrmConnectorContract
 from postwise.testing.webhooks import SignedWebhookContract
 from postwise_salesforce.connector import SalesforceConnector
 from postwise_salesforce.options import parse_options
@@ -282,3 +284,24 @@ class TestSalesforceWebhookContract(SignedWebhookContract):
     def signed_request(self, at: float) -> tuple[bytes, dict[str, str]]:
         body = notification(("CREATE", [self.ada]))
         return body, signed(body, ago=int(time.time() - at))
+
+
+class TestSalesforceConnectorContract(CrmConnectorContract):
+    @pytest.fixture(autouse=True)
+    def _crm(self, salesforce_server: FakeSalesforce) -> None:
+        self.crm = salesforce_server
+
+    def make_connector(self) -> SalesforceConnector:
+        return connector(self.crm)
+
+    def unreachable_connector(self) -> SalesforceConnector:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        return SalesforceConnector(parse_options({**options(self.crm), "login_url": closed}))
+
+    def add_contact(self, email: str, first_name: str) -> str:
+        return self.crm.add(email, FirstName=first_name)
+
+    def delete_contact(self, external_id: str) -> None:
+        self.crm.delete(external_id)

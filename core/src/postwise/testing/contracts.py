@@ -30,6 +30,12 @@ import pytest
 
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
 from postwise.compliance.bounces import BounceKind
+from postwise.crm.connector import (
+    CrmConnector,
+    CrmContact,
+    CrmUnavailableError,
+    EngagementUpdate,
+)
 from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
 from postwise.errors import ValidationError
 from postwise.experiments.contract import Comparison, Index, Interval, StatsOptions, StatsTest
@@ -41,6 +47,7 @@ from postwise.triggers.conditions import ConditionType, TriggerEvent
 __all__ = [
     "AnalyticsSinkContract",
     "ConditionContract",
+    "CrmConnectorContract",
     "HttpProviderContract",
     "ProviderContract",
     "RecommenderContract",
@@ -429,6 +436,150 @@ class HttpProviderContract(ProviderContract):
         assert caplog.records, "expected the HTTP client and the provider to log at DEBUG"
         assert self.secret and self.secret not in caplog.text
         assert all(self.secret not in repr(r) for r in results)
+
+
+class CrmConnectorContract:
+    """Every CRM connector, against your fake of the CRM's API.
+
+    Contacts come out with postwise's names and aware times, all of them on a first sync and
+    the changed ones after; a deleted record comes back deleted; engagement written to a record
+    that is gone is reported ``missing`` (so the core unlinks it) while the others are written;
+    an unsigned webhook is never authentic and a body that is not the CRM's is a ``ValueError``;
+    a CRM that cannot be reached is a :class:`~postwise.crm.connector.CrmUnavailableError`,
+    never another exception. Your subclass makes the connector and says how to change the
+    fake CRM's records (start the fake with the ``fake_server`` fixture in an autouse fixture
+    of your own)::
+
+        class TestAcmeConnector(CrmConnectorContract):
+            @pytest.fixture(autouse=True)
+            def _crm(self, fake_server):
+                self.crm = fake_server(FakeAcmeCrm())
+
+            def make_connector(self):
+                return AcmeConnector(parse_options({"base_url": self.crm.url, ...}))
+
+            def add_contact(self, email, first_name):
+                return self.crm.add(email, firstname=first_name)
+
+            def delete_contact(self, external_id):
+                self.crm.delete(external_id)
+    """
+
+    #: Whether deletions come back from :meth:`CrmConnector.fetch_changes` (else the CRM
+    #: reports them by webhook only, and the check is skipped).
+    polls_deletions: ClassVar[bool] = True
+
+    def make_connector(self) -> CrmConnector:
+        raise NotImplementedError("return your connector, pointed at your fake CRM")
+
+    def unreachable_connector(self) -> CrmConnector:
+        """Your connector pointed at a CRM that cannot be reached (skipped unless given)."""
+        pytest.skip("unreachable_connector is not implemented for this connector")
+
+    def add_contact(self, email: str, first_name: str) -> str:
+        """Create a contact in the fake CRM; its external id."""
+        raise NotImplementedError("create a contact in your fake CRM and return its id")
+
+    def delete_contact(self, external_id: str) -> None:
+        """Delete (archive) the contact in the fake CRM."""
+        raise NotImplementedError("delete the contact in your fake CRM")
+
+    def _fetch(self, since: datetime | None) -> list[CrmContact]:
+        connector = self.make_connector()
+        try:
+            changes = list(connector.fetch_changes(since))
+        finally:
+            connector.close()
+        for change in changes:
+            assert isinstance(change, CrmContact), change
+            assert isinstance(change.external_id, str) and change.external_id, change
+            assert change.updated_at.tzinfo is not None, f"naive updated_at: {change}"
+            assert change.deleted or "@" in change.email, change
+            assert change.unsubscribed in (True, False, None), change
+            assert not {"email", "status", "consent"} & set(change.properties), change
+        return changes
+
+    def test_has_a_name_and_a_batch_size(self) -> None:
+        connector = self.make_connector()
+        try:
+            assert isinstance(connector.name, str) and connector.name
+            assert connector.push_batch_size >= 1
+        finally:
+            connector.close()
+
+    def test_a_first_sync_returns_every_contact_with_its_email_and_profile(self) -> None:
+        ids = {self.add_contact(f"contract{n}@example.com", f"Ann{n}"): n for n in range(3)}
+        changes = {c.external_id: c for c in self._fetch(None)}
+        assert set(ids) <= set(changes), (ids, changes)
+        for external_id, n in ids.items():
+            change = changes[external_id]
+            assert change.email.lower() == f"contract{n}@example.com" and not change.deleted
+            assert change.properties.get("first_name") == f"Ann{n}", change
+
+    def test_a_later_sync_returns_what_changed_since(self) -> None:
+        self.add_contact("old@example.com", "Old")
+        first = self._fetch(None)
+        since = max(c.updated_at for c in first)
+        fresh = self.add_contact("fresh@example.com", "Fresh")
+        later = self._fetch(since)
+        assert fresh in {c.external_id for c in later}, later
+        assert all(c.updated_at >= since - timedelta(seconds=1) for c in later), later
+
+    def test_a_deleted_contact_comes_back_deleted(self) -> None:
+        if not self.polls_deletions:
+            pytest.skip("this CRM reports deletions by webhook only")
+        gone = self.add_contact("gone@example.com", "Gone")
+        since = min(c.updated_at for c in self._fetch(None)) - timedelta(seconds=1)
+        self.delete_contact(gone)
+        changes = [c for c in self._fetch(since) if c.external_id == gone]
+        assert changes and changes[-1].deleted, changes
+
+    def test_engagement_to_a_gone_record_is_reported_missing_and_the_rest_written(self) -> None:
+        kept = self.add_contact("kept@example.com", "Kept")
+        gone = self.add_contact("gone2@example.com", "Gone")
+        self.delete_contact(gone)
+        updates = [
+            EngagementUpdate(kept, {"engagement_score": 42.0}),
+            EngagementUpdate(gone, {"engagement_score": 1.0}),
+        ]
+        connector = self.make_connector()
+        try:
+            failures = list(connector.push_engagement(updates) or [])
+        finally:
+            connector.close()
+        assert [f.external_id for f in failures] == [gone], failures
+        assert failures[0].missing, failures
+
+    def test_an_unsigned_webhook_is_never_authentic(self) -> None:
+        connector = self.make_connector()
+        try:
+            url = "https://postwise.example.com/hooks/crm/" + connector.name
+            assert not connector.verify_request("POST", url, {}, b"[]")
+            assert not connector.verify_webhook({}, b"[]")
+        finally:
+            connector.close()
+
+    def test_a_body_that_is_not_the_crms_is_a_value_error(self) -> None:
+        connector = self.make_connector()
+        try:
+            for body in (b"not json", b"{\"truncated\": ", b"<html>502 Bad Gateway</html>"):
+                with pytest.raises(ValueError):
+                    connector.parse_webhook(body)
+        finally:
+            connector.close()
+
+    def test_an_unreachable_crm_is_unavailable(self) -> None:
+        connector = self.unreachable_connector()
+        try:
+            with pytest.raises(CrmUnavailableError):
+                list(connector.fetch_changes(None))
+        finally:
+            connector.close()
+
+    def test_close_can_be_called_twice(self) -> None:
+        connector = self.make_connector()
+        connector.close()
+        connector.close()
 
 
 class RecommenderContract:
