@@ -72,12 +72,13 @@ def classify_message(raw: bytes) -> BounceClassification:
     reason (``unreadable`` or ``not_a_bounce``) and an explanation. Only the first
     :data:`~.mime.MAX_MESSAGE_BYTES` are read, so time and memory are bounded.
     """
-    if not raw or not raw.strip():
+    raw = raw[:MAX_MESSAGE_BYTES]
+    if not raw.strip():
         return BounceClassification(
             kind=BounceKind.UNKNOWN, reason=BounceReason.UNREADABLE, explanation="empty message"
         )
     try:
-        message = email.message_from_bytes(raw[:MAX_MESSAGE_BYTES], policy=email.policy.compat32)
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
         return _classify(message)
     except Exception as exc:
         # The contract is "never raises": mail from the Internet is hostile or broken in more

@@ -116,7 +116,9 @@ def classify_dsn(
             None,
         )
     permanent = klass == "5"
-    reason, kind, explanation = decide(permanent, status, wording, coded=True)
+    reason, kind, explanation = decide(
+        permanent, status, wording, coded=True, context=_explanation_text(text)
+    )
     if (
         reason in {BounceReason.USER_UNKNOWN, BounceReason.HOST_UNKNOWN}
         and smtp_code is not None

@@ -16,9 +16,9 @@ from email.message import Message
 from postwise.compliance.bounces.mime import decode_header_value, header
 from postwise.compliance.feedback import find_address
 
-__all__ = ["dsn_address", "returned_to", "text_recipient"]
+__all__ = ["dsn_address", "lone_address", "returned_to", "text_recipient"]
 
-_ADDR = r"<?([^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+?)>?"
+_ADDR = r"<?([^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+)>?"
 _RECIPIENT_PATTERNS = [
     re.compile(p, re.I | re.M)
     for p in (
@@ -66,6 +66,32 @@ def text_recipient(message: Message, text: str, exclude: set[str] | None = None)
             if address and address.lower() not in skip and not _is_system_address(address):
                 return address
     return None
+
+
+_ANY_ADDRESS_RE = re.compile(r"[\w.+=!%'-]+@[\w-]+(?:\.[\w-]+)+")
+# Lines that carry addresses which are not the recipient: trace and identification headers.
+_NOT_RECIPIENT_LINE_RE = re.compile(
+    r"^\s*(message-id|received|from|return-path|in-reply-to|references|reply-to|sender|"
+    r"by|id|with|for|x-[\w-]+|reporting-mta|received-from-mta)\b",
+    re.I,
+)
+
+
+def lone_address(text: str, exclude: set[str] | None = None) -> str | None:
+    """The only address named in a bounce's diagnostic text, if it names exactly one (besides
+    the bounce's own sender and addressee and mail-system mailboxes)."""
+    skip = exclude or set()
+    found: set[str] = set()
+    for line in text.splitlines():
+        if _NOT_RECIPIENT_LINE_RE.match(line):
+            continue
+        for match in _ANY_ADDRESS_RE.finditer(line):
+            address = find_address(match.group(0))
+            if address and address.lower() not in skip and not _is_system_address(address):
+                found.add(address.lower())
+                if len(found) > 1:
+                    return None
+    return found.pop() if found else None
 
 
 def _is_system_address(address: str) -> bool:

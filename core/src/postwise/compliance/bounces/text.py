@@ -17,7 +17,7 @@ from email.message import Message
 from postwise.compliance.bounces.mime import clean, header
 from postwise.compliance.bounces.model import BounceClassification
 from postwise.compliance.bounces.reasons import BounceKind, BounceReason
-from postwise.compliance.bounces.recipients import returned_to, text_recipient
+from postwise.compliance.bounces.recipients import lone_address, returned_to, text_recipient
 from postwise.compliance.bounces.status import join_reply_lines, parse_status
 from postwise.compliance.bounces.wording import decide, matched_line, reason_from_text
 from postwise.compliance.feedback import find_address, find_postwise_message_id, returned_headers
@@ -142,7 +142,12 @@ def classify_text_bounce(
         original = email.message_from_string(returned_text[:65536], policy=email.policy.compat32)
     message_id = find_postwise_message_id(original, message, returned_text)
     own = {a.lower() for a in (find_address(header(message, "To")),) if a}
-    recipient = text_recipient(message, text, exclude=own) or returned_to(original)
+    own |= {a.lower() for a in (find_address(header(message, "From")),) if a}
+    recipient = (
+        text_recipient(message, text, exclude=own)
+        or returned_to(original)
+        or lone_address(text, exclude=own)
+    )
 
     smtp_code: int | None = None
     diagnostic = ""
@@ -167,7 +172,19 @@ def classify_text_bounce(
     if diagnostic and wording is text:
         wording = f"{diagnostic}\n{text}"
     coded = smtp_code is not None or status is not None
-    reason, kind, explanation = decide(permanent, status, wording, coded=coded)
+    # A mail system that says the failure was permanent or temporary has reported a failure,
+    # even when nothing says why: that is a bounce of undetermined cause, not "no verdict".
+    evidence = coded or (
+        not weak_evidence
+        and (
+            permanent is not None
+            or (
+                recipient is not None
+                and bool(_BOUNCE_SUBJECT_RE.search(header(message, "Subject")))
+            )
+        )
+    )
+    reason, kind, explanation = decide(permanent, status, wording, coded=evidence)
     if weak_evidence and not coded:
         # A shop's "Delivery failed: your parcel..." mail reads like a bounce; a bounce that
         # no mail system signed must at least quote what a mail server said.

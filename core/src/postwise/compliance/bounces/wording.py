@@ -80,7 +80,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
             r"over (the |its |their )?(allowed |storage |disk )?quota",
             r"quota (exceeded|full|violation)|\bover ?quota\b",
             r"exceed(s|ed)? (the |its |their |his |her )?(storage |mailbox |disk )?quota",
-            r"storage quota|disk quota",
+            r"storage quota|disk ?(space )?quota|diskspace quota|overdrawn",
             r"mailbox size limit|would exceed mailbox",
             r"not enough (disk )?space|(user|recipient)('s)? (storage|disk) (is )?full",
             r"mailfolder is full|mail box full|inbox is full|is over (the )?limit",
@@ -296,6 +296,11 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
 ]
 
 
+_AFTER_DATA_RE = re.compile(
+    r"(in\s+reply\s+to|after)\s+(the\s+)?(end\s+of\s+)?data(\s+command)?\b", re.I
+)
+
+
 def reason_from_text(text: str) -> BounceReason | None:
     """The first reason (in precedence order) whose wording appears in ``text``."""
     for reason, pattern in RULES:
@@ -317,7 +322,12 @@ def matched_line(text: str, reason: BounceReason) -> str:
 
 
 def decide(
-    permanent: bool | None, status: str | None, text: str, *, coded: bool | None = None
+    permanent: bool | None,
+    status: str | None,
+    text: str,
+    *,
+    coded: bool | None = None,
+    context: str = "",
 ) -> tuple[BounceReason, BounceKind, str]:
     """The reason, kind and an explanation for a failure.
 
@@ -325,6 +335,8 @@ def decide(
     the enhanced status code if any; ``text`` the remote side's words. ``coded`` says whether
     a status or SMTP reply code backs ``permanent`` (default: whether ``status`` is given): a
     failure of unrecognised cause whose permanence only prose asserts gets no verdict.
+    ``context`` is the rest of the report (the MTA's own account of the session), read only
+    for when the refusal came.
     """
     suffix = f" ({status}: {describe(status)})" if status else ""
     reason = reason_from_text(text)
@@ -333,6 +345,12 @@ def decide(
     else:
         reason = reason_from_status(status)
         how = "from the status code"
+    if reason is _R.USER_UNKNOWN and (
+        _AFTER_DATA_RE.search(text) or _AFTER_DATA_RE.search(context)
+    ):
+        # Refused after DATA: the server had accepted the recipient at RCPT, so the mailbox
+        # exists and something about this message was refused (Sisimai calls it "filtered").
+        reason, how = _R.FILTERED, "the refusal came after DATA, when the recipient was known"
     if reason is None or reason in {_R.DELIVERED}:
         reason, how = _R.UNDETERMINED, "nothing in the wording or code says why"
     if coded is None:
