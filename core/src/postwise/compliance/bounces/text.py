@@ -172,17 +172,14 @@ def classify_text_bounce(
     if diagnostic and wording is text:
         wording = f"{diagnostic}\n{text}"
     coded = smtp_code is not None or status is not None
-    # A mail system that says the failure was permanent or temporary has reported a failure,
-    # even when nothing says why: that is a bounce of undetermined cause, not "no verdict".
+    # A mail system that names the failed recipient and says the delivery failed has reported
+    # a failure, even when nothing says why: a bounce of undetermined cause, not "no verdict".
+    # Unreadable parts or no recipient leave it without a verdict: nothing is done on a guess.
     evidence = coded or (
         not weak_evidence
-        and (
-            permanent is not None
-            or (
-                recipient is not None
-                and bool(_BOUNCE_SUBJECT_RE.search(header(message, "Subject")))
-            )
-        )
+        and recipient is not None
+        and not problems
+        and (permanent is not None or bool(_BOUNCE_SUBJECT_RE.search(header(message, "Subject"))))
     )
     reason, kind, explanation = decide(permanent, status, wording, coded=evidence)
     if weak_evidence and not coded:
