@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "events": "postwise.cli.events:events",
     "metrics": "postwise.cli.metrics:metrics",
     "triggers": "postwise.cli.triggers:triggers",
+    "journeys": "postwise.cli.journeys:journeys",
     "experiments": "postwise.cli.experiments:experiments",
     "bounces": "postwise.cli.bounces:bounces",
     "consent": "postwise.cli.compliance:consent",

@@ -423,17 +423,26 @@ class JourneyEngine:
         report = StepReport()
         stats = _Stats()
         events: list[TriggerEvent] = []
+        engagement: list[tuple[str, str]] = []
         for entry_id, fields in entries:
             if not fields:
                 continue
             try:
-                event = to_trigger_event(decode_event(fields))
+                envelope = decode_event(fields)
+                event = to_trigger_event(envelope)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("skipping an undecodable stream entry %r: %s", entry_id, exc)
                 continue
+            if envelope.type in _ENGAGEMENT and envelope.message_id:
+                props = envelope.properties or {}
+                machine = bool(props.get("machine_open") or props.get("scanner"))
+                name = _ENGAGEMENT[envelope.type] + ("_machine" if machine else "")
+                engagement.append((envelope.message_id, name))
             if event is not None and self.journeys.relevant(event.type):
                 events.append(event)
         report.events = len(events)
+        if engagement:
+            self._count_engagement(engagement, stats)
         works: list[_Work] = []
         if events:
             works, contacts = self._on_events(events, stats, report)
@@ -445,6 +454,20 @@ class JourneyEngine:
             pipe.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
         pipe.execute()
         return report
+
+    def _count_engagement(self, engagement: list[tuple[str, str]], stats: _Stats) -> None:
+        """Opens and clicks of messages journeys sent, counted on the step that sent them
+        (machine opens and scanner clicks apart: ``<step>:opened_machine``)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for message_id, _name in engagement:
+            pipe.get(self.keys.message(message_id))
+        for (_message_id, name), origin in zip(engagement, pipe.execute(), strict=True):
+            if origin is None:
+                continue
+            text = origin.decode() if isinstance(origin, bytes) else str(origin)
+            journey_id, _, step = text.partition(":")
+            if journey_id.isdigit():
+                stats.add(int(journey_id), f"{step}:{name}")
 
     def _on_events(
         self, events: list[TriggerEvent], stats: _Stats, report: StepReport
@@ -1086,6 +1109,7 @@ class JourneyEngine:
         pipe.execute()
 
 
+_ENGAGEMENT = {"open": "opened", "click": "clicked"}
 _RUNS = JourneyRun.__table__  # type: ignore[attr-defined]
 _COLUMNS = [c.name for c in _RUNS.columns if c.name != "id"]
 

@@ -25,7 +25,12 @@ from postwise.runtime import Runtime
 __all__ = ["Readiness", "readiness"]
 
 #: Which process kind reads each consumer group of the event stream.
-GROUP_KINDS: Final = {"analytics": "collector", "triggers": "triggers", "compliance": "compliance"}
+GROUP_KINDS: Final = {
+    "analytics": "collector",
+    "triggers": "triggers",
+    "journeys": "journeys",
+    "compliance": "compliance",
+}
 
 
 @dataclass

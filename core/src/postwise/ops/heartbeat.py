@@ -43,6 +43,7 @@ PROCESS_KINDS: Final = {
     "worker": "postwise worker",
     "collector": "postwise events collect",
     "triggers": "postwise triggers run",
+    "journeys": "postwise journeys run",
     "compliance": "postwise reputation run",
     "crm": "postwise crm run",
 }

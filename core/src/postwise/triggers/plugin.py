@@ -1,4 +1,5 @@
-"""The built-in triggers plugin: the built-in condition types and the ``/v1/triggers`` API.
+"""The built-in triggers plugin: the built-in condition types and the ``/v1/triggers`` and
+``/v1/journeys`` APIs.
 
 The conditions are registered through ``postwise_register_conditions`` exactly as a third-party
 plugin registers its own (see examples/custom-condition), so disabling this plugin by name
@@ -22,6 +23,8 @@ def postwise_register_conditions(register: Any) -> None:
 
 @hookimpl
 def postwise_register_routes(register: Any) -> None:
+    from postwise.journeys.api import JourneysController
     from postwise.triggers.api import TriggersController
 
     register("triggers-api", TriggersController)
+    register("journeys-api", JourneysController)
