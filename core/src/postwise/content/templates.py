@@ -26,9 +26,10 @@ from jinja2.visitor import NodeTransformer
 from postwise.content import limits
 from postwise.content.links import track_filter
 from postwise.content.recommendations import MAX_RECOMMENDATIONS
-from postwise.errors import TemplateError
+from postwise.errors import TemplateError, ValidationError
 
 __all__ = [
+    "CONTACT_FIELDS",
     "RESERVED_VARIABLES",
     "Part",
     "Problem",
@@ -36,8 +37,24 @@ __all__ = [
     "TemplateSource",
     "assert_valid_template",
     "compile_part",
+    "known_variables",
     "validate_template",
 ]
+
+#: Contact columns a template can use by name (attributes are added on top of these).
+CONTACT_FIELDS: Final = (
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "timezone",
+    "country",
+    "status",
+    "engagement_score",
+)
+_VARIABLE_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+)
 
 #: Names every template may use besides the contact's fields.
 RESERVED_VARIABLES: Final = frozenset({"contact", "segments", "recommendations", "unsubscribe_url"})
@@ -380,3 +397,16 @@ def _const_str(node: nodes.Node) -> str | None:
     if isinstance(node, nodes.Const) and isinstance(node.value, str):
         return node.value
     return None
+
+
+def known_variables(variables: Iterable[str] = ()) -> set[str]:
+    """Names a template may use: contact fields, ``postal_address`` and declared ``variables``."""
+    names = set(CONTACT_FIELDS) | {"postal_address"}
+    for name in variables:
+        if not name or not set(name) <= _VARIABLE_CHARS or name[0].isdigit():
+            raise ValidationError(
+                f"{name!r} is not a variable name (letters, digits, underscores)",
+                field="variables",
+            )
+        names.add(name)
+    return names

@@ -22,6 +22,7 @@ from postwise import tokens
 from postwise.content import AssetConfig, TemplateCache, TemplateSource, TrackingConfig
 from postwise.content.limits import limits_from_settings
 from postwise.content.recommendations import RecommenderFn
+from postwise.content.templates import CONTACT_FIELDS
 from postwise.db.models import Contact, Template, TemplateVersion
 from postwise.delivery.dkim import DkimSigner
 from postwise.delivery.ledger import ClaimedRow, id_in
@@ -42,17 +43,6 @@ __all__ = [
 ]
 
 
-#: Contact columns a template can use by name (attributes are added on top of these).
-CONTACT_FIELDS = (
-    "id",
-    "email",
-    "first_name",
-    "last_name",
-    "timezone",
-    "country",
-    "status",
-    "engagement_score",
-)
 
 _UNSUBSCRIBE_TTL = 10 * 365 * 86400
 _SEGMENT_TEST = re.compile(r"""["']([^"'\r\n]{1,200})["']\s+(?:not\s+)?in\s+segments\b""")

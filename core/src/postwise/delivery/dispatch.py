@@ -48,6 +48,7 @@ from postwise.delivery.ledger import campaign_message_id, insert_rows, ledger_ro
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.delivery.services import services_for
 from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.experiments.arms import HOLDOUT, Arms
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -61,7 +62,6 @@ __all__ = [
 
 #: Contacts read per page of a campaign audience, in multiples of the batch size.
 PAGE_BATCHES = 4
-HOLDOUT = "holdout"
 
 _LOCK_PREFIX = "postwise:delivery:dispatch-lock:"
 
@@ -112,7 +112,7 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
             experiment = session.get(Experiment, request.experiment_id)
             if experiment is None:
                 raise NotFoundError(f"experiment {request.experiment_id} does not exist")
-            arms = _Arms.load(session, experiment, template_id, version)
+            arms = Arms.load(session, experiment, template_id, version)
             variant, template_id, version = arms.assign(request.contact_id)
         contact = session.get(Contact, request.contact_id)
         reason: str | None = None
@@ -206,77 +206,6 @@ def dispatch_campaign(
 
 
 @dataclass(frozen=True, slots=True)
-class _Arm:
-    name: str
-    template_id: int
-    version: int
-
-
-class _Arms:
-    """The experiment variants of a send, each with its template version."""
-
-    def __init__(self, arms: list[_Arm], assigner: Any, winner: _Arm | None) -> None:
-        self.arms = {arm.name: arm for arm in arms}
-        self.assigner = assigner
-        self.winner = winner
-
-    @classmethod
-    def load(
-        cls, session: Session, experiment: Experiment, template_id: int, version: int
-    ) -> _Arms:
-        from postwise.experiments.assignment import VariantAssigner
-
-        arms: list[_Arm] = []
-        weights: list[tuple[str, float]] = []
-        for index, spec in enumerate(experiment.variants or []):
-            where = f"experiment {experiment.id} variant {index}"
-            name = spec.get("name")
-            weight = spec.get("weight", 1.0)
-            if not isinstance(name, str) or not name or name == HOLDOUT:
-                raise ValidationError(f"{where} needs a name (not {HOLDOUT!r})", field="variants")
-            if not isinstance(weight, int | float) or weight <= 0:
-                raise ValidationError(f"{where} needs a positive weight", field="variants")
-            arm_template = int(spec.get("template_id") or template_id)
-            arm_version = spec.get("template_version")
-            if arm_version is None:
-                template = session.get(Template, arm_template)
-                if template is None:
-                    raise NotFoundError(f"{where}: template {arm_template} does not exist")
-                arm_version = template.current_version
-            arms.append(_Arm(name, arm_template, int(arm_version)))
-            weights.append((name, float(weight)))
-        if not arms:
-            raise ValidationError(
-                f"experiment {experiment.id} has no variants to assign", field="variants"
-            )
-        total = sum(w for _, w in weights)
-        assigner = VariantAssigner(
-            experiment.id or 0,
-            [(n, w / total) for n, w in weights],
-            holdout=experiment.holdout,
-        )
-        winner = next((a for a in arms if a.name == experiment.winner), None)
-        if winner is None and experiment.status != "running":
-            # Stopped without a winner: the test is over, so nobody is assigned a variant or
-            # held back any more. Everyone gets the shipped variant if one was named, else the
-            # control (the first variant).
-            shipped = ((experiment.state or {}).get("rollout") or {}).get("variant")
-            winner = next((a for a in arms if a.name == shipped), arms[0])
-        return cls(arms, assigner, winner)
-
-    def assign(self, contact_id: int) -> tuple[str, int, int]:
-        """(variant, template id, version); the variant is :data:`HOLDOUT` for the holdout."""
-        if self.winner is not None:
-            return self.winner.name, self.winner.template_id, self.winner.version
-        name = self.assigner.assign(contact_id)
-        if name is None:
-            arm = next(iter(self.arms.values()))
-            return HOLDOUT, arm.template_id, arm.version
-        arm = self.arms[name]
-        return arm.name, arm.template_id, arm.version
-
-
-@dataclass(frozen=True, slots=True)
 class _Plan:
     """What every page of one campaign's dispatch shares."""
 
@@ -286,7 +215,7 @@ class _Plan:
     experiment_id: int | None
     marketing: bool
     provider: str
-    arms: _Arms | None
+    arms: Arms | None
     #: The consent purpose the campaign's list requires (``Segment.consent_purpose``).
     consent_purpose: str | None
 
@@ -348,7 +277,7 @@ class _Dispatcher:
             progress(report)
         return report
 
-    def _start(self, session: Session) -> tuple[Campaign, Template, Segment | None, _Arms | None]:
+    def _start(self, session: Session) -> tuple[Campaign, Template, Segment | None, Arms | None]:
         campaign = session.get(Campaign, self.campaign_id)
         if campaign is None:
             raise NotFoundError(f"campaign {self.campaign_id} does not exist")
@@ -370,7 +299,7 @@ class _Dispatcher:
             if experiment is None:
                 raise NotFoundError(f"experiment {campaign.experiment_id} does not exist")
             assert template.id is not None
-            arms = _Arms.load(session, experiment, template.id, campaign.template_version)
+            arms = Arms.load(session, experiment, template.id, campaign.template_version)
         if campaign.status == CampaignStatus.DRAFT:
             campaign.status = CampaignStatus.SENDING
             campaign.started_at = utcnow()

@@ -19,9 +19,9 @@ from sqlmodel import Session, col, select
 from postwise.content import TemplateCache, TemplateSource, assert_valid_template
 from postwise.content.limits import TemplateLimitError, limits_from_settings
 from postwise.content.recommendations import RecommenderFn
-from postwise.content.templates import TemplateKind
+from postwise.content.templates import TemplateKind, known_variables
 from postwise.db.models import Template, TemplateVersion
-from postwise.delivery.compose import CONTACT_FIELDS, no_recommendations
+from postwise.delivery.compose import no_recommendations
 from postwise.errors import ConflictError, NotFoundError, TemplateError, ValidationError
 from postwise.settings import Settings
 
@@ -39,22 +39,6 @@ __all__ = [
 _NAME_LIMIT = 200
 #: Characters in one part of a template as written (Gmail clips messages beyond about 100 kB).
 _SOURCE_LIMIT = 500_000
-_VARIABLE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-
-def known_variables(variables: Iterable[str] = ()) -> set[str]:
-    """Names a template may use: contact fields, ``postal_address`` and declared ``variables``."""
-    names = set(CONTACT_FIELDS) | {"postal_address"}
-    for name in variables:
-        if not name or not set(name) <= _VARIABLE_CHARS or name[0].isdigit():
-            raise ValidationError(
-                f"{name!r} is not a variable name (letters, digits, underscores)",
-                field="variables",
-            )
-        names.add(name)
-    return names
-
-
 def check_template(
     settings: Settings,
     *,

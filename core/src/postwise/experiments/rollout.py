@@ -12,16 +12,17 @@ or someone stops the experiment and ships a variant, the rollout:
 2. creates a campaign of that segment with the winning variant's template version (read from
    the ledger, so it is exactly what the winning arm was sent) and no experiment, so its
    messages never count as exposures;
-3. dispatches it with :func:`postwise.delivery.dispatch.dispatch_campaign`: the compliance gate,
+3. has delivery dispatch it (:mod:`postwise.delivery.rollouts`, the job): the compliance gate,
    the frequency cap, the ledger and the send queues treat it like any campaign, so a contact
    who unsubscribed since the test is not mailed.
 
 The look that declares the winner only marks the rollout ``queued`` (in
-``experiment.state["rollout"]``) and enqueues :func:`rollout_job` on the workers' ``default``
-queue; each step is idempotent, so a retried or repeated job finishes the same rollout and never
-mails anyone twice (the segment and the campaign are reused, dispatch resumes or refuses to
-dispatch twice). While a campaign of the experiment is still dispatching, its held-back audience
-is not final: the rollout waits (``status: waiting``) and the next look tries again.
+``experiment.state["rollout"]``) and enqueues delivery's rollout job (:data:`ROLLOUT_FUNC`,
+named, not imported: delivery sits above experiments) on the workers' ``default`` queue. Each
+step is idempotent, so a retried or repeated job finishes the same rollout and never mails
+anyone twice (the segment and the campaign are reused, dispatch resumes or refuses to dispatch
+twice). While a campaign of the experiment is still dispatching, its held-back audience is not
+final: the rollout waits (``status: waiting``) and the next look tries again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
@@ -45,6 +48,7 @@ from postwise.db.models import (
     utcnow,
 )
 from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.experiments.arms import HOLDOUT
 from postwise.experiments.assignment import VariantAssigner
 
 if TYPE_CHECKING:
@@ -54,14 +58,16 @@ __all__ = [
     "ROLLOUT_FUNC",
     "enqueue_rollout",
     "fill_reserve",
+    "finish_rollout",
+    "prepare_rollout",
     "request_rollout",
-    "rollout_job",
-    "run_rollout",
 ]
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_FUNC = "postwise.experiments.rollout.rollout_job"
+#: The job that carries a rollout out. It lives in delivery (which sits above experiments and
+#: dispatches the rollout campaign); experiments names it, it does not import it.
+ROLLOUT_FUNC = "postwise.delivery.rollouts.rollout_job"
 #: Held-back contacts read (and segment members written) per statement.
 PAGE = 5000
 _SPACE = 1 << 64
@@ -128,13 +134,9 @@ def enqueue_rollout(runtime: Runtime, experiment_id: int) -> str:
 
     If Redis refuses, the rollout goes back to ``waiting`` so that the next look queues it again.
     """
-    from rq import Queue, Retry
-    from rq.serializers import JSONSerializer
-
-    from postwise.delivery.jobs import DISPATCH_QUEUE
-
     try:
-        queue = Queue(DISPATCH_QUEUE, connection=runtime.redis, serializer=JSONSerializer)
+        # RQ's default queue, the one delivery's dispatch jobs use.
+        queue = Queue(connection=runtime.redis, serializer=JSONSerializer)
         job = queue.enqueue(
             ROLLOUT_FUNC,
             experiment_id,
@@ -166,8 +168,6 @@ def fill_reserve(
     The holdout proper is left out. Idempotent: members already there stay once. Returns how
     many contacts the reserve has.
     """
-    from postwise.delivery.dispatch import HOLDOUT
-
     assert experiment.id is not None
     # Any assigner of this experiment gives the same bucket; the holdout proper is the lowest
     # ``options.holdout`` share of them, the rollout reserve the rest of the held-back share.
@@ -255,8 +255,12 @@ def _list_purpose(session: Session, campaigns: Sequence[Campaign]) -> str | None
     return purposes.pop() if purposes else None
 
 
-def _prepare(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
-    """Steps 1 and 2: the segment and the campaign, recorded in the experiment's state."""
+def prepare_rollout(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
+    """Steps 1 and 2: the segment and the campaign, recorded in the experiment's state.
+
+    Returns the rollout record; its ``status`` is ``dispatching`` (with ``campaign_id``) when
+    delivery should dispatch the rollout campaign now.
+    """
     with runtime.session() as session:
         experiment = session.exec(
             select(Experiment).where(Experiment.id == experiment_id).with_for_update()
@@ -320,7 +324,10 @@ def _prepare(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
     return plan
 
 
-def _finish(runtime: Runtime, experiment_id: int, dispatch: dict[str, Any]) -> dict[str, Any]:
+def finish_rollout(
+    runtime: Runtime, experiment_id: int, dispatch: dict[str, Any]
+) -> dict[str, Any]:
+    """Record the rollout as done with delivery's dispatch report; returns the record."""
     with runtime.session() as session:
         experiment = session.get(Experiment, experiment_id)
         assert experiment is not None
@@ -331,41 +338,3 @@ def _finish(runtime: Runtime, experiment_id: int, dispatch: dict[str, Any]) -> d
         experiment.state = state
         session.add(experiment)
     return plan
-
-
-def run_rollout(runtime: Runtime, experiment_id: int) -> dict[str, Any]:
-    """Carry out the queued rollout of ``experiment_id`` in this process; returns its record.
-
-    A rollout already done is returned as it is; one interrupted is finished (dispatch resumes
-    where it stopped).
-    """
-    from postwise.delivery.campaigns import get_campaign
-    from postwise.delivery.dispatch import dispatch_campaign
-
-    plan = _prepare(runtime, experiment_id)
-    if plan.get("status") != "dispatching":
-        return plan
-    campaign_id = int(plan["campaign_id"])
-    try:
-        dispatch = dispatch_campaign(runtime, campaign_id).to_dict()
-    except ConflictError:
-        with runtime.session() as session:
-            campaign = get_campaign(session, campaign_id)
-            if not (campaign.counts or {}).get("dispatched"):
-                raise  # another process is dispatching it: RQ retries this job later
-            dispatch = {"campaign_id": campaign_id, "done": True, **(campaign.counts or {})}
-    log.info(
-        "experiment %s: rolled out %s to %s held-back contacts (campaign %s)",
-        experiment_id,
-        plan["variant"],
-        plan.get("contacts"),
-        campaign_id,
-    )
-    return _finish(runtime, experiment_id, dispatch)
-
-
-def rollout_job(experiment_id: int) -> dict[str, Any]:
-    """The RQ job: :func:`run_rollout` with the worker's runtime."""
-    from postwise.delivery.jobs import current_runtime
-
-    return run_rollout(current_runtime(), experiment_id)

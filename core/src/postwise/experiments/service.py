@@ -16,8 +16,9 @@ winner is declared once (``winner``, ``decided_at``, status ``decided``). After 
 or once stopped, looks still report the numbers (outcomes keep maturing) but change nothing,
 and count only contacts exposed before the experiment closed.
 
-**Assignment** happens at send time, in delivery (campaign dispatch and ``submit_send`` for
-triggers). :func:`assigner_for` and :func:`variant_for` give the same answer it does.
+**Assignment** happens at send time: delivery (campaign dispatch and ``submit_send`` for
+triggers) calls :class:`postwise.experiments.arms.Arms`, the one place that assigns variants;
+:func:`variant_for` gives the same answer.
 
 ``experiment.holdout`` is the share delivery holds back at send: the holdout proper (contacts
 who never get the experiment's email) plus, with automatic rollout, the ``rollout_fraction``
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +51,9 @@ from postwise.db.models import (
     utcnow,
 )
 from postwise.errors import ConflictError, NotFoundError, ValidationError
-from postwise.experiments.assignment import assign_variant
+from postwise.experiments.arms import HOLDOUT, normalised, stopped_arms, variant_for
 from postwise.experiments.data import WEIGHT_SUM_TOLERANCE, VariantData
+from postwise.experiments.guardrails import GUARDRAIL_METRICS, GuardrailResult, check_guardrails
 
 if TYPE_CHECKING:
     from postwise.experiments.stats import AnalysisResult
@@ -170,8 +172,6 @@ def _share(value: Any, field: str, *, open_low: bool) -> float:
 
 
 def _variant(raw: Any, index: int, seen: set[str]) -> dict[str, Any]:
-    from postwise.delivery.dispatch import HOLDOUT
-
     where = f"variants[{index}]"
     if not isinstance(raw, Mapping):
         raise ValidationError("must be an object with a name and a weight", field=where)
@@ -519,8 +519,7 @@ def _check_subject(
     variables: Sequence[str],
     where: str,
 ) -> None:
-    from postwise.content.templates import Part, validate_template
-    from postwise.delivery.templates import known_variables
+    from postwise.content.templates import Part, known_variables, validate_template
 
     try:
         known = known_variables(variables)
@@ -601,6 +600,8 @@ def experiment_dict(session: Session, experiment: Experiment) -> dict[str, Any]:
         "looks": int(state.get("looks", 0)),
         "decision": state.get("decision"),
         "rollout": state.get("rollout"),
+        "stopped_arms": state.get("stopped_arms") or {},
+        "mde": options.get("mde"),
         "campaign_ids": list(campaigns),
         "trigger_ids": list(triggers),
         "created_at": _iso(experiment.created_at),
@@ -614,32 +615,69 @@ def experiment_dict(session: Session, experiment: Experiment) -> dict[str, Any]:
 
 def assigner_weights(experiment: Experiment) -> tuple[tuple[str, float], ...]:
     """(name, weight) pairs normalised to sum to 1, as delivery hands them to the assigner."""
-    pairs = [(str(v["name"]), float(v.get("weight", 1.0))) for v in experiment.variants or []]
-    total = sum(w for _, w in pairs)
-    return tuple((name, weight / total) for name, weight in pairs)
-
-
-def variant_for(experiment: Experiment, contact_id: int | str) -> dict[str, Any] | None:
-    """The variant definition ``contact_id`` is assigned in ``experiment``; None when held back.
-
-    Held back means the holdout or, with automatic rollout, the share kept for the winner. This
-    is the assignment delivery applies at send time (same key, weights and held-back share), so
-    the answer matches the ledger's ``variant``. It ignores a declared winner: delivery sends
-    the winner to everyone after the decision, this says which arm the contact was in.
-    """
-    assert experiment.id is not None
-    name = assign_variant(
-        experiment.id, contact_id, assigner_weights(experiment), experiment.holdout
-    )
-    if name is None:
-        return None
-    return dict(next(v for v in experiment.variants if v["name"] == name))
+    return tuple(normalised(experiment.variants or [], f"experiment {experiment.id} "))
 
 
 # -- counting -----------------------------------------------------------------------------------
 
 _MESSAGE: sa.Table = Message.__table__  # type: ignore[attr-defined]
 _EVENT: sa.Table = Event.__table__  # type: ignore[attr-defined]
+
+
+def _exposed(experiment: Experiment, until: datetime | None) -> list[Any]:
+    exposed = [
+        _MESSAGE.c.experiment_id == experiment.id,
+        _MESSAGE.c.status == MessageStatus.ACCEPTED.value,
+        _MESSAGE.c.variant.is_not(None),
+        _MESSAGE.c.contact_id.is_not(None),
+    ]
+    if until is not None:
+        exposed.append(_MESSAGE.c.created_at <= until)
+    return exposed
+
+
+def _contacts_with(
+    connection: Connection | Session,
+    experiment: Experiment,
+    until: datetime | None,
+    *event_filter: Any,
+) -> dict[str, int]:
+    """Per variant, distinct exposed contacts with an event matching ``event_filter``."""
+    ledger = _MESSAGE.alias("exposure")
+    was_exposed = sa.exists().where(
+        ledger.c.experiment_id == experiment.id,
+        ledger.c.status == MessageStatus.ACCEPTED.value,
+        ledger.c.variant == _EVENT.c.variant,
+        ledger.c.contact_id == _EVENT.c.contact_id,
+        *([ledger.c.created_at <= until] if until is not None else []),
+    )
+    return {
+        str(variant): int(count)
+        for variant, count in connection.execute(
+            sa.select(_EVENT.c.variant, sa.func.count(sa.distinct(_EVENT.c.contact_id)))
+            .where(
+                *event_filter,
+                _EVENT.c.experiment_id == experiment.id,
+                _EVENT.c.variant.is_not(None),
+                _EVENT.c.contact_id.is_not(None),
+                was_exposed,
+            )
+            .group_by(_EVENT.c.variant)
+        )
+    }
+
+
+def _exposures(
+    connection: Connection | Session, experiment: Experiment, until: datetime | None
+) -> dict[str, int]:
+    return {
+        str(variant): int(count)
+        for variant, count in connection.execute(
+            sa.select(_MESSAGE.c.variant, sa.func.count(sa.distinct(_MESSAGE.c.contact_id)))
+            .where(*_exposed(experiment, until))
+            .group_by(_MESSAGE.c.variant)
+        )
+    }
 
 
 def outcome_counts(
@@ -653,49 +691,12 @@ def outcome_counts(
     Contacts are the unit because assignment is by contact: a trigger may mail one several
     times, and it counts once.
     """
-    accepted = MessageStatus.ACCEPTED.value
-    exposed = [
-        _MESSAGE.c.experiment_id == experiment.id,
-        _MESSAGE.c.status == accepted,
-        _MESSAGE.c.variant.is_not(None),
-        _MESSAGE.c.contact_id.is_not(None),
-    ]
-    if until is not None:
-        exposed.append(_MESSAGE.c.created_at <= until)
-    exposures = {
-        str(variant): int(count)
-        for variant, count in connection.execute(
-            sa.select(_MESSAGE.c.variant, sa.func.count(sa.distinct(_MESSAGE.c.contact_id)))
-            .where(*exposed)
-            .group_by(_MESSAGE.c.variant)
-        )
-    }
-    ledger = _MESSAGE.alias("exposure")
-    was_exposed = sa.exists().where(
-        ledger.c.experiment_id == experiment.id,
-        ledger.c.status == accepted,
-        ledger.c.variant == _EVENT.c.variant,
-        ledger.c.contact_id == _EVENT.c.contact_id,
-        *([ledger.c.created_at <= until] if until is not None else []),
-    )
-    converted = [
-        _EVENT.c.type == experiment.metric,
-        _EVENT.c.experiment_id == experiment.id,
-        _EVENT.c.variant.is_not(None),
-        _EVENT.c.contact_id.is_not(None),
-        was_exposed,
-    ]
+    exposures = _exposures(connection, experiment, until)
+    converted = [_EVENT.c.type == experiment.metric]
     if experiment.metric in ("open", "click"):
         # ``automated`` is set at ingestion from properties.machine_open / properties.scanner.
         converted.append(sa.not_(_EVENT.c.automated))
-    conversions = {
-        str(variant): int(count)
-        for variant, count in connection.execute(
-            sa.select(_EVENT.c.variant, sa.func.count(sa.distinct(_EVENT.c.contact_id)))
-            .where(*converted)
-            .group_by(_EVENT.c.variant)
-        )
-    }
+    conversions = _contacts_with(connection, experiment, until, *converted)
     return [
         VariantData(
             str(v["name"]),
@@ -704,6 +705,37 @@ def outcome_counts(
         )
         for v in experiment.variants
     ]
+
+
+def guardrail_counts(
+    connection: Connection | Session, experiment: Experiment, *, until: datetime | None = None
+) -> dict[str, list[VariantData]]:
+    """Per guardrail metric, exposed contacts and those among them with the harm event.
+
+    ``unsubscribe`` and ``complaint`` events, and ``bounce`` events whose ``kind`` is ``hard``,
+    attributed to the variant's messages (as conversions are).
+    """
+    exposures = _exposures(connection, experiment, until)
+    filters: dict[str, list[Any]] = {
+        "unsubscribe": [_EVENT.c.type == "unsubscribe"],
+        "complaint": [_EVENT.c.type == "complaint"],
+        "hard_bounce": [
+            _EVENT.c.type == "bounce",
+            _EVENT.c.properties["kind"].as_string() == "hard",
+        ],
+    }
+    counts = {}
+    for metric in GUARDRAIL_METRICS:
+        harmed = _contacts_with(connection, experiment, until, *filters[metric])
+        counts[metric] = [
+            VariantData(
+                str(v["name"]),
+                exposures=exposures.get(v["name"], 0),
+                conversions=min(harmed.get(v["name"], 0), exposures.get(v["name"], 0)),
+            )
+            for v in experiment.variants
+        ]
+    return counts
 
 
 # -- looks --------------------------------------------------------------------------------------
@@ -736,7 +768,37 @@ def _analyze(
         # The mixture is tuned to the planned effect; a state recorded before mde was pinned
         # keeps the N*-tuned mixture it started with.
         mde=options.get("mde") if stored is None or "mde" in stored else None,
+        stopped=stopped_arms(experiment),
     )
+
+
+def _guard(
+    connection: Connection | Session, experiment: Experiment, until: datetime | None, record: bool
+) -> list[GuardrailResult]:
+    """Test the guardrails; while running, stop (in the experiment's state) every harmful arm."""
+    options = experiment.options or {}
+    results = check_guardrails(
+        guardrail_counts(connection, experiment, until=until),
+        alpha=experiment.alpha,
+        index=options.get("index", "exposures"),
+    )
+    if not record:
+        return results
+    state = dict(experiment.state or {})
+    stopped = dict(state.get("stopped_arms") or {})
+    for result in results:
+        if result.harmful and result.variant not in stopped:
+            stopped[result.variant] = {
+                "reason": result.reason,
+                "metric": result.metric,
+                "look": int(state.get("looks", 0)) + 1,
+                "at": utcnow().isoformat(),
+            }
+            log.warning("experiment %s: arm stopped: %s", experiment.id, result.reason)
+    if stopped != (state.get("stopped_arms") or {}):
+        state["stopped_arms"] = stopped
+        experiment.state = state
+    return results
 
 
 def _lock(session: Session, ref: int | str) -> Experiment:
@@ -816,9 +878,9 @@ def _look(runtime: Runtime, ref: int | str, *, stop: bool, ship: str | None) -> 
                 field="ship",
             )
         running = experiment.status == ExperimentStatus.RUNNING
-        counts = outcome_counts(
-            session.connection(), experiment, until=None if running else _closed_at(experiment)
-        )
+        until = None if running else _closed_at(experiment)
+        counts = outcome_counts(session.connection(), experiment, until=until)
+        guardrails = _guard(session.connection(), experiment, until, record=running)
         analysis = _analyze(runtime, experiment, counts)
         if running:
             look = _record(experiment, analysis, test_is_final=stop)
@@ -835,6 +897,7 @@ def _look(runtime: Runtime, ref: int | str, *, stop: bool, ship: str | None) -> 
         session.add(experiment)
         session.flush()
         report = _report(session, experiment, look)
+        report["guardrails"] = [asdict(g) for g in guardrails]
         experiment_id = experiment.id
     if look.rollout_queued:
         enqueue_rollout(runtime, experiment_id)
