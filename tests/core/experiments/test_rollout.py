@@ -27,9 +27,9 @@ from sqlmodel import col, select
 from postwise.cli import cli
 from postwise.db.models import Campaign, Experiment, Message
 from postwise.delivery.dispatch import dispatch_campaign
+from postwise.delivery.rollouts import run_rollout
 from postwise.delivery.worker import drain
 from postwise.experiments.assignment import VariantAssigner
-from postwise.delivery.rollouts import run_rollout
 from postwise.experiments.service import experiment_report
 from postwise.runtime import Runtime
 from postwise.testing.smtp import FaultySmtpServer
