@@ -301,6 +301,21 @@ class Settings(BaseModel):
 
     disabled_plugins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="json: one object per line with time, level, process and request id.",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Long-running processes other than the server expose Prometheus metrics "
+        "on this port (0: off; the server always has /metrics). `postwise run "
+        "--metrics-port-base` numbers them.",
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1", description="Address the metrics port binds (0.0.0.0 for all)."
+    )
 
     @field_validator("rate_limits", mode="before")
     @classmethod

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import click
 
 from postwise.ops.heartbeat import Heartbeat
+from postwise.ops.logs import configure_logging
+from postwise.ops.metrics import serve_metrics
 from postwise.redis_client import connect_redis
 from postwise.runtime import Runtime
 from postwise.settings import Settings, load_settings
@@ -30,9 +32,11 @@ def get_runtime(ctx: click.Context, *, process: str | None = None) -> Runtime:
     where it starts and says what is missing. It then beats into Redis until the command ends,
     so ``/health`` and ``postwise run`` know it is alive.
     """
-    runtime = _runtime(ctx)
+    runtime = _runtime(ctx, process)
     if process is not None:
         check_deployable(runtime.settings)
+        if runtime.settings.metrics_port:
+            serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_address)
         if not runtime.settings.redis_url.startswith("fakeredis://"):
             # Its own connection: a worker forks, and the beat must not share its pool.
             heartbeat = Heartbeat(connect_redis(runtime.settings.redis_url), process)
@@ -57,18 +61,13 @@ def check_deployable(settings: Settings) -> None:
     )
 
 
-def _runtime(ctx: click.Context) -> Runtime:
+def _runtime(ctx: click.Context, process: str | None = None) -> Runtime:
     root = ctx.find_root()
     root.ensure_object(dict)
     runtime: Runtime | None = root.obj.get("runtime")
     if runtime is None:
         settings = load_settings(config_file=root.obj.get("config_file"))
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        # Migrations and HTTP clients narrate at INFO; postwise's own INFO lines are the story.
-        for noisy in ("alembic", "httpx", "rq.worker"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        configure_logging(settings.log_level, settings.log_format, process=process)
         runtime = Runtime(settings)
         root.obj["runtime"] = runtime
         root.call_on_close(runtime.close)

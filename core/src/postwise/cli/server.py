@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import click
@@ -38,14 +39,18 @@ def serve(ctx: click.Context, host: str, port: int, migrate: bool, workers: int)
         "log_level": "warning",
         "access_log": False,
         "server_header": False,
+        # postwise's own logging (text or JSON, addresses masked) carries uvicorn's lines too.
+        "log_config": None,
     }
     if workers == 1:
         uvicorn.run(create_app(runtime=runtime), **options)
         return
-    # Each process builds its own app from the same settings (environment and config file).
+    # Each process builds its own app from the same settings (environment and config file),
+    # and their counters are added up for /metrics through files in one folder.
     config_file = ctx.find_root().obj.get("config_file")
     if config_file:
         os.environ["POSTWISE_CONFIG"] = str(config_file)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="postwise-metrics-")
     uvicorn.run("postwise.server.app:create_app", factory=True, workers=workers, **options)
 
 

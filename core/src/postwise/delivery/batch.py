@@ -50,6 +50,7 @@ from postwise.delivery.provider import (
 from postwise.delivery.recovery import recover_stale
 from postwise.delivery.services import DeliveryServices, services_for
 from postwise.errors import ConfigurationError, DeliveryError, NotFoundError, PostwiseError
+from postwise.ops.metrics import RATE_LIMIT_WAITS
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -261,6 +262,7 @@ class _Attempt:
             # A little jitter keeps workers deferred at the same moment from all returning at once.
             delay = grant.retry_after * (1 + random.random() / 10)
             reason = f"rate limit of {provider} ({bucket.limit})"
+            RATE_LIMIT_WAITS.labels(provider).inc(len(rows) - grant.granted)
             for row in rows[grant.granted :]:
                 self.settlement.deferred(row, delay, reason)
         return rows[: grant.granted]

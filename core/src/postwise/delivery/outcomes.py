@@ -51,6 +51,7 @@ from postwise.delivery.retry import (
     retry_seconds,
 )
 from postwise.events import EventEnvelope
+from postwise.ops.metrics import MESSAGES_SETTLED
 from postwise.streams.publish import publish
 
 if TYPE_CHECKING:
@@ -261,6 +262,9 @@ class Settlement:
 
             for (provider, delay), ids in self.later.items():
                 enqueue_later(self.runtime, provider, ids, delay)
+        for key, amount in self.counts.items():
+            outcome, _, reason = key.partition(":")
+            MESSAGES_SETTLED.labels(outcome, reason).inc(amount)
         return self.counts
 
     def _dead(

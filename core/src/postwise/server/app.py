@@ -25,6 +25,7 @@ from postwise.server.auth import is_protected, require_api_key, required_scopes
 from postwise.server.deps import provide_runtime, provide_session
 from postwise.server.errors import EXCEPTION_HANDLERS, KINDS, PROBLEM_MEDIA_TYPE, Problem
 from postwise.server.health import health, live
+from postwise.server.observability import metrics, observe_requests
 from postwise.server.validation import check_request
 from postwise.settings import Settings
 
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             if owned:
                 runtime.close()
 
-    handlers: list[Any] = [health, live]
+    handlers: list[Any] = [health, live, metrics]
     handlers.extend(entry.component for entry in runtime.plugins.registry("routes"))
     app = Litestar(
         route_handlers=handlers,
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             "session": Provide(provide_session),
         },
         guards=[require_api_key],
+        middleware=[observe_requests],
         before_request=check_request,
         request_max_body_size=runtime.settings.api_max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,

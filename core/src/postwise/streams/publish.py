@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from postwise.errors import ValidationError
 from postwise.events import EVENT_STREAM, EventEnvelope, encode_event
+from postwise.ops.metrics import count_events
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -132,7 +133,8 @@ def publish(
     return fresh
 
 
-def _notify(runtime: Runtime, events: Iterable[EventEnvelope]) -> None:
+def _notify(runtime: Runtime, events: Sequence[EventEnvelope]) -> None:
+    count_events(event.type for event in events)
     hook = runtime.plugins.hook.postwise_event_tracked
     if not hook.get_hookimpls():
         return

@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from postwise.ops.metrics import TRIGGER_COUNTS
 from postwise.triggers.cooldown import TriggerKeys
 
 __all__ = ["COUNTERS", "StatsBatch", "read_stats", "reset_stats"]
@@ -69,6 +70,7 @@ class StatsBatch:
         for (trigger_id, counter), amount in self.counts.items():
             if amount:
                 pipe.hincrby(self.keys.stats(trigger_id), counter, amount)
+                TRIGGER_COUNTS.labels(counter).inc(amount)
         for counter, amount in self.engine.items():
             if amount:
                 pipe.hincrby(self.keys.engine_stats, counter, amount)
