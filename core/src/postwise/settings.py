@@ -294,9 +294,28 @@ class Settings(BaseModel):
     )
 
     recommender: str = Field(
-        default="hybrid",
-        description="The recommender that fills recommendation blocks: hybrid, ease, als, "
+        default="ease",
+        description="The recommender that fills recommendation blocks: ease, hybrid, als, "
         "popularity, collaborative, content, or one a plugin registers.",
+    )
+    recommend_max_per_category: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many items of one category in a recommendation block.",
+    )
+    recommend_category_attribute: str = Field(
+        default="category", description="The item attribute that names its category."
+    )
+    recommend_boosts: dict[str, float] = Field(
+        default_factory=dict,
+        description='Rank boosts of recommended items by attribute: {"brand=acme": 1.5}.',
+    )
+    recommend_stock_attribute: str = Field(
+        default="in_stock",
+        description="The item attribute that marks an item out of stock (false, 0, no).",
+    )
+    recommend_exclude_purchased: bool = Field(
+        default=True, description="Never recommend an item the contact has bought."
     )
 
     disabled_plugins: list[str] = Field(default_factory=list)

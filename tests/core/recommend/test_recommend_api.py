@@ -125,7 +125,7 @@ def test_a_preview_shows_the_contacts_recommendations(
 
     assert response.status_code == 200
     data = response.json()
-    assert data["contact_id"] == 1 and data["recommender"] == "hybrid"
+    assert data["contact_id"] == 1 and data["recommender"] == "ease"
     assert len(data["items"]) == 4
     assert set(data["items"][0]) >= {"id", "title", "url", "image_url", "category"}
     seen = {i.item_id for i in recent_clusters.interactions if i.contact_id == 1}

@@ -114,11 +114,11 @@ def preview(
     ctx: click.Context, *, contact_id: int, count: int, name: str | None, as_json: bool
 ) -> None:
     """The items a recommendation block would show CONTACT_ID, from the stored model."""
-    from postwise.recommend.service import serving_recommender
+    from postwise.recommend.service import recommend_block
 
     runtime = get_runtime(ctx)
     name = name or runtime.settings.recommender
-    items = serving_recommender(runtime, name).recommend(contact_id, count)
+    items = recommend_block(runtime, contact_id, count, name)
     if as_json:
         emit_json(
             {

@@ -23,7 +23,7 @@ from postwise.content.recommendations import MAX_RECOMMENDATIONS
 from postwise.db.models import Contact
 from postwise.errors import NotFoundError
 from postwise.recommend.catalogue import item_dict, list_items, parse_items, upsert_items
-from postwise.recommend.service import serving_recommender
+from postwise.recommend.service import recommend_block
 from postwise.runtime import Runtime
 
 __all__ = ["ItemsController", "RecommendationsController"]
@@ -89,9 +89,8 @@ class RecommendationsController(Controller):
         """The items a recommendation block would show the contact, best first."""
         if session.get(Contact, contact_id) is None:
             raise NotFoundError(f"no contact with id {contact_id}")
-        recommender = serving_recommender(runtime)
         return RecommendationsOut(
             contact_id=contact_id,
             recommender=runtime.settings.recommender,
-            items=[item.to_dict() for item in recommender.recommend(contact_id, n)],
+            items=[item.to_dict() for item in recommend_block(runtime, contact_id, n)],
         )

@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 from postwise.db.models import CatalogueItem, Event
 from postwise.errors import ValidationError
 from postwise.recommend.base import Interaction, Item
+from postwise.recommend.rules import stock_value_available
 
 __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
@@ -38,10 +39,12 @@ __all__ = [
     "UpsertResult",
     "item_dict",
     "iter_interactions",
+    "iter_purchases",
     "list_items",
     "load_items",
     "parse_items",
     "parse_weights",
+    "unavailable_items",
     "upsert_items",
 ]
 
@@ -158,6 +161,47 @@ def iter_interactions(
             # SQLite hands back naive datetimes; they are UTC like everything postwise stores.
             at = last.replace(tzinfo=UTC) if last is not None and last.tzinfo is None else last
             yield Interaction(int(contact_id), str(item), float(total), at)
+
+
+#: Event types that count as buying an item (never recommended again to that contact).
+PURCHASE_TYPES: Final = ("purchase",)
+
+
+def iter_purchases(
+    engine: Engine,
+    *,
+    types: Sequence[str] = PURCHASE_TYPES,
+    lookback_days: int | None = 365,
+    now: datetime | None = None,
+) -> Iterator[tuple[int, str]]:
+    """Distinct (contact, item) pairs of purchase events."""
+    event = _EVENT_TABLE.c
+    item_id = event.properties["item_id"].as_string()
+    conditions = [
+        event.type.in_(list(types)),
+        event.contact_id.is_not(None),
+        item_id.is_not(None),
+    ]
+    if lookback_days is not None:
+        since = (now or datetime.now(UTC)) - timedelta(days=lookback_days)
+        conditions.append(event.occurred_at >= since)
+    pairs = sa.select(event.contact_id, item_id.label("item_id")).where(*conditions).subquery()
+    query = sa.select(pairs.c.contact_id, pairs.c.item_id).distinct()
+    with engine.connect() as connection:
+        for contact_id, item in connection.execution_options(yield_per=5000).execute(query):
+            yield int(contact_id), str(item)
+
+
+def unavailable_items(engine: Engine, stock_attribute: str = "in_stock") -> set[str]:
+    """Ids of items that are inactive or whose ``stock_attribute`` says out of stock."""
+    table = _ITEM_TABLE.c
+    query = sa.select(table.id, table.active, table.attributes[stock_attribute])
+    result: set[str] = set()
+    with engine.connect() as connection:
+        for item_id, active, stock in connection.execution_options(yield_per=5000).execute(query):
+            if not active or not stock_value_available(stock):
+                result.add(str(item_id))
+    return result
 
 
 def load_items(engine: Engine, *, active_only: bool = True, batch: int = 5000) -> list[Item]:

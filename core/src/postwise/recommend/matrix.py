@@ -162,16 +162,19 @@ class InteractionMatrix:
     def recency_positions(self) -> np.ndarray:
         """For each pair (aligned with ``weights.data``): 0 for the contact's latest item, 1
         for the one before, and so on (pairs without a time count as oldest; ties: the
-        greater column is later)."""
+        greater column is later). Contacts without any time: 0 for every item."""
         n_pairs = self.n_pairs
-        rows = np.repeat(np.arange(self.weights.shape[0]), np.diff(self.weights.indptr))
+        counts = np.diff(self.weights.indptr)
+        rows = np.repeat(np.arange(self.weights.shape[0]), counts)
         times = np.nan_to_num(self.last_at, nan=-np.inf)
         order = np.lexsort((self.weights.indices, times, rows))
-        counts = np.diff(self.weights.indptr)
         ends = np.repeat(self.weights.indptr[1:], counts)
         positions = np.empty(n_pairs, dtype=np.int64)
         # order is grouped by row, oldest first: position = (row end - 1) - place in order.
         positions[order] = ends - 1 - np.arange(n_pairs)
+        # A contact none of whose interactions has a time has no order: all its items are 0.
+        timed = np.bincount(rows, weights=~np.isnan(self.last_at), minlength=len(counts)) > 0
+        positions[~timed[rows]] = 0
         return positions
 
     def profile_matrix(self, half_life: float | None) -> sp.csr_matrix:

@@ -33,8 +33,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from postwise.db.models import utcnow
 from postwise.errors import ConfigurationError
-from postwise.recommend.base import Interaction, Recommender
-from postwise.recommend.catalogue import InteractionSource, iter_interactions, load_items
+from postwise.recommend.base import Interaction, Item, Recommender
+from postwise.recommend.catalogue import (
+    InteractionSource,
+    iter_interactions,
+    iter_purchases,
+    load_items,
+    unavailable_items,
+)
+from postwise.recommend.rules import BusinessRules, Purchases, RuledModel, recommend_with_rules
 from postwise.recommend.store import ModelStore, StoredModel, model_store
 
 if TYPE_CHECKING:
@@ -45,7 +52,9 @@ __all__ = [
     "REFRESH_SECONDS",
     "TrainReport",
     "fit_from_database",
+    "recommend_block",
     "recommender_for",
+    "rules_from_settings",
     "serving_recommender",
     "train",
 ]
@@ -104,6 +113,7 @@ def fit_from_database(
     recommender: Recommender = factory()
     interactions = _Counted(iter_interactions(runtime.engine, source))
     recommender.fit(interactions, items)
+    purchases = Purchases(iter_purchases(runtime.engine, lookback_days=source.lookback_days))
     info: dict[str, Any] = {
         "items": len(items),
         "pairs": interactions.count,
@@ -111,13 +121,49 @@ def fit_from_database(
         "weights": dict(source.weights),
         "lookback_days": source.lookback_days,
         "max_pairs": source.max_pairs,
+        "purchases": len(purchases),
     }
+    tuned = getattr(recommender, "tuned", None)
+    if isinstance(tuned, dict):
+        info["tuned"] = _plain(tuned)
     backend = getattr(recommender, "backend", None)
     if backend is None:
         backend = getattr(getattr(recommender, "collaborative", None), "backend", None)
     if isinstance(backend, str):
         info["backend"] = backend
-    return recommender, info
+    return RuledModel(recommender, purchases), info
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and tuples made JSON-friendly."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, str | int | float) else value
+
+
+def rules_from_settings(settings: Any) -> BusinessRules:
+    """The business rules the settings configure (``recommend_*``)."""
+    return BusinessRules(
+        max_per_category=settings.recommend_max_per_category,
+        category_attribute=settings.recommend_category_attribute,
+        boosts=dict(settings.recommend_boosts),
+        stock_attribute=settings.recommend_stock_attribute,
+        exclude_purchased=settings.recommend_exclude_purchased,
+    )
+
+
+def recommend_block(
+    runtime: Runtime, contact_id: int, n: int, name: str | None = None
+) -> list[Item]:
+    """What a recommendation block shows the contact: the served model, rules applied."""
+    name = name or runtime.settings.recommender
+    runtime.component("recommenders", name)
+    return _serving(runtime, name, None).block(
+        contact_id, n, rules_from_settings(runtime.settings)
+    )
 
 
 def train(
@@ -169,9 +215,10 @@ def recommender_for(runtime: Runtime) -> RecommenderFn:
     name = runtime.settings.recommender
     runtime.component("recommenders", name)
     serving = _serving(runtime, name, None)
+    rules = rules_from_settings(runtime.settings)
 
     def recommend(contact_id: Any, n: int) -> list[Mapping[str, Any]]:
-        return [item.to_dict() for item in serving.recommender().recommend(int(contact_id), n)]
+        return [item.to_dict() for item in serving.block(int(contact_id), n, rules)]
 
     recommend.__name__ = f"recommend_{name}"
     return recommend
@@ -188,6 +235,48 @@ class _Serving:
         self._model: StoredModel | None = None
         self._recommender: Recommender | None = None
         self._checked = -float("inf")
+        self._unavailable: frozenset[str] = frozenset()
+        self._unavailable_checked = -float("inf")
+
+    def block(self, contact_id: int, n: int, rules: BusinessRules) -> list[Item]:
+        """The contact's block: the model's ranking with ``rules`` applied.
+
+        A model that fails while ranking (one written by incompatible code) leaves the block
+        empty rather than failing the message; the error is logged.
+        """
+        recommender = self.recommender()
+        try:
+            return recommend_with_rules(
+                recommender,
+                contact_id,
+                n,
+                rules,
+                unavailable=self.unavailable(rules.stock_attribute),
+            )
+        except (AttributeError, TypeError, IndexError, KeyError, ValueError):
+            log.exception(
+                "recommender %s model %s failed; the block is left empty (retrain it with "
+                "`postwise recommend train`)",
+                self.name,
+                self._model.version if self._model else "?",
+            )
+            return []
+
+    def unavailable(self, stock_attribute: str) -> frozenset[str]:
+        """Inactive and out-of-stock items, re-read at most every REFRESH_SECONDS."""
+        now = time.monotonic()
+        if now - self._unavailable_checked < REFRESH_SECONDS:
+            return self._unavailable
+        try:
+            self._unavailable = frozenset(unavailable_items(self.runtime.engine, stock_attribute))
+        except Exception:
+            log.warning(
+                "cannot read item availability; using the last known (%d items)",
+                len(self._unavailable),
+                exc_info=True,
+            )
+        self._unavailable_checked = now
+        return self._unavailable
 
     def install(self, model: StoredModel, recommender: Recommender) -> None:
         with self._lock:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "MODEL_FORMAT",
     "FileModelStore",
     "ModelStore",
     "RedisModelStore",
@@ -57,7 +58,11 @@ DEFAULT_PREFIX: Final = "postwise:recommend:model"
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"postwise-model/1\n"
+#: The format of stored models; bumped when fitted recommenders change shape, so a model
+#: written by an older postwise is refused (and retrained) instead of failing at render time.
+MODEL_FORMAT: Final = 2
+_MAGIC = f"postwise-model/{MODEL_FORMAT}\n".encode()
+_ANY_MAGIC = re.compile(rb"^postwise-model/(\d+)\n")
 _CHUNK = 32 * 1024 * 1024
 #: How long the chunks of a replaced model stay readable for workers in the middle of loading.
 _OLD_VERSION_GRACE_SECONDS = 300
@@ -115,6 +120,13 @@ def pack_model(recommender: Recommender, key: bytes) -> bytes:
 def unpack_model(blob: bytes, keys: list[bytes]) -> Recommender:
     """The recommender in ``blob``, if one of ``keys`` signed it; otherwise ConfigurationError."""
     header = len(_MAGIC) + hashlib.sha256().digest_size
+    older = _ANY_MAGIC.match(blob[:32])
+    if older is not None and not blob.startswith(_MAGIC):
+        raise ConfigurationError(
+            f"the stored recommendation model has format {older.group(1).decode()}, written by "
+            f"another postwise version (this one reads format {MODEL_FORMAT}); it is retrained "
+            "on first use, or run `postwise recommend train`"
+        )
     if not blob.startswith(_MAGIC) or len(blob) < header:
         raise ConfigurationError(
             "the stored recommendation model is not one postwise wrote; retrain it with "

@@ -64,11 +64,14 @@ class Validation:
     held: np.ndarray
     keep_latest: np.ndarray
     cold: np.ndarray
+    #: Per pair of ``matrix``: how many of the contact's items are more recent (contacts
+    #: without times: a random order), which decides what a cold replay keeps.
+    order: np.ndarray
 
     def case_profiles(self, half_life: float | None) -> sp.csr_matrix:
         """Profiles of every case: warm cases whole, cold cases their latest items only."""
         full = self.matrix.profile_matrix(half_life)
-        positions = self.matrix.recency_positions()
+        positions = self.order
         rows = full[self.rows]
         position_rows = sp.csr_matrix(
             (positions.astype(np.float64) + 1.0, full.indices, full.indptr), shape=full.shape
@@ -96,7 +99,7 @@ def validation_split(
     matrix: InteractionMatrix,
     *,
     max_cases: int = 2000,
-    cold_replay_share: float = 0.3,
+    cold_replay_share: float = 1.0,
     seed: int = 0,
 ) -> Validation | None:
     """Hold out each sampled contact's latest item; None when too few contacts have two.
@@ -111,13 +114,18 @@ def validation_split(
     counts = np.diff(matrix.weights.indptr)
     positions = matrix.recency_positions()
     pair_rows = np.repeat(np.arange(len(counts)), counts)
-    latest = positions == 0
+    rng = np.random.default_rng(seed)
+    latest = np.flatnonzero(positions == 0)
+    # Contacts without times have several items at position 0: pick one at random.
+    latest = latest[rng.permutation(len(latest))]
+    rows_all = pair_rows[latest]
+    _, first = np.unique(rows_all, return_index=True)
+    latest = latest[first]
     rows, cols = pair_rows[latest], matrix.weights.indices[latest]
     usable = (counts[rows] >= 2) & (cols < n_catalogue)
     rows, cols = rows[usable], cols[usable]
     if len(rows) < 20:
         return None
-    rng = np.random.default_rng(seed)
     if len(rows) > budget:
         chosen = np.sort(rng.choice(len(rows), size=budget, replace=False))
         rows, cols = rows[chosen], cols[chosen]
@@ -132,7 +140,18 @@ def validation_split(
     case_held = np.concatenate([cols, cols[replay]])
     case_keep = np.concatenate([keep_latest, rng.integers(1, COLD_MAX_ITEMS + 1, len(replay))])
     case_cold = np.concatenate([cold, np.ones(len(replay), dtype=bool)])
-    return Validation(train, case_rows, case_held, case_keep, case_cold)
+    order = train.recency_positions()
+    train_counts = np.diff(train.weights.indptr)
+    train_rows = np.repeat(np.arange(len(train_counts)), train_counts)
+    untimed = np.bincount(
+        train_rows, weights=~np.isnan(train.last_at), minlength=len(train_counts)
+    )[train_rows] == 0
+    if untimed.any():
+        shuffled = np.lexsort((rng.random(len(train_rows)), train_rows))
+        rank = np.empty(len(train_rows), dtype=np.int64)
+        rank[shuffled] = np.arange(len(train_rows)) - train.weights.indptr[train_rows[shuffled]]
+        order = np.where(untimed, rank, order)
+    return Validation(train, case_rows, case_held, case_keep, case_cold, order)
 
 
 def standardise(scores: np.ndarray) -> np.ndarray:
@@ -190,17 +209,28 @@ def best_blend(
 ) -> tuple[tuple[float, ...], float]:
     """The weights of standardised ``parts`` whose blend ranks ``held`` best, and the score.
 
-    Every part alone is on the grid, so the chosen blend is never worse than the best part on
-    these cases. Ties prefer the grid point found first.
+    ``judge`` turns per-case NDCG@10 into the figure to maximise (default: the mean). Every
+    part alone is on the grid, so the chosen blend is never worse than the best part on these
+    cases; a blend is kept only when it beats that part clearly (see below).
     """
-    judge = judge or (lambda ranks: float(ndcg(ranks).mean()))
     standardised = [standardise(part) for part in parts]
-    best: tuple[tuple[float, ...], float] | None = None
+    best: tuple[tuple[float, ...], float, np.ndarray] | None = None
+    best_single: tuple[tuple[float, ...], float, np.ndarray] | None = None
     for weights in blend_grid(len(parts), step):
         blended = sum(w * s for w, s in zip(weights, standardised, strict=True) if w > 0)
         assert isinstance(blended, np.ndarray)
-        value = judge(held_out_ranks(blended, held, blocked))
+        gains = ndcg(held_out_ranks(blended, held, blocked))
+        value = judge(gains) if judge is not None else float(gains.mean())
         if best is None or value > best[1] + 1e-12:
-            best = (weights, value)
-    assert best is not None
-    return best
+            best = (weights, value, gains)
+        if max(weights) > 1 - 1e-9 and (best_single is None or value > best_single[1] + 1e-12):
+            best_single = (weights, value, gains)
+    assert best is not None and best_single is not None
+    # A blend must beat the best part alone by more than one standard error of the paired
+    # difference: with a few hundred validation contacts, smaller gains are noise, and
+    # choosing noise would lose to that part on new data.
+    difference = best[2] - best_single[2]
+    error = float(difference.std(ddof=1)) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
+    if best is not best_single and float(difference.mean()) <= error:
+        return best_single[0], best_single[1]
+    return best[0], best[1]
