@@ -161,9 +161,7 @@ def recommend_block(
     """What a recommendation block shows the contact: the served model, rules applied."""
     name = name or runtime.settings.recommender
     runtime.component("recommenders", name)
-    return _serving(runtime, name, None).block(
-        contact_id, n, rules_from_settings(runtime.settings)
-    )
+    return _serving(runtime, name, None).block(contact_id, n, rules_from_settings(runtime.settings))
 
 
 def train(
@@ -199,11 +197,14 @@ def train(
 def serving_recommender(runtime: Runtime, name: str | None = None) -> Recommender:
     """The fitted recommender this process serves for ``name`` (default: the setting).
 
-    Loads the stored model, or trains and stores one when there is none.
+    Loads the stored model, or trains and stores one when there is none. Its ``recommend``
+    ranks without the business rules; :func:`recommend_block` applies them.
     """
     name = name or runtime.settings.recommender
     runtime.component("recommenders", name)  # an unknown name fails here, listing the known
-    return _serving(runtime, name, None).recommender()
+    served = _serving(runtime, name, None).recommender()
+    # The fitted recommender itself; business rules apply in recommend_block.
+    return served.inner if isinstance(served, RuledModel) else served
 
 
 def recommender_for(runtime: Runtime) -> RecommenderFn:

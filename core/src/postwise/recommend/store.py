@@ -289,6 +289,11 @@ class FileModelStore(ModelStore):
             if old != target:
                 with contextlib.suppress(FileNotFoundError):
                     old.unlink()
+        # Temporary files of runs killed while writing (other process ids) are debris.
+        for debris in self.directory.glob(f".{self._stem(model.name)}*.tmp"):
+            if not debris.name.endswith(f".{os.getpid()}.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    debris.unlink()
 
     def _read(self, model: StoredModel) -> bytes | None:
         try:

@@ -143,9 +143,12 @@ def validation_split(
     order = train.recency_positions()
     train_counts = np.diff(train.weights.indptr)
     train_rows = np.repeat(np.arange(len(train_counts)), train_counts)
-    untimed = np.bincount(
-        train_rows, weights=~np.isnan(train.last_at), minlength=len(train_counts)
-    )[train_rows] == 0
+    untimed = (
+        np.bincount(train_rows, weights=~np.isnan(train.last_at), minlength=len(train_counts))[
+            train_rows
+        ]
+        == 0
+    )
     if untimed.any():
         shuffled = np.lexsort((rng.random(len(train_rows)), train_rows))
         rank = np.empty(len(train_rows), dtype=np.int64)
