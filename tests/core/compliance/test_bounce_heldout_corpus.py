@@ -68,7 +68,7 @@ def test_a_message_that_does_not_condemn_the_address_is_never_hard_or_soft(
     entry: dict[str, Any],
 ) -> None:
     result = classify_message((CORPUS / entry["file"]).read_bytes())
-    assert result.kind not in {BounceKind.HARD, BounceKind.SOFT}, result.reason
+    assert result.kind not in {BounceKind.HARD, BounceKind.SOFT}, result.explanation
 
 
 @pytest.mark.parametrize("entry", NOT_THE_ADDRESS, ids=[e["file"] for e in NOT_THE_ADDRESS])

@@ -12,9 +12,9 @@ What each verdict does (the reason decides; see ``postwise.compliance.bounces.re
 * ``hard`` (only recipient-side permanent reasons: user unknown, host unknown, has moved, not
   accepted): the address is suppressed at once (scope ``all``), the contact's status becomes
   ``bounced`` and its unsent messages are skipped;
-* ``soft`` with reason ``undetermined`` and a permanent (5xx) code: a failure nobody could
-  explain; counted per address, once per message, and only ``undetermined_bounce_limit`` of
-  them within ``undetermined_bounce_window_days`` suppress it;
+* ``soft`` with reason ``undetermined`` (an unrecognised 5xx, or a bounce that says it failed
+  but not why): counted per address, once per message, and only ``undetermined_bounce_limit``
+  of them within ``undetermined_bounce_window_days`` suppress it;
 * other ``soft``: counted in Redis per address, once per message (repeated delay warnings about
   one message count once); ``soft_bounce_limit`` of them within ``soft_bounce_window_days``
   suppress it like a hard bounce;
@@ -274,29 +274,26 @@ def _act(
     # One count per message: an MTA that keeps retrying sends several delay warnings for the
     # same message (then maybe delivers it), and those are one bounce, not many.
     member = f"message:{classification.message_id}" if classification.message_id else event_id
-    if (
-        kind is BounceKind.SOFT
-        and classification.reason is BounceReason.UNDETERMINED
-        and classification.permanent
-    ):
-        # A permanent failure nobody could explain: the address may well be gone, but one such
-        # report is no proof. Only repeats suppress.
+    if kind is BounceKind.SOFT and classification.reason is BounceReason.UNDETERMINED:
+        # A failure nobody could explain: the address may well be gone, but one such report is
+        # no proof, and the soft rule's short window is for known passing causes. Only repeats
+        # within their own (longer) window suppress.
         if hashed is None:
-            return "ignored", "undetermined permanent failure names no address or known contact"
+            return "ignored", "failure of undetermined cause names no address or known contact"
         limit = settings.undetermined_bounce_limit
         days = settings.undetermined_bounce_window_days
         recent = _count_recent(redis_client, undetermined_bounce_key(hashed), member, now, days)
         if recent < limit:
             return "undetermined_counted", (
-                f"permanent failure of undetermined cause {recent} of {limit} within {days} days"
+                f"failure of undetermined cause {recent} of {limit} within {days} days"
             )
         summary = (
-            f"{recent} permanent failures of undetermined cause within {days} days; "
+            f"{recent} failures of undetermined cause within {days} days; "
             f"last: {detail or 'no diagnostic'}"
         )
         _suppress_bounced(session, hashed, contact, SuppressionReason.HARD_BOUNCE, summary)
         return "undetermined_suppressed", (
-            f"{recent} permanent failures of undetermined cause: address suppressed"
+            f"{recent} failures of undetermined cause: address suppressed"
         )
     if kind is BounceKind.SOFT:
         if hashed is None:

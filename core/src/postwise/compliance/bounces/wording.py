@@ -120,7 +120,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
             r"user unknown|unknown user|destinatario desconocido",
             r"non-?existent (user|mailbox|recipient|address|account)",
             # Exchange Online's directory-based edge blocking: the recipient does not exist.
-            r"5\.4\.1 recipient address rejected: access denied",
+            r"5\.4\.1 (<[^>\s]*>:? )?recipient address rejected: access denied",
             # IronPort's LDAP accept query: the address is not in the directory.
             r"5\.1\.0 address rejected",
             r"\brecipient\b[^;\n]{0,60}\b(unknown|not found|invalid|does not exist)\b",
@@ -161,6 +161,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
         _R.HOST_UNKNOWN,
         _patterns(
             r"host unknown|unknown host|host not found|host or domain name not found",
+            r"domain (is )?(not reachable|unreachable)",
             r"(domain|host) (name )?(not found|does not exist|doesn't exist|is invalid|unknown)",
             r"unknown (domain|host)|no such (domain|host)|domain (is )?not (found|valid)",
             r"non-?existent (host|domain)|nonexistent (host|domain)",
@@ -355,7 +356,12 @@ def decide(
         reason, how = _R.UNDETERMINED, "nothing in the wording or code says why"
     if coded is None:
         coded = status is not None
-    kind = kind_for(reason, permanent if coded or reason is not _R.UNDETERMINED else None)
+    if reason is _R.UNDETERMINED:
+        # A reported failure of unrecognised cause is a soft bounce whatever its permanence;
+        # without evidence that anything failed it gets no verdict.
+        kind = kind_for(reason, True if coded else None)
+    else:
+        kind = kind_for(reason, permanent)
     when = {True: "permanent", False: "temporary", None: "of unknown permanence"}[permanent]
     explanation = f"{reason.value}: {REASONS[reason].description} ({when}, {how}){suffix}"
     return reason, kind, explanation
