@@ -2,15 +2,20 @@
 
 It checks what SendGrid checks first (``Authorization: Bearer <key>``, a JSON body with
 ``personalizations[].to[].email``, ``from.email``, ``subject``, ``content[]`` with text/plain
-first) and answers as SendGrid does: ``202`` with an empty body and ``X-Message-Id``, or the
-error format ``{"errors": [{"message", "field", "help"}]}``. Scripted replies (``reply()``,
-from :class:`postwise.testing.http.ScriptedHttpServer`) replace the answer to the next
-authorised requests: any status, headers and body, a dropped connection or a reply that never
-comes.
+first and no empty value) and the documented limits of v3 Mail Send (docs.sendgrid.com
+api-reference/mail-send, "Limitations"): at most 1000 personalizations and 1000 recipients, at
+most 10 categories of at most 255 characters, custom arguments under 10,000 bytes, ``asm``
+with an integer ``group_id`` and at most 25 ``groups_to_display``, ``bypass_list_management``
+not combined with another bypass. It answers as SendGrid does: ``202`` with an empty body
+and ``X-Message-Id``, or the error format ``{"errors": [{"message", "field", "help"}]}``.
+Scripted replies (``reply()``, from :class:`postwise.testing.http.ScriptedHttpServer`)
+replace the answer to the next authorised requests: any status, headers and body, a dropped
+connection or a reply that never comes.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -68,7 +73,52 @@ def _validate(body: Any) -> list[tuple[str | None, str]]:
     for name, value in (body.get("custom_args") or {}).items():
         if not isinstance(value, str):
             problems.append((f"custom_args.{name}", "Custom args must be strings."))
+    problems.extend(_check_limits(body))
     return problems
+
+
+def _check_limits(body: dict[str, Any]) -> list[tuple[str | None, str]]:
+    problems: list[tuple[str | None, str]] = []
+    personalizations = body.get("personalizations") or []
+    recipients = sum(
+        len(p.get(kind) or []) for p in personalizations for kind in ("to", "cc", "bcc")
+    )
+    if len(personalizations) > 1000 or recipients > 1000:
+        problems.append(("personalizations", "The total number of recipients must be <= 1000."))
+    categories = body.get("categories")
+    if categories is not None:
+        if not isinstance(categories, list) or len(categories) > 10:
+            problems.append(("categories", "You may not have more than 10 categories."))
+        elif any(not isinstance(c, str) or not 0 < len(c) <= 255 for c in categories):
+            problems.append(("categories", "A category must be 1 to 255 characters."))
+        elif len(set(categories)) != len(categories):
+            problems.append(("categories", "Categories must be unique."))
+    custom_args = body.get("custom_args") or {}
+    if len(json.dumps(custom_args).encode()) >= 10_000:
+        problems.append(("custom_args", "Custom args must be less than 10000 bytes."))
+    asm = body.get("asm")
+    if asm is not None:
+        group = asm.get("group_id") if isinstance(asm, dict) else None
+        if type(group) is not int:
+            problems.append(("asm.group_id", "The asm.group_id must be an integer."))
+        shown = asm.get("groups_to_display", []) if isinstance(asm, dict) else []
+        if not isinstance(shown, list) or len(shown) > 25 or any(type(g) is not int for g in shown):
+            problems.append(("asm.groups_to_display", "At most 25 integer group ids."))
+    settings = body.get("mail_settings") or {}
+    others = {"bypass_spam_management", "bypass_bounce_management", "bypass_unsubscribe_management"}
+    if _enabled(settings, "bypass_list_management") and any(_enabled(settings, o) for o in others):
+        problems.append(
+            (
+                "mail_settings",
+                "bypass_list_management cannot be combined with other bypass filters.",
+            )
+        )
+    return problems
+
+
+def _enabled(settings: dict[str, Any], name: str) -> bool:
+    value = settings.get(name)
+    return isinstance(value, dict) and value.get("enable") is True
 
 
 class FakeSendGrid(ScriptedHttpServer):
@@ -77,6 +127,11 @@ class FakeSendGrid(ScriptedHttpServer):
     def __init__(self, api_key: str = API_KEY) -> None:
         super().__init__()
         self.api_key = api_key
+        #: Addresses on the account's global unsubscribe list (SendGrid drops mail to them,
+        #: after accepting it, unless the request bypasses list management).
+        self.unsubscribed: set[str] = set()
+        #: (recipient, delivered) per accepted request, in order.
+        self.outcomes: list[tuple[str, bool]] = []
 
     def precheck(self, request: Received) -> Answer | None:
         if request.path != MAIL_SEND:
@@ -92,4 +147,10 @@ class FakeSendGrid(ScriptedHttpServer):
         problems = _validate(request.body)
         if problems:
             return 400, errors(*problems), {}
+        body = request.body
+        bypass = _enabled(body.get("mail_settings") or {}, "bypass_list_management")
+        for personalization in body["personalizations"]:
+            for rcpt in personalization["to"]:
+                address = rcpt["email"].lower()
+                self.outcomes.append((address, bypass or address not in self.unsubscribed))
         return 202, None, {"X-Message-Id": uuid.uuid4().hex[:22]}

@@ -263,7 +263,11 @@ class Composer:
         )
         if self.signer is not None:
             raw = self.signer.sign(raw)
-        metadata = {"campaign_id": str(row.campaign_id)} if row.campaign_id else {}
+        # ``stream`` tells ESP plugins marketing mail from transactional mail (unsubscribe
+        # groups, list-management bypass, tags); ``campaign_id`` ties events to the campaign.
+        metadata = {"stream": "marketing" if marketing else "transactional"}
+        if row.campaign_id:
+            metadata["campaign_id"] = str(row.campaign_id)
         return OutgoingMessage(
             message_id=row.id,
             sender=self.sender.address,

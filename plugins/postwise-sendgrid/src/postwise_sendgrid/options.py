@@ -7,7 +7,7 @@ The provider and the Event Webhook read the same table, so one place configures 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -47,6 +47,27 @@ class SendGridOptions(BaseModel):
         default=False, description="SendGrid validates each request and delivers nothing."
     )
     ip_pool_name: str = Field(default="", max_length=64)
+    categories: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default=[],
+        max_length=9,
+        description="Categories of every message (SendGrid's stats); the message's stream "
+        "(marketing or transactional) is added, within SendGrid's 10.",
+    )
+    asm_group_id: int | None = Field(
+        default=None,
+        ge=1,
+        description="The unsubscribe group (suppression group) of marketing messages.",
+    )
+    asm_groups_to_display: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[],
+        max_length=25,
+        description="Unsubscribe groups shown on SendGrid's preferences page (at most 25).",
+    )
+    transactional_bypass_list_management: bool = Field(
+        default=True,
+        description="Transactional messages bypass SendGrid's unsubscribe, bounce and spam "
+        "lists (postwise's own suppression still applies), so receipts always arrive.",
+    )
     webhook_public_key: str = Field(
         default="",
         description="The Signed Event Webhook's verification key (base64 DER as SendGrid shows "

@@ -165,12 +165,7 @@ class SendGridProvider(HttpApiProvider):
     def send_one(self, client: httpx.Client, message: OutgoingMessage) -> Verdict:
         """Convert ``message`` to a Mail Send request, send it and classify the answer."""
         try:
-            body = mail_send_body(
-                message,
-                vendor_tracking=self.options.vendor_tracking,
-                sandbox_mode=self.options.sandbox_mode,
-                ip_pool_name=self.options.ip_pool_name,
-            )
+            body = mail_send_body(message, self.options)
         except ConversionError as exc:
             reason = f"cannot be sent through SendGrid: {exc}"
             return Verdict(SendResult(message.message_id, Outcome.FAILED, reason=reason))
