@@ -54,6 +54,7 @@ from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.experiments.arms import HOLDOUT, normalised, stopped_arms, variant_for
 from postwise.experiments.data import WEIGHT_SUM_TOLERANCE, VariantData
 from postwise.experiments.guardrails import GUARDRAIL_METRICS, GuardrailResult, check_guardrails
+from postwise.experiments.holdout import holdout_look
 
 if TYPE_CHECKING:
     from postwise.experiments.stats import AnalysisResult
@@ -254,13 +255,24 @@ def validate_definition(
         raise ValidationError(f"must be 1-{_NAME_LIMIT} characters", field="name")
 
     raw_variants = data.get("variants")
-    if not isinstance(raw_variants, list) or not 2 <= len(raw_variants) <= MAX_VARIANTS:
+    program = isinstance(raw_variants, list) and len(raw_variants) == 1
+    if program:
+        # A program holdout: one variant (the program) measured against its holdout.
+        held = data.get("holdout", 0.0)
+        if not _is_number(held) or not held > 0 or data.get("rollout_fraction") is not None:
+            raise ValidationError(
+                "a single variant is a program measured against its holdout: give it a "
+                "holdout share (e.g. 0.05) and no rollout_fraction, or add a second variant",
+                field="variants",
+            )
+    elif not isinstance(raw_variants, list) or not 2 <= len(raw_variants) <= MAX_VARIANTS:
         count = len(raw_variants) if isinstance(raw_variants, list) else 0
         raise ValidationError(
             f"an experiment needs 2 to {MAX_VARIANTS} variants (the first is the control), "
-            f"got {count}",
+            f"or one variant with a holdout (a program holdout); got {count}",
             field="variants",
         )
+    assert isinstance(raw_variants, list)
     seen: set[str] = set()
     variants = [_variant(raw, i, seen) for i, raw in enumerate(raw_variants)]
     total = math.fsum(v["weight"] for v in variants)
@@ -879,6 +891,8 @@ def _look(runtime: Runtime, ref: int | str, *, stop: bool, ship: str | None) -> 
             )
         running = experiment.status == ExperimentStatus.RUNNING
         until = None if running else _closed_at(experiment)
+        if len(experiment.variants) == 1:
+            return _program_look(session, runtime, experiment, stop=stop)
         counts = outcome_counts(session.connection(), experiment, until=until)
         guardrails = _guard(session.connection(), experiment, until, record=running)
         analysis = _analyze(runtime, experiment, counts)
@@ -898,10 +912,53 @@ def _look(runtime: Runtime, ref: int | str, *, stop: bool, ship: str | None) -> 
         session.flush()
         report = _report(session, experiment, look)
         report["guardrails"] = [asdict(g) for g in guardrails]
+        report["holdout"] = holdout_look(
+            session.connection(),
+            experiment,
+            tests=_stats_tests(runtime),
+            until=until,
+            record=running,
+        )
+        session.add(experiment)
         experiment_id = experiment.id
     if look.rollout_queued:
         enqueue_rollout(runtime, experiment_id)
     return report
+
+
+def _program_look(
+    session: Session, runtime: Runtime, experiment: Experiment, *, stop: bool
+) -> dict[str, Any]:
+    """A look at a program holdout: the program against the contacts it never mails."""
+    running = experiment.status == ExperimentStatus.RUNNING
+    until = None if running else _closed_at(experiment)
+    if running:
+        state = dict(experiment.state or {})
+        state["looks"] = int(state.get("looks", 0)) + 1
+        experiment.state = state
+    program = holdout_look(
+        session.connection(),
+        experiment,
+        tests=_stats_tests(runtime),
+        until=until,
+        record=running,
+    )
+    assert program is not None  # validated: a program experiment keeps a holdout
+    if stop:
+        experiment.status = ExperimentStatus.STOPPED
+        experiment.stopped_at = utcnow()
+    session.add(experiment)
+    session.flush()
+    return {
+        "experiment": experiment_dict(session, experiment),
+        "decision": program["analysis"]["decision"],
+        "winner": None,
+        "reason": program["reason"],
+        "recorded": running,
+        "analysis": program["analysis"],
+        "guardrails": [],
+        "holdout": program,
+    }
 
 
 def _report(session: Session, experiment: Experiment, look: _Look) -> dict[str, Any]:
