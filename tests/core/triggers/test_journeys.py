@@ -660,3 +660,34 @@ def test_a_contact_erased_mid_journey_is_removed_at_once_and_nothing_is_sent(
     with runtime.session() as session:
         assert list(session.exec(select(Message))) == []
     assert runtime.redis.zcard(JourneyKeys().due) == 0
+
+
+def test_a_worker_that_lost_the_race_writes_nothing_and_counts_a_conflict(
+    runtime: Runtime,
+    make_contact: Callable[..., int],
+    make_journey: Callable[..., int],
+    publish: Callable[..., str],
+    make_engine: Engine,
+    clock: Clock,
+) -> None:
+    from postwise.journeys.engine import StepReport, _load_runs, _Stats, _Work
+
+    journey = make_journey(**CART_FLOW)
+    contact = make_contact()
+    engine = make_engine()
+    publish("cart_abandoned", contact, occurred_at=clock.now)
+    drain(engine)
+    with runtime.session() as session:
+        [stale] = _load_runs(session, JourneyRun.journey_id == journey)
+    clock.advance(hours=1, seconds=1)
+    drain(engine)  # the winner: sends and moves on
+    [moved] = runs(runtime, journey)
+    stale.step, stale.seq = "remind", stale.seq + 1  # the loser computed the same move
+    compiled = engine.journeys.get(journey, 1)
+    assert compiled is not None
+    report = StepReport()
+    engine._save([_Work(stale, compiled, stale.seq - 1)], _Stats(), report)
+    assert report.conflicts == 1
+    [after] = runs(runtime, journey)
+    assert (after.step, after.seq) == (moved.step, moved.seq) == ("bought?", 2)
+    assert len(sent(runtime, contact)) == 1

@@ -96,6 +96,7 @@ __all__ = [
     "CONSUMER_GROUP",
     "JourneyEngine",
     "JourneySet",
+    "Run",
     "StepReport",
     "load_journey_set",
     "run_event",
@@ -130,11 +131,58 @@ def _submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
     return result
 
 
-def send_dedupe_key(run: JourneyRun, step: str, attempt: int) -> str:
+@dataclass(slots=True)
+class Run:
+    """A ``journey_run`` row as the engine works on it: a plain object (ORM instances cost
+    several times more to load and to change, and the engine writes with Core statements)."""
+
+    journey_id: int
+    version: int
+    contact_id: int
+    entry_key: str
+    step: str
+    seq: int
+    status: str
+    event: dict[str, Any]
+    state: dict[str, Any]
+    entered_at: datetime
+    updated_at: datetime
+    waiting_for: str | None = None
+    due_at: datetime | None = None
+    exit_reason: str | None = None
+    id: int | None = None
+
+
+_RUN_FIELDS = (
+    "id",
+    "journey_id",
+    "version",
+    "contact_id",
+    "entry_key",
+    "step",
+    "seq",
+    "status",
+    "event",
+    "state",
+    "entered_at",
+    "updated_at",
+    "waiting_for",
+    "due_at",
+    "exit_reason",
+)
+
+
+def _load_runs(session: Session, *where: Any) -> list[Run]:
+    table = JourneyRun.__table__  # type: ignore[attr-defined]
+    query = sa.select(*[table.c[name] for name in _RUN_FIELDS]).where(*where)
+    return [Run(**dict(zip(_RUN_FIELDS, row, strict=True))) for row in session.execute(query)]
+
+
+def send_dedupe_key(run: Run | JourneyRun, step: str, attempt: int) -> str:
     return f"journey:{run.journey_id}:{run.entry_key}:{run.seq}:{step}:{attempt}"
 
 
-def run_event(run: JourneyRun) -> TriggerEvent:
+def run_event(run: Run | JourneyRun) -> TriggerEvent:
     """The entry event of a run, as conditions see it."""
     data = run.event or {}
     occurred = data.get("occurred_at")
@@ -235,7 +283,7 @@ class StepReport:
 class _Work:
     """A run being advanced in this batch."""
 
-    run: JourneyRun
+    run: Run
     journey: CompiledJourney
     seq_read: int
     new: bool = False
@@ -480,13 +528,13 @@ class JourneyEngine:
         works: dict[int, _Work] = {}
         with self.runtime.session() as session:
             context = BatchContext(session, events, now=now, score=self.score, recent=self.recent)
-            runs: dict[int, list[JourneyRun]] = {}
+            runs: dict[int, list[Run]] = {}
             if watched or entering:
-                query = select(JourneyRun).where(
-                    col(JourneyRun.contact_id).in_(contact_ids), JourneyRun.status == "active"
-                )
-                for run in session.exec(query).all():
-                    session.expunge(run)
+                for run in _load_runs(
+                    session,
+                    col(JourneyRun.contact_id).in_(contact_ids),
+                    col(JourneyRun.status) == "active",
+                ):
                     runs.setdefault(run.contact_id, []).append(run)
             history = self._entry_history(session, entering) if entering else {}
             for event in events:
@@ -550,7 +598,7 @@ class JourneyEngine:
         context: BatchContext,
         *,
         history: dict[tuple[int, int], tuple[datetime | None, set[str]]],
-        runs: dict[int, list[JourneyRun]],
+        runs: dict[int, list[Run]],
         stats: _Stats,
         now: datetime,
     ) -> _Work | None:
@@ -576,7 +624,7 @@ class JourneyEngine:
                 return None
         history[(journey.id, event.contact_id)] = (now, {*keys, event.event_id})
         start = journey.definition.start_step
-        run = JourneyRun(
+        run = Run(
             journey_id=journey.id,
             version=journey.version,
             contact_id=event.contact_id,
@@ -664,11 +712,10 @@ class JourneyEngine:
         works: list[_Work] = []
         gone: list[int] = []
         with self.runtime.session() as session:
-            rows = session.exec(select(JourneyRun).where(col(JourneyRun.id).in_(ids))).all()
+            rows = _load_runs(session, col(JourneyRun.id).in_(ids))
             found = {run.id for run in rows}
             gone.extend(i for i in ids if i not in found)
             for run in rows:
-                session.expunge(run)
                 journey = self.journeys.get(run.journey_id, run.version)
                 if run.status != "active":
                     gone.append(run.id or 0)
@@ -1027,9 +1074,32 @@ class JourneyEngine:
     def _update_positions(
         self, session: Session, moved: list[_Work], now: datetime, report: StepReport
     ) -> list[_Work]:
-        """One executemany ``UPDATE … WHERE id = ? AND seq = <seq read>`` for every moved run
-        (pipelined by the driver); the runs another worker moved meanwhile (or erased) are left
-        out of what is returned."""
+        """Write every moved run ``WHERE id = ? AND seq = <seq read>``; the runs another worker
+        moved meanwhile (or erased) are left out of what is returned.
+
+        On PostgreSQL: one ``UPDATE … FROM unnest(arrays) … RETURNING id`` for the batch; else an
+        executemany of the same update."""
+        if session.get_bind().dialect.name == "postgresql":
+            runs = [work.run for work in moved]
+            returned = session.execute(
+                _UPDATE_POSITIONS_PG,
+                {
+                    "ids": [r.id for r in runs],
+                    "seq_read": [work.seq_read for work in moved],
+                    "steps": [r.step for r in runs],
+                    "seqs": [r.seq for r in runs],
+                    "statuses": [r.status for r in runs],
+                    "waiting": [r.waiting_for for r in runs],
+                    "due": [r.due_at for r in runs],
+                    "reasons": [r.exit_reason for r in runs],
+                    "states": [json.dumps(r.state, separators=(",", ":")) for r in runs],
+                    "now": now,
+                },
+            )
+            written = {row[0] for row in returned}
+            kept = [work for work in moved if work.run.id in written]
+            report.conflicts += len(moved) - len(kept)
+            return kept
         params = [
             {
                 "b_id": work.run.id,
@@ -1092,12 +1162,14 @@ class JourneyEngine:
         # After the commit: a run whose index entry is lost here is found again by
         # `postwise journeys rebuild-index`; an entry left behind is dropped when it comes due.
         pipe = self.redis.pipeline(transaction=False)
+        due: dict[str, int] = {}
+        leaving: list[str] = []
         for work, run_id, status, due_at in positions:
             assert run_id is not None
             if status == "active" and due_at is not None:
-                pipe.zadd(self.keys.due, {str(run_id): _ms(due_at)})
+                due[str(run_id)] = _ms(due_at)
             else:
-                pipe.zrem(self.keys.due, str(run_id))
+                leaving.append(str(run_id))
                 if status == "done":
                     report.finished += 1
             for message_id, step_id in work.message_ids:
@@ -1106,15 +1178,34 @@ class JourneyEngine:
                     f"{work.run.journey_id}:{step_id}",
                     ex=30 * 86400,
                 )
+        if due:
+            pipe.zadd(self.keys.due, due)
+        if leaving:
+            pipe.zrem(self.keys.due, *leaving)
         pipe.execute()
 
 
 _ENGAGEMENT = {"open": "opened", "click": "clicked"}
 _RUNS = JourneyRun.__table__  # type: ignore[attr-defined]
+_UPDATE_POSITIONS_PG = sa.text(
+    """
+    UPDATE journey_run AS r
+    SET step = v.step, seq = v.seq, status = v.status, waiting_for = v.waiting_for,
+        due_at = v.due_at, exit_reason = v.exit_reason, state = CAST(v.state AS json),
+        updated_at = :now
+    FROM unnest(
+        CAST(:ids AS integer[]), CAST(:seq_read AS integer[]), CAST(:steps AS varchar[]),
+        CAST(:seqs AS integer[]), CAST(:statuses AS varchar[]), CAST(:waiting AS varchar[]),
+        CAST(:due AS timestamptz[]), CAST(:reasons AS varchar[]), CAST(:states AS text[])
+    ) AS v(id, seq_read, step, seq, status, waiting_for, due_at, exit_reason, state)
+    WHERE r.id = v.id AND r.seq = v.seq_read
+    RETURNING r.id
+    """
+)
 _COLUMNS = [c.name for c in _RUNS.columns if c.name != "id"]
 
 
-def _row(run: JourneyRun) -> dict[str, Any]:
+def _row(run: Run) -> dict[str, Any]:
     return {name: getattr(run, name) for name in _COLUMNS}
 
 
@@ -1134,7 +1225,7 @@ _UPDATE_POSITION = (
 )
 
 
-def _unloadable(run: JourneyRun) -> CompiledJourney:
+def _unloadable(run: Run) -> CompiledJourney:
     return CompiledJourney(
         id=run.journey_id,
         version=run.version,
@@ -1150,7 +1241,7 @@ def _unloadable(run: JourneyRun) -> CompiledJourney:
     )
 
 
-def _split(run: JourneyRun, step: SplitStep) -> int:
+def _split(run: Run, step: SplitStep) -> int:
     """A stable choice for this run (a replay picks the same path)."""
     digest = hashlib.sha256(f"{run.journey_id}:{run.entry_key}:{step.id}".encode()).digest()
     point = int.from_bytes(digest[:8], "big") / 2**64 * sum(p.weight for p in step.paths)
