@@ -89,11 +89,13 @@ def test_the_raw_message_is_sent_as_signed_with_the_ledger_id_as_metadata(
     assert body["to"] == ["ann@example.net"]
     assert body["async"] is False
     assert body["ip_pool"] == "Main Pool"
-    first_line, rest = body["raw_message"].encode().split(b"\r\n", 1)
-    name, _, value = first_line.partition(b": ")
-    assert name == b"X-MC-Metadata"
-    assert json.loads(value) == {"postwise_message_id": "ledger-0001", "postwise_campaign_id": "7"}
-    assert rest == raw
+    sent = body["raw_message"].encode()
+    assert sent.endswith(raw)
+    controls = dict(line.split(b": ", 1) for line in sent[: -len(raw)].splitlines())
+    assert set(controls) == {b"X-MC-Metadata", b"X-MC-Track"}
+    metadata = json.loads(controls[b"X-MC-Metadata"])
+    assert metadata == {"postwise_message_id": "ledger-0001", "postwise_campaign_id": "7"}
+    assert controls[b"X-MC-Track"] == b"none"
     record = signer.dns_record().encode()
     assert dkim.verify(body["raw_message"].encode(), dnsfunc=lambda *_a, **_k: record)
 

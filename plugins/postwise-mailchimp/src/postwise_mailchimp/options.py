@@ -7,7 +7,7 @@ The provider and the webhook read the same table, so one place configures both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -45,6 +45,19 @@ class MailchimpOptions(BaseModel):
         "rejections arrive only as 'reject' webhook events.",
     )
     ip_pool: str = Field(default="", max_length=100)
+    tags: list[Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[^_,][^,]*$")]] = (
+        Field(
+            default=[],
+            max_length=20,
+            description="Tags of every message (Mailchimp's stats), besides the message's "
+            "stream: at most 50 characters, no comma, not starting with an underscore.",
+        )
+    )
+    vendor_tracking: bool = Field(
+        default=False,
+        description="Leave Mailchimp's open/click tracking to the account settings instead of "
+        "switching it off per message (postwise tracks opens and clicks itself).",
+    )
     return_path_domain: str = Field(default="", max_length=255)
     webhook_key: SecretStr = Field(
         default=SecretStr(""),

@@ -2,10 +2,13 @@
 connections.
 
 ``send-raw`` takes the MIME document as it is, so the message goes out as postwise rendered and
-DKIM-signed it. One header is added in front: ``X-MC-Metadata`` with postwise's message id
-(``postwise_message_id``) and the message's metadata. Mailchimp strips it before delivery and
-returns it as ``msg.metadata`` in every webhook event, which ties events to the send ledger. An
-added header is not among the signed ones, so the DKIM signature stays valid.
+DKIM-signed it. Mailchimp's control headers are added in front (:func:`control_headers`; added
+headers are not among the signed ones, so the DKIM signature stays valid, and Mailchimp strips
+them before delivery): ``X-MC-Metadata`` with postwise's message id (``postwise_message_id``)
+first and as much of the message's metadata as fits 200 bytes, so the ledger link that every
+webhook event carries back as ``msg.metadata`` is never lost; ``X-MC-Tags`` with the configured
+tags and the message's stream; ``X-MC-Track: none``, so Mailchimp does not track opens and
+clicks that postwise tracks itself.
 
 Outcomes, per message. The API answers for the request, never with an SMTP reply, so results
 carry its status as ``http_status`` and no ``code``; a rejection says what it means for the
@@ -71,12 +74,17 @@ __all__ = [
     "SEND_RAW_PATH",
     "MailchimpProvider",
     "classify_response",
-    "with_metadata",
+    "control_headers",
+    "metadata_header",
 ]
 
 #: As the vendor's client calls it: the method path plus the output format.
 SEND_RAW_PATH = "/messages/send-raw.json"
 METADATA_HEADER = "X-MC-Metadata"
+TAGS_HEADER = "X-MC-Tags"
+TRACK_HEADER = "X-MC-Track"
+#: Bytes of JSON metadata a message may carry (Mailchimp documents 250; 200 keeps room).
+METADATA_LIMIT = 200
 #: The metadata key carrying postwise's message id (the ledger key).
 MESSAGE_ID_KEY = "postwise_message_id"
 SERVICE = "Mailchimp Transactional"
@@ -104,13 +112,37 @@ _REJECT_MEANINGS = {
 }
 
 
-def with_metadata(message: OutgoingMessage) -> bytes:
-    """``message.raw`` with ``X-MC-Metadata`` in front: the ledger id and the metadata."""
-    metadata = {f"postwise_{key}": str(value) for key, value in message.metadata.items()}
-    metadata[MESSAGE_ID_KEY] = message.message_id
+def metadata_header(message: OutgoingMessage, limit: int = METADATA_LIMIT) -> str:
+    """``X-MC-Metadata``: the ledger id first, then as much of the metadata as fits ``limit``
+    bytes of JSON (Mailchimp's limit); what does not fit is left out, the ledger id never."""
+    metadata = {MESSAGE_ID_KEY: message.message_id}
+    for key, value in message.metadata.items():
+        candidate = {**metadata, f"postwise_{key}": str(value)}
+        if len(_compact(candidate)) <= limit:
+            metadata = candidate
+    value = _compact(metadata)
+    if len(value) > limit:
+        raise ValueError(f"the message id alone takes {len(value)} bytes of metadata; {limit} fit")
+    return value
+
+
+def _compact(metadata: dict[str, str]) -> str:
     # ensure_ascii keeps the header 7-bit; separators keep it short.
-    value = json.dumps(metadata, separators=(",", ":"), ensure_ascii=True)
-    return f"{METADATA_HEADER}: {value}\r\n".encode("ascii") + message.raw
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=True)
+
+
+def control_headers(message: OutgoingMessage, options: MailchimpOptions) -> bytes:
+    """Mailchimp's ``X-MC-*`` headers, put in front of the message: metadata, tags and, unless
+    ``vendor_tracking``, open and click tracking switched off (postwise tracks them itself;
+    both would count every open twice)."""
+    headers = [f"{METADATA_HEADER}: {metadata_header(message)}"]
+    stream = message.metadata.get("stream", "")
+    tags = list(dict.fromkeys([*options.tags, *([stream] if stream else [])]))
+    if tags:
+        headers.append(f"{TAGS_HEADER}: {','.join(tags)}")
+    if not options.vendor_tracking:
+        headers.append(f"{TRACK_HEADER}: none")
+    return "".join(f"{line}\r\n" for line in headers).encode("ascii")
 
 
 def _rejected(message_id: str, status: int, why: str, provider_id: str | None) -> Verdict:
@@ -249,7 +281,7 @@ class MailchimpProvider(HttpApiProvider):
 
     def _request_body(self, message: OutgoingMessage) -> dict[str, Any]:
         try:
-            raw = with_metadata(message).decode("utf-8")
+            raw = (control_headers(message, self.options) + message.raw).decode("utf-8")
         except UnicodeDecodeError:
             raise ValueError("the message is neither 7-bit nor UTF-8") from None
         body: dict[str, Any] = {
