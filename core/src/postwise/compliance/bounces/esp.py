@@ -34,6 +34,15 @@ _SES_SUBTYPES = {
     "ContentRejected": _R.SPAM_DETECTED,
     "AttachmentRejected": _R.CONTENT_ERROR,
 }
+# SendGrid's "dropped" reasons (its own lists): only a bounced or invalid address condemns it.
+_SENDGRID_DROPPED = {
+    "bounced address": _R.USER_UNKNOWN,
+    "invalid": _R.USER_UNKNOWN,
+    "invalid smtpapi header": _R.SYNTAX_ERROR,
+    "spam reporting address": _R.FEEDBACK,
+    "unsubscribed address": _R.NOT_A_BOUNCE,
+    "spam content (if spam checker app enabled)": _R.SPAM_DETECTED,
+}
 _SENDGRID_FAILURES = frozenset({"bounce", "dropped", "spamreport", "deferred", "blocked"})
 _POSTMARK_TYPES = {
     "HardBounce": (_R.USER_UNKNOWN, True),
@@ -284,11 +293,20 @@ def _sendgrid(data: dict[str, Any]) -> BounceClassification | None:
         return None
     diagnostic = str(data.get("reason") or data.get("response") or "")
     status = parse_status(str(data.get("status") or ""))
-    bounce_type = str(data.get("type") or data.get("bounce_classification") or "")
+    bounce_type = str(data.get("type") or "").lower()
     permanent = name != "deferred"
-    category = {"blocked": _R.BLOCKED}.get(bounce_type) or (
-        _R.BLOCKED if name == "blocked" else None
-    )
+    if name == "dropped":
+        # SendGrid did not send: its reason names its own suppression list, not a reply.
+        dropped = _SENDGRID_DROPPED.get(diagnostic.strip().lower(), _R.UNDETERMINED)
+        return BounceClassification(
+            kind=kind_for(dropped, True),
+            reason=dropped,
+            recipient=recipient,
+            diagnostic=clean(diagnostic),
+            explanation=f"SendGrid dropped the message ({diagnostic or 'no reason given'})",
+            permanent=True,
+        )
+    category = _R.BLOCKED if "blocked" in {name, bounce_type} else None
     return _from_diagnostic(
         f"SendGrid {name} event", recipient, diagnostic, permanent, category, status=status
     )

@@ -56,7 +56,10 @@ def readable_text(message: Message) -> tuple[str, list[str]]:
         if part.get_content_maintype() == "multipart" and not part.is_multipart():
             problems.append("multipart body without a usable boundary could not be split")
             continue
-        if part.is_multipart() or part.get_content_maintype() != "text":
+        if part.is_multipart() or (
+            part.get_content_maintype() != "text"
+            and part.get_content_type() != "application/json"  # an ESP's notification
+        ):
             continue
         if part.get_content_type() == "text/rfc822-headers":
             continue

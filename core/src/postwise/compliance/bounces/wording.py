@@ -197,13 +197,18 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
         ),
     ),
     (
+        # Authentication results name the sender's domain: before the generic spam words.
+        _R.POLICY,
+        _patterns(r"\b(dmarc|spf|dkim|sender id)\b", r"unauthenticated"),
+    ),
+    (
         _R.SPAM_DETECTED,
         _patterns(
             r"spam",
             r"unsolicited",
             r"\bjunk\b",
             r"bulk (e-?mail|mail)",
-            r"content (was )?rejected|message (content )?rejected|content filter",
+            r"content (was )?rejected|message content rejected|content filter",
             r"complaints",
             r"scor(e|ing)[^\n]{0,20}(too high|exceed)",
             r"high probability|suspected|(looks|appears) like",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import logging
 import statistics
 import tempfile
 import time
@@ -195,6 +196,8 @@ def _process(messages: list[bytes], reports: int) -> dict[str, Any]:
         runtime = Runtime(settings)
         try:
             runtime.migrate()
+            # Sender-side refusals log an alert each; thousands of them would bury the figures.
+            logging.getLogger("postwise.compliance.processing").setLevel(logging.ERROR)
             started = time.perf_counter()
             for i in range(reports):
                 # A unique trailer gives each report its own event id, as distinct mail would.
