@@ -142,10 +142,10 @@ def _epoch_terms(
         variances.append(pa * (1 - pa) / a.exposures + pb * (1 - pb) / b.exposures)
     if not weights:
         return 0.0, math.inf, 0.0, 0
-    w = np.asarray(weights)
-    total = float(w.sum())
-    estimate = float(np.dot(w, diffs) / total)
-    variance = float(np.dot(w * w, variances) / total**2)
+    arr = np.asarray(weights)
+    total = float(arr.sum())
+    estimate = float(np.dot(arr, diffs) / total)
+    variance = float(np.dot(arr * arr, variances) / total**2)
     return estimate, variance, total, len(weights)
 
 
