@@ -141,7 +141,14 @@ def test_postwise_run_supervises_restarts_and_stops_every_process(
     try:
         ready = _wait(lambda: _health(port), 90, "every process to beat")
         kinds = {k: v["live"] for k, v in ready["processes"].items() if v["live"]}
-        assert kinds == {"server": 1, "worker": 1, "collector": 1, "triggers": 1, "compliance": 1}
+        assert kinds == {
+            "server": 1,
+            "worker": 1,
+            "collector": 1,
+            "triggers": 1,
+            "journeys": 1,
+            "compliance": 1,
+        }
         (worker,) = ready["processes"]["worker"]["instances"]
         os.kill(worker["pid"], signal.SIGKILL)
 

@@ -123,7 +123,7 @@ class Settings(BaseModel):
     unsubscribe_mailto: str = Field(default="", description="mailto address for List-Unsubscribe.")
 
     required_processes: list[
-        Literal["server", "worker", "collector", "triggers", "compliance", "crm"]
+        Literal["server", "worker", "collector", "triggers", "journeys", "compliance", "crm"]
     ] = Field(
         default_factory=lambda: ["worker", "collector", "triggers", "compliance"],
         description="Process kinds /health needs alive (each beats into Redis) to answer 200.",

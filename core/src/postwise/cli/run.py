@@ -29,10 +29,17 @@ from postwise.ops.supervisor import ProcessSpec, Supervisor
 )
 @click.option("--collectors", default=1, show_default=True, type=click.IntRange(0, 64))
 @click.option("--trigger-engines", default=1, show_default=True, type=click.IntRange(0, 64))
+@click.option("--journey-engines", default=1, show_default=True, type=click.IntRange(0, 64))
 @click.option(
     "--crm/--no-crm",
     default=None,
     help="Run the CRM sync (default: when crm_options configures a CRM).",
+)
+@click.option(
+    "--metrics-port-base",
+    type=click.IntRange(1, 65000),
+    default=None,
+    help="Give each process but the server (which has /metrics) a Prometheus port: BASE+1...",
 )
 @click.option(
     "--grace",
@@ -51,14 +58,16 @@ def run(
     workers: int,
     collectors: int,
     trigger_engines: int,
+    journey_engines: int,
     crm: bool | None,
+    metrics_port_base: int | None,
     grace: float,
 ) -> None:
     """Run and supervise every long-running process on this machine until SIGTERM or Ctrl-C.
 
     The server (with --server-workers processes), delivery workers, event collectors, trigger
-    engines, the compliance consumer (bounces, complaints, reputation) and, when a CRM is
-    configured, the CRM sync. A process that dies is restarted; /health shows them all. For
+    and journey engines, the compliance consumer (bounces, complaints, reputation) and, when a
+    CRM is configured, the CRM sync. A process that dies is restarted; /health shows them all. For
     several machines, run the same processes under systemd (see docs/operations.md).
     """
     runtime = get_runtime(ctx)
@@ -87,10 +96,16 @@ def run(
         *(ProcessSpec(f"worker-{i}", ("worker",)) for i in range(1, workers + 1)),
         *(ProcessSpec(f"collector-{i}", ("events", "collect")) for i in range(1, collectors + 1)),
         *(ProcessSpec(f"triggers-{i}", ("triggers", "run")) for i in range(1, trigger_engines + 1)),
+        *(ProcessSpec(f"journeys-{i}", ("journeys", "run")) for i in range(1, journey_engines + 1)),
         ProcessSpec("compliance", ("reputation", "run")),
     ]
     if with_crm:
         specs.append(ProcessSpec("crm", ("crm", "run")))
+    if metrics_port_base is not None:
+        specs = [specs[0]] + [
+            ProcessSpec(s.name, s.args, {"POSTWISE_METRICS_PORT": str(metrics_port_base + i)})
+            for i, s in enumerate(specs[1:], start=1)
+        ]
     config_file = ctx.find_root().obj.get("config_file")
     env = {**os.environ, **({"POSTWISE_CONFIG": str(config_file)} if config_file else {})}
     ctx.exit(Supervisor(specs, grace_seconds=grace, env=env).run())

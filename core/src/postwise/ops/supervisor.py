@@ -10,6 +10,7 @@ output and error; each beats into Redis, so ``/health`` shows them.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ class ProcessSpec:
 
     name: str
     args: tuple[str, ...]
+    env: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -70,7 +72,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         command = [sys.executable, "-m", "postwise", *child.spec.args]
-        child.process = subprocess.Popen(command, env=self.env)  # noqa: S603 - our own command
+        env = {**(self.env or os.environ), **(child.spec.env or {})}
+        child.process = subprocess.Popen(command, env=env)  # noqa: S603 - our own command
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info(
