@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from email.message import Message
 
 from postwise.compliance.bounces.mime import header
 from postwise.compliance.bounces.model import BounceClassification
 from postwise.compliance.bounces.reasons import BounceKind, BounceReason
+from postwise.compliance.bounces.wording import patterns
 from postwise.compliance.feedback import find_address, find_postwise_message_id
 
 __all__ = ["auto_reply", "is_auto_reply", "is_automatic_answer"]
 
 
-def _patterns(*alternatives: str) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{a})" for a in alternatives), re.I)
-
-
-_AUTO_SUBJECT_RE = _patterns(
+_AUTO_SUBJECT_RE = patterns(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort|matische antwort)|autoreply)\b",
     r"^\s*auto:",
     r"out of (the )?office",
@@ -25,7 +21,7 @@ _AUTO_SUBJECT_RE = _patterns(
     r"r[ée]ponse automatique|respuesta autom[áa]tica|risposta automatica",
     r"自動(応答|返信)|不在",
 )
-_AUTO_BODY_RE = _patterns(
+_AUTO_BODY_RE = patterns(
     r"this is an? (automated|automatic|automatically generated|auto-generated) "
     r"(reply|response|message|acknowledge?ment)",
 )

@@ -139,6 +139,25 @@ def _from_diagnostic(
     )
 
 
+def _complaint(recipient: str | None, explanation: str) -> BounceClassification:
+    return BounceClassification(
+        kind=BounceKind.COMPLAINT,
+        reason=BounceReason.FEEDBACK,
+        recipient=recipient,
+        feedback_type="abuse",
+        explanation=explanation,
+    )
+
+
+def _delivered(recipient: str | None, explanation: str) -> BounceClassification:
+    return BounceClassification(
+        kind=BounceKind.UNKNOWN,
+        reason=BounceReason.DELIVERED,
+        recipient=recipient,
+        explanation=explanation,
+    )
+
+
 def _ses(data: dict[str, Any]) -> BounceClassification:
     mail = data.get("mail")
     headers = mail.get("headers") if isinstance(mail, dict) else None
@@ -207,20 +226,9 @@ def _mailgun(event: dict[str, Any]) -> BounceClassification | None:
     name = str(event.get("event") or "")
     recipient = find_address(str(event.get("recipient") or ""))
     if name == "complained":
-        return BounceClassification(
-            kind=BounceKind.COMPLAINT,
-            reason=BounceReason.FEEDBACK,
-            recipient=recipient,
-            feedback_type="abuse",
-            explanation="Mailgun complaint event",
-        )
+        return _complaint(recipient, "Mailgun complaint event")
     if name in {"delivered", "accepted", "opened", "clicked"}:
-        return BounceClassification(
-            kind=BounceKind.UNKNOWN,
-            reason=BounceReason.DELIVERED,
-            recipient=recipient,
-            explanation=f"Mailgun {name} event: not a failure",
-        )
+        return _delivered(recipient, f"Mailgun {name} event: not a failure")
     if name not in {"failed", "bounced", "dropped"}:
         return None
     found = event.get("delivery-status")
@@ -275,20 +283,9 @@ def _sendgrid(data: dict[str, Any]) -> BounceClassification | None:
     name = str(data.get("event") or "")
     recipient = find_address(str(data.get("email") or ""))
     if name == "spamreport":
-        return BounceClassification(
-            kind=BounceKind.COMPLAINT,
-            reason=BounceReason.FEEDBACK,
-            recipient=recipient,
-            feedback_type="abuse",
-            explanation="SendGrid spam report",
-        )
+        return _complaint(recipient, "SendGrid spam report")
     if name in {"delivered", "processed", "open", "click"}:
-        return BounceClassification(
-            kind=BounceKind.UNKNOWN,
-            reason=BounceReason.DELIVERED,
-            recipient=recipient,
-            explanation=f"SendGrid {name} event: not a failure",
-        )
+        return _delivered(recipient, f"SendGrid {name} event: not a failure")
     if name not in {"bounce", "dropped", "deferred", "blocked"}:
         return None
     diagnostic = str(data.get("reason") or data.get("response") or "")

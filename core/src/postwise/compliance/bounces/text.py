@@ -19,14 +19,10 @@ from postwise.compliance.bounces.model import BounceClassification
 from postwise.compliance.bounces.reasons import BounceKind, BounceReason
 from postwise.compliance.bounces.recipients import lone_address, returned_to, text_recipient
 from postwise.compliance.bounces.status import join_reply_lines, parse_status
-from postwise.compliance.bounces.wording import decide, matched_line, reason_from_text
+from postwise.compliance.bounces.wording import decide, matched_line, patterns, reason_from_text
 from postwise.compliance.feedback import find_address, find_postwise_message_id, returned_headers
 
 __all__ = ["bounce_markers", "classify_text_bounce"]
-
-
-def _patterns(*alternatives: str) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{a})" for a in alternatives), re.I)
 
 
 _BOUNCE_FROM_RE = re.compile(
@@ -34,7 +30,7 @@ _BOUNCE_FROM_RE = re.compile(
     r"mail administrator|internet mail delivery|mail ?delivery ?system",
     re.I,
 )
-_BOUNCE_SUBJECT_RE = _patterns(
+_BOUNCE_SUBJECT_RE = patterns(
     r"undeliver",
     r"delivery (status notification|failure|failed|has failed|problem|notification|report)",
     r"returned mail",
@@ -52,7 +48,7 @@ _BOUNCE_SUBJECT_RE = _patterns(
 )
 # Reply and forward prefixes (English, German, French, Nordic, Spanish, Portuguese).
 _REPLY_OR_FORWARD_RE = re.compile(r"\s*(re|fwd?|aw|wg|tr|sv|vs|antw|rv|enc)\s*(\[\d+\])?\s*:", re.I)
-_BOUNCE_BODY_RE = _patterns(
+_BOUNCE_BODY_RE = patterns(
     r"could ?n[o']t be delivered",
     r"was ?n[o']t delivered",
     r"delivery (to the following recipients? )?(has )?failed",
@@ -66,7 +62,7 @@ _BOUNCE_BODY_RE = _patterns(
     r"undeliverable",
     r"returned mail",
 )
-_PERMANENT_TEXT_RE = _patterns(
+_PERMANENT_TEXT_RE = patterns(
     r"permanent (fatal )?error",
     r"failed permanently",
     r"permanent failure",
@@ -75,7 +71,7 @@ _PERMANENT_TEXT_RE = _patterns(
     r"could not be delivered",
     r"undeliverable",
 )
-_TEMPORARY_TEXT_RE = _patterns(
+_TEMPORARY_TEXT_RE = patterns(
     r"temporar(y|ily)",
     r"will (be )?retr(y|ied)",
     r"still trying",

@@ -13,10 +13,11 @@ import re
 from postwise.compliance.bounces.reasons import REASONS, BounceKind, BounceReason, kind_for
 from postwise.compliance.bounces.status import describe, reason_from_status
 
-__all__ = ["decide", "matched_line", "reason_from_text"]
+__all__ = ["decide", "matched_line", "patterns", "reason_from_text"]
 
 
-def _patterns(*alternatives: str) -> re.Pattern[str]:
+def patterns(*alternatives: str) -> re.Pattern[str]:
+    """One case-insensitive pattern matching any of ``alternatives``."""
     return re.compile("|".join(f"(?:{a})" for a in alternatives), re.I)
 
 
@@ -30,7 +31,7 @@ _R = BounceReason
 RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     (
         _R.SENDER_REJECTED,
-        _patterns(
+        patterns(
             r"sender (address )?verif\w* failed|unverified sender|sender verify failed",
             r"verification failed for <",
             r"(sender|return[- ]path|envelope[- ]from|mail from)( address| domain)?"
@@ -53,7 +54,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.BLOCKED,
-        _patterns(
+        patterns(
             r"\b(no|missing|bad|invalid|failed) (ptr|rdns|reverse[- ]dns)",
             r"reverse (dns|lookup|dns lookup)|\brdns\b|\bptr (record|lookup)|"
             r"(ptr|reverse) [\w ]{0,20}(does not match|mismatch|failed|not found)",
@@ -72,10 +73,10 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
             r"dynamic (ip|address)|dial-?up|residential",
         ),
     ),
-    (_R.VIRUS_DETECTED, _patterns(r"\bvirus", r"malware", r"\binfected\b", r"trojan")),
+    (_R.VIRUS_DETECTED, patterns(r"\bvirus", r"malware", r"\binfected\b", r"trojan")),
     (
         _R.MAILBOX_FULL,
-        _patterns(
+        patterns(
             r"mail ?box (is )?(full|over)|full mailbox",
             r"over (the |its |their )?(allowed |storage |disk )?quota",
             r"quota (exceeded|full|violation)|\bover ?quota\b",
@@ -93,7 +94,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.SUSPENDED,
-        _patterns(
+        patterns(
             r"(account|mailbox|user|address|recipient)\b[^.\n]{0,30}\b(has been |is |was )?"
             r"(disabled|deactivated|inactive|suspended|locked|frozen|expired|discontinued)",
             r"mailbox (is )?(disabled|inactive|not active|unavailable for now)",
@@ -104,11 +105,11 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.HAS_MOVED,
-        _patterns(r"(user|recipient|address|mailbox) has moved|has moved to|\bmoved to <"),
+        patterns(r"(user|recipient|address|mailbox) has moved|has moved to|\bmoved to <"),
     ),
     (
         _R.NOT_ACCEPTED,
-        _patterns(
+        patterns(
             r"null mx",
             r"(does not|doesn't|will not|won't) accept (any )?(e-?)?mail",
             r"accepts? no (e-?)?mail|not accepting (any )?(e-?)?mail|no mail accepted",
@@ -116,7 +117,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.USER_UNKNOWN,
-        _patterns(
+        patterns(
             r"user unknown|unknown user|destinatario desconocido",
             r"non-?existent (user|mailbox|recipient|address|account)",
             # Exchange Online's directory-based edge blocking: the recipient does not exist.
@@ -159,7 +160,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.HOST_UNKNOWN,
-        _patterns(
+        patterns(
             r"host unknown|unknown host|host not found|host or domain name not found",
             r"domain (is )?(not reachable|unreachable)",
             r"(domain|host) (name )?(not found|does not exist|doesn't exist|is invalid|unknown)",
@@ -172,7 +173,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.EXPIRED,
-        _patterns(
+        patterns(
             r"retry time(out)? (not reached|exceeded)",
             r"delivery time expired|message expired|expired after",
             r"(cannot|could not) (send|deliver) (the )?message for \d+ (days|hours)",
@@ -184,7 +185,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.NETWORK_ERROR,
-        _patterns(
+        patterns(
             r"connection (timed out|refused|reset|closed|lost|dropped)|timed out",
             r"(could not|couldn't|unable to|cannot|can't) (connect|establish|open)",
             r"(host|network) (is )?(unreachable|not reachable)|no route to host",
@@ -199,11 +200,11 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     (
         # Authentication results name the sender's domain: before the generic spam words.
         _R.POLICY,
-        _patterns(r"\b(dmarc|spf|dkim|sender id)\b", r"unauthenticated"),
+        patterns(r"\b(dmarc|spf|dkim|sender id)\b", r"unauthenticated"),
     ),
     (
         _R.SPAM_DETECTED,
-        _patterns(
+        patterns(
             r"spam",
             r"unsolicited",
             r"\bjunk\b",
@@ -216,7 +217,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.SECURITY_ERROR,
-        _patterns(
+        patterns(
             r"\b(tls|starttls|ssl)\b",
             r"certificate",
             r"(smtp |sasl )?authentication (is )?(required|failed)|must authenticate|"
@@ -226,7 +227,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.POLICY,
-        _patterns(
+        patterns(
             r"\b(dmarc|spf|dkim|sender id)\b",
             r"unauthenticated|authentication (results|check)",
             r"\bpolicy\b|policies",
@@ -237,7 +238,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.RELAY_DENIED,
-        _patterns(
+        patterns(
             r"relay(ing)? (access )?(denied|not permitted|prohibited|not allowed)",
             r"(not permitted|unable|not allowed|will not|cannot) (to )?relay",
             r"we do not relay|no relaying|not a gateway|relay not permitted",
@@ -245,7 +246,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.RATE_LIMITED,
-        _patterns(
+        patterns(
             r"too many (connections|messages|recipients|mails|sessions|concurrent)",
             r"rate (limit|exceeded)|rate-?limit|ratelimit|throttl",
             r"(sending|receiving|message) (limit|quota) (exceeded|reached)",
@@ -256,7 +257,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.MESSAGE_TOO_BIG,
-        _patterns(
+        patterns(
             r"message (size|length) exceeds|exceeds (the )?(max(imum)? )?(message )?size",
             r"(message|mail|email) (is )?too (big|large|long)|size limit|too big for",
             r"message (is )?larger than",
@@ -264,7 +265,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.FILTERED,
-        _patterns(
+        patterns(
             r"(rejected|refused|blocked) by (the )?(recipient|user)'?s?\b",
             r"recipient (has|does not|doesn't) (chosen|set|want|accept)",
             r"(user|recipient)'s filter|filtered|filter rules",
@@ -273,7 +274,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.SYSTEM_ERROR,
-        _patterns(
+        patterns(
             r"system (error|failure|full|is full|not accepting)",
             r"insufficient (system )?storage|out of (disk|memory|storage)",
             r"(local|internal|server) (configuration |server )?error|misconfigur",
@@ -286,7 +287,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.CONTENT_ERROR,
-        _patterns(
+        patterns(
             r"(invalid|illegal|malformed|bad) (mime|header|character|content|message)",
             r"(header|line) (is )?too long|8-?bit|content[- ]type",
             r"(message|attachment) (type|format) (not )?(allowed|supported)",
@@ -294,7 +295,7 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
     ),
     (
         _R.SYNTAX_ERROR,
-        _patterns(
+        patterns(
             r"syntax error|command (not )?(unrecognized|recognized|implemented)",
             r"unrecognized command|bad sequence of commands|invalid command",
         ),
