@@ -42,7 +42,7 @@ from postwise.experiments.contract import Comparison, Index, Interval, StatsOpti
 from postwise.experiments.data import VariantData
 from postwise.recommend.base import Interaction, Item, Recommender
 from postwise.testing.http import Reply, ScriptedHttpServer
-from postwise.triggers.conditions import ConditionType, TriggerEvent
+from postwise.triggers.conditions import ConditionType, HistoryEvent, TriggerEvent
 
 __all__ = [
     "AnalyticsSinkContract",
@@ -78,6 +78,15 @@ class StaticContext:
             for kind, at in self.history
             if kind == event_type and at >= since and (until is None or at < until)
         )
+
+    def events(
+        self, event_type: str, since: datetime, until: datetime | None = None
+    ) -> list[HistoryEvent]:
+        return [
+            HistoryEvent(f"history-{index}", kind, at)
+            for index, (kind, at) in enumerate(self.history)
+            if kind == event_type and at >= since and (until is None or at < until)
+        ]
 
 
 class ConditionContract:
@@ -562,7 +571,7 @@ class CrmConnectorContract:
     def test_a_body_that_is_not_the_crms_is_a_value_error(self) -> None:
         connector = self.make_connector()
         try:
-            for body in (b"not json", b"{\"truncated\": ", b"<html>502 Bad Gateway</html>"):
+            for body in (b"not json", b'{"truncated": ', b"<html>502 Bad Gateway</html>"):
                 with pytest.raises(ValueError):  # noqa: PT011 - any message will do
                     connector.parse_webhook(body)
         finally:

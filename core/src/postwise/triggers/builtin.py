@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, select
 
 from postwise.errors import ValidationError
-from postwise.triggers.conditions import ConditionContext, ConditionType, Predicate, TriggerEvent
+from postwise.triggers.conditions import (
+    ConditionContext,
+    ConditionType,
+    HistoryEvent,
+    Predicate,
+    TriggerEvent,
+)
 
 __all__ = [
     "BUILTIN_CONDITIONS",
@@ -31,6 +37,7 @@ __all__ = [
     "EngagementScoreConfig",
     "EventProperty",
     "EventPropertyConfig",
+    "PropertyFilter",
     "SegmentMembership",
     "SegmentMembershipConfig",
     "TimeWindow",
@@ -321,6 +328,15 @@ class SegmentMembership(ConditionType[SegmentMembershipConfig]):
         return f"{'in' if config.member else 'not in'} segment {config.segment!r}"
 
 
+class PropertyFilter(_Comparison):
+    """A test on a property (dotted path) of a past event."""
+
+    property: str = Field(min_length=1, max_length=200)
+
+
+_ENGAGEMENT_TYPES = frozenset({"open", "click"})
+
+
 class ActionHistoryConfig(_Config):
     """``did``: the contact had ``event_type`` at least ``at_least`` times in the ``within_days``
     days before the triggering event; ``did: false`` inverts it (fewer than ``at_least`` times).
@@ -338,12 +354,38 @@ class ActionHistoryConfig(_Config):
     since_event: bool = False
     at_least: int = Field(default=1, ge=1)
     did: bool = True
+    #: Only past events whose properties match all of these (``{"property": "url", "op":
+    #: "contains", "value": "/pricing"}``).
+    where: list[PropertyFilter] = Field(default_factory=list, max_length=20)
+    #: Only past events whose properties equal the triggering event's (e.g. ``["item_id"]``:
+    #: "viewed this same item").
+    same_as_event: list[str] = Field(default_factory=list, max_length=10)
+    #: Count machine opens (privacy proxies, prefetch) and link scanners' clicks too.
+    include_automated: bool = False
+    #: Sum this numeric property of the matching events instead of counting them...
+    sum_of: str | None = Field(default=None, min_length=1, max_length=200)
+    #: ...and hold when the sum reaches this (required with ``sum_of``).
+    sum_at_least: float | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ActionHistoryConfig:
         if self.within_days is None and not self.since_event:
             raise ValueError("set 'within_days', or 'since_event': true")
+        if (self.sum_of is None) != (self.sum_at_least is None):
+            raise ValueError("set both 'sum_of' and 'sum_at_least', or neither")
+        if self.sum_at_least is not None and not math.isfinite(self.sum_at_least):
+            raise ValueError("'sum_at_least' must be a finite number")
         return self
+
+    @property
+    def detailed(self) -> bool:
+        """Whether the events' properties are needed (not only how many there were)."""
+        return bool(
+            self.where
+            or self.same_as_event
+            or self.sum_of
+            or (not self.include_automated and self.event_type in _ENGAGEMENT_TYPES)
+        )
 
 
 class ActionHistory(ConditionType[ActionHistoryConfig]):
@@ -366,11 +408,34 @@ class ActionHistory(ConditionType[ActionHistoryConfig]):
         else:
             since = event.occurred_at - timedelta(days=config.within_days or 0)
             until = event.occurred_at
-        done = context.count_events(config.event_type, since, until) >= config.at_least
+        if not config.detailed:
+            done = context.count_events(config.event_type, since, until) >= config.at_least
+            return done is config.did
+        matching = [
+            past
+            for past in context.events(config.event_type, since, until)
+            if _matches(config, past, event)
+        ]
+        if config.sum_of is not None:
+            assert config.sum_at_least is not None
+            total = 0.0
+            for past in matching:
+                value = lookup(past.properties, config.sum_of)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    total += float(value)
+            done = total >= config.sum_at_least
+        else:
+            done = len(matching) >= config.at_least
         return done is config.did
 
     def explain(self, config: ActionHistoryConfig) -> str:
         times = "" if config.at_least == 1 else f" at least {config.at_least} times"
+        if config.sum_of is not None:
+            times = f" with {config.sum_of} adding up to at least {config.sum_at_least:g}"
+        for test in config.where:
+            times += f" where {test.describe(test.property)}"
+        if config.same_as_event:
+            times += " with the same " + ", ".join(config.same_as_event) + " as the event"
         verb = "did" if config.did else "did not do"
         if config.since_event:
             window = "since the event"
@@ -379,6 +444,19 @@ class ActionHistory(ConditionType[ActionHistoryConfig]):
         else:
             window = f"in the {config.within_days:g} days before the event"
         return f"{verb} {config.event_type!r}{times} {window}"
+
+
+def _matches(config: ActionHistoryConfig, past: HistoryEvent, event: TriggerEvent) -> bool:
+    if past.automated and not config.include_automated:
+        return False
+    for test in config.where:
+        if not compare(lookup(past.properties, test.property), test.op, test.value):
+            return False
+    for name in config.same_as_event:
+        expected = lookup(event.properties, name)
+        if expected is _MISSING or lookup(past.properties, name) != expected:
+            return False
+    return True
 
 
 class ContactAttributeConfig(_Comparison):

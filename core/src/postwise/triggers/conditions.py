@@ -15,7 +15,7 @@ needs other data declares it in :attr:`ConditionType.requires`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -29,7 +29,14 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
     from sqlmodel import Session
 
-__all__ = ["ConditionContext", "ConditionType", "Predicate", "TriggerEvent", "describe_error"]
+__all__ = [
+    "ConditionContext",
+    "ConditionType",
+    "HistoryEvent",
+    "Predicate",
+    "TriggerEvent",
+    "describe_error",
+]
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -43,6 +50,21 @@ class TriggerEvent:
     contact_id: int
     occurred_at: datetime
     properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """A past event of the contact, as :meth:`ConditionContext.events` returns it.
+
+    ``automated`` marks a machine open (privacy proxy, image prefetch) or a link scanner's
+    click: not a person's action.
+    """
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    automated: bool = False
 
 
 class ConditionContext(Protocol):
@@ -68,6 +90,15 @@ class ConditionContext(Protocol):
     def count_events(self, event_type: str, since: datetime, until: datetime | None = None) -> int:
         """How many events of ``event_type`` the contact had with ``since <= occurred_at <
         until`` (``until`` defaults to :attr:`now`). The event being evaluated never counts."""
+
+    def events(
+        self, event_type: str, since: datetime, until: datetime | None = None
+    ) -> Sequence[HistoryEvent]:
+        """The contact's events of ``event_type`` with ``since <= occurred_at < until``
+        (``until`` defaults to :attr:`now`), oldest first, with their properties and whether
+        they were automated. Loaded once per batch for all its contacts, like
+        :meth:`count_events` (stored events and those accepted on the stream but not stored
+        yet); the event being evaluated is never among them."""
 
 
 #: A configured condition: ``predicate(event, context) -> bool``.

@@ -23,10 +23,17 @@ from sqlmodel import Session, col
 
 from postwise.db.models import Contact, ContactTag, Event, as_utc
 from postwise.settings import Settings
-from postwise.triggers.conditions import TriggerEvent
+from postwise.triggers.conditions import HistoryEvent, TriggerEvent
 from postwise.triggers.recent import StreamTail
 
-__all__ = ["BatchContext", "EventContext", "ScoreFunction", "engagement_decay", "load_contacts"]
+__all__ = [
+    "BatchContext",
+    "EventContext",
+    "ScoreFunction",
+    "engagement_decay",
+    "is_automated",
+    "load_contacts",
+]
 
 #: score, updated_at, now -> the score as of now. The analytics subsystem owns the decay
 #: (:func:`engagement_decay`); without one, conditions see the stored score.
@@ -60,6 +67,24 @@ _HISTORY = sa.select(col(Event.contact_id), col(Event.occurred_at), col(Event.ev
     col(Event.contact_id).in_(sa.bindparam("ids", expanding=True)),
     col(Event.occurred_at) >= sa.bindparam("since"),
 )
+
+
+_FULL_HISTORY = sa.select(
+    col(Event.contact_id),
+    col(Event.occurred_at),
+    col(Event.event_id),
+    col(Event.properties),
+    col(Event.automated),
+).where(
+    col(Event.type) == sa.bindparam("event_type"),
+    col(Event.contact_id).in_(sa.bindparam("ids", expanding=True)),
+    col(Event.occurred_at) >= sa.bindparam("since"),
+)
+
+
+def is_automated(properties: Mapping[str, Any]) -> bool:
+    """Whether an open or click was a machine's (as the trackers and ESP plugins flag it)."""
+    return bool(properties.get("machine_open") or properties.get("scanner"))
 
 
 def load_contacts(session: Session, contact_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -133,6 +158,7 @@ class BatchContext:
         )
         self._segments: dict[str, set[int] | BaseException] = {}
         self._history: dict[str, _History | BaseException] = {}
+        self._full: dict[str, tuple[datetime, dict[int, list[HistoryEvent]]] | BaseException] = {}
         self.queries = 1 if contacts is None else 0
 
     def for_event(self, event: TriggerEvent) -> EventContext:
@@ -194,12 +220,97 @@ class BatchContext:
                 count -= 1
         return count
 
-    def _load_history(self, event_type: str, since: datetime) -> _History:
+    def history_events(
+        self,
+        event: TriggerEvent,
+        event_type: str,
+        since: datetime,
+        until: datetime | None,
+    ) -> list[HistoryEvent]:
+        """The contact's events of a type in ``[since, until)``, with properties, oldest first."""
+        loaded = self._full.get(event_type)
+        if isinstance(loaded, BaseException):
+            raise loaded
+        if loaded is None or since < loaded[0]:
+            try:
+                loaded = (since, self._load_full(event_type, since))
+            except Exception as exc:
+                self._full[event_type] = exc
+                raise
+            self._full[event_type] = loaded
+        end = self.now if until is None else until
+        return [
+            item
+            for item in loaded[1].get(event.contact_id, ())
+            if since <= item.occurred_at < end and item.event_id != event.event_id
+        ]
+
+    def _refresh_recent(self) -> None:
         if not self._recent_fresh and self._recent is not None:
-            # Before the table query: whatever the collector stores after this refresh is
-            # either in the query's result or still in the tail.
             self._recent.refresh()
             self._recent_fresh = True
+
+    def _load_full(self, event_type: str, since: datetime) -> dict[int, list[HistoryEvent]]:
+        self._refresh_recent()
+        self.queries += 1
+        found: dict[int, list[HistoryEvent]] = {}
+        seen: set[str] = set()
+        rows: Any = self.session.connection().execute(
+            _FULL_HISTORY, {"event_type": event_type, "ids": self.contact_ids, "since": since}
+        )
+        for contact_id, occurred_at, event_id, properties, automated in rows:
+            found.setdefault(contact_id, []).append(
+                HistoryEvent(
+                    event_id, event_type, as_utc(occurred_at), properties or {}, bool(automated)
+                )
+            )
+            seen.add(event_id)
+        extra: list[tuple[int, HistoryEvent]] = []
+        if self._recent is not None:
+            for contact_id, recent in self._recent.events(
+                event_type, self.contact_ids, since
+            ).items():
+                for tail in recent:
+                    props = dict(tail.properties)
+                    extra.append(
+                        (
+                            contact_id,
+                            HistoryEvent(
+                                tail.event_id,
+                                event_type,
+                                tail.occurred_at,
+                                props,
+                                is_automated(props),
+                            ),
+                        )
+                    )
+        for event in self.events:
+            if event.type == event_type and event.occurred_at >= since:
+                props = dict(event.properties)
+                extra.append(
+                    (
+                        event.contact_id,
+                        HistoryEvent(
+                            event.event_id,
+                            event_type,
+                            event.occurred_at,
+                            props,
+                            is_automated(props),
+                        ),
+                    )
+                )
+        for contact_id, past in extra:
+            if past.event_id not in seen:
+                seen.add(past.event_id)
+                found.setdefault(contact_id, []).append(past)
+        for values in found.values():
+            values.sort(key=lambda item: (item.occurred_at, item.event_id))
+        return found
+
+    def _load_history(self, event_type: str, since: datetime) -> _History:
+        # Before the table query: whatever the collector stores after this refresh is either in
+        # the query's result or still in the tail.
+        self._refresh_recent()
         self.queries += 1
         times: dict[int, list[tuple[datetime, str]]] = {}
         seen: set[str] = set()
@@ -256,6 +367,11 @@ class EventContext:
 
     def count_events(self, event_type: str, since: datetime, until: datetime | None = None) -> int:
         return self._batch.count_events(self._event, event_type, since, until)
+
+    def events(
+        self, event_type: str, since: datetime, until: datetime | None = None
+    ) -> list[HistoryEvent]:
+        return self._batch.history_events(self._event, event_type, since, until)
 
 
 def engagement_decay(settings: Settings) -> ScoreFunction:
