@@ -213,13 +213,39 @@ def rebuild_index(ctx: click.Context) -> None:
 @click.option("--consumer", default=None, help="Consumer name (default: host-pid).")
 @click.option("--batch-size", default=500, show_default=True)
 @click.option("--from-start", is_flag=True, help="A new group starts at the oldest event.")
+@click.option(
+    "--due-lease-ms",
+    default=60_000,
+    show_default=True,
+    help="A claimed due step comes due again after this long if its worker died.",
+)
+@click.option(
+    "--claim-idle-ms",
+    default=60_000,
+    show_default=True,
+    help="Events another worker read and left unacknowledged this long are taken over.",
+)
 @click.pass_context
-def run(ctx: click.Context, consumer: str | None, batch_size: int, from_start: bool) -> None:
+def run(
+    ctx: click.Context,
+    *,
+    consumer: str | None,
+    batch_size: int,
+    from_start: bool,
+    due_lease_ms: int,
+    claim_idle_ms: int,
+) -> None:
     """Run a journey worker (events and due steps) until SIGINT/SIGTERM; run more to scale."""
     from postwise.journeys.engine import JourneyEngine
 
     runtime = get_runtime(ctx, process="journeys")
-    engine = JourneyEngine(runtime, consumer=consumer, batch_size=batch_size)
+    engine = JourneyEngine(
+        runtime,
+        consumer=consumer,
+        batch_size=batch_size,
+        due_lease_ms=due_lease_ms,
+        claim_idle_ms=claim_idle_ms,
+    )
     engine.ensure_group("0" if from_start else "$")
     stop = threading.Event()
 
