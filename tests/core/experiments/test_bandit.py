@@ -8,13 +8,20 @@ keep it quick; ``postwise bench experiments`` runs more.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from experiment_seed import add_contacts, expose, new_experiment, record, split
 
-from postwise.errors import StatsError
+from postwise.db.models import Experiment
+from postwise.errors import StatsError, ValidationError
+from postwise.experiments.arms import Arms
 from postwise.experiments.bandit import compare_epochs, probability_best, thompson_weights
 from postwise.experiments.sequential import mde_p_value
+from postwise.experiments.service import experiment_report
 from postwise.experiments.stats import VariantData
+from postwise.runtime import Runtime
 
 
 def test_probability_best_matches_monte_carlo_draws() -> None:
@@ -90,3 +97,58 @@ def test_a_real_winner_is_found_and_gets_the_traffic() -> None:
     found, _, control = simulate(18, [0.0, 0.3, 0.0], replicates=40)
     assert found >= 0.8
     assert control < 1 / 3  # traffic moved away from the control towards the winner
+
+
+def test_a_stored_bandit_moves_traffic_at_each_look_and_declares_a_valid_winner(
+    runtime: Runtime,
+) -> None:
+    experiment_id = new_experiment(
+        runtime,
+        name="subject-bandit",
+        target="trigger",
+        allocation="bandit",
+        bandit_floor=0.1,
+        mde=0.5,
+        variants=[{"name": "A", "weight": 0.5}, {"name": "B", "weight": 0.5}],
+    )
+    contacts = iter(add_contacts(runtime, 6000))
+    shares = []
+    report: dict[str, Any] = {}
+    for _ in range(3):
+        with runtime.session() as session:
+            experiment = session.get(Experiment, experiment_id)
+            assert experiment is not None
+            arms = Arms.load(session, experiment, 1, 1)
+            batch = [next(contacts) for _ in range(2000)]
+            given = {c: str(arms.assign(c)[0]) for c in batch}
+        expose(runtime, experiment_id, given)
+        groups = split(given)
+        shares.append(len(groups.get("B", [])) / 2000)
+        record(runtime, experiment_id, groups.get("A", [])[::25], "A", kind="click")  # 4%
+        record(runtime, experiment_id, groups.get("B", [])[::8], "B", kind="click")  # 12.5%
+        report = experiment_report(runtime, experiment_id)
+        if report["winner"]:
+            break
+    assert shares[0] == pytest.approx(0.5, abs=0.05)
+    assert report["winner"] == "B"
+    assert "always-valid under changing weights" in report["analysis"]["guarantees"]
+    assert "more exposures" in report["analysis"]["cost"]
+    if len(shares) > 1:
+        assert shares[1] > 0.6  # Thompson moved traffic to B, never below the floor for A
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"allocation": "greedy"}, "allocation"),
+        ({"allocation": "bandit", "bandit_floor": 0.7}, "bandit_floor"),
+        ({"bandit_floor": 0.1}, "bandit_floor"),
+        ({"allocation": "bandit", "method": "chi2"}, "allocation"),
+    ],
+)
+def test_bad_bandit_settings_are_refused(
+    runtime: Runtime, change: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        new_experiment(runtime, **change)
+    assert info.value.field == field

@@ -30,6 +30,7 @@ from sqlmodel import Session
 from postwise.db.models import Experiment, Template
 from postwise.errors import NotFoundError, ValidationError
 from postwise.experiments.assignment import VariantAssigner
+from postwise.experiments.bandit_runs import current_weights
 
 __all__ = ["HOLDOUT", "Arm", "Arms", "normalised", "stopped_arms", "variant_for"]
 
@@ -121,6 +122,11 @@ class Arms:
         """
         where = f"experiment {experiment.id} "
         weights = normalised(experiment.variants or [], where)
+        bandit = current_weights(experiment)
+        if bandit is not None and len(bandit) == len(weights):
+            # A bandit assigns with its running epoch's weights (floors keep them positive).
+            total = math.fsum(bandit)
+            weights = [(name, w / total) for (name, _), w in zip(weights, bandit, strict=True)]
         arms: list[Arm] = []
         for index, spec in enumerate(experiment.variants or []):
             arm_template = int(spec.get("template_id") or template_id)

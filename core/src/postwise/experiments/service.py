@@ -52,6 +52,8 @@ from postwise.db.models import (
 )
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.experiments.arms import HOLDOUT, normalised, stopped_arms, variant_for
+from postwise.experiments.bandit import BANDIT_COST
+from postwise.experiments.bandit_runs import DEFAULT_FLOOR, bandit_look, start_bandit
 from postwise.experiments.data import WEIGHT_SUM_TOLERANCE, VariantData
 from postwise.experiments.guardrails import GUARDRAIL_METRICS, GuardrailResult, check_guardrails
 from postwise.experiments.holdout import holdout_look
@@ -107,6 +109,8 @@ _FIELDS = frozenset(
         "min_exposures",
         "min_conversions",
         "rollout_fraction",
+        "allocation",
+        "bandit_floor",
     }
 )
 _VARIANT_FIELDS = frozenset(
@@ -143,6 +147,9 @@ class ExperimentDefinition:
     campaign_id: int | None
     baseline: float | None
     mde: float | None
+    #: "fixed" (the configured weights throughout) or "bandit" (Thompson sampling).
+    allocation: str = "fixed"
+    bandit_floor: float | None = None
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -363,7 +370,30 @@ def validate_definition(
                 "for the test; they must sum to less than 1",
                 field="rollout_fraction",
             )
+    allocation = data.get("allocation", "fixed")
+    floor = None
+    if allocation not in ("fixed", "bandit"):
+        raise ValidationError(
+            f"must be 'fixed' or 'bandit', got {allocation!r}", field="allocation"
+        )
+    if allocation == "bandit":
+        if len(variants) < 2 or rollout is not None or method != "sequential":
+            raise ValidationError(
+                "a bandit needs 2 or more variants, method 'sequential' and no rollout_fraction "
+                f"(it sends the leader more as it goes). Its cost: {BANDIT_COST}",
+                field="allocation",
+            )
+        floor = _number(data.get("bandit_floor", DEFAULT_FLOOR), "bandit_floor")
+        if not 0.0 < floor <= 1.0 / len(variants):
+            raise ValidationError(
+                f"must lie in (0, 1/{len(variants)}] for {len(variants)} variants, got {floor}",
+                field="bandit_floor",
+            )
+    elif data.get("bandit_floor") is not None:
+        raise ValidationError("bandit_floor needs allocation 'bandit'", field="bandit_floor")
     return ExperimentDefinition(
+        allocation=allocation,
+        bandit_floor=floor,
         name=name.strip(),
         variants=variants,
         holdout=holdout,
@@ -446,8 +476,14 @@ def create_experiment(session: Session, runtime: Runtime, data: Mapping[str, Any
             "rollout_fraction": definition.rollout_fraction,
             "baseline": definition.baseline,
             "mde": definition.mde,
+            "allocation": definition.allocation,
+            "bandit_floor": definition.bandit_floor,
         },
-        state={},
+        state=(
+            {"bandit": start_bandit(variants, [float(v["weight"]) for v in variants])}
+            if definition.allocation == "bandit"
+            else {}
+        ),
     )
     session.add(experiment)
     session.flush()
@@ -893,6 +929,8 @@ def _look(runtime: Runtime, ref: int | str, *, stop: bool, ship: str | None) -> 
         until = None if running else _closed_at(experiment)
         if len(experiment.variants) == 1:
             return _program_look(session, runtime, experiment, stop=stop)
+        if (experiment.options or {}).get("allocation") == "bandit":
+            return _bandit_report(session, experiment, stop=stop)
         counts = outcome_counts(session.connection(), experiment, until=until)
         guardrails = _guard(session.connection(), experiment, until, record=running)
         analysis = _analyze(runtime, experiment, counts)
@@ -924,6 +962,40 @@ def _look(runtime: Runtime, ref: int | str, *, stop: bool, ship: str | None) -> 
     if look.rollout_queued:
         enqueue_rollout(runtime, experiment_id)
     return report
+
+
+def _bandit_report(session: Session, experiment: Experiment, *, stop: bool) -> dict[str, Any]:
+    """A look at a bandit: epoch-stratified comparison, then the next epoch's weights."""
+    running = experiment.status == ExperimentStatus.RUNNING
+    if running:
+        state = dict(experiment.state or {})
+        state["looks"] = int(state.get("looks", 0)) + 1
+        experiment.state = state
+    guardrails = _guard(session.connection(), experiment, None, record=running)
+    look = bandit_look(session.connection(), experiment, record=running and not stop)
+    winner = look["winner"] if running else experiment.winner
+    if running and winner is not None:
+        experiment.winner = winner
+        experiment.decided_at = utcnow()
+        experiment.status = ExperimentStatus.DECIDED
+        state = dict(experiment.state or {})
+        state["decision"] = {"winner": winner, "reason": look["reason"], "look": state["looks"]}
+        experiment.state = state
+    if stop:
+        experiment.status = ExperimentStatus.STOPPED
+        experiment.stopped_at = utcnow()
+    session.add(experiment)
+    session.flush()
+    return {
+        "experiment": experiment_dict(session, experiment),
+        "decision": "winner" if winner else "not_significant",
+        "winner": winner,
+        "reason": look["reason"],
+        "recorded": running,
+        "analysis": look,
+        "guardrails": [asdict(g) for g in guardrails],
+        "holdout": None,
+    }
 
 
 def _program_look(
