@@ -35,7 +35,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -77,6 +76,7 @@ from postwise.journeys.definition import (
     parse_journey,
 )
 from postwise.journeys.store import JourneyKeys
+from postwise.streams.consumer import Entry, StreamConsumer
 from postwise.triggers.builtin import contact_zone
 from postwise.triggers.conditions import TriggerEvent
 from postwise.triggers.context import (
@@ -121,7 +121,6 @@ WEBHOOK_BACKOFF_SECONDS = 30
 MAX_STEPS_PER_ADVANCE = 100
 
 Submitter = Callable[["Runtime", SendRequest], SubmitResult]
-Entry = tuple[bytes | str, Any]
 
 
 def _submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
@@ -309,8 +308,10 @@ class _Stats:
                 pipe.hincrby(keys.stats(journey_id), name, amount)
 
 
-class JourneyEngine:
+class JourneyEngine(StreamConsumer):
     """One journey worker: a consumer of the ``journeys`` group and a processor of due runs."""
+
+    start_id = "$"
 
     def __init__(
         self,
@@ -332,16 +333,18 @@ class JourneyEngine:
         score: ScoreFunction | None = None,
         recent: StreamTail | None = None,
     ) -> None:
+        super().__init__(
+            runtime.redis,
+            group=group,
+            consumer=consumer,
+            stream=stream,
+            batch_size=batch_size,
+            claim_idle_ms=claim_idle_ms,
+        )
         self.runtime = runtime
-        self.redis: redis.Redis = runtime.redis
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.group = group
-        self.stream = stream
         self.keys = keys or JourneyKeys()
-        self.batch_size = batch_size
         self.due_batch_size = due_batch_size
         self.block_ms = block_ms
-        self.claim_idle_ms = claim_idle_ms
         self.due_lease_ms = due_lease_ms
         self.submit: Submitter = submit or _submit_send
         self.send_workers = send_workers
@@ -355,17 +358,9 @@ class JourneyEngine:
         self._version: Any = None
         self._loaded_at = 0.0
         self._claimed_at = 0.0
-        self._claim_cursor: bytes | str = "0-0"
         self._own_pending = True
 
     # -- set-up ---------------------------------------------------------------------------------
-
-    def ensure_group(self, start_id: str = "$") -> None:
-        try:
-            self.redis.xgroup_create(self.stream, self.group, id=start_id, mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def reload(self) -> JourneySet:
         version = self.redis.get(self.keys.version)
@@ -392,34 +387,27 @@ class JourneyEngine:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self, *, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
-        stop = stop or threading.Event()
+    def run(self, *, stop: threading.Event | None = None, idle_exit: float | None = None) -> int:
+        """Work until ``stop`` is set (or after ``idle_exit`` idle seconds). Database and Redis
+        outages leave the batch pending; it is retried with backoff."""
         self.ensure_group()
         self.reload()
-        idle_since = time.monotonic()
-        failures = 0
-        while not stop.is_set():
-            try:
-                handled = self.step()
-                failures = 0
-            except INFRASTRUCTURE_ERRORS as exc:
-                failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
-                log.warning("journey engine: %s; retrying in %.1f s", exc, delay)
-                self._own_pending = True
-                stop.wait(delay)
-                continue
-            if handled:
-                idle_since = time.monotonic()
-            elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
-                break
-        self.close()
+        try:
+            return self.consume(stop=stop, idle_exit=idle_exit, block_ms=self.block_ms)
+        finally:
+            self.close()
 
-    def step(self) -> int:
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        return INFRASTRUCTURE_ERRORS
+
+    def after_failure(self) -> None:
+        self._own_pending = True
+
+    def step(self, block_ms: int | None = None) -> int:
         """Reclaim, handle due runs, read one batch of events. Returns how much was done."""
         handled = 0
         if self._own_pending:
-            entries = self._read("0", block=None)
+            entries = self.read_own_pending()
             if entries:
                 self._check_version()
                 self.process(entries)
@@ -427,42 +415,20 @@ class JourneyEngine:
             else:
                 self._own_pending = False
         if time.monotonic() - self._claimed_at > self.claim_idle_ms / 4000:
-            handled += self._autoclaim()
+            self._claimed_at = time.monotonic()
+            entries = self.claim_stale()
+            if entries:
+                self.process(entries)
+                handled += len(entries)
         handled += self.process_due()
-        entries = self._read(">", block=None if handled else self.block_ms)
+        block = None if handled else (self.block_ms if block_ms is None else block_ms)
+        entries = self.read_new(block_ms=block)
         if entries:
             # After the read: a journey saved before these events were published is seen.
             self._check_version()
             self.process(entries)
             handled += len(entries)
         return handled
-
-    def _read(self, start: str, *, block: int | None) -> list[Entry]:
-        reply: Any = self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: start}, count=self.batch_size, block=block
-        )
-        if not reply:
-            return []
-        entries: list[Entry] = reply[0][1]
-        return entries
-
-    def _autoclaim(self) -> int:
-        self._claimed_at = time.monotonic()
-        reply: Any = self.redis.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=self.batch_size,
-        )
-        cursor, entries, *rest = reply
-        self._claim_cursor = cursor
-        if rest and rest[0]:
-            self.redis.xack(self.stream, self.group, *rest[0])
-        if entries:
-            self.process(entries)
-        return len(entries)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -498,8 +464,7 @@ class JourneyEngine:
             self._save(works, stats, report)
         pipe = self.redis.pipeline(transaction=True)
         stats.write(pipe, self.keys)
-        if entries:
-            pipe.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        self.ack(entries, pipe)
         pipe.execute()
         return report
 
