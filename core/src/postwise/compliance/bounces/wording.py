@@ -159,6 +159,15 @@ RULES: list[tuple[BounceReason, re.Pattern[str]]] = [
         ),
     ),
     (
+        # A DNS lookup that failed for now ("Host not found, try again" is Postfix's SERVFAIL):
+        # before the host-unknown words it contains, so a DNS glitch never suppresses.
+        _R.NETWORK_ERROR,
+        patterns(
+            r"not found, try again|name service error[^\n]{0,120}try again",
+            r"temporary (dns|lookup|name server) (failure|error)",
+        ),
+    ),
+    (
         _R.HOST_UNKNOWN,
         patterns(
             r"host unknown|unknown host|host not found|host or domain name not found",
