@@ -691,3 +691,55 @@ def test_a_worker_that_lost_the_race_writes_nothing_and_counts_a_conflict(
     [after] = runs(runtime, journey)
     assert (after.step, after.seq) == (moved.step, moved.seq) == ("bought?", 2)
     assert len(sent(runtime, contact)) == 1
+
+
+def test_send_time_optimisation_waits_for_the_contacts_most_engaged_hour(
+    runtime: Runtime,
+    make_contact: Callable[..., int],
+    make_journey: Callable[..., int],
+    publish: Callable[..., str],
+    make_engine: Engine,
+    clock: Clock,
+) -> None:
+    import uuid
+
+    from postwise.db.models import Event
+
+    journey = make_journey(
+        name="sto",
+        entry={"event": "signup"},
+        steps=[
+            {"id": "best", "type": "wait", "until_best_hour": {"fallback": "10:00"}, "next": "go"},
+            {"id": "go", "type": "send", "template": "welcome"},
+        ],
+    )
+    evening = make_contact(timezone="Europe/Paris")
+    unknown = make_contact(timezone="Europe/Paris")
+    with runtime.session() as session:
+        for days in (3, 5, 9, 12):  # opens at 19:xx in Paris (18:xx UTC in March)
+            session.add(
+                Event(
+                    event_id=uuid.uuid4().hex,
+                    type="open",
+                    occurred_at=clock.now.replace(hour=18, minute=20) - timedelta(days=days),
+                    contact_id=evening,
+                )
+            )
+        for days in (1, 2, 4, 6, 8):  # a privacy proxy fetching at 03:00: not a person
+            session.add(
+                Event(
+                    event_id=uuid.uuid4().hex,
+                    type="open",
+                    occurred_at=clock.now.replace(hour=2) - timedelta(days=days),
+                    contact_id=evening,
+                    automated=True,
+                    properties={"machine_open": True},
+                )
+            )
+    engine = make_engine()
+    publish("signup", evening, occurred_at=clock.now)
+    publish("signup", unknown, occurred_at=clock.now)
+    drain(engine)
+    due = {r.contact_id: r.due_at.replace(tzinfo=UTC) for r in runs(runtime, journey) if r.due_at}
+    assert due[evening] == datetime(2026, 3, 2, 18, 0, tzinfo=UTC)  # 19:00 in Paris, today
+    assert due[unknown] == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)  # the fallback, 10:00 Paris

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from postwise.triggers.conditions import ConditionType
 
 __all__ = [
+    "BestHour",
     "BranchStep",
     "CompiledJourney",
     "EntrySpec",
@@ -106,21 +107,47 @@ class EventMatch(_Model):
     conditions: Conditions = Field(default_factory=dict)
 
 
+class BestHour(_Model):
+    """Send-time optimisation: wait until the hour of day (the contact's clock) at which the
+    contact opened and clicked most in the last ``window_days`` (machine opens and scanner
+    clicks left out); with fewer than ``min_events`` of them, until ``fallback``."""
+
+    fallback: str = "10:00"
+    window_days: int = Field(default=90, ge=1, le=730)
+    min_events: int = Field(default=3, ge=1, le=100)
+
+    @field_validator("fallback")
+    @classmethod
+    def _check_fallback(cls, value: str) -> str:
+        if not _LOCAL_TIME_RE.match(value):
+            raise ValueError("must be HH:MM (00:00-23:59)")
+        return value
+
+
 class WaitStep(_StepBase):
-    """Wait a duration, until a local time of day (the contact's zone), or for an event."""
+    """Wait a duration, until a local time of day (the contact's zone), until the contact's
+    most engaged hour, or for an event."""
 
     type: Literal["wait"]
     duration: int | float | str | None = None
     until_local_time: str | None = Field(default=None, description="HH:MM in the contact's zone")
+    until_best_hour: BestHour | None = None
     for_event: EventMatch | None = None
     timeout: int | float | str | None = None
     timeout_next: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> WaitStep:
-        kinds = [self.duration is not None, self.until_local_time is not None, self.for_event]
+        kinds = [
+            self.duration is not None,
+            self.until_local_time is not None,
+            self.until_best_hour is not None,
+            self.for_event,
+        ]
         if sum(bool(k) for k in kinds) != 1:
-            raise ValueError("set exactly one of 'duration', 'until_local_time', 'for_event'")
+            raise ValueError(
+                "set exactly one of 'duration', 'until_local_time', 'until_best_hour', 'for_event'"
+            )
         if self.duration is not None:
             self.duration = _duration(self.duration)
             if not self.duration:

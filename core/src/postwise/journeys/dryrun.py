@@ -34,7 +34,7 @@ from postwise.journeys.definition import (
     compile_journey,
     parse_journey,
 )
-from postwise.journeys.engine import _next_local_time
+from postwise.journeys.engine import _next_local_time, best_hour
 from postwise.journeys.store import JourneyKeys, JourneyStore, read_journey_stats
 from postwise.triggers.builtin import contact_zone
 from postwise.triggers.conditions import TriggerEvent
@@ -182,6 +182,14 @@ def _walk(
             elif step.until_local_time is not None:
                 at = _next_local_time(at, step.until_local_time, contact)
                 entry["does"] = f"waits until {step.until_local_time} in {contact_zone(contact)}"
+                nxt = step.next
+            elif step.until_best_hour is not None:
+                best = best_hour(context, trigger_event, step.until_best_hour, now, contact)
+                at = _next_local_time(at, best, contact)
+                entry["does"] = (
+                    f"waits until {best} in {contact_zone(contact)} (the contact's most engaged "
+                    f"hour, or the fallback {step.until_best_hour.fallback})"
+                )
                 nxt = step.next
             else:
                 assert step.for_event is not None and isinstance(step.timeout, int)

@@ -37,7 +37,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,7 @@ from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
 from postwise.events import EVENT_STREAM, decode_event
 from postwise.journeys.definition import (
+    BestHour,
     BranchStep,
     CompiledJourney,
     ExitStep,
@@ -98,6 +100,7 @@ __all__ = [
     "JourneySet",
     "Run",
     "StepReport",
+    "best_hour",
     "load_journey_set",
     "run_event",
     "send_dedupe_key",
@@ -809,6 +812,9 @@ class JourneyEngine(StreamConsumer):
                     elif step.duration is not None:
                         assert isinstance(step.duration, int)
                         run.due_at = now + timedelta(seconds=step.duration)
+                    elif step.until_best_hour is not None:
+                        best = best_hour(context, event, step.until_best_hour, now, contact)
+                        run.due_at = _next_local_time(now, best, contact)
                     else:
                         assert step.until_local_time is not None
                         run.due_at = _next_local_time(now, step.until_local_time, contact)
@@ -1228,6 +1234,28 @@ def _next_local_time(now: datetime, hhmm: str, contact: Any) -> datetime:
             local.date() + timedelta(days=1), dtime(hour, minute), tzinfo=zone
         )
     return candidate.astimezone(UTC)
+
+
+def best_hour(
+    context: BatchContext,
+    event: TriggerEvent,
+    options: BestHour,
+    now: datetime,
+    contact: Mapping[str, Any],
+) -> str:
+    """The contact's most engaged hour (``"HH:00"``, their clock) from human opens and clicks
+    in the window, or the fallback when there are too few of them."""
+    since = now - timedelta(days=options.window_days)
+    zone = contact_zone(contact)
+    hours: Counter[int] = Counter()
+    for kind in ("open", "click"):
+        for past in context.history_events(event, kind, since, now):
+            if not past.automated:
+                hours[past.occurred_at.astimezone(zone).hour] += 1
+    if sum(hours.values()) < options.min_events:
+        return options.fallback
+    hour = min(hours, key=lambda h: (-hours[h], h))
+    return f"{hour:02d}:00"
 
 
 def _apply_to_mapping(contact: dict[str, Any], step: UpdateContactStep) -> None:
