@@ -251,6 +251,9 @@ def make_settings(tmp_path: Path, database_url: str, redis_url: str) -> MakeSett
             "database_url": database_url,
             "redis_url": redis_url,
             "secret_key": TEST_SECRET_KEY,
+            # Test values (an http base URL, example senders): long-running commands run on
+            # them as they would on a developer's machine.
+            "mode": "development",
         }
         values.update(overrides)
         return load_settings(environ={}, config_file=None, **values)
