@@ -743,3 +743,75 @@ def test_send_time_optimisation_waits_for_the_contacts_most_engaged_hour(
     due = {r.contact_id: r.due_at.replace(tzinfo=UTC) for r in runs(runtime, journey) if r.due_at}
     assert due[evening] == datetime(2026, 3, 2, 18, 0, tzinfo=UTC)  # 19:00 in Paris, today
     assert due[unknown] == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)  # the fallback, 10:00 Paris
+
+
+def test_a_birthday_journey_enters_each_contact_on_the_day_at_nine_their_time_once(
+    runtime: Runtime,
+    make_contact: Callable[..., int],
+    make_journey: Callable[..., int],
+    make_engine: Engine,
+    clock: Clock,
+) -> None:
+    journey = make_journey(
+        name="birthday",
+        entry={"date_attribute": {"attribute": "birthday", "yearly": True, "at": "09:00"}},
+        reentry="always",
+        steps=[{"id": "wish", "type": "send", "template": "welcome"}],
+    )
+    # 12:00 UTC on 2 March: 13:00 in Paris, 07:00 in New York, 21:00 in Tokyo.
+    paris = make_contact(timezone="Europe/Paris", attributes={"birthday": "1990-03-02"})
+    new_york = make_contact(timezone="America/New_York", attributes={"birthday": "1985-03-02"})
+    other_day = make_contact(timezone="Europe/Paris", attributes={"birthday": "1990-03-03"})
+    make_contact(timezone="Europe/Paris", attributes={"birthday": "not a date"})
+    engine = make_engine()
+    assert engine.process_scheduled() == 1
+    assert engine.process_scheduled() == 0  # swept again: nobody enters twice
+    clock.advance(hours=2, minutes=1)  # 09:01 in New York
+    assert engine.process_scheduled() == 1
+    assert {r.contact_id for r in runs(runtime, journey)} == {paris, new_york}
+    assert len(sent(runtime, paris)) == 1 and sent(runtime, other_day) == []
+    clock.advance(days=1)
+    assert engine.process_scheduled() == 1  # other_day's birthday, at 13:01 Paris time
+    assert {r.contact_id for r in runs(runtime, journey)} == {paris, new_york, other_day}
+
+
+def test_a_weekly_schedule_enters_the_contacts_who_pass_the_conditions_once_per_occurrence(
+    runtime: Runtime,
+    make_contact: Callable[..., int],
+    make_journey: Callable[..., int],
+    make_engine: Engine,
+    clock: Clock,
+) -> None:
+    journey = make_journey(
+        name="monday-digest",
+        entry={
+            "schedule": {"at": "11:00", "timezone": "Europe/London", "days_of_week": ["mon"]},
+            "conditions": [
+                {"type": "contact_attribute", "config": {"attribute": "digest", "value": True}}
+            ],
+        },
+        reentry="always",
+        steps=[{"id": "digest", "type": "send", "template": "welcome"}],
+    )
+    wants = [make_contact(attributes={"digest": True}) for _ in range(3)]
+    make_contact(attributes={"digest": False})
+    engine = make_engine()
+    assert engine.process_scheduled(chunk=2) == 3  # Monday 12:00 in London, after 11:00
+    assert engine.process_scheduled() == 0
+    assert sorted(r.contact_id for r in runs(runtime, journey)) == sorted(wants)
+    clock.advance(days=1)  # Tuesday: not a day of the schedule
+    assert engine.process_scheduled() == 0
+    clock.advance(days=6)  # the next Monday
+    assert engine.process_scheduled() == 3
+    assert len(runs(runtime, journey)) == 6
+
+
+def test_an_entry_needs_exactly_one_kind(runtime: Runtime, template_id: int) -> None:
+    with runtime.session() as session, pytest.raises(ValidationError, match="exactly one of"):
+        JourneyStore(session, runtime).create(
+            {
+                "name": "both",
+                "entry": {"event": "signup", "schedule": {"at": "09:00"}},
+                "steps": [{"id": "a", "type": "exit"}],
+            }
+        )

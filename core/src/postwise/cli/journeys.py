@@ -70,7 +70,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
         return
     for row in rows:
         state = "active" if row["active"] else "paused"
-        entry = row["definition"]["entry"]["event"]
+        spec = row["definition"]["entry"]
+        entry = spec.get("event") or ("date" if spec.get("date_attribute") else "schedule")
         click.echo(f"{row['id']}\t{row['name']}\tv{row['version']}\t{state}\ton {entry}")
 
 

@@ -54,12 +54,16 @@ if TYPE_CHECKING:
     from postwise.triggers.conditions import ConditionType
 
 __all__ = [
+    "DATE_ENTRY_EVENT",
+    "SCHEDULE_ENTRY_EVENT",
     "BestHour",
     "BranchStep",
     "CompiledJourney",
+    "DateEntry",
     "EntrySpec",
     "ExitStep",
     "JourneyDefinition",
+    "ScheduleEntry",
     "SendStep",
     "SplitStep",
     "Step",
@@ -258,11 +262,81 @@ Step = Annotated[
 ]
 
 
-class EntrySpec(_Model):
-    """What starts the journey: an event of a type (with conditions on it)."""
+class DateEntry(_Model):
+    """Enter on a date held in a contact attribute (``"1990-12-07"``, ISO), ``offset_days``
+    before (negative) or after it, at ``at`` on the contact's clock; ``yearly`` compares the
+    month and day only (birthdays, anniversaries; 29 February counts on 28 February in other
+    years)."""
 
-    event: str = Field(min_length=1, max_length=100)
+    attribute: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+    offset_days: int = Field(default=0, ge=-366, le=366)
+    at: str = "09:00"
+    yearly: bool = False
+
+    @field_validator("at")
+    @classmethod
+    def _check_at(cls, value: str) -> str:
+        if not _LOCAL_TIME_RE.match(value):
+            raise ValueError("must be HH:MM (00:00-23:59)")
+        return value
+
+
+class ScheduleEntry(_Model):
+    """Enter every active contact (who passes the entry conditions) at ``at`` in ``timezone``
+    on each of ``days_of_week`` (every day when omitted)."""
+
+    at: str = "09:00"
+    timezone: str = "UTC"
+    days_of_week: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = Field(
+        default=None, min_length=1
+    )
+
+    @field_validator("at")
+    @classmethod
+    def _check_at(cls, value: str) -> str:
+        if not _LOCAL_TIME_RE.match(value):
+            raise ValueError("must be HH:MM (00:00-23:59)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+
+#: The event type of the made-up entry events of date and schedule entries.
+DATE_ENTRY_EVENT = "journey.date"
+SCHEDULE_ENTRY_EVENT = "journey.schedule"
+
+
+class EntrySpec(_Model):
+    """What starts the journey: an event of a type, a date in a contact attribute, or a
+    recurring schedule; ``conditions`` are judged on the (made-up, for dates and schedules)
+    entry event and the contact."""
+
+    event: str | None = Field(default=None, min_length=1, max_length=100)
+    date_attribute: DateEntry | None = None
+    schedule: ScheduleEntry | None = None
     conditions: Conditions = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> EntrySpec:
+        if sum(x is not None for x in (self.event, self.date_attribute, self.schedule)) != 1:
+            raise ValueError("set exactly one of 'event', 'date_attribute', 'schedule'")
+        return self
+
+    @property
+    def event_type(self) -> str:
+        """The type of the entry events (made-up ones for dates and schedules)."""
+        if self.event is not None:
+            return self.event
+        return DATE_ENTRY_EVENT if self.date_attribute is not None else SCHEDULE_ENTRY_EVENT
 
 
 class GoalSpec(_Model):

@@ -101,7 +101,7 @@ def _walk(
     raw = dict(event or {})
     trigger_event = TriggerEvent(
         event_id=str(raw.get("event_id") or "dry-run"),
-        type=str(raw.get("type") or definition.entry.event),
+        type=str(raw.get("type") or definition.entry.event_type),
         contact_id=contact_id,
         occurred_at=now,
         properties=raw.get("properties") or {},
@@ -127,8 +127,8 @@ def _walk(
         raise NotFoundError(f"no contact with id {contact_id}")
     view = context.for_event(trigger_event)
     if check_entry:
-        if trigger_event.type != definition.entry.event:
-            result["entry"] = f"the journey starts on {definition.entry.event!r} events"
+        if trigger_event.type != definition.entry.event_type:
+            result["entry"] = f"the journey starts on {definition.entry.event_type!r} events"
             return result
         try:
             blocker = journey.entry_conditions.blocker(trigger_event, view)

@@ -38,10 +38,10 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,8 @@ from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
 from postwise.events import EVENT_STREAM, decode_event
 from postwise.journeys.definition import (
+    DATE_ENTRY_EVENT,
+    SCHEDULE_ENTRY_EVENT,
     BestHour,
     BranchStep,
     CompiledJourney,
@@ -222,6 +224,8 @@ class JourneySet:
     by_entry: dict[str, list[CompiledJourney]] = field(default_factory=dict)
     watched: set[str] = field(default_factory=set)
     errors: dict[tuple[int, int], str] = field(default_factory=dict)
+    #: Current, active journeys entered by a date attribute or a schedule (swept, not events).
+    swept: list[CompiledJourney] = field(default_factory=list)
 
     def get(self, journey_id: int, version: int) -> CompiledJourney | None:
         return self.versions.get((journey_id, version))
@@ -258,7 +262,10 @@ def load_journey_set(session: Session, registry: Any) -> JourneySet:
             if isinstance(step, WaitStep) and step.for_event is not None:
                 result.watched.add(step.for_event.type)
         if row.version == journey.version and journey.active:
-            result.by_entry.setdefault(definition.entry.event, []).append(compiled)
+            if definition.entry.event is not None:
+                result.by_entry.setdefault(definition.entry.event, []).append(compiled)
+            else:
+                result.swept.append(compiled)
     for entries in result.by_entry.values():
         entries.sort(key=lambda j: (-j.definition.priority, j.id))
     return result
@@ -362,6 +369,9 @@ class JourneyEngine(StreamConsumer):
         self._loaded_at = 0.0
         self._claimed_at = 0.0
         self._own_pending = True
+        #: How often date and schedule entries are looked for.
+        self.sweep_seconds = 60.0
+        self._swept_at = 0.0
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -424,6 +434,9 @@ class JourneyEngine(StreamConsumer):
                 self.process(entries)
                 handled += len(entries)
         handled += self.process_due()
+        if self.journeys.swept and time.monotonic() - self._swept_at > self.sweep_seconds:
+            self._swept_at = time.monotonic()
+            handled += self.process_scheduled()
         block = None if handled else (self.block_ms if block_ms is None else block_ms)
         entries = self.read_new(block_ms=block)
         if entries:
@@ -532,10 +545,14 @@ class JourneyEngine(StreamConsumer):
         return list(works.values()), contacts
 
     def _entry_history(
-        self, session: Session, events: list[TriggerEvent]
+        self,
+        session: Session,
+        events: list[TriggerEvent],
+        journey_ids: list[int] | None = None,
     ) -> dict[tuple[int, int], tuple[datetime | None, set[str]]]:
         """Per (journey, contact): when the contact last entered, and the entry keys used."""
-        journey_ids = sorted({j.id for e in events for j in self.journeys.by_entry[e.type]})
+        if journey_ids is None:
+            journey_ids = sorted({j.id for e in events for j in self.journeys.by_entry[e.type]})
         contact_ids = sorted({e.contact_id for e in events})
         rows = session.execute(
             sa.select(
@@ -666,6 +683,155 @@ class JourneyEngine(StreamConsumer):
             )
             stats.add(journey.id, "errors")
             return False
+
+    # -- date and schedule entries -------------------------------------------------------------
+
+    def process_scheduled(self, chunk: int = 2000) -> int:
+        """Enter the contacts whose date (``date_attribute``) or schedule has come. Returns how
+        many entered. Each entry's key names the contact and the local date, so sweeping again
+        (another worker, the next minute) enters no one twice."""
+        now = self.clock()
+        entered = 0
+        for journey in list(self.journeys.swept):
+            entry = journey.definition.entry
+            if entry.date_attribute is not None:
+                for events in self._date_candidates(journey, now, chunk):
+                    entered += self._enter_swept(journey, events, now)
+            elif entry.schedule is not None:
+                for events in self._schedule_candidates(journey, now, chunk):
+                    entered += self._enter_swept(journey, events, now)
+        return entered
+
+    def _date_candidates(
+        self, journey: CompiledJourney, now: datetime, chunk: int
+    ) -> Iterator[list[TriggerEvent]]:
+        spec = journey.definition.entry.date_attribute
+        assert spec is not None
+        # A contact's local date is UTC's, the day before or the day after.
+        targets = [
+            (now + timedelta(days=shift)).date() - timedelta(days=spec.offset_days)
+            for shift in (-1, 0, 1)
+        ]
+        value = Contact.attributes[spec.attribute].as_string()
+        patterns = (
+            [f"%-{t.month:02d}-{t.day:02d}%" for t in targets]
+            + ["%-02-29%" for t in targets if (t.month, t.day) == (2, 28)]
+            if spec.yearly
+            else [f"{t.isoformat()}%" for t in targets]
+        )
+        hour, minute = (int(x) for x in spec.at.split(":"))
+        after = 0
+        while True:
+            with self.runtime.session() as session:
+                rows = session.execute(
+                    sa.select(col(Contact.id), col(Contact.timezone), value)
+                    .where(
+                        col(Contact.id) > after,
+                        col(Contact.status) == "active",
+                        sa.or_(*[value.like(p) for p in patterns]),
+                    )
+                    .order_by(col(Contact.id))
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            events = []
+            for contact_id, zone_name, raw in rows:
+                local = now.astimezone(contact_zone({"timezone": zone_name}))
+                if (local.hour, local.minute) < (hour, minute):
+                    continue
+                target = local.date() - timedelta(days=spec.offset_days)
+                if not _date_matches(str(raw), target, yearly=spec.yearly):
+                    continue
+                events.append(
+                    TriggerEvent(
+                        event_id=f"date:{contact_id}:{local.date().isoformat()}",
+                        type=DATE_ENTRY_EVENT,
+                        contact_id=contact_id,
+                        occurred_at=now,
+                        properties={"attribute": spec.attribute, "date": str(raw)[:10]},
+                    )
+                )
+            if events:
+                yield events
+
+    def _schedule_candidates(
+        self, journey: CompiledJourney, now: datetime, chunk: int
+    ) -> Iterator[list[TriggerEvent]]:
+        spec = journey.definition.entry.schedule
+        assert spec is not None
+        local = now.astimezone(contact_zone({"timezone": spec.timezone}))
+        hour, minute = (int(x) for x in spec.at.split(":"))
+        day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[local.weekday()]
+        if (local.hour, local.minute) < (hour, minute):
+            return
+        if spec.days_of_week is not None and day not in spec.days_of_week:
+            return
+        done_key = f"{self.keys.namespace}:swept:{journey.id}:{journey.version}:{local.date()}"
+        if self.redis.exists(done_key):
+            return
+        after = 0
+        while True:
+            with self.runtime.session() as session:
+                ids = [
+                    row[0]
+                    for row in session.execute(
+                        sa.select(col(Contact.id))
+                        .where(col(Contact.id) > after, col(Contact.status) == "active")
+                        .order_by(col(Contact.id))
+                        .limit(chunk)
+                    )
+                ]
+            if not ids:
+                break
+            after = ids[-1]
+            yield [
+                TriggerEvent(
+                    event_id=f"schedule:{contact_id}:{local.date().isoformat()}",
+                    type=SCHEDULE_ENTRY_EVENT,
+                    contact_id=contact_id,
+                    occurred_at=now,
+                    properties={"date": local.date().isoformat()},
+                )
+                for contact_id in ids
+            ]
+        # Every contact was offered the occurrence: the next sweeps today skip the scan.
+        self.redis.set(done_key, "1", ex=3 * 86400)
+
+    def _enter_swept(
+        self, journey: CompiledJourney, events: list[TriggerEvent], now: datetime
+    ) -> int:
+        stats = _Stats()
+        report = StepReport()
+        works: list[_Work] = []
+        with self.runtime.session() as session:
+            context = BatchContext(session, events, now=now, score=self.score, recent=self.recent)
+            runs: dict[int, list[Run]] = {}
+            for run in _load_runs(
+                session,
+                col(JourneyRun.journey_id) == journey.id,
+                col(JourneyRun.contact_id).in_(sorted({e.contact_id for e in events})),
+                col(JourneyRun.status) == "active",
+            ):
+                runs.setdefault(run.contact_id, []).append(run)
+            history = self._entry_history(session, events, [journey.id])
+            for event in events:
+                if event.contact_id not in context.contacts:
+                    continue
+                work = self._enter(
+                    journey, event, context, history=history, runs=runs, stats=stats, now=now
+                )
+                if work is not None:
+                    works.append(work)
+                    runs.setdefault(event.contact_id, []).append(work.run)
+            contacts = context.contacts
+        self._advance_all(works, stats, report, contacts=contacts)
+        self._save(works, stats, report)
+        pipe = self.redis.pipeline(transaction=False)
+        stats.write(pipe, self.keys)
+        pipe.execute()
+        return len(works)
 
     # -- due runs -------------------------------------------------------------------------------
 
@@ -1256,6 +1422,23 @@ def best_hour(
         return options.fallback
     hour = min(hours, key=lambda h: (-hours[h], h))
     return f"{hour:02d}:00"
+
+
+def _date_matches(raw: str, target: date, *, yearly: bool) -> bool:
+    """Whether the ISO date at the start of ``raw`` is ``target`` (month and day if yearly)."""
+    try:
+        value = date.fromisoformat(raw[:10])
+    except ValueError:
+        return False
+    if not yearly:
+        return value == target
+    if (value.month, value.day) == (target.month, target.day):
+        return True
+    # Born on 29 February: celebrated on 28 February when the year has no 29th.
+    leap = target.year % 4 == 0 and (target.year % 100 != 0 or target.year % 400 == 0)
+    return (
+        (value.month, value.day) == (2, 29) and (target.month, target.day) == (2, 28) and not leap
+    )
 
 
 def _apply_to_mapping(contact: dict[str, Any], step: UpdateContactStep) -> None:
