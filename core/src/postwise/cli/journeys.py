@@ -201,6 +201,27 @@ def simulate(ctx: click.Context, ref: str, sample: int) -> None:
     emit_json(simulate_journey(get_runtime(ctx), ref, sample=sample))
 
 
+@journeys.command(name="import-triggers")
+@click.argument("refs", nargs=-1)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def import_triggers_(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
+    """Turn triggers (all active ones, or those named) into one-step journeys, pausing each."""
+    from postwise.journeys.migrate import import_triggers
+
+    runtime = get_runtime(ctx)
+    with runtime.session() as session:
+        outcomes = import_triggers(runtime, session, list(refs) or None)
+    if as_json:
+        emit_json({"triggers": outcomes})
+        return
+    for outcome in outcomes:
+        if "journey_id" in outcome:
+            click.echo(f"{outcome['trigger']}: now journey {outcome['journey_id']} (paused)")
+        else:
+            click.echo(f"{outcome['trigger']}: left as a trigger: {outcome['skipped']}")
+
+
 @journeys.command(name="rebuild-index")
 @click.pass_context
 def rebuild_index(ctx: click.Context) -> None:
