@@ -30,14 +30,26 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from postwise.delivery.provider import Outcome, OutgoingMessage, Provider, SendResult
+from postwise.delivery.provider import (
+    BounceKind,
+    Outcome,
+    OutgoingMessage,
+    Provider,
+    SendResult,
+)
+from postwise.errors import ConfigurationError
 from postwise.httputil import retry_after_seconds
+from postwise.options import AbsoluteUrl
 
 __all__ = [
+    "CONFIGURATION_STATUSES",
     "MAX_REASON",
     "HttpApiProvider",
+    "HttpProviderOptions",
     "Verdict",
+    "classify_status",
     "rate_limited",
     "retry_after_seconds",
 ]
@@ -98,6 +110,114 @@ def rate_limited(
         ),
         halt=True,
     )
+
+
+#: Statuses that mean our configuration is wrong (the key, its permissions, the sender,
+#: ``base_url``), not the message: the rest of the batch would fare no better.
+CONFIGURATION_STATUSES = {
+    401: "the API key was refused",
+    403: "the request was forbidden",
+    404: "no such endpoint",
+    405: "no such endpoint",
+}
+
+
+def classify_status(
+    message_id: str,
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    service: str,
+    detail: str,
+    provider_message_id: str | None = None,
+    reset_header: str | None = None,
+    recipient_refused: bool = False,
+) -> Verdict:
+    """What an ESP's HTTP status means, for APIs that answer each message with its status.
+
+    2xx ``accepted``; 429 ``deferred`` (:func:`rate_limited`); 401/403/404/405 ``transient``
+    and the batch halts; 5xx ``transient`` (waiting at least a ``Retry-After``); a 4xx about
+    the recipient's address only (``recipient_refused``) ``permanent`` with ``bounce_kind``
+    ``unknown``; any other 4xx ``failed``. ``detail`` is the ESP's error text for the reason.
+    """
+    if 200 <= status < 300:
+        return Verdict(
+            SendResult(
+                message_id,
+                Outcome.ACCEPTED,
+                http_status=status,
+                provider_message_id=provider_message_id,
+            )
+        )
+    if status == 429:
+        return rate_limited(message_id, status, headers, service=service, reset_header=reset_header)
+    if status in CONFIGURATION_STATUSES:
+        reason = (
+            f"{service} answered HTTP {status} ({CONFIGURATION_STATUSES[status]}): {detail}; "
+            "check the API key, its permissions, the verified sender and base_url"
+        )
+        result = SendResult(
+            message_id, Outcome.TRANSIENT, reason=reason[:MAX_REASON], http_status=status
+        )
+        return Verdict(result, halt=True)
+    if status >= 500:
+        wait = retry_after_seconds(headers, reset_header=reset_header)
+        reason = f"{service} server error (HTTP {status}): {detail}"[:MAX_REASON]
+        return Verdict(
+            SendResult(
+                message_id, Outcome.TRANSIENT, reason=reason, http_status=status, retry_after=wait
+            )
+        )
+    if recipient_refused:
+        reason = f"{service} refused the recipient's address (HTTP {status}): {detail}"
+        return Verdict(
+            SendResult(
+                message_id,
+                Outcome.PERMANENT,
+                reason=reason[:MAX_REASON],
+                http_status=status,
+                bounce_kind=BounceKind.UNKNOWN,
+            )
+        )
+    reason = f"{service} refused the request (HTTP {status}): {detail}"[:MAX_REASON]
+    return Verdict(SendResult(message_id, Outcome.FAILED, reason=reason, http_status=status))
+
+
+class HttpProviderOptions(BaseModel):
+    """The options every HTTP-API ESP plugin has; subclass it (redeclare ``base_url`` with the
+    vendor's default) and add the vendor's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_key: SecretStr = Field(default=SecretStr(""), description="The vendor's API key.")
+    base_url: AbsoluteUrl = Field(description="API base URL.")
+    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per request.")
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Requests in flight at once per send_batch call (and pooled connections).",
+    )
+    vendor_tracking: bool = Field(
+        default=False,
+        description="Leave the vendor's open/click tracking to the account settings instead of "
+        "switching it off per message (postwise tracks opens and clicks itself).",
+    )
+    webhook_max_age_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        le=7 * 86_400,
+        description="Oldest signed webhook accepted; event ids are remembered this long, so a "
+        "replayed request is either recognised or refused.",
+    )
+
+    def api_key_or_raise(self, setting: str) -> str:
+        """The API key; a ConfigurationError naming ``setting`` (the environment variable)
+        when it is not set."""
+        key = self.api_key.get_secret_value()
+        if not key:
+            raise ConfigurationError(f"the API key is not set: set {setting}")
+        return key
 
 
 class _Halt:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ __all__ = [
     "clean_message_id",
     "engagement_properties",
     "record_events",
+    "record_raw_events",
     "short_id",
 ]
 
@@ -217,6 +219,42 @@ def record_events(
     pipe.execute()
     summary.recorded += len(fresh)
     return summary
+
+
+def record_raw_events(
+    runtime: Runtime,
+    provider: str,
+    raw_events: Any,
+    map_event: Callable[[Any], MappedEvent | None],
+    *,
+    remember_seconds: int,
+    max_age: float | None = None,
+    future_tolerance: float = 300.0,
+) -> WebhookSummary:
+    """Map a verified request's events with ``map_event`` and record them (:func:`record_events`).
+
+    Events ``map_event`` cannot read count as ``invalid``; with ``max_age``, events that
+    happened longer ago count as ``expired`` and those more than ``future_tolerance`` seconds
+    ahead as ``invalid``, and neither is recorded. Raises ``ValueError`` unless ``raw_events``
+    is a list.
+    """
+    if not isinstance(raw_events, list):
+        raise ValueError("the events must be a JSON array")
+    summary = WebhookSummary(received=len(raw_events))
+    now = time.time()
+    mapped: list[MappedEvent] = []
+    for raw in raw_events:
+        event = map_event(raw)
+        age = now - event.occurred_at.timestamp() if event is not None else 0.0
+        if event is None or age < -future_tolerance:
+            summary.invalid += 1
+        elif max_age is not None and age > max_age:
+            summary.expired += 1
+        else:
+            mapped.append(event)
+    return record_events(
+        runtime, provider, mapped, remember_seconds=remember_seconds, summary=summary
+    )
 
 
 def _analytics_item(provider: str, event: MappedEvent) -> dict[str, Any]:

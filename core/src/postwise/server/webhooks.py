@@ -41,7 +41,11 @@ A subclass sets ``path`` and ``source`` and implements the two methods; the rout
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hashlib
+import json
 import logging
 import math
 import time
@@ -49,6 +53,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 from litestar import Controller, MediaType, Request, Response, post
 from litestar.concurrency import sync_to_thread
 from litestar.datastructures import State
@@ -65,6 +73,11 @@ __all__ = [
     "Verified",
     "WebhookRejected",
     "WebhookRequest",
+    "json_body",
+    "load_ec_public_key",
+    "required_headers",
+    "required_secret",
+    "verify_ecdsa_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,6 +225,64 @@ class SignedWebhookController(Controller):
     def _release(runtime: Runtime, claim: str | None) -> None:
         if claim is not None:
             runtime.redis.delete(claim)
+
+
+def required_headers(request: WebhookRequest, *names: str) -> list[str]:
+    """The values of the signature headers ``names``; 401 naming them when one is missing."""
+    values = [request.header(name) for name in names]
+    if not all(values):
+        raise WebhookRejected(401, f"unsigned request: {' and '.join(names)} required")
+    return values
+
+
+def required_secret(value: str, setting: str) -> str:
+    """The configured secret (key) of the webhook; 401 saying what to set when it is empty."""
+    if not value:
+        raise WebhookRejected(
+            401, f"signature verification is not configured: set {setting}; nothing is taken"
+        )
+    return value
+
+
+def json_body(request: WebhookRequest, *, array: bool = False) -> Any:
+    """The body parsed as JSON (with ``array``, a JSON array); 400 otherwise."""
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        raise WebhookRejected(400, "the body is not JSON") from None
+    if array and not isinstance(body, list):
+        raise WebhookRejected(400, "the body must be a JSON array of events")
+    return body
+
+
+@functools.lru_cache(maxsize=16)
+def load_ec_public_key(text: str, setting: str) -> ec.EllipticCurvePublicKey:
+    """An elliptic-curve public key from base64 DER (as vendors show it) or PEM; a
+    ConfigurationError naming ``setting`` when ``text`` is not one."""
+    cleaned = text.strip()
+    try:
+        if cleaned.startswith("-----BEGIN"):
+            key = load_pem_public_key(cleaned.encode())
+        else:
+            key = load_der_public_key(base64.b64decode("".join(cleaned.split()), validate=True))
+    except (ValueError, binascii.Error, UnsupportedAlgorithm) as exc:
+        raise ConfigurationError(
+            f"{setting} is not a public key: paste the verification key the vendor shows ({exc})"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigurationError(f"{setting} is not an elliptic-curve key")
+    return key
+
+
+def verify_ecdsa_sha256(key: ec.EllipticCurvePublicKey, message: bytes, signature: str) -> bool:
+    """Whether ``signature`` (base64 DER ECDSA) signs ``message`` with ``key`` and SHA-256."""
+    try:
+        key.verify(
+            base64.b64decode(signature.strip(), validate=True), message, ec.ECDSA(hashes.SHA256())
+        )
+    except (InvalidSignature, ValueError, binascii.Error):
+        return False
+    return True
 
 
 def _error(status: int, message: str) -> Response[Any]:

@@ -1,66 +1,41 @@
-"""SendGrid's Signed Event Webhook: ``POST /hooks/sendgrid/events``.
+"""SendGrid's Signed Event Webhook: ``POST /hooks/sendgrid/events``, on the kit's
+:class:`~postwise.server.webhooks.SignedWebhookController`.
 
-SendGrid posts a JSON array of events and signs each request with ECDSA (P-256, SHA-256) over
-the bytes of ``X-Twilio-Email-Event-Webhook-Timestamp`` followed by the raw body; the base64
-DER signature is in ``X-Twilio-Email-Event-Webhook-Signature``. The verification key is the
-public key SendGrid shows when signing is switched on (``webhook_public_key``).
-
-A request is refused with 401, and nothing recorded, when the headers are missing, the signature
-does not verify, no key is configured, the timestamp is older than ``webhook_max_age_seconds``
-or more than five minutes ahead, or the same signed request came before (the replay window and
-rejection path of :class:`postwise.server.webhooks.SignedWebhookController`). Event ids are
-remembered for that window too, so an event SendGrid sends again in a new request is recorded
-once.
-
-Events and what postwise does with them:
-
-=====================================  ============================================================
-``delivered``                          ``delivered`` event
-``open``                               ``open`` event; ``sg_machine_open`` or the user agent flag
-                                       machine opens
-``click``                              ``click`` event with the URL; scanner clicks flagged
-``bounce`` (``type`` bounce/blocked)   compliance: hard/soft from the SMTP reply, ``block`` for
-                                       blocked and reputation/content classifications
-``dropped``                            ``dropped`` event; a dropped bounced, invalid, spam-reported
-                                       or unsubscribed address is also handed to compliance
-``spamreport``                         compliance: complaint
-``unsubscribe``, ``group_unsubscribe``  unsubscribe and an ``unsubscribe`` event
-``processed``, ``deferred``, others    nothing (postwise records ``sent`` itself)
-=====================================  ============================================================
+SendGrid signs each request with ECDSA (P-256, SHA-256) over the bytes of
+``X-Twilio-Email-Event-Webhook-Timestamp`` followed by the raw body; the base64 DER signature
+is in ``X-Twilio-Email-Event-Webhook-Signature``, the verification key is ``webhook_public_key``.
+Unsigned, forged, stale (``webhook_max_age_seconds``) or replayed requests get 401 and nothing
+is recorded. What each event type does: docs/providers.md, "SendGrid's events".
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from postwise.delivery.provider_events import (
     Feedback,
     MappedEvent,
-    WebhookSummary,
     clean_message_id,
     engagement_properties,
-    record_events,
+    record_raw_events,
 )
-from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
 from postwise.server.webhooks import (
     SignedWebhookController,
     Verified,
     WebhookRejected,
     WebhookRequest,
+    json_body,
+    load_ec_public_key,
+    required_headers,
+    required_secret,
+    verify_ecdsa_sha256,
 )
 from postwise_sendgrid.convert import MESSAGE_ID_ARG
 from postwise_sendgrid.options import SendGridOptions, parse_options
@@ -77,8 +52,6 @@ __all__ = [
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 PROVIDER = "sendgrid"
-#: How far ahead of this server's clock a timestamp may be.
-FUTURE_TOLERANCE_SECONDS = 300
 
 _SMTP_CODE_RE = re.compile(r"^\s*([45]\d\d)\b")
 _BLOCK_CLASSIFICATIONS = frozenset({"reputation", "content", "frequency or volume"})
@@ -92,40 +65,16 @@ _DROPPED_FEEDBACK = {
 }
 
 
-@functools.lru_cache(maxsize=8)
 def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
-    """The verification key from SendGrid's base64 DER form (or PEM).
-
-    Raises ConfigurationError when ``text`` is not an elliptic-curve public key.
-    """
-    cleaned = text.strip()
-    try:
-        if cleaned.startswith("-----BEGIN"):
-            key = load_pem_public_key(cleaned.encode())
-        else:
-            key = load_der_public_key(base64.b64decode("".join(cleaned.split()), validate=True))
-    except (ValueError, binascii.Error, UnsupportedAlgorithm) as exc:
-        raise ConfigurationError(
-            "provider_options.sendgrid.webhook_public_key is not a public key: paste the "
-            f"verification key SendGrid shows for the signed Event Webhook ({exc})"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ConfigurationError(
-            "provider_options.sendgrid.webhook_public_key is not an elliptic-curve key"
-        )
-    return key
+    """The verification key from SendGrid's base64 DER form (or PEM)."""
+    return load_ec_public_key(text, "provider_options.sendgrid.webhook_public_key")
 
 
 def verify_signature(
     key: ec.EllipticCurvePublicKey, payload: bytes, signature: str, timestamp: str
 ) -> bool:
     """Whether ``signature`` (base64 DER ECDSA) signs ``timestamp`` + ``payload`` with ``key``."""
-    try:
-        decoded = base64.b64decode(signature.strip(), validate=True)
-        key.verify(decoded, timestamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError, binascii.Error):
-        return False
-    return True
+    return verify_ecdsa_sha256(key, timestamp.encode() + payload, signature)
 
 
 def _smtp_code(reason: str) -> int | None:
@@ -212,59 +161,29 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def handle_events(runtime: Any, options: SendGridOptions, payload: Any) -> WebhookSummary:
-    """Map and record a verified request's events."""
-    if not isinstance(payload, list):
-        raise WebhookRejected(400, "the body must be a JSON array of events")
-    summary = WebhookSummary(received=len(payload))
-    mapped = []
-    for raw in payload:
-        event = map_event(raw)
-        if event is None:
-            summary.invalid += 1
-        else:
-            mapped.append(event)
-    return record_events(
-        runtime, PROVIDER, mapped, remember_seconds=options.webhook_max_age_seconds, summary=summary
-    )
-
-
 class SendGridWebhookController(SignedWebhookController):
     """The Event Webhook endpoint; authenticates by SendGrid's signature, not an API key."""
 
     path = "/hooks/sendgrid"
     source = PROVIDER
-    future_tolerance_seconds = FUTURE_TOLERANCE_SECONDS
 
     def max_age(self, runtime: Runtime) -> float:
         return _options(runtime).webhook_max_age_seconds
 
     def verify(self, runtime: Runtime, request: WebhookRequest) -> Verified:
-        signature, timestamp = request.header(SIGNATURE_HEADER), request.header(TIMESTAMP_HEADER)
-        if not signature or not timestamp:
-            raise WebhookRejected(
-                401, f"unsigned request: {SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required"
-            )
-        options = _options(runtime)
-        if not options.webhook_public_key:
-            raise WebhookRejected(
-                401,
-                "signature verification is not configured: set provider_options.sendgrid."
-                "webhook_public_key to the signed Event Webhook's verification key",
-            )
-        key = load_public_key(options.webhook_public_key)
-        if not verify_signature(key, request.body, signature, timestamp):
+        signature, timestamp = required_headers(request, SIGNATURE_HEADER, TIMESTAMP_HEADER)
+        setting = "provider_options.sendgrid.webhook_public_key"
+        key = load_public_key(required_secret(_options(runtime).webhook_public_key, setting))
+        if not verify_signature(key, request.body, signature, timestamp) or not timestamp.isdigit():
             raise WebhookRejected(401, "the signature does not verify with the configured key")
-        if not timestamp.isdigit():
-            raise WebhookRejected(401, f"{TIMESTAMP_HEADER} is not a Unix time")
         return Verified(signature, signed_at=float(timestamp))
 
     def process(self, runtime: Runtime, request: WebhookRequest, verified: Verified) -> Any:
-        try:
-            payload = json.loads(request.body)
-        except ValueError:
-            raise WebhookRejected(400, "the body is not JSON") from None
-        return handle_events(runtime, _options(runtime), payload).to_dict()
+        remember = _options(runtime).webhook_max_age_seconds
+        events = json_body(request, array=True)
+        return record_raw_events(
+            runtime, PROVIDER, events, map_event, remember_seconds=remember
+        ).to_dict()
 
 
 def _options(runtime: Runtime) -> SendGridOptions:
