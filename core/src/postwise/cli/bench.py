@@ -21,6 +21,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "experiments": "postwise.devtools.bench.experiments:bench_experiments",
     "import": "postwise.devtools.bench.contacts:bench_import",
     "bounces": "postwise.devtools.bench.compliance:bench_bounces",
+    "recommend": "postwise.devtools.bench.recommend:bench_recommend",
 }
 
 

@@ -295,3 +295,31 @@ def evaluate(
 
 def _interval(bounds: tuple[float, float]) -> str:
     return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
+
+
+@recommend.command("prepare-dataset")
+@click.argument("name", type=click.Choice(["movielens", "supermarket"]))
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="movielens: the recbole 1.2.1 wheel or its directory; supermarket: Debian's weka "
+    ".deb or supermarket.arff.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write.")
+def prepare_dataset(*, name: str, source: Path, out: Path) -> None:
+    """Turn a public dataset you downloaded into files `evaluate --dataset` reads.
+
+    Nothing is downloaded: `pip download --no-deps recbole==1.2.1 -d DIR` (MovieLens 100k) or
+    `apt-get download weka` (supermarket baskets) first; see docs/recommendations.md.
+    """
+    from postwise.recommend.public_data import prepare
+
+    try:
+        written = prepare(name, source, out)
+    except ValidationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"wrote {name} to {written}; evaluate with: postwise recommend evaluate --dataset {written}"
+    )

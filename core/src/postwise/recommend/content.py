@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from postwise.errors import ConfigurationError
 from postwise.recommend.base import Item
-from postwise.recommend.matrix import InteractionMatrix
+from postwise.recommend.matrix import InteractionMatrix, gather_rows
 from postwise.recommend.scoring import ProfileRecommender
 from postwise.recommend.tuning import Validation, held_out_ranks, ndcg, validation_split
 
@@ -154,8 +154,26 @@ class ContentRecommender(ProfileRecommender):
         scores = np.asarray((profile @ self._postings).toarray(), dtype=np.float64)
         return np.where(scores > 0.0, scores, -np.inf)
 
+    def similarity_one(self, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """:meth:`similarity` of one profile given as columns and weights (the fast path)."""
+        n_catalogue = self._vectors.shape[0]
+        inside = columns < n_catalogue
+        features, values = gather_rows(self._vectors, columns[inside], weights[inside])
+        if len(features) == 0:
+            return np.full(n_catalogue, -np.inf)
+        profile_features, slot = np.unique(features, return_inverse=True)
+        sums = np.bincount(slot, weights=values)
+        profile = sums / (float(np.linalg.norm(sums)) or 1.0)
+        items, products = gather_rows(self._postings, profile_features, profile)
+        scores = np.bincount(items, weights=products, minlength=n_catalogue)
+        return np.where(scores > 0.0, scores, -np.inf)
+
     def score_profiles(self, profiles: sp.csr_matrix) -> np.ndarray:
         return _with_prior(self.similarity(profiles), self._popularity, self.prior_weight)
+
+    def score_one(self, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        similarity = self.similarity_one(columns, weights)
+        return _with_prior(similarity[None, :], self._popularity, self.prior_weight)[0]
 
 
 #: Popularity prior weights tried (cosine similarity is 0..1, the prior 0..1 times this).
@@ -176,19 +194,6 @@ def _with_prior(similarity: np.ndarray, popularity: np.ndarray, prior: float) ->
         return similarity
     # Items sharing nothing with the profile rank by the prior alone, after similar ones.
     return np.where(np.isfinite(similarity), similarity, 0.0) + prior * popularity[None, :]
-
-
-def _gather(
-    matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The column indices and weighted values of ``rows`` of ``matrix``, concatenated."""
-    starts = matrix.indptr[rows]
-    lengths = matrix.indptr[rows + 1] - starts
-    # Concatenated ranges start..start+length without a Python loop.
-    shifts = starts - np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    positions = np.repeat(shifts, lengths) + np.arange(int(lengths.sum()))
-    values = matrix.data[positions].astype(np.float64) * np.repeat(weights, lengths)
-    return matrix.indices[positions], values
 
 
 def _tfidf(documents: list[list[str]]) -> sp.csr_matrix:

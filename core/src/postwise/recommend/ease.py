@@ -5,13 +5,14 @@ the contact's other items, ``X ≈ X·B`` with a zero diagonal and an L2 penalty
 form is ``P = (XᵀX + λI)⁻¹``, ``B = -P / diag(P)``. A contact's scores are ``profile · B``. On
 MovieLens and other public data it matches or beats far more elaborate models, and it has one
 setting. Training costs one inversion of an items-by-items matrix, so it is limited to the
-``max_items`` most interacted items (default 4,000; about 10 s and 130 MB on this project's
-machine); items beyond them are left unscored, for the hybrid to rank by content and popularity.
+``max_items`` most interacted items (default 3,000: one inversion takes a few seconds and
+36 MB in single precision); items beyond them are left unscored, for the hybrid to rank by
+content and popularity.
 
 Settings are chosen on a validation split of the training data (:mod:`postwise.recommend.tuning`):
 
-* ``λ`` among 1, 3 and 10 times the mean number of contacts per item (catalogues up to 2,500
-  modelled items; above, 3 times, to spare the extra inversions), or the given ``l2``;
+* ``λ`` among 1, 3 and 10 times the mean number of contacts per item (up to 2,500 modelled
+  items; above, 3 times, to spare the extra inversions), or the given ``l2``;
 * the recency half-life of profiles (None, 3, 10 or 30 items), or the given ``half_life``.
 
 The stored model keeps each item's ``neighbours`` strongest weights (default 200), so a block is
@@ -28,7 +29,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from postwise.errors import ConfigurationError
-from postwise.recommend.matrix import InteractionMatrix
+from postwise.recommend.matrix import InteractionMatrix, gather_rows
 from postwise.recommend.scoring import ProfileRecommender
 from postwise.recommend.tuning import Validation, held_out_ranks, ndcg, validation_split
 
@@ -58,7 +59,7 @@ class EaseRecommender(ProfileRecommender):
         l2: float | None = None,
         half_life: float | Auto | None = "auto",
         neighbours: int = 200,
-        max_items: int = 4000,
+        max_items: int = 3000,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -131,6 +132,13 @@ class EaseRecommender(ProfileRecommender):
     def score_profiles(self, profiles: sp.csr_matrix) -> np.ndarray:
         return _score(profiles, self._weights, self._modelled)
 
+    def score_one(self, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        targets, products = gather_rows(self._weights, columns, weights)
+        scores = np.bincount(targets, weights=products, minlength=len(self._modelled))
+        scores = scores.astype(np.float64, copy=False)
+        scores[~self._modelled] = -np.inf
+        return scores
+
 
 def _score(profiles: sp.csr_matrix, weights: sp.csr_matrix, modelled: np.ndarray) -> np.ndarray:
     scores = np.asarray((profiles @ weights).toarray(), dtype=np.float64)
@@ -149,7 +157,7 @@ def _scope(matrix: InteractionMatrix, max_items: int) -> np.ndarray:
 
 
 def ease_weights(
-    matrix: InteractionMatrix, l2: float, *, neighbours: int = 200, max_items: int = 4000
+    matrix: InteractionMatrix, l2: float, *, neighbours: int = 200, max_items: int = 3000
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """The sparsified EASE weights (all columns by catalogue columns) and the modelled mask."""
     n_cols, n_catalogue = matrix.weights.shape[1], matrix.n_catalogue
@@ -158,7 +166,7 @@ def ease_weights(
     if len(scope) < 2:
         return sp.csr_matrix((n_cols, n_catalogue), dtype=np.float32), modelled
     x = matrix.profile_matrix(None)[:, scope]
-    dtype = np.float64 if len(scope) <= 3000 else np.float32
+    dtype = np.float64 if len(scope) <= 2000 else np.float32
     gram: np.ndarray = np.asarray((x.T @ x).toarray(), dtype=dtype)
     gram.flat[:: gram.shape[0] + 1] += l2
     # Cholesky inverse in place: half the work of a general inverse and no second copy.

@@ -72,7 +72,7 @@ class HybridRecommender(ProfileRecommender):
         #: What tuning chose and measured, for reports.
         self.tuned: dict[str, object] = {}
         self._popularity = np.zeros(0)
-        self._history = np.zeros(0, dtype=np.int32)
+        self._popularity_standardised = np.zeros(0)
 
     @property
     def backend(self) -> str:
@@ -118,7 +118,7 @@ class HybridRecommender(ProfileRecommender):
         self.content = ContentRecommender(prior=0.0, half_life=self.ease.half_life)
         self.content.fit_matrix(matrix)
         self._popularity = prior_scores(matrix)
-        self._history = np.diff(matrix.weights.indptr).astype(np.int32)
+        self._popularity_standardised = _standardise_one(self._popularity)
         self.tuned = {
             "ease": self.ease.tuned,
             "blend": {k: dict(zip(PARTS, v, strict=True)) for k, v in blend.items()},
@@ -131,11 +131,16 @@ class HybridRecommender(ProfileRecommender):
         lengths = np.diff(profiles.indptr)
         return self._blend(profiles, lengths)
 
-    def scores(self, contact_id: int) -> np.ndarray | None:
-        profile = self.profile(contact_id)
-        if profile is None or profile.nnz == 0:
-            return None
-        return self._blend(profile, np.array([profile.nnz]))[0]
+    def score_one(self, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        segment = "cold" if len(columns) <= COLD_MAX_ITEMS else "warm"
+        blend = self.blend[segment]
+        result = blend[0] * self._popularity_standardised
+        if blend[1] > 0:
+            result = result + blend[1] * _standardise_one(self.ease.score_one(columns, weights))
+        if blend[2] > 0:
+            similarity = self.content.similarity_one(columns, weights)
+            result = result + blend[2] * _standardise_one(similarity)
+        return np.asarray(result, dtype=np.float64)
 
     def _blend(self, profiles: sp.csr_matrix, lengths: np.ndarray) -> np.ndarray:
         parts = [
@@ -150,3 +155,8 @@ class HybridRecommender(ProfileRecommender):
             weight = np.where(cold, self.blend["cold"][index], self.blend["warm"][index])
             result += weight * part
         return result
+
+
+def _standardise_one(scores: np.ndarray) -> np.ndarray:
+    """:func:`~postwise.recommend.tuning.standardise` of one row."""
+    return standardise(scores[None, :])[0]

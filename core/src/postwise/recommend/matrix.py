@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from postwise.recommend.base import Interaction, Item
 
-__all__ = ["InteractionMatrix", "top_items"]
+__all__ = ["InteractionMatrix", "gather_rows", "top_items"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -265,3 +265,16 @@ def top_items(
                 if len(chosen) == n:
                     break
     return [matrix.items[column] for column in chosen]
+
+
+def gather_rows(
+    matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The column indices and weighted values of ``rows`` of ``matrix``, concatenated."""
+    starts = matrix.indptr[rows]
+    lengths = matrix.indptr[rows + 1] - starts
+    # Concatenated ranges start..start+length without a Python loop.
+    shifts = starts - np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    positions = np.repeat(shifts, lengths) + np.arange(int(lengths.sum()))
+    values = matrix.data[positions].astype(np.float64) * np.repeat(weights, lengths)
+    return matrix.indices[positions], values

@@ -53,20 +53,30 @@ class ProfileRecommender(Recommender):
         """What the recommender was fitted on (None before fitting)."""
         return self._matrix
 
-    def profile(self, contact_id: int) -> sp.csr_matrix | None:
-        """The contact's profile as a one-row matrix, or None without history."""
+    def profile(self, contact_id: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The contact's profile as columns and weights, or None without history."""
         matrix = self._matrix
         row = matrix.row(contact_id) if matrix is not None else None
         if row is None:
             return None
-        return self._profiles[row]
+        start, end = self._profiles.indptr[row], self._profiles.indptr[row + 1]
+        if start == end:
+            return None
+        return self._profiles.indices[start:end], self._profiles.data[start:end]
+
+    def score_one(self, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Scores of one profile (columns and weights); override with a faster path."""
+        profile = sp.csr_matrix(
+            (weights, columns, [0, len(columns)]), shape=(1, self._profiles.shape[1])
+        )
+        return np.asarray(self.score_profiles(profile)[0], dtype=np.float64)
 
     def scores(self, contact_id: int) -> np.ndarray | None:
         """Scores of every catalogue item for the contact, or None without history."""
         profile = self.profile(contact_id)
-        if profile is None or profile.nnz == 0:
+        if profile is None:
             return None
-        return np.asarray(self.score_profiles(profile)[0], dtype=np.float64)
+        return self.score_one(*profile)
 
     def recommend(self, contact_id: int, n: int, *, exclude: Iterable[str] = ()) -> list[Item]:
         matrix = self._matrix

@@ -41,7 +41,7 @@ COLD_MAX_ITEMS: Final = 3
 #: Ranks are judged at this cut-off while tuning (the size of a typical block and report).
 TUNING_K: Final = 10
 #: Validation contacts times catalogue items scored at once, bounding tuning memory.
-_MAX_CELLS: Final = 6_000_000
+_MAX_CELLS: Final = 3_000_000
 
 
 def segment_of(history_length: int) -> str:
@@ -159,7 +159,7 @@ def validation_split(
 
 def standardise(scores: np.ndarray) -> np.ndarray:
     """Each row to mean 0 and deviation 1 over its finite scores; unscored items below all."""
-    result = np.array(scores, dtype=np.float64, copy=True)
+    result = np.array(scores, dtype=np.float32, copy=True)
     finite = np.isfinite(result)
     counts = finite.sum(axis=1)
     safe = np.where(finite, result, 0.0)
@@ -168,7 +168,7 @@ def standardise(scores: np.ndarray) -> np.ndarray:
         np.where(finite, (safe - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(counts, 1)
     )
     deviation[deviation == 0.0] = 1.0
-    result = (safe - mean[:, None]) / deviation[:, None]
+    result = ((safe - mean[:, None]) / deviation[:, None]).astype(np.float32)
     floor = np.where(finite, result, np.inf).min(axis=1, initial=np.inf)
     floor = np.where(np.isfinite(floor), floor, 0.0) - 1.0
     return np.where(finite, result, floor[:, None])
@@ -179,7 +179,7 @@ def held_out_ranks(scores: np.ndarray, held: np.ndarray, blocked: sp.csr_matrix)
 
     Ties rank as :func:`postwise.recommend.matrix.top_items` breaks them (catalogue order).
     """
-    scores = np.array(scores, dtype=np.float64, copy=True)
+    scores = np.array(scores, dtype=np.float32, copy=True)
     n_cases, n_catalogue = scores.shape
     block = blocked[:, :n_catalogue].tocoo()
     scores[block.row, block.col] = -np.inf
