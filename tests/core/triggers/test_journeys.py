@@ -815,3 +815,37 @@ def test_an_entry_needs_exactly_one_kind(runtime: Runtime, template_id: int) -> 
                 "steps": [{"id": "a", "type": "exit"}],
             }
         )
+
+
+def test_under_the_frequency_cap_the_higher_priority_journey_sends_and_the_other_waits(
+    make_settings: Callable[..., Any],
+    make_contact: Callable[..., int],
+    publish: Callable[..., str],
+    make_engine: Engine,
+    clock: Clock,
+    template_id: int,
+) -> None:
+    runtime = Runtime(make_settings(frequency_cap="1/24h"))
+    try:
+        ids = {}
+        with runtime.session() as session:
+            store = JourneyStore(session, runtime)
+            for name, priority in (("low", 1), ("high", 9)):
+                ids[name] = store.create(
+                    {
+                        "name": name,
+                        "priority": priority,
+                        "entry": {"event": "signup"},
+                        "steps": [{"id": "hello", "type": "send", "template": "welcome"}],
+                    }
+                ).id
+        contact = make_contact()
+        engine = make_engine(runtime)
+        publish("signup", contact, occurred_at=clock.now)
+        drain(engine)
+        state = {name: runs(runtime, jid)[0] for name, jid in ids.items() if jid}
+        assert (state["high"].status, state["high"].exit_reason) == ("done", "completed")
+        assert (state["low"].status, state["low"].step) == ("active", "hello")
+        assert stats(runtime, ids["low"] or 0)["hello:deferred"] == 1
+    finally:
+        runtime.close()

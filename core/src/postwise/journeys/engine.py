@@ -368,6 +368,7 @@ class JourneyEngine(StreamConsumer):
         self._version: Any = None
         self._loaded_at = 0.0
         self._claimed_at = 0.0
+        self._due_at = 0.0
         self._own_pending = True
         #: How often date and schedule entries are looked for.
         self.sweep_seconds = 60.0
@@ -433,7 +434,11 @@ class JourneyEngine(StreamConsumer):
             if entries:
                 self.process(entries)
                 handled += len(entries)
-        handled += self.process_due()
+        # At most every 100 ms (of the engine's clock, which tests move by hand).
+        moment = self.clock().timestamp()
+        if abs(moment - self._due_at) >= 0.1:
+            self._due_at = moment
+            handled += self.process_due()
         if self.journeys.swept and time.monotonic() - self._swept_at > self.sweep_seconds:
             self._swept_at = time.monotonic()
             handled += self.process_scheduled()
@@ -875,6 +880,9 @@ class JourneyEngine(StreamConsumer):
 
     def _claim_due(self, now: datetime, limit: int) -> list[int]:
         now_ms = _ms(now)
+        # One cheap read first: most calls find nothing due, and need no WATCH.
+        if not self.redis.zrangebyscore(self.keys.due, "-inf", now_ms, start=0, num=1):
+            return []
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -1068,13 +1076,27 @@ class JourneyEngine(StreamConsumer):
     # -- side effects ---------------------------------------------------------------------------
 
     def _perform(self, works: list[_Work], now: datetime) -> None:
-        if self.send_workers <= 1 or len(works) == 1:
-            for work in works:
-                self._perform_one(work)
+        """Side effects: one contact's one after another, highest journey priority first (so
+        when the frequency cap has room for only some, the higher priority journey's send
+        goes and the others are deferred); different contacts' on ``send_workers`` threads."""
+        groups: dict[int, list[_Work]] = {}
+        for work in works:
+            groups.setdefault(work.run.contact_id, []).append(work)
+        ordered = [
+            sorted(group, key=lambda w: (-w.journey.definition.priority, w.journey.id))
+            for group in groups.values()
+        ]
+        if self.send_workers <= 1 or len(ordered) == 1:
+            for group in ordered:
+                self._perform_group(group)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.send_workers, thread_name_prefix="journey-send")
-        list(self._pool.map(self._perform_one, works))
+        list(self._pool.map(self._perform_group, ordered))
+
+    def _perform_group(self, group: list[_Work]) -> None:
+        for work in group:
+            self._perform_one(work)
 
     def _perform_one(self, work: _Work) -> None:
         step = work.journey.steps[work.run.step]
