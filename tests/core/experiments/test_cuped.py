@@ -8,6 +8,7 @@ kinds of contact by 1.1, so the covariate cannot move with the treatment.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -184,3 +185,39 @@ def test_the_report_states_the_variance_reduction_and_the_sample_saving() -> Non
     )
     line = analyze([a, b], mde=0.10).variant("B")
     assert line.variance_reduction == pytest.approx(0.25, abs=0.03)
+
+
+@pytest.mark.parametrize("kind", ["pre_engagement", "pre_period"])
+def test_the_experiment_report_adjusts_with_the_stored_covariate(runtime: Any, kind: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from experiment_seed import add_contacts, assigned, expose, new_experiment, record, split
+
+    from postwise.analytics.sinks import StoredEvent
+    from postwise.analytics.sql_sink import SqlSink
+    from postwise.experiments.service import experiment_report
+
+    experiment_id = new_experiment(runtime, target="trigger", covariate=kind, min_exposures=50)
+    contacts = add_contacts(runtime, 1200)
+    rng = np.random.default_rng(5)
+    active = {c for c in contacts if rng.random() < 0.25}  # engaged in the month before
+    sent = datetime.now(UTC) - timedelta(hours=1)
+    arms = assigned(runtime, experiment_id, contacts)
+    expose(runtime, experiment_id, arms, at=sent)
+    early = sent - timedelta(days=40)  # too early to count
+    SqlSink(runtime.engine).write_batch(
+        [StoredEvent(f"pre-{c}", "click", sent - timedelta(days=3), contact_id=c) for c in active]
+        + [StoredEvent(f"old-{c}", "click", early, contact_id=c) for c in contacts]
+    )
+    for variant, members in split(arms).items():
+        again = [c for c in members if c in active][::2]
+        again += [c for c in members if c not in active][::25]
+        record(runtime, experiment_id, again, variant, kind="click")
+    report = experiment_report(runtime, experiment_id)
+    analysis = report["analysis"]
+    assert analysis["adjustment"] is not None, analysis["warnings"]
+    assert analysis["adjustment"]["coverage"] == 1.0
+    assert analysis["adjustment"]["correlation"] > 0.4
+    assert analysis["variants"][1]["variance_reduction"] > 0.15
+    assert "CUPED" in analysis["guarantees"]
+    assert report["experiment"]["covariate"] == kind

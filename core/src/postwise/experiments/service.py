@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -54,7 +54,7 @@ from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.experiments.arms import HOLDOUT, normalised, stopped_arms, variant_for
 from postwise.experiments.bandit import BANDIT_COST
 from postwise.experiments.bandit_runs import DEFAULT_FLOOR, bandit_look, start_bandit
-from postwise.experiments.data import WEIGHT_SUM_TOLERANCE, VariantData
+from postwise.experiments.data import WEIGHT_SUM_TOLERANCE, Covariate, VariantData
 from postwise.experiments.guardrails import GUARDRAIL_METRICS, GuardrailResult, check_guardrails
 from postwise.experiments.holdout import holdout_look
 
@@ -88,6 +88,10 @@ METRICS = ("open", "click", "conversion")
 #: send and its outcomes keep arriving; a trigger's audience grows over time.
 INDEX_BY_TARGET = {"campaign": "outcomes", "trigger": "exposures"}
 MAX_VARIANTS = 20
+#: Pre-exposure covariates for CUPED, over the 30 days before a contact's first exposure: whether
+#: they had the experiment's metric, or how many opens and clicks they made.
+COVARIATES = ("pre_period", "pre_engagement")
+PRE_PERIOD = timedelta(days=30)
 _NAME_LIMIT = 200
 _VARIANT_NAME_LIMIT = 100  # message.variant and event.variant columns
 _FLAG_LIMIT = 200  # experiment.flagged column
@@ -111,6 +115,7 @@ _FIELDS = frozenset(
         "rollout_fraction",
         "allocation",
         "bandit_floor",
+        "covariate",
     }
 )
 _VARIANT_FIELDS = frozenset(
@@ -150,6 +155,8 @@ class ExperimentDefinition:
     #: "fixed" (the configured weights throughout) or "bandit" (Thompson sampling).
     allocation: str = "fixed"
     bandit_floor: float | None = None
+    #: The pre-exposure covariate CUPED adjusts with: "engagement_score", "pre_period" or None.
+    covariate: str | None = None
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -391,7 +398,14 @@ def validate_definition(
             )
     elif data.get("bandit_floor") is not None:
         raise ValidationError("bandit_floor needs allocation 'bandit'", field="bandit_floor")
+    covariate = data.get("covariate")
+    if covariate is not None and covariate not in COVARIATES:
+        raise ValidationError(
+            f"must be one of {', '.join(COVARIATES)} (or absent), got {covariate!r}",
+            field="covariate",
+        )
     return ExperimentDefinition(
+        covariate=covariate,
         allocation=allocation,
         bandit_floor=floor,
         name=name.strip(),
@@ -478,6 +492,7 @@ def create_experiment(session: Session, runtime: Runtime, data: Mapping[str, Any
             "mde": definition.mde,
             "allocation": definition.allocation,
             "bandit_floor": definition.bandit_floor,
+            "covariate": definition.covariate,
         },
         state=(
             {"bandit": start_bandit(variants, [float(v["weight"]) for v in variants])}
@@ -650,6 +665,8 @@ def experiment_dict(session: Session, experiment: Experiment) -> dict[str, Any]:
         "rollout": state.get("rollout"),
         "stopped_arms": state.get("stopped_arms") or {},
         "mde": options.get("mde"),
+        "covariate": options.get("covariate"),
+        "allocation": options.get("allocation", "fixed"),
         "campaign_ids": list(campaigns),
         "trigger_ids": list(triggers),
         "created_at": _iso(experiment.created_at),
@@ -745,14 +762,93 @@ def outcome_counts(
         # ``automated`` is set at ingestion from properties.machine_open / properties.scanner.
         converted.append(sa.not_(_EVENT.c.automated))
     conversions = _contacts_with(connection, experiment, until, *converted)
+    kind = (experiment.options or {}).get("covariate")
+    sums = _covariate_sums(connection, experiment, until, kind, converted) if kind else {}
     return [
         VariantData(
             str(v["name"]),
             exposures=exposures.get(v["name"], 0),
             conversions=conversions.get(v["name"], 0),
+            covariate=sums.get(v["name"], Covariate(0, 0.0, 0.0, 0.0, 0)) if kind else None,
         )
         for v in experiment.variants
     ]
+
+
+def _covariate_sums(
+    connection: Connection | Session,
+    experiment: Experiment,
+    until: datetime | None,
+    kind: str,
+    converted: list[Any],
+) -> dict[str, Covariate]:
+    """Per variant, the CUPED sums of the covariate over exposed contacts that have one.
+
+    ``pre_period``: 1 when the contact had the experiment's metric in the 30 days before its
+    first exposure, else 0. ``pre_engagement``: the contact's opens and clicks (machine opens
+    and scanner clicks left out) in those 30 days. Both are known for every contact and are
+    fixed before exposure. The stored ``engagement_score`` is not offered: the events the
+    experiment causes update it, so a score read at a look is not pre-exposure, and leaving
+    out the contacts it moved would leave out exactly the converters (a biased estimate).
+    """
+    first = (
+        sa.select(
+            _MESSAGE.c.contact_id.label("contact_id"),
+            _MESSAGE.c.variant.label("variant"),
+            sa.func.min(_MESSAGE.c.created_at).label("first_at"),
+        )
+        .where(*_exposed(experiment, until))
+        .group_by(_MESSAGE.c.contact_id, _MESSAGE.c.variant)
+        .subquery("first_exposure")
+    )
+    did = sa.exists().where(
+        *converted,
+        _EVENT.c.experiment_id == experiment.id,
+        _EVENT.c.contact_id == first.c.contact_id,
+        _EVENT.c.variant == first.c.variant,
+    )
+    converted_flag = sa.case((did, 1), else_=0)
+    window = [
+        _EVENT.c.contact_id == first.c.contact_id,
+        _EVENT.c.occurred_at < first.c.first_at,
+        _EVENT.c.occurred_at >= first.c.first_at - PRE_PERIOD,
+    ]
+    value: Any
+    if kind == "pre_period":
+        before = sa.exists().where(_EVENT.c.type == experiment.metric, *window)
+        value = sa.case((before, 1.0), else_=0.0)
+    else:
+        value = (
+            sa.select(sa.func.count())
+            .where(_EVENT.c.type.in_(("open", "click")), sa.not_(_EVENT.c.automated), *window)
+            .scalar_subquery()
+        )
+    valid: Any = sa.true()
+    source: Any = first
+    rows = (
+        sa.select(
+            first.c.variant.label("variant"),
+            sa.case((valid, 1), else_=0).label("has"),
+            sa.case((valid, value), else_=0.0).label("x"),
+            converted_flag.label("y"),
+        )
+        .select_from(source)
+        .subquery("per_contact")
+    )
+    query = sa.select(
+        rows.c.variant,
+        sa.func.sum(rows.c.has),
+        sa.func.sum(rows.c.x),
+        sa.func.sum(rows.c.x * rows.c.x),
+        sa.func.sum(rows.c.x * rows.c.y),
+        sa.func.sum(rows.c.has * rows.c.y),
+    ).group_by(rows.c.variant)
+    return {
+        str(variant): Covariate(
+            int(has or 0), float(x or 0.0), float(xx or 0.0), float(xy or 0.0), int(ys or 0)
+        )
+        for variant, has, x, xx, xy, ys in connection.execute(query)
+    }
 
 
 def guardrail_counts(
