@@ -69,6 +69,10 @@ class RateLimit(BaseModel):
         return f"{self.rate:g}/{self.per_seconds:g}s burst {self.burst}"
 
 
+ProcessKind = Literal["server", "worker", "collector", "triggers", "journeys", "compliance", "crm"]
+_REQUIRED_BY_DEFAULT: tuple[ProcessKind, ...] = ("worker", "collector", "triggers", "compliance")
+
+
 class Settings(BaseModel):
     """All of postwise's settings. Build it with :func:`load_settings`."""
 
@@ -122,10 +126,8 @@ class Settings(BaseModel):
     )
     unsubscribe_mailto: str = Field(default="", description="mailto address for List-Unsubscribe.")
 
-    required_processes: list[
-        Literal["server", "worker", "collector", "triggers", "journeys", "compliance", "crm"]
-    ] = Field(
-        default_factory=lambda: ["worker", "collector", "triggers", "compliance"],
+    required_processes: list[ProcessKind] = Field(
+        default_factory=lambda: list(_REQUIRED_BY_DEFAULT),
         description="Process kinds /health needs alive (each beats into Redis) to answer 200.",
     )
     health_max_lag_seconds: float = Field(

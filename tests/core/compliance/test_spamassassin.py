@@ -19,9 +19,9 @@ import dkim
 import pytest
 
 from postwise.content import TemplateCache, TemplateSource, TrackingConfig
-from postwise.devtools.demo import run_demo
 from postwise.delivery.dkim import DkimSigner, generate_key
 from postwise.delivery.message import Mailbox, build_message
+from postwise.devtools.demo import run_demo
 from postwise.settings import Settings
 
 pytestmark = pytest.mark.spamassassin

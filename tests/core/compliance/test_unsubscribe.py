@@ -25,9 +25,9 @@ from postwise.contacts.normalize import email_hash
 from postwise.db.models import AuditRecord, Contact, ContactStatus, Message, MessageStatus
 from postwise.delivery.dispatch import submit_send
 from postwise.delivery.requests import SendRequest
-from postwise.devtools.sink import SmtpSink
 from postwise.delivery.templates import create_template
 from postwise.delivery.worker import drain
+from postwise.devtools.sink import SmtpSink
 from postwise.runtime import Runtime
 from postwise.server.app import create_app
 from postwise.settings import Settings

@@ -4,8 +4,8 @@ import json
 
 from click.testing import CliRunner
 
-from postwise.devtools.bench.content import bench_render, benchmark_template, render_benchmark
 from postwise.content.templates import validate_template
+from postwise.devtools.bench.content import bench_render, benchmark_template, render_benchmark
 
 
 def test_the_benchmark_template_is_a_valid_typical_template() -> None:

@@ -12,8 +12,8 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from postwise.delivery.provider import Outcome, OutgoingMessage
-from postwise.devtools.sink import SmtpSink, _SinkSession
 from postwise.delivery.smtp import SmtpProvider
+from postwise.devtools.sink import SmtpSink, _SinkSession
 from postwise.errors import ConfigurationError
 
 

@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 
-
 _UNSUBSCRIBE_TTL = 10 * 365 * 86400
 _SEGMENT_TEST = re.compile(r"""["']([^"'\r\n]{1,200})["']\s+(?:not\s+)?in\s+segments\b""")
 

@@ -39,6 +39,8 @@ __all__ = [
 _NAME_LIMIT = 200
 #: Characters in one part of a template as written (Gmail clips messages beyond about 100 kB).
 _SOURCE_LIMIT = 500_000
+
+
 def check_template(
     settings: Settings,
     *,

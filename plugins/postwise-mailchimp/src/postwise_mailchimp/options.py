@@ -45,13 +45,11 @@ class MailchimpOptions(BaseModel):
         "rejections arrive only as 'reject' webhook events.",
     )
     ip_pool: str = Field(default="", max_length=100)
-    tags: list[Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[^_,][^,]*$")]] = (
-        Field(
-            default=[],
-            max_length=20,
-            description="Tags of every message (Mailchimp's stats), besides the message's "
-            "stream: at most 50 characters, no comma, not starting with an underscore.",
-        )
+    tags: list[Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[^_,][^,]*$")]] = Field(
+        default=[],
+        max_length=20,
+        description="Tags of every message (Mailchimp's stats), besides the message's "
+        "stream: at most 50 characters, no comma, not starting with an underscore.",
     )
     vendor_tracking: bool = Field(
         default=False,
