@@ -90,7 +90,20 @@ def _variants(
 @click.option("--campaign", "campaign_id", type=int, help="Attach to this draft campaign.")
 @click.option("--rollout-fraction", type=float, help="Share held back for the winner.")
 @click.option("--baseline", type=float, help="Expected control rate (tunes the test).")
-@click.option("--mde", type=float, help="Relative lift to detect (tunes the test).")
+@click.option(
+    "--mde", type=float, help="Relative lift to detect: the sequential mixture is tuned to it."
+)
+@click.option(
+    "--covariate",
+    type=click.Choice(["pre_period", "pre_engagement"]),
+    help="Pre-exposure covariate for CUPED (variance reduction).",
+)
+@click.option(
+    "--allocation",
+    type=click.Choice(["fixed", "bandit"]),
+    help="bandit: Thompson sampling moves traffic to the leader (needs more exposures).",
+)
+@click.option("--bandit-floor", type=float, help="Share no arm of a bandit falls below.")
 @click.option("--sequential-tuning", type=float, help="N* of the sequential test.")
 @click.option("--min-exposures", type=int)
 @click.option("--min-conversions", type=int)
@@ -167,6 +180,41 @@ def _lift(line: dict[str, Any]) -> str:
     )
 
 
+def _print_extras(report: dict[str, Any]) -> None:
+    for name, info in (report["experiment"].get("stopped_arms") or {}).items():
+        click.echo(f"stopped {name}: {info.get('reason')}")
+    holdout = report.get("holdout")
+    if holdout:
+        click.echo(
+            f"holdout ({holdout['holdout_share'] * 100:g}%): {holdout['reason']}; incremental "
+            f"conversions {holdout['incremental_conversions']:+,.0f}"
+        )
+
+
+def _print_bandit(report: dict[str, Any]) -> None:
+    analysis = report["analysis"]
+    for line in analysis["variants"]:
+        click.echo(f"  {line['name']:<12} {line['exposures']:>10,} {line['conversions']:>11,}")
+    for c in analysis["comparisons"]:
+        lift = c["absolute_lift"]
+        click.echo(
+            f"  {c['variant']}: lift {lift['estimate'] * 100:+.3f} points "
+            f"({lift['lower'] * 100:+.3f} to {lift['upper'] * 100:+.3f}), "
+            f"p (Holm) {c['p_value_holm']:.3g}"
+        )
+    click.echo(
+        f"decision: {report['decision']}"
+        + (f", winner {report['winner']}" if report["winner"] else "")
+    )
+    click.echo(f"  {report['reason']}")
+    if analysis.get("next_weights"):
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in analysis["next_weights"].items())
+        click.echo(f"next epoch's weights: {weights}")
+    click.echo(f"guarantees: {analysis['guarantees']}")
+    click.echo(f"cost: {analysis['cost']}")
+    _print_extras(report)
+
+
 def _print_report(report: dict[str, Any]) -> None:
     experiment, analysis = report["experiment"], report["analysis"]
     click.echo(
@@ -175,6 +223,9 @@ def _print_report(report: dict[str, Any]) -> None:
         f"alpha {experiment['alpha']:g}, look {experiment['looks']}"
         + ("" if report["recorded"] else " (not recorded: the experiment is closed)")
     )
+    if "cost" in analysis:
+        _print_bandit(report)
+        return
     click.echo(
         f"  {'variant':<12} {'exposures':>10} {'conversions':>11} {'rate':>8}  "
         f"{'lift (interval)':<38} {'p (Holm)':>9} {'P(beat)':>8}"
@@ -196,6 +247,14 @@ def _print_report(report: dict[str, Any]) -> None:
     click.echo(f"sample-ratio check: p = {analysis['srm_p_value']:.3g} ({srm})")
     for warning in analysis["warnings"]:
         click.echo(f"warning: {warning}")
+    click.echo(f"guarantees: {analysis.get('guarantees', '')}")
+    for line in analysis["variants"]:
+        if line.get("variance_reduction") is not None:
+            click.echo(
+                f"CUPED {line['name']}: variance {line['variance_reduction'] * -100:+.1f}%, "
+                f"the same power with {line['variance_reduction'] * 100:.1f}% fewer exposures"
+            )
+    _print_extras(report)
     rollout = experiment.get("rollout")
     if rollout:
         detail = f" ({rollout['detail']})" if rollout.get("detail") else ""
