@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from postwise.delivery.http import HttpProviderOptions
 from postwise.options import AbsoluteUrl
 from postwise.options import parse_options as validate_options
 
@@ -21,23 +22,11 @@ DEFAULT_BASE_URL = "https://mandrillapp.com/api/1.3"
 WEBHOOK_PATH = "/hooks/mailchimp/events"
 
 
-class MailchimpOptions(BaseModel):
-    """Everything the Mailchimp Transactional plugin can be told."""
+class MailchimpOptions(HttpProviderOptions):
+    """Everything the Mailchimp Transactional plugin can be told (docs/providers.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    api_key: SecretStr = Field(
-        default=SecretStr(""), description="A Mailchimp Transactional API key."
-    )
     base_url: AbsoluteUrl = Field(
         default=DEFAULT_BASE_URL, description="API base URL, with version."
-    )
-    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds per request.")
-    concurrency: int = Field(
-        default=8,
-        ge=1,
-        le=64,
-        description="Requests in flight at once per send_batch call (and pooled connections).",
     )
     async_send: bool = Field(
         default=False,
@@ -45,18 +34,13 @@ class MailchimpOptions(BaseModel):
         "rejections arrive only as 'reject' webhook events.",
     )
     ip_pool: str = Field(default="", max_length=100)
+    return_path_domain: str = Field(default="", max_length=255)
     tags: list[Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[^_,][^,]*$")]] = Field(
         default=[],
         max_length=20,
-        description="Tags of every message (Mailchimp's stats), besides the message's "
-        "stream: at most 50 characters, no comma, not starting with an underscore.",
+        description="Tags of every message, besides its stream: at most 50 characters, no "
+        "comma, not starting with an underscore.",
     )
-    vendor_tracking: bool = Field(
-        default=False,
-        description="Leave Mailchimp's open/click tracking to the account settings instead of "
-        "switching it off per message (postwise tracks opens and clicks itself).",
-    )
-    return_path_domain: str = Field(default="", max_length=255)
     webhook_key: SecretStr = Field(
         default=SecretStr(""),
         description="The webhook's authentication key (Settings > Webhooks). Events are "
@@ -66,13 +50,6 @@ class MailchimpOptions(BaseModel):
         default="",
         description="The webhook URL exactly as entered at Mailchimp (it is part of the "
         "signature); empty means base_url of the server + " + WEBHOOK_PATH,
-    )
-    webhook_max_age_seconds: int = Field(
-        default=86_400,
-        ge=60,
-        le=7 * 86_400,
-        description="Events older than this are refused; event ids are remembered this long, "
-        "so a replayed request is either recognised or refused.",
     )
 
     @field_validator("webhook_url")

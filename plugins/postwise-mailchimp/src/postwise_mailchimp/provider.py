@@ -10,40 +10,9 @@ webhook event carries back as ``msg.metadata`` is never lost; ``X-MC-Tags`` with
 tags and the message's stream; ``X-MC-Track: none``, so Mailchimp does not track opens and
 clicks that postwise tracks itself.
 
-Outcomes, per message. The API answers for the request, never with an SMTP reply, so results
-carry its status as ``http_status`` and no ``code``; a rejection says what it means for the
-address as ``bounce_kind``:
-
-================================  ===============================================================
-Mailchimp's answer                outcome
-================================  ===============================================================
-recipient ``sent``, ``queued``,   ``accepted``, keeping ``_id``
-``scheduled``
-``rejected``: ``hard-bounce``,    ``permanent``, ``bounce_kind`` ``hard`` (suppressed): Mailchimp
-``invalid``; status ``invalid``   holds the address as bounced or invalid
-``rejected``: ``soft-bounce``     ``permanent``, ``bounce_kind`` ``soft`` (counted)
-``rejected``: ``spam``            ``permanent``, ``bounce_kind`` ``complaint``: the recipient
-                                  reported earlier mail as spam
-``rejected``: ``unsub``,          ``failed``: not sent, but no bounce; an unsubscribe comes with
-``custom``, ``rule``,             the ``reject`` webhook event, the others are the account's own
-``invalid-sender``, or a reason   rules or sender
-not listed here
-``rejected``: ``unsigned``        ``transient``: the sending domain is not verified yet
-``rejected``: ``test-mode-limit`` ``transient``, and the rest of the batch is not attempted
-429                               ``deferred`` for ``Retry-After``; the rest of the batch waits
-``Invalid_Key``,                  ``transient``, and the rest of the batch is not attempted: the
-``PaymentRequired``,              configuration is wrong, not the message
-``Unknown_Subaccount``; 401, 403,
-404
-``ValidationError``; other 4xx    ``failed``: our request cannot succeed as it is
-``GeneralError``, other 5xx       ``transient`` (waiting at least a ``Retry-After``)
-no connection                     ``transient``, the rest of the batch is not attempted
-request sent, answer lost; a      ``unknown``: in doubt, never sent again automatically
-recipient status not listed here
-================================  ===============================================================
-
-Mailchimp sends every error object (``{"status": "error", "name", "message"}``) with HTTP 500
-whatever its cause, so errors are classified by ``name``.
+What each answer means (a rejection's ``reject_reason`` gives ``bounce_kind``; errors come
+with HTTP 500 whatever their cause, so they are classified by ``name``): docs/providers.md,
+"What Mailchimp's answers mean".
 
 The API key travels in the JSON body, as the API requires; bodies are never logged.
 """
@@ -65,7 +34,6 @@ from postwise.delivery.http import (
     retry_after_seconds,
 )
 from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage, SendResult
-from postwise.errors import ConfigurationError
 from postwise_mailchimp.options import MailchimpOptions
 
 __all__ = [
@@ -266,11 +234,7 @@ class MailchimpProvider(HttpApiProvider):
     service = SERVICE
 
     def __init__(self, options: MailchimpOptions) -> None:
-        if not options.api_key.get_secret_value():
-            raise ConfigurationError(
-                "provider_options.mailchimp.api_key is not set: create an API key in "
-                "Mailchimp Transactional and set POSTWISE_PROVIDER_OPTIONS__MAILCHIMP__API_KEY"
-            )
+        options.api_key_or_raise("POSTWISE_PROVIDER_OPTIONS__MAILCHIMP__API_KEY")
         super().__init__(
             base_url=options.base_url,
             timeout=options.timeout,

@@ -17,20 +17,7 @@ so an event Mailchimp sends again in another request is recorded once.
 Mailchimp's ``_id`` names the *message*, so an event's id here is ``_id``, the event type and
 ``ts`` (and the URL for clicks): two opens of one message are two events.
 
-Events and what postwise does with them:
-
-=====================  =====================================================================
-``send``, ``delivered``  ``delivered`` event (one per message, whichever comes)
-``open``               ``open`` event; machine opens flagged by user agent and address
-``click``              ``click`` event with the URL; scanner clicks flagged
-``hard_bounce``        compliance: hard bounce (suppressed)
-``soft_bounce``        compliance: soft bounce (counted; suppressed after the configured limit)
-``spam``               compliance: complaint
-``unsub``              unsubscribe and an ``unsubscribe`` event
-``reject``             ``dropped`` event; a reject for a hard bounce, spam complaint or
-                       unsubscribe Mailchimp holds is also handed to compliance
-``deferral``, others   nothing
-=====================  =====================================================================
+What each event type does: docs/providers.md, "The webhook".
 """
 
 from __future__ import annotations
@@ -40,7 +27,6 @@ import hashlib
 import hmac
 import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -52,10 +38,9 @@ from litestar import head
 from postwise.delivery.provider_events import (
     Feedback,
     MappedEvent,
-    WebhookSummary,
     clean_message_id,
     engagement_properties,
-    record_events,
+    record_raw_events,
 )
 from postwise.runtime import Runtime
 from postwise.server.webhooks import (
@@ -63,6 +48,8 @@ from postwise.server.webhooks import (
     Verified,
     WebhookRejected,
     WebhookRequest,
+    required_headers,
+    required_secret,
 )
 from postwise_mailchimp.options import WEBHOOK_PATH, MailchimpOptions, parse_options
 from postwise_mailchimp.provider import MESSAGE_ID_KEY
@@ -78,8 +65,6 @@ __all__ = [
 SIGNATURE_HEADER = "X-Mandrill-Signature"
 PROVIDER = "mailchimp"
 EVENTS_FIELD = "mandrill_events"
-#: How far ahead of this server's clock an event's time may be.
-FUTURE_TOLERANCE_SECONDS = 300
 
 _SMTP_CODE_RE = re.compile(r"(?:^|[;\s])([45]\d\d)[\s-]+([45]\.\d{1,3}\.\d{1,3})?")
 #: Mailchimp reject reasons that mean it holds the address on its rejection list.
@@ -207,45 +192,6 @@ def map_event(raw: Any) -> MappedEvent | None:
     return base
 
 
-def handle_events(
-    runtime: Any, options: MailchimpOptions, params: Mapping[str, str], *, now: float
-) -> WebhookSummary:
-    """Map and record a verified request's events."""
-    try:
-        payload = json.loads(params.get(EVENTS_FIELD, ""))
-    except ValueError:
-        raise WebhookRejected(400, f"the {EVENTS_FIELD} field is not JSON") from None
-    if not isinstance(payload, list):
-        raise WebhookRejected(400, f"{EVENTS_FIELD} must be a JSON array of events")
-    summary = WebhookSummary(received=len(payload))
-    mapped: list[MappedEvent] = []
-    for raw in payload:
-        event = map_event(raw)
-        if event is None:
-            summary.invalid += 1
-            continue
-        age = now - event.occurred_at.timestamp()
-        if age > options.webhook_max_age_seconds:
-            summary.expired += 1
-        elif age < -FUTURE_TOLERANCE_SECONDS:
-            summary.invalid += 1
-        else:
-            mapped.append(event)
-    if summary.expired and summary.expired == summary.received:
-        raise WebhookRejected(
-            401,
-            f"every event is older than {options.webhook_max_age_seconds} s; refused as a "
-            "possible replay",
-        )
-    return record_events(
-        runtime,
-        PROVIDER,
-        mapped,
-        remember_seconds=options.webhook_max_age_seconds,
-        summary=summary,
-    )
-
-
 class MailchimpWebhookController(SignedWebhookController):
     """The webhook endpoint; authenticates by Mailchimp's signature, not an API key."""
 
@@ -262,17 +208,10 @@ class MailchimpWebhookController(SignedWebhookController):
     def verify(self, runtime: Runtime, request: WebhookRequest) -> Verified:
         """The POST fields, if Mailchimp signed them (its scheme signs no time: events' own
         times are checked against the window when they are processed)."""
-        signature = request.header(SIGNATURE_HEADER)
-        if not signature:
-            raise WebhookRejected(401, f"unsigned request: {SIGNATURE_HEADER} is required")
+        [signature] = required_headers(request, SIGNATURE_HEADER)
         options = _options(runtime)
-        key = options.webhook_key.get_secret_value()
-        if not key:
-            raise WebhookRejected(
-                401,
-                "signature verification is not configured: set provider_options.mailchimp."
-                "webhook_key to the webhook's key",
-            )
+        setting = "provider_options.mailchimp.webhook_key"
+        key = required_secret(options.webhook_key.get_secret_value(), setting)
         try:
             params = dict(parse_qsl(request.body.decode("utf-8"), keep_blank_values=True))
         except UnicodeDecodeError:
@@ -287,7 +226,19 @@ class MailchimpWebhookController(SignedWebhookController):
         return Verified(signature, payload=params)
 
     def process(self, runtime: Runtime, request: WebhookRequest, verified: Verified) -> Any:
-        summary = handle_events(runtime, _options(runtime), verified.payload, now=time.time())
+        try:
+            events = json.loads(verified.payload.get(EVENTS_FIELD, ""))
+        except ValueError:
+            raise WebhookRejected(400, f"the {EVENTS_FIELD} field is not JSON") from None
+        if not isinstance(events, list):
+            raise WebhookRejected(400, f"{EVENTS_FIELD} must be a JSON array of events")
+        window = _options(runtime).webhook_max_age_seconds
+        summary = record_raw_events(
+            runtime, PROVIDER, events, map_event, remember_seconds=window, max_age=window
+        )
+        if summary.expired and summary.expired == summary.received:
+            # Nothing was recorded: every event was older than the window.
+            raise WebhookRejected(401, f"every event is older than {window} s; a possible replay")
         return summary.to_dict()
 
 
