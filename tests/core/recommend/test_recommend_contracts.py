@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from postwise.recommend.als import AlsRecommender, implicit_available
 from postwise.recommend.base import Recommender
 from postwise.recommend.collaborative import CollaborativeRecommender
 from postwise.recommend.content import ContentRecommender
+from postwise.recommend.ease import EaseRecommender
 from postwise.recommend.hybrid import HybridRecommender
 from postwise.recommend.popularity import PopularityRecommender
 from postwise.runtime import Runtime
@@ -36,9 +40,21 @@ class TestHybrid(RecommenderContract):
         return HybridRecommender()
 
 
-def test_the_plugin_registers_all_four_by_name(runtime: Runtime) -> None:
+class TestEase(RecommenderContract):
+    def make_recommender(self) -> Recommender:
+        return EaseRecommender()
+
+
+@pytest.mark.skipif(not implicit_available(), reason="needs the implicit library (postwise[ml])")
+class TestAls(RecommenderContract):
+    def make_recommender(self) -> Recommender:
+        return AlsRecommender(factors=8)
+
+
+def test_the_plugin_registers_all_six_by_name(runtime: Runtime) -> None:
     registry = runtime.plugins.registry("recommenders")
-    assert {"popularity", "collaborative", "content", "hybrid"} <= set(registry.names())
-    for name in ("collaborative", "content", "hybrid"):
+    expected = {"popularity", "collaborative", "content", "ease", "als", "hybrid"}
+    assert expected <= set(registry.names())
+    for name in ("collaborative", "content", "ease", "als", "hybrid"):
         recommender = runtime.component("recommenders", name)()
         assert isinstance(recommender, Recommender) and recommender.name == name

@@ -120,17 +120,20 @@ class AlsRecommender(ProfileRecommender):
         self, matrix: InteractionMatrix, factors: int, half_life: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
         from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
 
         confidence = matrix.profile_matrix(half_life)
         confidence.data *= self.alpha
-        model: Any = AlternatingLeastSquares(
-            factors=factors,
-            regularization=self.regularisation,
-            iterations=self.iterations,
-            num_threads=self.threads,
-            random_state=self.seed,
-        )
-        model.fit(sp.csr_matrix(confidence, dtype=np.float32), show_progress=False)
+        # implicit runs its own threads; BLAS threads inside them only contend (implicit warns).
+        with threadpool_limits(1, "blas"):
+            model: Any = AlternatingLeastSquares(
+                factors=factors,
+                regularization=self.regularisation,
+                iterations=self.iterations,
+                num_threads=self.threads,
+                random_state=self.seed,
+            )
+            model.fit(sp.csr_matrix(confidence, dtype=np.float32), show_progress=False)
         return (
             np.asarray(model.user_factors, dtype=np.float32),
             np.asarray(model.item_factors, dtype=np.float32),
