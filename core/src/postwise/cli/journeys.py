@@ -236,6 +236,12 @@ def rebuild_index(ctx: click.Context) -> None:
 @click.option("--batch-size", default=500, show_default=True)
 @click.option("--from-start", is_flag=True, help="A new group starts at the oldest event.")
 @click.option(
+    "--send-workers",
+    default=8,
+    show_default=True,
+    help="Threads submitting sends (one contact's in order); sends wait on database commits.",
+)
+@click.option(
     "--due-lease-ms",
     default=60_000,
     show_default=True,
@@ -254,6 +260,7 @@ def run(
     consumer: str | None,
     batch_size: int,
     from_start: bool,
+    send_workers: int,
     due_lease_ms: int,
     claim_idle_ms: int,
 ) -> None:
@@ -265,6 +272,7 @@ def run(
         runtime,
         consumer=consumer,
         batch_size=batch_size,
+        send_workers=send_workers,
         due_lease_ms=due_lease_ms,
         claim_idle_ms=claim_idle_ms,
     )
