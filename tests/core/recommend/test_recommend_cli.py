@@ -179,3 +179,22 @@ def test_bad_weights_and_unknown_recommenders_are_user_errors(runtime: Runtime) 
     result = _invoke(runtime, "train", "--recommender", "magic")
     assert isinstance(result.exception, UnknownComponentError)
     assert "collaborative" in str(result.exception)
+
+
+def test_train_on_an_empty_catalogue_or_without_events_says_what_blocks_will_show(
+    runtime: Runtime, recent_clusters: SyntheticData
+) -> None:
+    result = _invoke(runtime, "train", "--recommender", "ease")
+    assert result.exit_code == 0, result.output
+    assert "0 items" in result.output and "blocks will be empty" in result.output
+    store_items(runtime, recent_clusters.items)
+    result = _invoke(runtime, "train", "--recommender", "ease")
+    assert result.exit_code == 0, result.output
+    assert "no interactions" in result.output
+
+
+def test_prepare_dataset_says_what_is_missing(runtime: Runtime, tmp_path: Path) -> None:
+    result = _invoke(
+        runtime, "prepare-dataset", "movielens", "--from", str(tmp_path), "--out", str(tmp_path)
+    )
+    assert result.exit_code != 0 and "no recbole" in result.output

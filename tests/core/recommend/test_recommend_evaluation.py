@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from postwise.recommend.base import Interaction, Item
 from postwise.recommend.collaborative import CollaborativeRecommender
@@ -91,3 +92,25 @@ def test_collaborative_and_hybrid_beat_popularity_on_clustered_data() -> None:
     assert results["hybrid"].hit_rate > 2 * popularity
     assert results["content"].hit_rate > popularity
     assert results["hybrid"].coverage > 3 * results["popularity"].coverage
+
+
+def test_recommenders_never_see_the_held_out_items_they_are_judged_on() -> None:
+    from postwise.recommend.base import Recommender
+
+    data = clustered(contacts=200, seed=5)
+    split = leave_last_out(data.interactions, data.items, cold_share=0.3)
+    seen: list[tuple[int, str]] = []
+
+    class Spy(Recommender):
+        name = "spy"
+
+        def fit(self, interactions: Any, items: Any) -> None:
+            seen.extend((i.contact_id, i.item_id) for i in interactions)
+
+        def recommend(self, contact_id: int, n: int, *, exclude: Any = ()) -> list[Item]:
+            return []
+
+    evaluate({"spy": Spy}, split, data.items)
+    assert seen and not set(seen) & set(split.held_out.items())
+    cold = [c for c in split.held_out if split.segment(c) == "cold"]
+    assert cold and all(1 <= split.history[c] <= 3 for c in cold)

@@ -100,6 +100,20 @@ def train(
         f"{report.pairs} contact-item pairs in {report.seconds:.1f}s; "
         f"model {report.model.version}, {report.model.size / 1e6:.1f} MB"
     )
+    if report.items == 0:
+        click.echo(
+            "the catalogue has no active items: recommendation blocks will be empty until items "
+            "are sent to POST /v1/items and the model is trained again"
+        )
+    elif report.pairs == 0:
+        click.echo(
+            "no interactions (product events with properties.item_id) in the lookback window: "
+            "blocks show the catalogue in its own order until events arrive and the model is "
+            "trained again"
+        )
+    tuned = report.model.info.get("tuned")
+    if isinstance(tuned, dict) and tuned.get("validated") is False:
+        click.echo("too few contacts with two or more items to tune on: default settings used")
 
 
 @recommend.command()
