@@ -159,3 +159,26 @@ def test_tuning_to_the_effect_is_more_powerful_than_the_n_star_mixture_on_the_sa
 def test_bad_mde_is_refused_with_a_message(bad: object) -> None:
     with pytest.raises(StatsError, match="mde"):
         analyze([VariantData("A", 1000, 30), VariantData("B", 1000, 33)], mde=bad)  # type: ignore[arg-type]
+
+
+def test_every_report_says_which_guarantees_its_method_keeps() -> None:
+    from postwise.experiments.stats import builtin_tests
+
+    data = [VariantData("A", 20000, 600), VariantData("B", 20000, 660)]
+    assert "always-valid" in analyze(data).guarantees
+    assert "one planned look" in analyze(data, method="chi2").guarantees
+    assert "descriptive only" in analyze(data, method="bayesian").guarantees
+
+    class PluginTest:  # a plugin's test that says nothing about its guarantees
+        name = "plugin"
+        always_valid = False
+        decides = True
+
+        def compare(self, variants, options):  # type: ignore[no-untyped-def]
+            return builtin_tests()["chi2"].compare(variants, options)
+
+    tests = {**builtin_tests(), "plugin": PluginTest()}
+    worded = analyze(data, method="plugin", tests=tests).guarantees  # type: ignore[dict-item]
+    assert worded.startswith("fixed horizon")
+    PluginTest.guarantees = "exact for one look (Fisher)"  # type: ignore[attr-defined]
+    assert analyze(data, method="plugin", tests=tests).guarantees == "exact for one look (Fisher)"  # type: ignore[dict-item]
