@@ -124,3 +124,36 @@ def test_the_report_measures_incremental_conversions_against_the_holdout(
     assert again["experiment"]["status"] == "running" and again["experiment"]["looks"] == 2
     stopped = stop_experiment(runtime, experiment_id)
     assert stopped["holdout"]["incremental"] is True
+
+
+def test_a_recurring_campaign_holds_back_the_same_contacts_at_every_send(runtime: Runtime) -> None:
+    from sqlmodel import select
+
+    from postwise.delivery.campaigns import create_campaign
+    from postwise.delivery.dispatch import dispatch_campaign
+
+    template_id = add_template(runtime)
+    add_contacts(runtime, 300)
+    experiment_id = new_experiment(
+        runtime, name="newsletter-holdout", variants=PROGRAM, holdout=0.1, metric="conversion"
+    )
+    held: list[set[int]] = []
+    for week in range(2):
+        with runtime.session() as session:
+            campaign = create_campaign(
+                session,
+                name=f"newsletter week {week}",
+                template=template_id,
+                experiment_id=experiment_id,
+            )
+            campaign_id = campaign.id
+        assert campaign_id is not None
+        dispatch_campaign(runtime, campaign_id)
+        with runtime.session() as session:
+            rows = session.exec(select(Message).where(Message.campaign_id == campaign_id)).all()
+        assert len(rows) == 300
+        held.append({r.contact_id for r in rows if r.last_error == HOLDOUT})
+        assert all(r.variant in (None, "welcome") for r in rows)
+    assert held[0] == held[1] and 15 <= len(held[0]) <= 45
+    report = experiment_report(runtime, experiment_id)
+    assert report["holdout"]["analysis"]["variants"][0]["exposures"] == len(held[0])
