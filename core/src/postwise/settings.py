@@ -136,6 +136,10 @@ class Settings(BaseModel):
         description="/health answers 503 when a consumer group or a queue is further behind.",
     )
 
+    ui_session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="How long a web interface sign-in lasts."
+    )
+
     template_max_render_seconds: float = Field(
         default=2.0,
         gt=0,

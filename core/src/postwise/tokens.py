@@ -60,6 +60,7 @@ class Purpose(enum.StrEnum):
     OPEN = "open"
     UNSUBSCRIBE = "unsubscribe"
     CONFIRM_CONSENT = "confirm-consent"
+    UI_SESSION = "ui-session"
 
 
 class InvalidToken(PostwiseError):

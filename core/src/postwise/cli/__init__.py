@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "crm": "postwise.cli.crm:crm",
     "recommend": "postwise.cli.recommend:recommend",
     "run": "postwise.cli.run:run",
+    "users": "postwise.cli.users:users",
 }
 
 

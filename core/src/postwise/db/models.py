@@ -542,3 +542,22 @@ class JourneyRun(SQLModel, table=True):
     state: dict[str, Any] = _json({})
     entered_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class UiUser(SQLModel, table=True):
+    """A person who signs in to the web interface (API keys stay for machines).
+
+    The password is kept only as a scrypt hash (memory-hard). ``session_version`` grows when the
+    password or role changes, which signs every existing session of the user out.
+    """
+
+    __tablename__ = "ui_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    password_hash: str = Field(max_length=200)
+    role: str = Field(max_length=20)
+    session_version: int = Field(default=1)
+    disabled: bool = Field(default=False)
+    created_at: datetime = _ts()
+    last_login_at: datetime | None = _ts_nullable()

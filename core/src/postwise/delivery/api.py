@@ -14,9 +14,7 @@ from sqlmodel import Session, col, select
 from postwise.db.models import Contact, Message, Template
 from postwise.delivery.campaigns import (
     campaign_status,
-    check_sendable,
     create_campaign,
-    get_campaign,
     list_campaigns,
 )
 from postwise.delivery.requests import SendRequest, SubmitStatus
@@ -224,17 +222,9 @@ class CampaignsController(Controller):
         With the embedded Redis stand-in there are no separate workers, so the audience is
         dispatched within the request (its messages wait for ``postwise campaigns send``).
         """
-        from postwise.delivery.atomic import supports_lua
-        from postwise.delivery.dispatch import dispatch_campaign
-        from postwise.delivery.jobs import enqueue_dispatch
+        from postwise.delivery.start import start_campaign_send
 
-        with runtime.session() as session:
-            check_sendable(get_campaign(session, campaign_id))
-        if supports_lua(runtime.redis):
-            job_id = enqueue_dispatch(runtime, campaign_id)
-            return {"campaign_id": campaign_id, "dispatch_job": job_id, "status": "dispatching"}
-        report = dispatch_campaign(runtime, campaign_id)
-        return {"campaign_id": campaign_id, "status": "dispatched", **report.to_dict()}
+        return start_campaign_send(runtime, campaign_id)
 
 
 class SendsController(Controller):
