@@ -132,6 +132,8 @@ class FakeSendGrid(ScriptedHttpServer):
         self.unsubscribed: set[str] = set()
         #: (recipient, delivered) per accepted request, in order.
         self.outcomes: list[tuple[str, bool]] = []
+        #: Addresses SendGrid's validation refuses (answered 400 on the recipient's field).
+        self.invalid: set[str] = set()
 
     def precheck(self, request: Received) -> Answer | None:
         if request.path != MAIL_SEND:
@@ -145,6 +147,12 @@ class FakeSendGrid(ScriptedHttpServer):
         if not request.headers.get("content-type", "").startswith("application/json"):
             return 415, errors((None, "Content-Type should be application/json.")), {}
         problems = _validate(request.body)
+        body = request.body if isinstance(request.body, dict) else {}
+        for i, personalization in enumerate(body.get("personalizations") or []):
+            for j, rcpt in enumerate(personalization.get("to") or []):
+                if str(rcpt.get("email", "")).lower() in self.invalid:
+                    field = f"personalizations.{i}.to.{j}.email"
+                    problems.append((field, "Does not contain a valid address."))
         if problems:
             return 400, errors(*problems), {}
         body = request.body

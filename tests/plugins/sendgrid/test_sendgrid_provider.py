@@ -48,6 +48,9 @@ class TestSendGridProviderContract(HttpProviderContract):
     def error_body(self, status: int, message: str) -> Any:
         return errors((None, message))
 
+    def reject_recipient(self, address: str) -> None:
+        self.server.invalid.add(address.lower())  # type: ignore[attr-defined]
+
 
 def test_an_accepted_message_keeps_sendgrids_message_id(sendgrid_server: FakeSendGrid) -> None:
     sendgrid_server.reply(Reply(202, {"X-Message-Id": "sg-abc123"}))
