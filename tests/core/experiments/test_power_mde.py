@@ -182,3 +182,11 @@ def test_every_report_says_which_guarantees_its_method_keeps() -> None:
     assert worded.startswith("fixed horizon")
     PluginTest.guarantees = "exact for one look (Fisher)"  # type: ignore[attr-defined]
     assert analyze(data, method="plugin", tests=tests).guarantees == "exact for one look (Fisher)"  # type: ignore[dict-item]
+
+
+def test_the_planner_cap_for_the_tuned_test_is_what_the_simulation_finds() -> None:
+    design = plan(0.03, 0.10)  # 20 evenly spaced looks, 80% power
+    assert 1.4 < design.tuned_inflation < 1.6 < design.inflation
+    step = design.tuned_per_arm // 20
+    power, _ = found(*peek(404, 0.03, 0.10, step * 20, step), mde=0.10)
+    assert 0.77 <= power <= 0.83, power

@@ -373,6 +373,11 @@ def plan(
         f"sequential_tuning {design.sequential_tuning:,}"
     )
     click.echo(
+        f"  always-valid test tuned to this effect "
+        f"(--mde {design.treatment_rate / design.baseline - 1:.4g}), cap: "
+        f"{design.tuned_per_arm:,} per arm ({design.tuned_inflation:.2f}x fixed)"
+    )
+    click.echo(
         f"  a send read by outcomes: {design.outcome_sequential_per_arm:,} recipients per arm; "
         f"sequential_tuning {design.outcome_tuning:,} outcomes"
     )

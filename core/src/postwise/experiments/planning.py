@@ -33,9 +33,9 @@ from scipy import optimize, special
 
 from postwise.errors import StatsError
 from postwise.experiments.data import validate_alpha
-from postwise.experiments.sequential import boundary, rho_squared
+from postwise.experiments.sequential import boundary, mde_boundary, rho_squared
 
-__all__ = ["Plan", "plan", "sequential_inflation", "sequential_power"]
+__all__ = ["Plan", "plan", "sequential_inflation", "sequential_power", "tuned_inflation"]
 
 #: Grid points per look of the recursive integration (odd, for Simpson's rule).
 GRID = 301
@@ -67,6 +67,11 @@ class Plan:
     outcome_sequential_per_arm: int
     #: N* to pass as ``sequential_tuning`` with ``index="outcomes"``: expected outcomes.
     outcome_tuning: int
+    #: Exposures per arm at which to stop the test tuned to this plan's effect
+    #: (``analyze(..., mde=...)``, the experiment's ``mde``), for the same power.
+    tuned_per_arm: int = 0
+    #: tuned_per_arm / fixed_per_arm before rounding.
+    tuned_inflation: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -123,6 +128,26 @@ def sequential_inflation(alpha: float, comparison_alpha: float, power: float, lo
     return float((drift / target) ** 2)
 
 
+@lru_cache(maxsize=64)
+def tuned_inflation(comparison_alpha: float, power: float, looks: int) -> float:
+    """Cap over fixed-horizon n for the mixture tuned to the planned effect, same power.
+
+    The mixture is centred on the effect the plan is for, so in z units its boundary at
+    information fraction t depends on the drift mu itself: c(mu sqrt(t)). mu is solved so that
+    the recursive integration gives ``power`` (the mixture's centre is the true effect).
+    """
+    times = np.arange(1, looks + 1, dtype=np.float64) / looks
+    ones = np.ones(looks)
+
+    def gap(mu: float) -> float:
+        critical = mde_boundary(mu * np.sqrt(times), ones, comparison_alpha)
+        return sequential_power(mu, times, critical) - power
+
+    target = float(special.ndtri(1 - comparison_alpha / 2) + special.ndtri(power))
+    drift = optimize.brentq(gap, target, 4.0 * target, xtol=1e-7)
+    return float((drift / target) ** 2)
+
+
 def plan(
     baseline: float,
     mde: float,
@@ -169,6 +194,7 @@ def plan(
     inflation = sequential_inflation(alpha, comparison_alpha, power, looks)
     capped = math.ceil(fixed * inflation)
     by_outcomes = math.ceil(fixed * inflation * (baseline + treatment) / spread)
+    tuned = tuned_inflation(comparison_alpha, power, looks)
     return Plan(
         baseline=baseline,
         treatment_rate=treatment,
@@ -183,4 +209,6 @@ def plan(
         inflation=inflation,
         outcome_sequential_per_arm=by_outcomes,
         outcome_tuning=math.ceil(by_outcomes * (baseline + treatment)),
+        tuned_per_arm=math.ceil(fixed * tuned),
+        tuned_inflation=tuned,
     )
