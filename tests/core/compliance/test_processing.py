@@ -210,6 +210,33 @@ def test_a_sender_side_refusal_never_suppresses_the_recipient_and_alerts(
     assert counters(runtime.redis)[f"alert:{found.reason.value}"] == 1
 
 
+def test_an_esp_hard_bounce_for_a_sender_side_reason_does_not_suppress(runtime: Runtime) -> None:
+    cid = _contact(runtime, "kay@example.org")
+    outcome = record_provider_feedback(
+        runtime,
+        provider="sendgrid",
+        kind="hard",
+        recipient="kay@example.org",
+        smtp_code=550,
+        diagnostic="550 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using "
+        "zen.spamhaus.org",
+        event_id="ev-rbl",
+    )
+    assert outcome.kind == "block" and outcome.action == "reputation"
+    assert not _suppressed(runtime, "kay@example.org")
+    assert _status(runtime, cid) == ContactStatus.ACTIVE
+    # The same ESP's hard bounce for an unknown user still suppresses at once.
+    hard = record_provider_feedback(
+        runtime,
+        provider="sendgrid",
+        kind="hard",
+        recipient="kay@example.org",
+        diagnostic="550 5.1.1 The email account that you tried to reach does not exist",
+        event_id="ev-nouser",
+    )
+    assert hard.action == "suppressed"
+
+
 def test_an_undetermined_permanent_failure_suppresses_only_after_repeats(
     make_settings: Any,
 ) -> None:

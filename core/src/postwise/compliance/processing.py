@@ -34,6 +34,7 @@ from __future__ import annotations
 import email.policy
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,7 @@ from postwise.compliance.bounces import (
     Side,
     classify_message,
     classify_smtp_reply,
+    parse_status,
 )
 from postwise.compliance.suppression import (
     SuppressionReason,
@@ -542,6 +544,26 @@ def _provider_classification(
         raise ValidationError(
             f"{kind!r} is not a feedback kind; use one of {allowed}", field="kind"
         ) from None
+    words = " ".join(p for p in (status, diagnostic) if p)
+    quotes_server = smtp_code is not None or bool(
+        parse_status(words) or re.match(r"\s*[45]\d\d\b", diagnostic)
+    )
+    if parsed in {BounceKind.HARD, BounceKind.SOFT, BounceKind.BLOCK} and quotes_server:
+        # The remote server's words outrank the ESP's label: a "hard bounce" for an RBL listing
+        # or a DMARC failure is the sender's problem, and must not suppress the recipient. An
+        # ESP's own wording ("rejected by <ESP>: hard bounce") quotes no server and is its
+        # verdict, kept as given.
+        permanent = parsed is not BounceKind.SOFT
+        code = smtp_code if smtp_code and 400 <= smtp_code < 600 else (550 if permanent else 450)
+        found = classify_smtp_reply(code, words)
+        if found.reason is not BounceReason.UNDETERMINED:
+            return replace(
+                found,
+                recipient=recipient,
+                message_id=message_id,
+                diagnostic=diagnostic or found.diagnostic,
+                explanation=f"reported by the provider as {parsed.value}; {found.explanation}",
+            )
     return BounceClassification(
         parsed,
         _PROVIDER_KIND_REASONS[parsed],
