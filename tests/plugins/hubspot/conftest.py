@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +11,6 @@ from hubspot_helpers import BASE_URL, options
 
 import postwise.crm.plugin
 import postwise_hubspot.plugin
-from postwise.runtime import Runtime
 from postwise.settings import Settings
 
 
@@ -33,15 +32,7 @@ def settings(make_settings: Any, hubspot_server: FakeHubSpot) -> Settings:
 
 
 @pytest.fixture(autouse=True)
-def hubspot_plugins(runtime: Runtime) -> Iterator[None]:
+def hubspot_plugins(use_plugin: Callable[[object, str], None]) -> None:
     """The crm core plugin and the hubspot plugin, unless their entry points loaded them."""
-    added = []
-    for name, module in (("crm", postwise.crm.plugin), ("hubspot", postwise_hubspot.plugin)):
-        if runtime.plugins.pm.get_plugin(name) is None:
-            assert runtime.plugins.register(module, name)
-            added.append(name)
-    try:
-        yield
-    finally:
-        for name in added:
-            runtime.plugins.unregister(name)
+    use_plugin(postwise.crm.plugin, "crm")
+    use_plugin(postwise_hubspot.plugin, "hubspot")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +12,6 @@ from salesforce_helpers import options
 
 import postwise.crm.plugin
 import postwise_salesforce.plugin
-from postwise.runtime import Runtime
 from postwise.settings import Settings
 
 
@@ -37,18 +36,7 @@ def settings(make_settings: Any, salesforce_server: FakeSalesforce) -> Settings:
 
 
 @pytest.fixture(autouse=True)
-def salesforce_plugins(runtime: Runtime) -> Iterator[None]:
+def salesforce_plugins(use_plugin: Callable[[object, str], None]) -> None:
     """The crm core plugin and the salesforce plugin, unless their entry points loaded them."""
-    added = []
-    for name, module in (
-        ("crm", postwise.crm.plugin),
-        ("salesforce", postwise_salesforce.plugin),
-    ):
-        if runtime.plugins.pm.get_plugin(name) is None:
-            assert runtime.plugins.register(module, name)
-            added.append(name)
-    try:
-        yield
-    finally:
-        for name in added:
-            runtime.plugins.unregister(name)
+    use_plugin(postwise.crm.plugin, "crm")
+    use_plugin(postwise_salesforce.plugin, "salesforce")
