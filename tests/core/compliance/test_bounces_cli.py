@@ -54,7 +54,7 @@ def test_table_mode_shows_a_readable_row_per_file() -> None:
     )
     assert result.exit_code == 0, result.output
     header, *rows = result.output.splitlines()
-    assert header.split() == ["FILE", "KIND", "RECIPIENT", "STATUS", "DETAIL"]
+    assert header.split() == ["FILE", "KIND", "REASON", "RECIPIENT", "STATUS", "DETAIL"]
     assert "hard" in rows[0] and "wendy@example.com" in rows[0] and "5.1.1" in rows[0]
     assert "soft" in rows[1] and "nina@example.com" in rows[1]
 

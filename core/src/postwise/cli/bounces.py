@@ -18,7 +18,7 @@ from postwise.compliance.bounces import (
 
 __all__ = ["bounces"]
 
-_TABLE_COLUMNS = ("file", "kind", "recipient", "status", "detail")
+_TABLE_COLUMNS = ("file", "kind", "reason", "recipient", "status", "detail")
 
 
 class UnreadableFilesError(click.ClickException):
@@ -75,6 +75,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         {
             "file": row["file"],
             "kind": row["kind"],
+            "reason": row["reason"],
             "recipient": row["recipient"] or "-",
             "status": row["status"] or "-",
             "detail": row["diagnostic"] or row["explanation"],
