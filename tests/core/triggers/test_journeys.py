@@ -849,3 +849,61 @@ def test_under_the_frequency_cap_the_higher_priority_journey_sends_and_the_other
         assert stats(runtime, ids["low"] or 0)["hello:deferred"] == 1
     finally:
         runtime.close()
+
+
+def test_entering_and_leaving_a_segment_start_journeys(
+    runtime: Runtime,
+    make_contact: Callable[..., int],
+    make_journey: Callable[..., int],
+    make_engine: Engine,
+) -> None:
+    from postwise.db.models import Contact, Segment
+
+    with runtime.session() as session:
+        session.add(
+            Segment(
+                name="engaged",
+                kind="rules",
+                rules={"field": "engagement_score", "op": "gte", "value": 60},
+            )
+        )
+    joined = make_journey(
+        name="welcome-engaged",
+        entry={"segment": {"name": "engaged", "on": "enter"}},
+        reentry="always",
+        steps=[{"id": "hello", "type": "send", "template": "welcome"}],
+    )
+    left = make_journey(
+        name="win-back",
+        entry={"segment": {"name": "engaged", "on": "leave"}},
+        reentry="always",
+        steps=[{"id": "miss", "type": "send", "template": "welcome"}],
+    )
+    already = make_contact(engagement_score=80)
+    rising = make_contact(engagement_score=10)
+    engine = make_engine()
+    assert engine.process_scheduled() == 0  # the first sweep records who is in
+    with runtime.session() as session:
+        for contact_id, score in ((rising, 75.0), (already, 20.0)):
+            contact = session.get(Contact, contact_id)
+            assert contact is not None
+            contact.engagement_score = score
+            session.add(contact)
+    for key in runtime.redis.scan_iter(match="postwise:journeys:segment:*:lock"):
+        runtime.redis.delete(key)  # as if the sweep interval had passed
+    assert engine.process_scheduled() == 2
+    assert [r.contact_id for r in runs(runtime, joined)] == [rising]
+    assert [r.contact_id for r in runs(runtime, left)] == [already]
+    assert engine.process_scheduled() == 0  # within the interval: no second sweep
+
+
+def test_a_segment_entry_names_an_existing_segment(runtime: Runtime, template_id: int) -> None:
+    with runtime.session() as session, pytest.raises(ValidationError) as caught:
+        JourneyStore(session, runtime).create(
+            {
+                "name": "nope",
+                "entry": {"segment": {"name": "no-such"}},
+                "steps": [{"id": "a", "type": "exit"}],
+            }
+        )
+    assert caught.value.field == "entry.segment.name"

@@ -71,7 +71,9 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         state = "active" if row["active"] else "paused"
         spec = row["definition"]["entry"]
-        entry = spec.get("event") or ("date" if spec.get("date_attribute") else "schedule")
+        entry = spec.get("event") or next(
+            k for k in ("date_attribute", "schedule", "segment") if spec.get(k)
+        )
         click.echo(f"{row['id']}\t{row['name']}\tv{row['version']}\t{state}\ton {entry}")
 
 

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import Session, col, select
 
-from postwise.db.models import Template
+from postwise.db.models import Segment, Template
 from postwise.errors import ValidationError
 from postwise.triggers.conditions import describe_error
 from postwise.triggers.definitions import AllOf, compile_conditions, parse_duration
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DATE_ENTRY_EVENT",
     "SCHEDULE_ENTRY_EVENT",
+    "SEGMENT_ENTRY_EVENT",
     "BestHour",
     "BranchStep",
     "CompiledJourney",
@@ -64,6 +65,7 @@ __all__ = [
     "ExitStep",
     "JourneyDefinition",
     "ScheduleEntry",
+    "SegmentEntry",
     "SendStep",
     "SplitStep",
     "Step",
@@ -310,9 +312,27 @@ class ScheduleEntry(_Model):
         return value
 
 
-#: The event type of the made-up entry events of date and schedule entries.
+class SegmentEntry(_Model):
+    """Enter when a contact joins (``on: enter``) or leaves (``on: leave``) a segment, as seen
+    by a sweep every ``every`` (default 5 minutes)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    on: Literal["enter", "leave"] = "enter"
+    every: int | float | str = 300
+
+    @field_validator("every")
+    @classmethod
+    def _check_every(cls, value: int | float | str) -> int:
+        seconds = parse_duration(value)
+        if seconds < 60:
+            raise ValueError("must be at least 60 seconds")
+        return seconds
+
+
+#: The event type of the made-up entry events of date, schedule and segment entries.
 DATE_ENTRY_EVENT = "journey.date"
 SCHEDULE_ENTRY_EVENT = "journey.schedule"
+SEGMENT_ENTRY_EVENT = "journey.segment"
 
 
 class EntrySpec(_Model):
@@ -323,20 +343,24 @@ class EntrySpec(_Model):
     event: str | None = Field(default=None, min_length=1, max_length=100)
     date_attribute: DateEntry | None = None
     schedule: ScheduleEntry | None = None
+    segment: SegmentEntry | None = None
     conditions: Conditions = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> EntrySpec:
-        if sum(x is not None for x in (self.event, self.date_attribute, self.schedule)) != 1:
-            raise ValueError("set exactly one of 'event', 'date_attribute', 'schedule'")
+        kinds = (self.event, self.date_attribute, self.schedule, self.segment)
+        if sum(x is not None for x in kinds) != 1:
+            raise ValueError("set exactly one of 'event', 'date_attribute', 'schedule', 'segment'")
         return self
 
     @property
     def event_type(self) -> str:
-        """The type of the entry events (made-up ones for dates and schedules)."""
+        """The type of the entry events (made-up ones for dates, schedules and segments)."""
         if self.event is not None:
             return self.event
-        return DATE_ENTRY_EVENT if self.date_attribute is not None else SCHEDULE_ENTRY_EVENT
+        if self.date_attribute is not None:
+            return DATE_ENTRY_EVENT
+        return SEGMENT_ENTRY_EVENT if self.segment is not None else SCHEDULE_ENTRY_EVENT
 
 
 class GoalSpec(_Model):
@@ -523,6 +547,13 @@ def compile_journey(
 ) -> CompiledJourney:
     """Check and compile a definition. With ``session``, templates and segments must exist."""
     _check_graph(definition)
+    if definition.entry.segment is not None and session is not None:
+        name = definition.entry.segment.name
+        if session.exec(select(Segment.id).where(Segment.name == name)).first() is None:
+            raise ValidationError(
+                f"no segment is called {name!r}; create it first (postwise segments create)",
+                field="entry.segment.name",
+            )
     entry = compile_conditions(
         definition.entry.conditions, registry, field="entry.conditions", session=session
     )

@@ -51,6 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
+from postwise.contacts.segments import get_segment, segment_condition
 from postwise.db.models import (
     Contact,
     ContactTag,
@@ -67,6 +68,7 @@ from postwise.events import EVENT_STREAM, decode_event
 from postwise.journeys.definition import (
     DATE_ENTRY_EVENT,
     SCHEDULE_ENTRY_EVENT,
+    SEGMENT_ENTRY_EVENT,
     BestHour,
     BranchStep,
     CompiledJourney,
@@ -705,7 +707,72 @@ class JourneyEngine(StreamConsumer):
             elif entry.schedule is not None:
                 for events in self._schedule_candidates(journey, now, chunk):
                     entered += self._enter_swept(journey, events, now)
+            elif entry.segment is not None:
+                for events in self._segment_changes(journey, now, chunk):
+                    entered += self._enter_swept(journey, events, now)
         return entered
+
+    def _segment_changes(
+        self, journey: CompiledJourney, now: datetime, chunk: int
+    ) -> Iterator[list[TriggerEvent]]:
+        """The contacts who joined (or left) the segment since the last sweep.
+
+        One worker sweeps each journey per ``every`` (a Redis lock). The members seen by the
+        last sweep are kept in a Redis set; the first sweep only records them (joining means
+        joining after the journey started)."""
+        spec = journey.definition.entry.segment
+        assert spec is not None
+        every = int(spec.every)
+        base = f"{self.keys.namespace}:segment:{journey.id}"
+        if not self.redis.set(f"{base}:lock", self.consumer, nx=True, ex=every):
+            return
+        current: set[int] = set()
+        after = 0
+        while True:
+            with self.runtime.session() as session:
+                segment = get_segment(session, spec.name)
+                ids = [
+                    row[0]
+                    for row in session.execute(
+                        sa.select(col(Contact.id))
+                        .where(col(Contact.id) > after, segment_condition(session, segment))
+                        .order_by(col(Contact.id))
+                        .limit(chunk)
+                    )
+                ]
+            if not ids:
+                break
+            current.update(ids)
+            after = ids[-1]
+        members = f"{base}:members"
+        known = self.redis.exists(f"{base}:swept")
+        before = {int(m) for m in self.redis.sscan_iter(members, count=10_000)}
+        changed = sorted(current - before if spec.on == "enter" else before - current)
+        # The new snapshot replaces the old one at once (written aside, then renamed).
+        staging = f"{base}:staging"
+        self.redis.delete(staging)
+        listed = sorted(current)
+        for start in range(0, len(listed), 10_000):
+            self.redis.sadd(staging, *listed[start : start + 10_000])
+        if listed:
+            self.redis.rename(staging, members)
+        else:
+            self.redis.delete(members)
+        self.redis.set(f"{base}:swept", int(now.timestamp()))
+        if not known:
+            return
+        stamp = int(now.timestamp())
+        for start in range(0, len(changed), chunk):
+            yield [
+                TriggerEvent(
+                    event_id=f"segment:{spec.on}:{contact_id}:{stamp}",
+                    type=SEGMENT_ENTRY_EVENT,
+                    contact_id=contact_id,
+                    occurred_at=now,
+                    properties={"segment": spec.name, "change": spec.on},
+                )
+                for contact_id in changed[start : start + chunk]
+            ]
 
     def _date_candidates(
         self, journey: CompiledJourney, now: datetime, chunk: int
