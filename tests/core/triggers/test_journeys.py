@@ -907,3 +907,62 @@ def test_a_segment_entry_names_an_existing_segment(runtime: Runtime, template_id
             }
         )
     assert caught.value.field == "entry.segment.name"
+
+
+def test_a_send_through_an_experiment_uses_the_gate_and_holdouts_go_on_without_it(
+    runtime: Runtime,
+    template_id: int,
+    make_contact: Callable[..., int],
+    make_journey: Callable[..., int],
+    publish: Callable[..., str],
+    make_engine: Engine,
+) -> None:
+    from postwise.db.models import Experiment
+    from postwise.experiments.assignment import assign_variant
+
+    with runtime.session() as session:
+        session.add(
+            TemplateVersion(template_id=template_id, version=2, subject="B", html="<p>b</p>")
+        )
+        experiment = Experiment(
+            name="welcome subject",
+            holdout=0.3,
+            variants=[
+                {"name": "a", "weight": 0.5, "template_version": 1},
+                {"name": "b", "weight": 0.5, "template_version": 2},
+            ],
+        )
+        session.add(experiment)
+        session.flush()
+        experiment_id = experiment.id
+    assert experiment_id is not None
+    journey = make_journey(
+        name="tested",
+        entry={"event": "signup"},
+        steps=[
+            {
+                "id": "hello",
+                "type": "send",
+                "template": "welcome",
+                "experiment_id": experiment_id,
+                "next": "tag",
+            },
+            {"id": "tag", "type": "update_contact", "add_tags": ["welcomed"]},
+        ],
+    )
+    contacts = [make_contact() for _ in range(30)]
+    for contact in contacts:
+        publish("signup", contact)
+    drain(make_engine())
+    expected = {
+        c: assign_variant(experiment_id, c, {"a": 0.5, "b": 0.5}, holdout=0.3) for c in contacts
+    }
+    held_out = [c for c, v in expected.items() if v is None]
+    assert held_out
+    counters = stats(runtime, journey)
+    assert counters["hello:holdout"] == len(held_out)
+    assert counters["hello:sent"] == len(contacts) - len(held_out)
+    assert {r.exit_reason for r in runs(runtime, journey)} == {"completed"}
+    for contact in contacts:
+        variants = [m.variant for m in sent(runtime, contact)]
+        assert variants == ([] if expected[contact] is None else [expected[contact]])

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import Session, col, select
 
-from postwise.db.models import Segment, Template
+from postwise.db.models import Experiment, Segment, Template
 from postwise.errors import ValidationError
 from postwise.triggers.conditions import describe_error
 from postwise.triggers.definitions import AllOf, compile_conditions, parse_duration
@@ -181,6 +181,9 @@ class SendStep(_StepBase):
     type: Literal["send"]
     template: int | str
     consent_purpose: str | None = None
+    #: Send through an experiment's variants (and its holdout): delivery's experiment gate
+    #: assigns each contact an arm, as for campaigns and triggers.
+    experiment_id: int | None = None
     #: Send even inside the journey's quiet hours (e.g. a receipt).
     ignore_quiet_hours: bool = False
 
@@ -588,6 +591,14 @@ def compile_journey(
             )
         elif isinstance(step, SendStep) and session is not None:
             templates[step.id] = _template_id(session, step.template, f"steps[{i}].template")
+            if (
+                step.experiment_id is not None
+                and session.get(Experiment, step.experiment_id) is None
+            ):
+                raise ValidationError(
+                    f"no experiment with id {step.experiment_id}",
+                    field=f"steps[{i}].experiment_id",
+                )
         elif isinstance(step, SendStep) and isinstance(step.template, int):
             templates[step.id] = step.template
     return CompiledJourney(

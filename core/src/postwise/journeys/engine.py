@@ -1196,6 +1196,7 @@ class JourneyEngine(StreamConsumer):
                 "journey_step": step.id,
             },
             consent_purpose=step.consent_purpose,
+            experiment_id=step.experiment_id,
         )
 
     def _call_webhook(self, work: _Work, step: WebhookStep) -> int | str:
@@ -1255,6 +1256,12 @@ class JourneyEngine(StreamConsumer):
                 run.due_at = now + timedelta(seconds=CAP_RETRY_SECONDS)
                 stats.add(journey.id, f"{step.id}:deferred")
                 work.stopped = True
+                return
+            if status == SubmitStatus.SKIPPED and skip == "holdout":
+                # The experiment's holdout: no message, and the contact goes on through the
+                # flow, so the goal's conversions measure the message's incremental effect.
+                stats.add(journey.id, f"{step.id}:holdout")
+                self._move(work, step.next, stats)
                 return
             if status == SubmitStatus.SKIPPED:
                 stats.add(journey.id, f"{step.id}:skipped")
