@@ -61,7 +61,7 @@ def test_health_is_503_naming_each_missing_process_until_all_beat(live_runtime: 
         assert missing.status_code == 503
         body = missing.json()
         assert body["status"] == "degraded"
-        assert body["checks"] == {"database": "ok", "redis": "ok"}
+        assert body["checks"] == {"database": "ok", "redis": "ok", "delivery": "ok"}
         assert "no live worker process: run `postwise worker`" in body["problems"]
         assert len(body["problems"]) == len(REQUIRED)
         assert client.get("/health/live").status_code == 200

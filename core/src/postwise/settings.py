@@ -190,16 +190,16 @@ class Settings(BaseModel):
         default=600,
         ge=2,
         le=86400,
-        description="How long one delivery attempt may hold its batch (also the RQ job timeout); "
-        "a crashed worker's messages are recovered once it has passed.",
+        description="How long one delivery attempt may hold its batch (also the RQ job timeout). "
+        "A crashed worker's messages are recovered within seconds (its heartbeat lapses), or "
+        "once this has passed when its heartbeat cannot be read.",
     )
     delivery_chunk_size: int = Field(
         default=10,
         ge=1,
         le=10000,
-        description="Messages handed to the provider per call (and journaled together). A worker "
-        "killed mid-call leaves at most this many messages in doubt, dead-lettered rather than "
-        "risk a duplicate; 1 minimises that at about a quarter of the throughput.",
+        description="Messages handed to the provider per call. Each is journaled as it leaves, "
+        "so a worker killed mid-call leaves only the message being transmitted in doubt.",
     )
     delivery_concurrency: int = Field(
         default=2,
@@ -207,8 +207,8 @@ class Settings(BaseModel):
         le=64,
         description="Provider calls one worker process makes at once, each on a connection of its "
         "own (keep it at most smtp_pool_size): over a slow link to the relay, round trips rather "
-        "than CPU bound a worker. A crashed worker leaves up to this times delivery_chunk_size "
-        "messages in doubt.",
+        "than CPU bound a worker. A crashed worker leaves up to this many messages in doubt "
+        "(one per lane: the one being transmitted).",
     )
     delivery_max_defer_hours: float = Field(
         default=72.0,

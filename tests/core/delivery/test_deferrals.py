@@ -16,8 +16,8 @@ from esp_fakes import PROVIDER, SERVICE, EspApi, use_esp
 from postwise.db.models import utcnow
 from postwise.delivery.dispatch import dispatch_campaign
 from postwise.delivery.gate import PAUSED_KEY
-from postwise.delivery.jobs import enqueue_batches, queue_name
 from postwise.delivery.ledger import MESSAGE, campaign_message_id
+from postwise.delivery.queue import enqueue_batches, queue_name
 from postwise.delivery.worker import drain
 from postwise.errors import ConfigurationError
 from postwise.events import EVENT_STREAM, decode_event

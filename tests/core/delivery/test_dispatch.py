@@ -19,8 +19,8 @@ from rq.serializers import JSONSerializer
 
 from postwise.db.models import Campaign, ContactStatus, Experiment, TemplateVersion
 from postwise.delivery.dispatch import dispatch_campaign, submit_send
-from postwise.delivery.jobs import queue_name
 from postwise.delivery.ledger import campaign_message_id
+from postwise.delivery.queue import queue_name
 from postwise.delivery.requests import SendRequest, SubmitStatus
 from postwise.errors import ConflictError, NotFoundError
 from postwise.runtime import Runtime
@@ -208,3 +208,82 @@ def test_experiment_variants_pick_their_template_version(delivery: Runtime) -> N
         else:
             assert row.variant == expected[contact]
             assert row.template_version == (1 if expected[contact] == "a" else 2)
+
+
+def test_a_dispatch_that_died_after_writing_a_page_counts_it_once(make_runtime: Any) -> None:
+    """The page's rows were written, its cursor not saved: the page is read again, written once."""
+    runtime = make_runtime(batch_size=10)  # pages of 40 contacts
+    add_contacts(runtime, 100)
+    campaign = add_campaign(runtime, add_template(runtime))
+    import postwise.delivery.dispatch as dispatch_module
+
+    original = dispatch_module._Dispatcher._save
+    saves = 0
+
+    def die_before_the_second_save(self: Any, report: Any, *, cursor: int | None) -> None:
+        nonlocal saves
+        saves += 1
+        if saves == 2:
+            raise RuntimeError("dispatcher killed between the insert and the save")
+        original(self, report, cursor=cursor)
+
+    dispatch_module._Dispatcher._save = die_before_the_second_save  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError):
+            dispatch_campaign(runtime, campaign)
+    finally:
+        dispatch_module._Dispatcher._save = original  # type: ignore[method-assign]
+    assert len(statuses(runtime, campaign_id=campaign)) == 80
+    report = dispatch_campaign(runtime, campaign)
+    assert (report.audience, report.queued) == (100, 100)
+    assert len(statuses(runtime, campaign_id=campaign)) == 100
+
+
+def test_campaign_rows_get_a_due_by_time_so_a_lost_batch_is_rescued(make_runtime: Any) -> None:
+    from postwise.delivery.recovery import requeue_overdue
+
+    runtime = make_runtime(batch_size=10, delivery_lease_seconds=30)
+    add_contacts(runtime, 15)
+    campaign = add_campaign(runtime, add_template(runtime))
+    dispatch_campaign(runtime, campaign)
+    ids = sorted(statuses(runtime, campaign_id=campaign))
+    row = ledger(runtime, ids[0])
+    assert row.claimed_until is not None
+    # The batch jobs are lost (a worker died between dequeuing and claiming them).
+    Queue(queue_name("smtp"), connection=runtime.redis, serializer=JSONSerializer).empty()
+    assert requeue_overdue(runtime) == 0
+    later = datetime.now(UTC) + timedelta(seconds=31)
+    assert requeue_overdue(runtime, now=later) == 15
+    assert sorted(_queued_ids(runtime)) == ids
+
+
+def test_a_dispatch_whose_process_died_is_resumed_by_the_sweeper(make_runtime: Any) -> None:
+    from postwise.delivery.dispatch import dispatch_lock_key
+    from postwise.delivery.recovery import resume_dispatches, stalled_dispatches
+    from postwise.delivery.worker import drain
+
+    runtime = make_runtime(batch_size=10)
+    contacts = add_contacts(runtime, 130)
+    campaign = add_campaign(runtime, add_template(runtime))
+
+    def die(report: Any) -> None:
+        raise RuntimeError("dispatcher killed")
+
+    with pytest.raises(RuntimeError):
+        dispatch_campaign(runtime, campaign, progress=die)
+    # A killed process leaves its lock behind until it lapses: nothing is stalled before that.
+    runtime.redis.set(dispatch_lock_key(campaign), "1", ex=20)
+    assert stalled_dispatches(runtime) == []
+    runtime.redis.delete(dispatch_lock_key(campaign))
+    assert stalled_dispatches(runtime) == [campaign]
+    assert resume_dispatches(runtime) == [campaign]
+    assert resume_dispatches(runtime) == []  # queued once, not on every sweep
+    drain(runtime)
+    rows = statuses(runtime, campaign_id=campaign)
+    assert set(rows) == {campaign_message_id(campaign, c) for c in contacts}
+    assert set(rows.values()) == {"accepted"}
+    with runtime.session() as session:
+        stored = session.get(Campaign, campaign)
+        assert stored is not None and stored.counts is not None
+        assert stored.counts["dispatched"] and stored.counts["queued"] == 130
+    assert stalled_dispatches(runtime) == []

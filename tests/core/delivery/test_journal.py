@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,15 @@ from postwise.compliance.processing import ComplianceConsumer
 from postwise.compliance.suppression import is_suppressed
 from postwise.db.models import Contact
 from postwise.delivery.dispatch import dispatch_campaign
-from postwise.delivery.journal import KEY_PREFIX, Journal, read_journal
+from postwise.delivery.journal import (
+    KEY_PREFIX,
+    Fenced,
+    Journal,
+    JournalEntry,
+    fence_journal,
+    journal_owners,
+    read_journal,
+)
 from postwise.delivery.ledger import campaign_message_id
 from postwise.delivery.outcomes import IN_DOUBT_REASON
 from postwise.delivery.provider import BounceKind, Outcome, SendResult
@@ -87,7 +96,14 @@ def test_every_field_of_a_result_survives_the_journal(runtime: Runtime) -> None:
         ),
         SendResult("m-refused", Outcome.FAILED, reason="message too large", http_status=413),
         SendResult("m-lost", Outcome.UNKNOWN, reason="no answer within 30 s"),
-        SendResult("m-smtp", Outcome.ACCEPTED, code=250, status="2.0.0", reason="queued as X1"),
+        SendResult(
+            "m-smtp",
+            Outcome.ACCEPTED,
+            code=250,
+            status="2.0.0",
+            reason="queued as X1",
+            accepted_at=datetime(2026, 12, 7, 17, 40, 1, 123457, tzinfo=UTC),
+        ),
     ]
     # Every field is set to something other than its default by one of the results, so a field
     # added to SendResult and forgotten by the journal fails here.
@@ -198,3 +214,22 @@ def test_a_hard_bounce_journaled_by_a_killed_worker_is_recovered_with_its_kind(
             assert not is_suppressed(session, "user1@example.org")
     finally:
         runtime.close()
+
+
+def test_a_fenced_journal_refuses_to_mark_a_message_started(runtime: Runtime) -> None:
+    journal = Journal(runtime.redis, "t-fenced", ttl=60)
+    journal.open("worker-1")
+    assert journal_owners(runtime.redis, ["t-fenced", "t-none"]) == {
+        "t-fenced": "worker-1",
+        "t-none": None,
+    }
+    journal.write(started=["m1"])
+    accepted = SendResult("m1", Outcome.ACCEPTED, code=250)
+    entries = fence_journal(runtime.redis, "t-fenced")
+    assert entries == {"m1": JournalEntry("m1", None)}
+    with pytest.raises(Fenced):
+        journal.write([accepted], started=["m2"])
+    # Nothing of the refused write was kept: m2 was never handed over, so it is not in doubt.
+    assert read_journal(runtime.redis, "t-fenced") == {"m1": JournalEntry("m1", None)}
+    journal.write([accepted])  # outcomes alone are still recorded
+    assert read_journal(runtime.redis, "t-fenced")["m1"].result == accepted

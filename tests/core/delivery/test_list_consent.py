@@ -21,8 +21,8 @@ from postwise.contacts.segments import set_consent_purpose
 from postwise.db.models import Segment, SegmentMember
 from postwise.delivery.dispatch import dispatch_campaign, submit_send
 from postwise.delivery.gate import ComplianceGate, Recipient, SkipReason
-from postwise.delivery.jobs import enqueue_batches, queue_name
 from postwise.delivery.ledger import campaign_message_id
+from postwise.delivery.queue import enqueue_batches, queue_name
 from postwise.delivery.requests import SendRequest, SubmitStatus
 from postwise.delivery.worker import drain
 from postwise.errors import ValidationError

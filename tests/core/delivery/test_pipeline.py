@@ -27,10 +27,10 @@ from postwise import hookimpl
 from postwise.db.models import ContactStatus, Message
 from postwise.delivery.dispatch import dispatch_campaign, submit_send
 from postwise.delivery.gate import PAUSED_KEY
-from postwise.delivery.jobs import enqueue_batches, queue_name
 from postwise.delivery.journal import Journal
 from postwise.delivery.ledger import campaign_message_id
 from postwise.delivery.provider import Outcome, OutgoingMessage, SendResult
+from postwise.delivery.queue import enqueue_batches, queue_name
 from postwise.delivery.recovery import resend_dead, sweep
 from postwise.delivery.requests import SendRequest, SubmitStatus
 from postwise.delivery.worker import drain

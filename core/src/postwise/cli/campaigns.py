@@ -78,11 +78,15 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context, campaign_id: int, as_json: bool) -> None:
     """Where CAMPAIGN_ID stands: dispatch counters and messages by status."""
-    from postwise.delivery.campaigns import campaign_status
+    from postwise.delivery.campaigns import campaign_status, get_campaign
+    from postwise.delivery.recovery import stalls
 
     runtime = get_runtime(ctx)
     with runtime.session() as session:
-        data = campaign_status(session, campaign_id)
+        get_campaign(session, campaign_id)
+    stalled = stalls(runtime, campaign_id=campaign_id)
+    with runtime.session() as session:
+        data = campaign_status(session, campaign_id, stalled=stalled)
     if as_json:
         emit_json(data)
         return
@@ -93,6 +97,8 @@ def status(ctx: click.Context, campaign_id: int, as_json: bool) -> None:
         f"skipped {sum(dispatch['skipped'].values())} {dispatch['skipped'] or ''}"
     )
     click.echo("  messages " + ", ".join(f"{k} {v}" for k, v in sorted(data["messages"].items())))
+    for problem in data["stalled"]:
+        click.echo(f"  STALLED: {problem}")
 
 
 @campaigns.command()

@@ -15,8 +15,10 @@ from postwise.db.models import Contact, Message, Template
 from postwise.delivery.campaigns import (
     campaign_status,
     create_campaign,
+    get_campaign,
     list_campaigns,
 )
+from postwise.delivery.recovery import stalls
 from postwise.delivery.requests import SendRequest, SubmitStatus
 from postwise.delivery.templates import (
     add_version,
@@ -206,9 +208,13 @@ class CampaignsController(Controller):
         }
 
     @get("/{campaign_id:int}", sync_to_thread=True)
-    def status(self, session: Session, campaign_id: int) -> dict[str, Any]:
-        """The campaign, its dispatch progress and its messages counted by status."""
-        return campaign_status(session, campaign_id)
+    def status(self, runtime: Runtime, session: Session, campaign_id: int) -> dict[str, Any]:
+        """The campaign, its dispatch progress, its messages counted by status, and what is
+        stalled (``stalled``: why, and what to run; empty when nothing is)."""
+        get_campaign(session, campaign_id)
+        return campaign_status(
+            session, campaign_id, stalled=stalls(runtime, campaign_id=campaign_id)
+        )
 
     @post(
         "/{campaign_id:int}/send",

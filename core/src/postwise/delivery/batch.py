@@ -12,15 +12,25 @@
 4. take tokens from the provider's bucket for the rest; what is over the limit waits in the
    queue until the bucket refills;
 5. per chunk of ``delivery_chunk_size`` messages, on up to ``delivery_concurrency`` lanes at
-   once: render and sign, ask the ``before_send`` hooks, journal, send, call the
-   ``after_send`` hooks. Once the provider throttles the sender, or a run of transient failures
-   trips the circuit breaker, the chunks not taken yet are not attempted: they are deferred,
-   without using up an attempt;
-6. record every outcome (:class:`~postwise.delivery.outcomes.Settlement`).
+   once: render and sign, ask the ``before_send`` hooks, send, call the ``after_send`` hooks.
+   Each message is journaled right before it is handed over (:mod:`.journal`), so a kill leaves
+   at most the message being transmitted per lane in doubt; each acceptance is written to the
+   ledger's ``sent_at`` with its own time within :data:`ACCEPTANCE_FLUSH_SECONDS`, while the
+   batch is still being sent. Once the provider throttles the sender, or a run of transient
+   failures trips the circuit breaker, the chunks not taken yet are not attempted: they are
+   deferred, without using up an attempt;
+6. record every outcome (:class:`~postwise.delivery.outcomes.Settlement`), waiting for Redis
+   and PostgreSQL if they are briefly away.
+
+A worker asked to stop (:func:`~postwise.delivery.liveness.request_stop`) hands no further
+message over: the one being transmitted finishes, the rest go back to the queue at once, not in
+doubt. An attempt whose rows the sweeper took over (its worker's heartbeat lapsed) stops the
+same way and records nothing: the rows are the sweeper's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -30,20 +40,26 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
+
+import redis
+import sqlalchemy as sa
 
 from postwise.contacts.normalize import email_domain
 from postwise.db.models import utcnow
 from postwise.delivery.compose import ContactData, load_contacts
 from postwise.delivery.gate import Pauses, Recipient, SkipReason
-from postwise.delivery.journal import Journal
-from postwise.delivery.ledger import ClaimedRow, claim
+from postwise.delivery.journal import Fenced, Journal
+from postwise.delivery.ledger import ClaimedRow, claim, record_acceptances
+from postwise.delivery.liveness import current_owner, stop_requested
 from postwise.delivery.outcomes import Settlement
 from postwise.delivery.provider import (
+    NOT_HANDED_OVER,
     Outcome,
     OutgoingMessage,
     Provider,
+    SendObserver,
     SendResult,
     throttles_sender,
 )
@@ -55,7 +71,7 @@ from postwise.ops.metrics import RATE_LIMIT_WAITS
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
 
-__all__ = ["PAUSE_RECHECK_SECONDS", "deliver", "lease_seconds"]
+__all__ = ["ACCEPTANCE_FLUSH_SECONDS", "PAUSE_RECHECK_SECONDS", "deliver", "lease_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +86,17 @@ MAX_CONSECUTIVE_TRANSIENT = 3
 _NOT_ATTEMPTED = "not attempted: "
 
 _JOURNAL_GRACE_SECONDS = 86400
+
+#: Acceptance times are written to the ledger at most this long after the acceptance (in one
+#: statement for every message accepted meanwhile), while the rest of the batch is still sent.
+ACCEPTANCE_FLUSH_SECONDS = 0.25
+
+#: How often recording a batch's outcomes is tried again while Redis or PostgreSQL is away.
+_COMMIT_RETRY_SECONDS = 2.0
+
+_STOPPING = "not attempted: the worker is stopping; back in the queue"
+_TAKEN_OVER = "not attempted: the sweeper took this batch over"
+_NO_JOURNAL = "not attempted: the journal could not be written"
 
 
 def lease_seconds(job_timeout: int) -> int:
@@ -92,22 +119,22 @@ def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
     recover_stale(runtime, message_ids=message_ids)
     settings = runtime.settings
     token = uuid.uuid4().hex
-    now = utcnow()
-    with runtime.engine.begin() as connection:
-        rows = claim(
-            connection,
-            message_ids,
-            token=token,
-            until=now + timedelta(seconds=lease_seconds(settings.delivery_lease_seconds)),
-            now=now,
-        )
-    if not rows:
-        return {"claimed": 0}
-    settlement = Settlement(runtime, token=token, sending_domain=composer.sending_domain, now=now)
     journal = Journal(
         runtime.redis, token, ttl=settings.delivery_lease_seconds + _JOURNAL_GRACE_SECONDS
     )
-    attempt = _Attempt(runtime, services, settlement, journal)
+    # Before the claim: the sweeper must be able to tell whose attempt holds the rows.
+    journal.open(current_owner())
+    now = utcnow()
+    lease = lease_seconds(settings.delivery_lease_seconds)
+    with runtime.engine.begin() as connection:
+        rows = claim(
+            connection, message_ids, token=token, until=now + timedelta(seconds=lease), now=now
+        )
+    if not rows:
+        journal.discard()
+        return {"claimed": 0}
+    settlement = Settlement(runtime, token=token, sending_domain=composer.sending_domain, now=now)
+    attempt = _Attempt(runtime, services, settlement, journal, token)
     try:
         attempt.run(rows)
     except Exception as exc:
@@ -116,10 +143,54 @@ def deliver(runtime: Runtime, message_ids: Sequence[str]) -> dict[str, int]:
         # of looping). If even this fails, the claim stays and recovery takes over.
         log.exception("delivery of a batch of %d messages failed", len(rows))
         attempt.abandon(rows, f"worker error: {type(exc).__name__}: {exc}")
-    counts: Counter[str] = settlement.commit()
+    if attempt.taken_over:
+        log.warning(
+            "a batch of %d messages was taken over by the sweeper (this worker's heartbeat "
+            "lapsed); it records nothing",
+            len(rows),
+        )
+        return {"claimed": len(rows), "taken_over": len(rows)}
+    attempt.release_unsettled(rows)
+    counts: Counter[str] = _commit(settlement, deadline=time.monotonic() + lease)
     journal.discard()
     counts["claimed"] = len(rows)
     return dict(counts)
+
+
+def _commit(settlement: Settlement, *, deadline: float) -> Counter[str]:
+    """Commit ``settlement``, trying again while Redis or PostgreSQL is away.
+
+    Committing again after a partial commit is harmless (events are deduplicated by id, ledger
+    writes are conditional on the claim, a batch enqueued twice is claimed once). Past
+    ``deadline`` (the claim's lease) the sweeper recovers the rows from the journal instead.
+    """
+    waiting_since: float | None = None
+    while True:
+        try:
+            counts = settlement.commit()
+        except (redis.RedisError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            now = time.monotonic()
+            if now >= deadline or (stop_requested() and waiting_since and now - waiting_since > 5):
+                raise
+            if waiting_since is None:
+                waiting_since = now
+                log.error(
+                    "could not record the outcomes of %d messages (%s: %s); Redis or PostgreSQL "
+                    "is unreachable, trying again every %gs",
+                    len(settlement.updates),
+                    type(exc).__name__,
+                    exc,
+                    _COMMIT_RETRY_SECONDS,
+                )
+            time.sleep(_COMMIT_RETRY_SECONDS)
+            continue
+        if waiting_since is not None:
+            log.warning(
+                "recorded the outcomes of %d messages after waiting %.0fs",
+                len(settlement.updates),
+                time.monotonic() - waiting_since,
+            )
+        return counts
 
 
 class _Attempt:
@@ -131,20 +202,94 @@ class _Attempt:
         services: DeliveryServices,
         settlement: Settlement,
         journal: Journal,
+        token: str,
     ) -> None:
         self.runtime = runtime
         self.services = services
         self.settlement = settlement
         self.journal = journal
+        self.token = token
         self.composer = services.composer
         self.hook = runtime.plugins.hook
         #: Ids of the messages with the provider right now (in doubt if the attempt fails).
         self.in_flight: set[str] = set()
+        #: Why no further message is handed over, once one of the reasons applies.
+        self.halted: str | None = None
+        #: The sweeper fenced the journal: the rows are no longer this attempt's.
+        self.taken_over = False
         self._lock = threading.Lock()
+        #: Outcomes not journaled yet: written with the next message's start.
+        self._unjournaled: list[SendResult] = []
+        #: The answers ``answered`` was told, with their acceptance times, by message id.
+        self._answers: dict[str, SendResult] = {}
+        self._acceptances: list[tuple[str, datetime]] = []
+        self._acceptances_flushed = time.monotonic()
+
+    def handing_over(self, messages: Sequence[OutgoingMessage]) -> bool:
+        """Journal ``messages`` as started (with the outcomes before them), unless the attempt
+        must hand nothing more over; called by the provider right before they leave."""
+        if self.halted is None and stop_requested():
+            self._halt(_STOPPING)
+        if self.halted is not None:
+            return False
+        ids = [m.message_id for m in messages]
+        with self._lock:
+            pending, self._unjournaled = self._unjournaled, []
+            self.in_flight.update(ids)
+        try:
+            self.journal.write(pending, started=ids)
+        except Fenced:
+            self.taken_over = True
+            self._refused(ids, _TAKEN_OVER)
+            return False
+        except redis.RedisError as exc:
+            log.error(
+                "cannot journal the next message (%s); nothing more is handed over in this "
+                "batch (Redis unreachable?)",
+                exc,
+            )
+            with self._lock:
+                self._unjournaled[:0] = pending
+            self._refused(ids, _NO_JOURNAL)
+            return False
+        return True
+
+    def answered(self, result: SendResult) -> None:
+        """The provider answered about one message: journaled with the next message's start."""
+        if result.outcome is Outcome.ACCEPTED and result.accepted_at is None:
+            result = dataclasses.replace(result, accepted_at=utcnow())
+        with self._lock:
+            self._answers[result.message_id] = result
+            self._unjournaled.append(result)
+            self.in_flight.discard(result.message_id)
+
+    def _refused(self, ids: list[str], reason: str) -> None:
+        self._halt(reason)
+        with self._lock:
+            self.in_flight.difference_update(ids)
+
+    def _halt(self, reason: str) -> None:
+        with self._lock:
+            if self.halted is None:
+                self.halted = reason
+
+    def release_unsettled(self, rows: list[ClaimedRow]) -> None:
+        """Give back to the queue, not attempted, the rows a halt left without an outcome."""
+        settled = self.settlement.settled
+        reason = self.halted or _STOPPING
+        for row in rows:
+            if row.id not in settled:
+                self.settlement.deferred(row, 0.0, reason)
+        self._flush_acceptances(force=True)
+        if self._unjournaled:
+            # The settlement is about to record them anyway.
+            with contextlib.suppress(redis.RedisError):
+                self.journal.write(self._unjournaled)
 
     def abandon(self, rows: list[ClaimedRow], reason: str) -> None:
         """Settle every row not settled yet after the attempt failed with ``reason``."""
-        doubtful = set(self.in_flight)
+        with self._lock:
+            doubtful = set(self.in_flight)
         settled = self.settlement.settled
         for row in rows:
             if row.id in settled:
@@ -305,7 +450,6 @@ class _Attempt:
         contacts: dict[int, ContactData],
         segments: dict[int, set[str]],
     ) -> None:
-        unflushed: list[SendResult] = []
         try:
             while (chunk := work.take()) is not None:
                 held = work.held(provider.name)
@@ -316,24 +460,63 @@ class _Attempt:
                 outgoing = self._compose(chunk, contacts, segments)
                 if not outgoing:
                     continue
-                self.journal.write(unflushed, started=[m.message_id for _, m in outgoing])
-                with self._lock:
-                    self.in_flight.update(row.id for row, _ in outgoing)
-                results = _send_batch(provider, [m for _, m in outgoing])
-                for (row, message), result in zip(outgoing, results, strict=True):
+                results = _send_batch(provider, [m for _, m in outgoing], self)
+                returned = utcnow()
+                settled: list[SendResult] = []
+                unheard: list[SendResult] = []
+                for (row, message), answer in zip(outgoing, results, strict=True):
+                    if answer.outcome is Outcome.DEFERRED and answer.reason == NOT_HANDED_OVER:
+                        # Never left: back to the queue, without using up anything.
+                        self.settlement.deferred(row, 0.0, self.halted or _STOPPING)
+                        continue
+                    with self._lock:
+                        result = self._answers.pop(answer.message_id, None)
+                    if result is None or result.outcome is not answer.outcome:
+                        # Not told as it happened (a provider raised, or gave no result).
+                        result = answer
+                        if result.outcome is Outcome.ACCEPTED and result.accepted_at is None:
+                            result = dataclasses.replace(result, accepted_at=returned)
+                        unheard.append(result)
+                    settled.append(result)
                     self.settlement.result(
                         row, result, recipient_domain=email_domain(message.recipient)
                     )
                 with self._lock:
                     self.in_flight.difference_update(row.id for row, _ in outgoing)
-                unflushed = results
+                    self._unjournaled.extend(unheard)
+                    self._acceptances.extend(
+                        (r.message_id, r.accepted_at)
+                        for r in settled
+                        if r.outcome is Outcome.ACCEPTED and r.accepted_at is not None
+                    )
+                self._flush_acceptances()
                 for (_, message), result in zip(outgoing, results, strict=True):
-                    self._after_send(message, result)
-                work.observe(results)
-            self.journal.write(unflushed)
+                    if result.reason != NOT_HANDED_OVER:
+                        self._after_send(message, result)
+                work.observe(settled)
+                if self.halted is not None:
+                    work.stop()
         except BaseException:
             work.stop()
             raise
+
+    def _flush_acceptances(self, *, force: bool = False) -> None:
+        """Write the acceptance times gathered since the last flush to the ledger's sent_at.
+
+        Analytics reads them while the batch is still being sent ("a click within 2 s of
+        delivery"); the settlement writes the same times again. A failure is only logged.
+        """
+        with self._lock:
+            due = time.monotonic() - self._acceptances_flushed >= ACCEPTANCE_FLUSH_SECONDS
+            if not self._acceptances or not (due or force):
+                return
+            pairs, self._acceptances = self._acceptances, []
+            self._acceptances_flushed = time.monotonic()
+        try:
+            with self.runtime.engine.begin() as connection:
+                record_acceptances(connection, self.token, pairs)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not record %d acceptance times early: %s", len(pairs), exc)
 
     def _after_send(self, message: OutgoingMessage, result: SendResult) -> None:
         try:
@@ -445,11 +628,13 @@ def _recipient(contact: ContactData, row: ClaimedRow) -> Recipient:
     )
 
 
-def _send_batch(provider: Provider, messages: list[OutgoingMessage]) -> list[SendResult]:
+def _send_batch(
+    provider: Provider, messages: list[OutgoingMessage], observer: SendObserver
+) -> list[SendResult]:
     """The provider's results, one per message in order, whatever the provider did."""
     started = time.monotonic()
     try:
-        results = provider.send_batch(messages)
+        results = provider.send_observed(messages, observer)
     except DeliveryError as exc:
         return [SendResult(m.message_id, Outcome.TRANSIENT, reason=str(exc)) for m in messages]
     by_id = {r.message_id: r for r in results}

@@ -96,8 +96,14 @@ def list_campaigns(session: Session, *, limit: int = 100) -> list[Campaign]:
     return list(session.exec(select(Campaign).order_by(col(Campaign.id).desc()).limit(limit)))
 
 
-def campaign_status(session: Session, campaign_id: int) -> dict[str, Any]:
-    """The campaign, its dispatch counters and its messages counted by ledger status."""
+def campaign_status(
+    session: Session, campaign_id: int, *, stalled: list[str] | None = None
+) -> dict[str, Any]:
+    """The campaign, its dispatch counters and its messages counted by ledger status.
+
+    ``stalled`` is what :func:`postwise.delivery.recovery.stalls` found stuck for the campaign,
+    shown as ``stalled`` (empty: nothing is).
+    """
     campaign = get_campaign(session, campaign_id)
     rows = session.execute(
         sa.select(col(Message.status), sa.func.count())
@@ -134,6 +140,7 @@ def campaign_status(session: Session, campaign_id: int) -> dict[str, Any]:
         },
         "messages": by_status,
         "unfinished": unfinished,
+        "stalled": list(stalled or []),
     }
 
 

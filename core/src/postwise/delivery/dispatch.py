@@ -17,6 +17,8 @@ claimed once).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import redis
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
@@ -43,8 +46,8 @@ from postwise.db.models import (
 )
 from postwise.delivery.campaigns import check_sendable
 from postwise.delivery.gate import Recipient, SkipReason
-from postwise.delivery.jobs import enqueue_at, enqueue_batches
 from postwise.delivery.ledger import campaign_message_id, insert_rows, ledger_row
+from postwise.delivery.queue import enqueue_at, enqueue_batches
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.delivery.services import services_for
 from postwise.errors import ConflictError, NotFoundError, ValidationError
@@ -54,8 +57,10 @@ if TYPE_CHECKING:
     from postwise.runtime import Runtime
 
 __all__ = [
+    "DISPATCH_LOCK_SECONDS",
     "DispatchReport",
     "dispatch_campaign",
+    "dispatch_lock_key",
     "submit_send",
 ]
 
@@ -64,6 +69,10 @@ __all__ = [
 PAGE_BATCHES = 4
 
 _LOCK_PREFIX = "postwise:delivery:dispatch-lock:"
+#: How long a dispatch's lock outlives its last renewal (its process dying included).
+DISPATCH_LOCK_SECONDS = 20
+
+log = logging.getLogger(__name__)
 
 
 def _list_purpose(session: Session, campaign_id: int) -> str | None:
@@ -193,16 +202,49 @@ def dispatch_campaign(
     progress: Callable[[DispatchReport], None] | None = None,
 ) -> DispatchReport:
     """Gate, record and enqueue every recipient of the campaign; resumable after a crash."""
-    lock_key = f"{_LOCK_PREFIX}{campaign_id}"
-    if not runtime.redis.set(lock_key, "1", nx=True, ex=300):
+    lock_key = dispatch_lock_key(campaign_id)
+    if not runtime.redis.set(lock_key, "1", nx=True, ex=DISPATCH_LOCK_SECONDS):
         raise ConflictError(
             f"campaign {campaign_id} is being dispatched by another process; wait for it to "
             "finish (its status shows progress)"
         )
+    keeper = _LockKeeper(runtime, lock_key)
+    keeper.start()
     try:
         return _Dispatcher(runtime, campaign_id, lock_key).run(progress)
     finally:
+        keeper.stop()
         runtime.redis.delete(lock_key)
+
+
+def dispatch_lock_key(campaign_id: int) -> str:
+    """The Redis key a live dispatch of ``campaign_id`` holds (and keeps alive)."""
+    return f"{_LOCK_PREFIX}{campaign_id}"
+
+
+class _LockKeeper(threading.Thread):
+    """Keeps a dispatch's lock alive while the dispatch runs, however long a page takes.
+
+    The lock lives :data:`DISPATCH_LOCK_SECONDS`: a dispatch whose process died lets it lapse
+    within that, and the sweeper (:func:`postwise.delivery.recovery.resume_dispatches`) queues
+    the campaign's dispatch again, which resumes from the last page recorded.
+    """
+
+    def __init__(self, runtime: Runtime, key: str) -> None:
+        super().__init__(name="postwise-dispatch-lock", daemon=True)
+        self.runtime = runtime
+        self.key = key
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(DISPATCH_LOCK_SECONDS / 4):
+            try:
+                self.runtime.redis.expire(self.key, DISPATCH_LOCK_SECONDS)
+            except redis.RedisError as exc:
+                log.warning("could not renew the dispatch lock %s (retrying): %s", self.key, exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +309,6 @@ class _Dispatcher:
             report.audience += len(page)
             report.seconds = time.monotonic() - started
             self._save(report, cursor=page[-1].contact_id)
-            self.runtime.redis.expire(self.lock_key, 300)
             if progress is not None:
                 progress(report)
         report.done = True
@@ -340,6 +381,9 @@ class _Dispatcher:
     ) -> list[str]:
         marketing, arms = plan.marketing, plan.arms
         now = utcnow()
+        # A page's rows carry a due-by time: if their batch job is lost before it claims them
+        # (a worker killed between dequeuing and claiming), the sweeper enqueues them again.
+        due_by = now + timedelta(seconds=self.runtime.settings.delivery_lease_seconds)
         rows: list[dict[str, Any]] = []
         queued: list[str] = []
         with self.runtime.session() as session:
@@ -388,12 +432,17 @@ class _Dispatcher:
                         if reason
                         else MessageStatus.QUEUED.value,
                         reason=str(reason) if reason else None,
+                        due_by=None if reason else due_by,
                     )
                 )
                 if reason:
                     report.skipped[str(reason)] += 1
                 else:
                     queued.append(message_id)
+            # A page written again after a crash (its rows exist, its cursor was not saved) is
+            # counted once all the same: the counters are saved with the cursor. Its messages
+            # are enqueued again (the first run may have died before it enqueued them); a batch
+            # of rows already claimed or sent claims nothing.
             insert_rows(session.connection(), rows)
         report.queued += len(queued)
         return queued

@@ -37,7 +37,9 @@ from postwise.delivery.provider import (
     Outcome,
     OutgoingMessage,
     Provider,
+    SendObserver,
     SendResult,
+    not_handed_over,
 )
 from postwise.errors import ConfigurationError
 from postwise.httputil import retry_after_seconds
@@ -260,18 +262,31 @@ class HttpApiProvider(Provider):
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         """One request per message, up to ``concurrency`` at once; results in order."""
+        return self.send_observed(messages, None)
+
+    def send_observed(
+        self, messages: Sequence[OutgoingMessage], observer: SendObserver | None
+    ) -> list[SendResult]:
+        """:meth:`send_batch`, telling ``observer`` about each request (see
+        :meth:`Provider.send_observed`)."""
         if not messages:
             return []
         client = self._http()
         halt = _Halt()
+        refused = threading.Event()
 
         def attempt(message: OutgoingMessage) -> SendResult:
             stopped = halt.verdict
             if stopped is not None:
                 return _not_attempted(message, stopped.result)
+            if refused.is_set() or (observer is not None and not observer.handing_over([message])):
+                refused.set()
+                return not_handed_over(message)
             verdict = self.send_one(client, message)
             if verdict.halt:
                 halt.set(verdict)
+            if observer is not None:
+                observer.answered(verdict.result)
             return verdict.result
 
         if len(messages) == 1 or self.concurrency == 1:

@@ -1,149 +1,31 @@
-"""RQ jobs: one job carries a batch of message ids, on the queue ``send.<provider>``.
+"""The RQ entry points of delivery: what a worker runs for a job :mod:`.queue` enqueued.
 
-A job's payload is only the ids (JSON-serialised, never pickled): the ledger is the truth about
-each message, the queue merely says "look at these". That is what lets a job be re-delivered,
-retried or duplicated by the sweeper without any message being sent twice.
+This is the top of the delivery package: it imports the modules that do the work (batch,
+dispatch) and nothing imports it back except the worker. Enqueueing lives in
+:mod:`postwise.delivery.queue`, which names these functions only by their dotted path.
 
-The worker process binds its :class:`~postwise.runtime.Runtime` once
-(:func:`bind_runtime`); jobs run with it, sharing its connections, template cache and SMTP pool.
+The worker process binds its :class:`~postwise.runtime.Runtime` once (:func:`bind_runtime`);
+jobs run with it, sharing its connections, template cache and SMTP pool.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rq import Queue, Retry
-from rq.serializers import JSONSerializer
+from postwise.delivery.batch import deliver
+from postwise.delivery.dispatch import dispatch_campaign
+from postwise.errors import ConflictError
+from postwise.runtime import Runtime
 
-if TYPE_CHECKING:
-    from postwise.runtime import Runtime
-
-__all__ = [
-    "DELIVER_FUNC",
-    "QUEUE_PREFIX",
-    "bind_runtime",
-    "current_runtime",
-    "deliver_batch",
-    "dispatch_job",
-    "enqueue_batches",
-    "enqueue_dispatch",
-    "enqueue_later",
-    "queue_name",
-    "send_queue",
-]
-
-QUEUE_PREFIX = "send."
-DELIVER_FUNC = "postwise.delivery.jobs.deliver_batch"
-DISPATCH_FUNC = "postwise.delivery.jobs.dispatch_job"
-#: Campaign dispatch jobs run on this queue (workers serve it after the send queues).
-DISPATCH_QUEUE = "default"
-#: A dispatch streams the whole audience; a million recipients take minutes, not hours.
-_DISPATCH_TIMEOUT = 6 * 3600
-
-#: RQ re-runs a job whose worker died before it could claim its rows (and one that raised).
-_RETRY = Retry(max=3, interval=[10, 60, 300])
-_RESULT_TTL = 3600
-_FAILURE_TTL = 7 * 86400
+__all__ = ["bind_runtime", "current_runtime", "deliver_batch", "dispatch_job"]
 
 #: The runtime jobs of this process use, under the key "runtime".
 _binding: dict[str, Runtime] = {}
 _binding_lock = threading.Lock()
 
-
-def queue_name(provider: str) -> str:
-    """The RQ queue of ``provider``'s batches."""
-    return QUEUE_PREFIX + provider
-
-
-def send_queue(runtime: Runtime, provider: str) -> Queue:
-    """The RQ queue of ``provider`` on the runtime's Redis."""
-    return Queue(queue_name(provider), connection=runtime.redis, serializer=JSONSerializer)
-
-
-def _job_options(
-    runtime: Runtime, count: int, provider: str, *, timeout_key: str = "job_timeout"
-) -> dict[str, Any]:
-    # prepare_data calls the timeout ``timeout``; enqueue_in and enqueue_at ``job_timeout``.
-    return {
-        timeout_key: runtime.settings.delivery_lease_seconds,
-        "result_ttl": _RESULT_TTL,
-        "failure_ttl": _FAILURE_TTL,
-        "retry": _RETRY,
-        "description": f"deliver {count} messages via {provider}",
-    }
-
-
-def enqueue_batches(runtime: Runtime, provider: str, batches: Iterable[Sequence[str]]) -> list[str]:
-    """Enqueue one job per batch of message ids (``enqueue_many``: one round trip); job ids."""
-    queue = send_queue(runtime, provider)
-    data = [
-        Queue.prepare_data(
-            DELIVER_FUNC,
-            args=(list(batch), provider),
-            **_job_options(runtime, len(batch), provider, timeout_key="timeout"),
-        )
-        for batch in batches
-        if batch
-    ]
-    if not data:
-        return []
-    return [job.id for job in queue.enqueue_many(data)]
-
-
-def enqueue_later(
-    runtime: Runtime, provider: str, message_ids: Sequence[str], delay: float
-) -> list[str]:
-    """Enqueue ``message_ids`` to be delivered in ``delay`` seconds (in batches).
-
-    RQ keeps scheduled times in whole seconds, rounded down; the time is rounded up to the next
-    whole second here, so a job never runs before its delay is over (a rate-limit deferral that
-    came back early would only find the bucket still empty).
-    """
-    if delay <= 0:
-        return enqueue_batches(runtime, provider, _chunks(message_ids, runtime))
-    due = datetime.now(UTC) + timedelta(seconds=delay)
-    return enqueue_at(runtime, provider, message_ids, _next_whole_second(due))
-
-
-def _next_whole_second(when: datetime) -> datetime:
-    whole = when.replace(microsecond=0)
-    return whole if whole == when else whole + timedelta(seconds=1)
-
-
-def enqueue_at(
-    runtime: Runtime, provider: str, message_ids: Sequence[str], when: datetime
-) -> list[str]:
-    """Enqueue ``message_ids`` to be delivered at ``when`` (timezone-aware)."""
-    queue = send_queue(runtime, provider)
-    return [
-        queue.enqueue_at(
-            when, DELIVER_FUNC, list(batch), provider, **_job_options(runtime, len(batch), provider)
-        ).id
-        for batch in _chunks(message_ids, runtime)
-    ]
-
-
-def enqueue_dispatch(runtime: Runtime, campaign_id: int) -> str:
-    """Enqueue the dispatch of a campaign (for workers); returns the job id."""
-    queue = Queue(DISPATCH_QUEUE, connection=runtime.redis, serializer=JSONSerializer)
-    job = queue.enqueue(
-        DISPATCH_FUNC,
-        campaign_id,
-        job_timeout=_DISPATCH_TIMEOUT,
-        result_ttl=_RESULT_TTL,
-        failure_ttl=_FAILURE_TTL,
-        retry=_RETRY,
-        description=f"dispatch campaign {campaign_id}",
-    )
-    return job.id
-
-
-def _chunks(ids: Sequence[str], runtime: Runtime) -> list[Sequence[str]]:
-    size = runtime.settings.batch_size
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+log = logging.getLogger(__name__)
 
 
 def bind_runtime(runtime: Runtime | None) -> None:
@@ -160,21 +42,23 @@ def current_runtime() -> Runtime:
     with _binding_lock:
         runtime = _binding.get("runtime")
         if runtime is None:
-            from postwise.runtime import Runtime
-
             runtime = _binding["runtime"] = Runtime()
         return runtime
 
 
 def deliver_batch(message_ids: list[str], provider: str | None = None) -> dict[str, int]:
     """The RQ job: deliver the messages ``message_ids`` that still wait for an attempt."""
-    from postwise.delivery.batch import deliver
-
     return deliver(current_runtime(), message_ids)
 
 
 def dispatch_job(campaign_id: int) -> dict[str, Any]:
-    """The RQ job: dispatch (or resume dispatching) campaign ``campaign_id``."""
-    from postwise.delivery.dispatch import dispatch_campaign
+    """The RQ job: dispatch (or resume dispatching) campaign ``campaign_id``.
 
-    return dispatch_campaign(current_runtime(), campaign_id).to_dict()
+    A campaign another process is dispatching, or that is dispatched already, is left alone:
+    the sweeper may queue a stalled dispatch again while a late job for it is still waiting.
+    """
+    try:
+        return dispatch_campaign(current_runtime(), campaign_id).to_dict()
+    except ConflictError as exc:
+        log.info("dispatch of campaign %d not run: %s", campaign_id, exc)
+        return {"campaign_id": campaign_id, "not_run": str(exc)}

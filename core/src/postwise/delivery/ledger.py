@@ -28,15 +28,19 @@ __all__ = [
     "PENDING_STATES",
     "ClaimedRow",
     "RowUpdate",
+    "acceptance_times",
     "apply_updates",
     "campaign_message_id",
     "claim",
+    "claims_held",
+    "claims_of",
     "id_in",
     "insert_rows",
     "ledger_row",
     "overdue_rows",
     "pending_status",
     "postpone",
+    "record_acceptances",
     "stale_claims",
 ]
 
@@ -251,6 +255,43 @@ def stale_claims(
     return grouped
 
 
+def claims_held(
+    connection: Connection,
+    *,
+    now: datetime,
+    message_ids: Sequence[str] | None = None,
+) -> list[str]:
+    """The tokens of the attempts whose claims have not expired yet."""
+    query = (
+        sa.select(MESSAGE.c.claim_token)
+        .where(
+            MESSAGE.c.status == MessageStatus.SENDING.value,
+            MESSAGE.c.claimed_until >= now,
+            MESSAGE.c.claim_token.is_not(None),
+        )
+        .distinct()
+    )
+    if message_ids is not None:
+        query = query.where(id_in(MESSAGE.c.id, message_ids, connection))
+    return [row[0] for row in connection.execute(query)]
+
+
+def claims_of(
+    connection: Connection, tokens: Sequence[str], *, limit: int = 10_000
+) -> dict[str, list[ClaimedRow]]:
+    """The rows attempts ``tokens`` still hold, grouped by token."""
+    if not tokens:
+        return {}
+    query = sa.select(*(MESSAGE.c[name] for name in _CLAIMED_COLUMNS), MESSAGE.c.claim_token).where(
+        MESSAGE.c.status == MessageStatus.SENDING.value,
+        id_in(MESSAGE.c.claim_token, tokens, connection),
+    )
+    grouped: dict[str, list[ClaimedRow]] = {}
+    for *values, token in connection.execute(query.limit(limit)):
+        grouped.setdefault(token, []).append(_claimed(values))
+    return grouped
+
+
 def overdue_rows(
     connection: Connection, *, now: datetime, limit: int = 10_000
 ) -> list[tuple[str, str]]:
@@ -366,3 +407,39 @@ def apply_updates(
             for u in updates
         ],
     )
+
+
+def record_acceptances(
+    connection: Connection, token: str, accepted: Sequence[tuple[str, datetime]]
+) -> None:
+    """Write each message's own acceptance time as ``sent_at`` while attempt ``token`` still
+    holds it (before the batch settles; the status stays ``sending`` until then)."""
+    if not accepted:
+        return
+    connection.execute(
+        MESSAGE.update()
+        .where(
+            MESSAGE.c.id == sa.bindparam("b_id"),
+            MESSAGE.c.claim_token == sa.bindparam("b_token"),
+        )
+        .values(sent_at=sa.bindparam("b_at")),
+        [{"b_id": message_id, "b_token": token, "b_at": at} for message_id, at in accepted],
+    )
+
+
+def acceptance_times(connection: Connection, message_ids: Sequence[str]) -> dict[str, datetime]:
+    """When each of ``message_ids`` was accepted by its provider (UTC), for those accepted.
+
+    The time is the message's own (the relay's 250, the API's answer), recorded within a
+    fraction of a second of the acceptance even while the rest of its batch is being sent:
+    what classifying an open or a click by its delay after delivery needs. Messages not
+    accepted (yet) are absent.
+    """
+    if not message_ids:
+        return {}
+    rows = connection.execute(
+        sa.select(MESSAGE.c.id, MESSAGE.c.sent_at).where(
+            id_in(MESSAGE.c.id, message_ids, connection), MESSAGE.c.sent_at.is_not(None)
+        )
+    )
+    return {row[0]: as_utc(row[1]) for row in rows if row[1] is not None}

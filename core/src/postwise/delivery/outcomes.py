@@ -44,6 +44,7 @@ from postwise.db.models import MessageStatus, utcnow
 from postwise.delivery.gate import SkipReason
 from postwise.delivery.ledger import ClaimedRow, RowUpdate, apply_updates, pending_status
 from postwise.delivery.provider import Outcome, SendResult
+from postwise.delivery.queue import enqueue_later
 from postwise.delivery.retry import (
     backoff_seconds,
     deferral_seconds,
@@ -120,12 +121,15 @@ class Settlement:
                 row,
                 MessageStatus.ACCEPTED,
                 provider_message_id=result.provider_message_id,
-                sent_at=self.now,
+                # The message's own acceptance, not the batch's start (bot and prefetch
+                # classification measure from it).
+                sent_at=result.accepted_at or self.now,
                 **common,
             )
             self._event(
                 "sent",
                 row,
+                occurred_at=result.accepted_at,
                 smtp_code=result.code,
                 http_status=result.http_status,
                 recipient_domain=recipient_domain,
@@ -258,8 +262,6 @@ class Settlement:
             with self.runtime.engine.begin() as connection:
                 apply_updates(connection, self.token, self.updates, now=self.now)
         if self.later:
-            from postwise.delivery.jobs import enqueue_later
-
             for (provider, delay), ids in self.later.items():
                 enqueue_later(self.runtime, provider, ids, delay)
         for key, amount in self.counts.items():
@@ -319,12 +321,19 @@ class Settlement:
             elif status != MessageStatus.SKIPPED:
                 self.counts[str(status)] += 1
 
-    def _event(self, event_type: str, row: ClaimedRow, **properties: Any) -> None:
+    def _event(
+        self,
+        event_type: str,
+        row: ClaimedRow,
+        *,
+        occurred_at: datetime | None = None,
+        **properties: Any,
+    ) -> None:
         props: Mapping[str, Any] = {k: v for k, v in properties.items() if v is not None}
         event = EventEnvelope(
             event_id=f"{event_type}:{row.id}",
             type=event_type,
-            occurred_at=self.now,
+            occurred_at=occurred_at or self.now,
             contact_id=row.contact_id,
             message_id=row.id,
             campaign_id=row.campaign_id,

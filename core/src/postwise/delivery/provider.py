@@ -26,15 +26,20 @@ import abc
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 from postwise.compliance.bounces import BounceKind
 
 __all__ = [
+    "NOT_HANDED_OVER",
     "BounceKind",
     "Outcome",
     "OutgoingMessage",
     "Provider",
+    "SendObserver",
     "SendResult",
+    "not_handed_over",
     "throttles_sender",
 ]
 
@@ -108,6 +113,29 @@ class SendResult:
     #: Seconds the provider asked to wait before trying again (``Retry-After``), for
     #: ``deferred`` and ``transient`` results.
     retry_after: float | None = None
+    #: When the provider accepted the message (UTC), for ``accepted`` results: the SMTP
+    #: provider stamps the moment the relay's 250 arrived; for providers that leave it unset,
+    #: the worker stamps the moment the call returned. The ledger's ``sent_at``.
+    accepted_at: datetime | None = None
+
+
+class SendObserver(Protocol):
+    """What a worker wants to know while a provider sends (see :meth:`Provider.send_observed`)."""
+
+    def handing_over(self, messages: Sequence[OutgoingMessage]) -> bool:
+        """``messages`` are about to leave; False: do not hand them (nor any other) over."""
+
+    def answered(self, result: SendResult) -> None:
+        """The provider's answer about one message, as soon as it is known."""
+
+
+#: The reason of a message :meth:`Provider.send_observed` did not hand over when told not to.
+NOT_HANDED_OVER = "not attempted: the worker stopped handing messages over"
+
+
+def not_handed_over(message: OutgoingMessage) -> SendResult:
+    """The result of a message not handed over because the observer said no."""
+    return SendResult(message.message_id, Outcome.DEFERRED, reason=NOT_HANDED_OVER)
 
 
 def throttles_sender(result: SendResult) -> bool:
@@ -136,6 +164,26 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         """Send ``messages`` and return exactly one result per message, in the same order."""
+
+    def send_observed(
+        self, messages: Sequence[OutgoingMessage], observer: SendObserver
+    ) -> list[SendResult]:
+        """:meth:`send_batch`, telling ``observer`` what leaves and how it was answered.
+
+        ``observer.handing_over(some)`` returns False when ``some`` must not be handed over (the
+        worker is stopping, or lost its batch to the sweeper): they, and the rest, are then not
+        attempted and come back :data:`NOT_HANDED_OVER`. By default the whole batch is one
+        hand-over (an HTTP API that takes a batch per request), answered when the call returns.
+        A provider that hands messages over one at a time (SMTP) overrides this to tell per
+        message, so that a worker killed mid-call leaves only the message being transmitted in
+        doubt.
+        """
+        if not observer.handing_over(messages):
+            return [not_handed_over(m) for m in messages]
+        results = self.send_batch(messages)
+        for result in results:
+            observer.answered(result)
+        return results
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sound no-op default
         """Release pooled connections. The default has nothing to release."""

@@ -24,21 +24,44 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from postwise.db.models import utcnow
-from postwise.delivery.jobs import enqueue_batches
+from postwise.db.models import Campaign, CampaignStatus, MessageStatus, as_utc, utcnow
+from postwise.delivery.dispatch import dispatch_lock_key
 from postwise.delivery.journal import KEY_PREFIX as JOURNAL_PREFIX
-from postwise.delivery.journal import read_journal
-from postwise.delivery.ledger import overdue_rows, postpone, stale_claims
+from postwise.delivery.journal import fence_journal, journal_owners
+from postwise.delivery.ledger import (
+    MESSAGE,
+    PENDING_STATES,
+    claims_held,
+    claims_of,
+    overdue_rows,
+    postpone,
+    stale_claims,
+)
+from postwise.delivery.liveness import can_judge, current_owner, dead
 from postwise.delivery.outcomes import Settlement
+from postwise.delivery.queue import enqueue_batches, enqueue_dispatch
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
 
-__all__ = ["SweepReport", "recover_stale", "requeue_overdue", "resend_dead", "sweep"]
+__all__ = [
+    "DISPATCH_RESCUE_SECONDS",
+    "SweepReport",
+    "recover_stale",
+    "requeue_overdue",
+    "resend_dead",
+    "resume_dispatches",
+    "stalled_dispatches",
+    "stalls",
+    "sweep",
+]
 
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = "postwise:delivery:sweep-lock"
+_RESCUE_PREFIX = "postwise:delivery:dispatch-rescue:"
+#: A stalled campaign's dispatch is queued again at most this often.
+DISPATCH_RESCUE_SECONDS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +71,8 @@ class SweepReport:
     recovered: int = 0
     in_doubt: int = 0
     requeued: int = 0
+    #: Campaigns whose stopped dispatch was queued again.
+    dispatches: int = 0
 
 
 def recover_stale(
@@ -56,13 +81,27 @@ def recover_stale(
     message_ids: Sequence[str] | None = None,
     now: datetime | None = None,
 ) -> SweepReport:
-    """Settle rows whose attempt died (claim expired), from that attempt's journal."""
+    """Settle rows whose attempt died, from that attempt's journal.
+
+    An attempt is known dead when its claim expired, or, much sooner, when the worker that owns
+    it (its journal says which) no longer keeps its heartbeat
+    (:mod:`postwise.delivery.liveness`). The journal is fenced before it is read, so an attempt
+    that was only cut off (its worker lost Redis for a while) hands nothing more over.
+    """
     now = now or utcnow()
     with runtime.engine.connect() as connection:
         grouped = stale_claims(connection, now=now, message_ids=message_ids)
+        held = claims_held(connection, now=now, message_ids=message_ids) if can_judge() else []
+        if held:
+            owners = journal_owners(runtime.redis, held)
+            me = current_owner()
+            gone = dead(runtime.redis, (o for o in owners.values() if o and o != me))
+            orphans = [token for token, owner in owners.items() if owner in gone]
+            if orphans:
+                grouped.update(claims_of(connection, orphans))
     recovered = in_doubt = 0
     for token, rows in grouped.items():
-        journal = read_journal(runtime.redis, token) if token else {}
+        journal = fence_journal(runtime.redis, token) if token else {}
         settlement = Settlement(runtime, token=token, now=now)
         doubtful = 0
         for row in rows:
@@ -76,7 +115,8 @@ def recover_stale(
                 settlement.result(row, entry.result)
         settlement.commit()
         if token:
-            runtime.redis.delete(JOURNAL_PREFIX + token)
+            # Kept a while, fenced, for an attempt still running that looks at it.
+            runtime.redis.expire(JOURNAL_PREFIX + token, 600)
         recovered += len(rows)
         in_doubt += doubtful
         log.warning(
@@ -108,8 +148,124 @@ def requeue_overdue(runtime: Runtime, *, now: datetime | None = None) -> int:
     return len(rows)
 
 
+def stalled_dispatches(runtime: Runtime) -> list[int]:
+    """Campaigns being sent whose dispatch is unfinished and that no live process dispatches.
+
+    A dispatch holds its lock (:func:`~postwise.delivery.dispatch.dispatch_lock_key`) and keeps
+    it alive while it runs; a dispatch whose process died lets it lapse within
+    :data:`~postwise.delivery.dispatch.DISPATCH_LOCK_SECONDS`.
+    """
+    with runtime.session() as session:
+        rows = session.execute(
+            sa.select(Campaign.id, Campaign.counts).where(  # type: ignore[call-overload]
+                Campaign.status == CampaignStatus.SENDING.value
+            )
+        ).all()
+    unfinished = [int(cid) for cid, counts in rows if not (counts or {}).get("dispatched")]
+    if not unfinished:
+        return []
+    pipe = runtime.redis.pipeline(transaction=False)
+    for campaign_id in unfinished:
+        pipe.exists(dispatch_lock_key(campaign_id))
+    held = pipe.execute()
+    return [cid for cid, locked in zip(unfinished, held, strict=True) if not locked]
+
+
+def resume_dispatches(runtime: Runtime) -> list[int]:
+    """Queue the dispatch of every stalled campaign again (see :func:`stalled_dispatches`).
+
+    A campaign is queued at most once per :data:`DISPATCH_RESCUE_SECONDS`, so a dispatch job
+    that merely waits its turn behind send batches is not queued over and over; a duplicate
+    dispatch job finds the campaign locked or done and returns.
+    """
+    resumed: list[int] = []
+    for campaign_id in stalled_dispatches(runtime):
+        key = f"{_RESCUE_PREFIX}{campaign_id}"
+        if runtime.redis.set(key, "1", nx=True, ex=DISPATCH_RESCUE_SECONDS):
+            enqueue_dispatch(runtime, campaign_id)
+            resumed.append(campaign_id)
+    if resumed:
+        log.warning(
+            "dispatch of campaign(s) %s had stopped (its process died); queued again to resume",
+            ", ".join(map(str, resumed)),
+        )
+    return resumed
+
+
+#: Rows waiting longer than this past their due-by time are reported as stalled.
+STALL_GRACE_SECONDS = 60
+
+
+def stalls(runtime: Runtime, *, campaign_id: int | None = None) -> list[str]:
+    """What is stuck in delivery right now, and why, in words an operator can act on.
+
+    Empty while workers keep up: every item here is something a live worker's sweep would have
+    resolved within seconds, so it says which process is missing. ``campaign_id`` limits it to
+    one campaign's messages and dispatch.
+    """
+    now = utcnow()
+    found: list[str] = []
+    where = [] if campaign_id is None else [MESSAGE.c.campaign_id == campaign_id]
+    with runtime.engine.connect() as connection:
+        expired = connection.execute(
+            sa.select(sa.func.count()).where(
+                MESSAGE.c.status == MessageStatus.SENDING.value,
+                MESSAGE.c.claimed_until < now,
+                *where,
+            )
+        ).scalar_one()
+        held = connection.execute(
+            sa.select(MESSAGE.c.claim_token, sa.func.count())
+            .where(
+                MESSAGE.c.status == MessageStatus.SENDING.value,
+                MESSAGE.c.claimed_until >= now,
+                MESSAGE.c.claim_token.is_not(None),
+                *where,
+            )
+            .group_by(MESSAGE.c.claim_token)
+        ).all()
+        overdue = connection.execute(
+            sa.select(sa.func.count(), sa.func.min(MESSAGE.c.claimed_until)).where(
+                MESSAGE.c.status.in_(PENDING_STATES),
+                MESSAGE.c.claimed_until < now - timedelta(seconds=STALL_GRACE_SECONDS),
+                *where,
+            )
+        ).one()
+    if expired:
+        found.append(
+            f"{expired:,} messages are held by delivery attempts whose lease ran out (their "
+            "worker stopped); a running `postwise worker` recovers them within seconds"
+        )
+    if held:
+        owners = journal_owners(runtime.redis, [token for token, _ in held])
+        gone = dead(runtime.redis, (o for o in owners.values() if o))
+        orphaned = sum(n for token, n in held if owners.get(token) in gone)
+        if orphaned:
+            names = ", ".join(sorted({o for o in owners.values() if o in gone}))
+            found.append(
+                f"{orphaned:,} messages are held by worker(s) {names} that stopped beating; a "
+                "running `postwise worker` recovers them within seconds"
+            )
+    count, since = overdue
+    if count:
+        found.append(
+            f"{count:,} messages have waited past their due time (since "
+            f"{as_utc(since).isoformat(timespec='seconds') if since else '?'}): no worker is "
+            "taking them; run `postwise worker`"
+        )
+    for stalled in stalled_dispatches(runtime):
+        if campaign_id is None or stalled == campaign_id:
+            found.append(
+                f"the dispatch of campaign {stalled} stopped before its whole audience was "
+                "queued (its process died); a running `postwise worker` resumes it, or run "
+                f"`postwise campaigns send {stalled}`"
+            )
+    return found
+
+
 def sweep(runtime: Runtime, *, now: datetime | None = None) -> SweepReport:
-    """Recover stale claims and overdue rows, unless another process is sweeping right now."""
+    """Recover stale claims, overdue rows and stalled dispatches, unless another process is
+    sweeping right now."""
     lease = runtime.settings.delivery_lease_seconds
     lock = runtime.redis.set(_LOCK_KEY, "1", nx=True, ex=max(5, lease // 2))
     if not lock:
@@ -117,9 +273,10 @@ def sweep(runtime: Runtime, *, now: datetime | None = None) -> SweepReport:
     try:
         report = recover_stale(runtime, now=now)
         requeued = requeue_overdue(runtime, now=now)
+        resumed = resume_dispatches(runtime)
     finally:
         runtime.redis.delete(_LOCK_KEY)
-    return SweepReport(report.recovered, report.in_doubt, requeued)
+    return SweepReport(report.recovered, report.in_doubt, requeued, len(resumed))
 
 
 def resend_dead(
@@ -134,8 +291,6 @@ def resend_dead(
     provider's answer was lost (their reason begins with
     :data:`~postwise.delivery.outcomes.IN_DOUBT_PREFIX`).
     """
-    from postwise.db.models import MessageStatus
-    from postwise.delivery.ledger import MESSAGE
     from postwise.delivery.outcomes import IN_DOUBT_PREFIX
 
     now = utcnow()

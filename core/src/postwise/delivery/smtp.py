@@ -39,6 +39,7 @@ import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Literal
 
@@ -46,7 +47,9 @@ from postwise.delivery.provider import (
     Outcome,
     OutgoingMessage,
     Provider,
+    SendObserver,
     SendResult,
+    not_handed_over,
     throttles_sender,
 )
 from postwise.errors import ConfigurationError
@@ -181,8 +184,13 @@ class _SessionError(Exception):
 class _Batch:
     """One send_batch call's messages, shared by the lanes sending them."""
 
-    def __init__(self, messages: Sequence[OutgoingMessage]) -> None:
+    def __init__(
+        self, messages: Sequence[OutgoingMessage], observer: SendObserver | None = None
+    ) -> None:
         self.messages = messages
+        self.observer = observer
+        #: The observer said no: nothing more is sent.
+        self.halted = False
         self.results: list[SendResult | None] = [None] * len(messages)
         self.gave_up: _SessionError | None = None
         #: The relay throttles the sender: what is not sent yet waits instead.
@@ -193,7 +201,7 @@ class _Batch:
     def take(self) -> int | None:
         """The index of the next message to send, or None when every one is taken."""
         with self._lock:
-            if self._next == len(self.messages) or self.throttled is not None:
+            if self._next == len(self.messages) or self.throttled is not None or self.halted:
                 return None
             self._next += 1
             return self._next - 1
@@ -206,8 +214,27 @@ class _Batch:
             if self.throttled is None:
                 self.throttled = _SessionError(reason, result.code, result.status, result.reason)
 
+    def may_send(self, index: int) -> bool:
+        """Ask the observer before message ``index`` leaves; a no halts the batch."""
+        if self.observer is None or self.observer.handing_over([self.messages[index]]):
+            return True
+        with self._lock:
+            self.halted = True
+        return False
+
+    def answer(self, index: int, result: SendResult) -> None:
+        """Record message ``index``'s result and tell the observer."""
+        self.results[index] = result
+        if self.observer is not None:
+            self.observer.answered(result)
+
     def outcomes(self) -> list[SendResult]:
         """Every result, with the reason the last lane gave up for messages no lane sent."""
+        if self.halted:
+            return [
+                result if result is not None else not_handed_over(message)
+                for message, result in zip(self.messages, self.results, strict=True)
+            ]
         error = (
             self.throttled
             or self.gave_up
@@ -306,6 +333,19 @@ class SmtpProvider(Provider):
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         """Send ``messages`` over pooled connections; one result per message, in order.
 
+        See :meth:`send_observed`, which this is without an observer.
+        """
+        return self.send_observed(messages, None)
+
+    def send_observed(
+        self, messages: Sequence[OutgoingMessage], observer: SendObserver | None
+    ) -> list[SendResult]:
+        """Send ``messages`` over pooled connections; one result per message, in order.
+
+        ``observer`` is asked before each message's transaction (its MAIL FROM), and told each
+        answer as it comes; a no stops the batch there, and the messages not sent come back not
+        attempted.
+
         A large batch is spread over up to ``pool_size`` connections at once (each gets at
         least :data:`MESSAGES_PER_CONNECTION` messages), using only connections that are free:
         the first one is waited for up to ``timeout`` seconds, the others are not. A connection
@@ -323,7 +363,7 @@ class SmtpProvider(Provider):
             )
             # Never handed over: they wait without using up an attempt.
             return [_result(m, Outcome.DEFERRED, reason) for m in messages]
-        batch = _Batch(messages)
+        batch = _Batch(messages, observer)
         helpers: list[threading.Thread] = []
         try:
             wanted = min(self.pool_size, len(messages) // MESSAGES_PER_CONNECTION)
@@ -386,10 +426,10 @@ class SmtpProvider(Provider):
                         self._give_up(batch, error)
                         return
                 index = batch.take()
-                if index is None:
+                if index is None or not batch.may_send(index):
                     return
                 result, usable = self._transact(connection, batch.messages[index])
-                batch.results[index] = result
+                batch.answer(index, result)
                 if throttles_sender(result):
                     batch.throttle(result)
                 if usable:
@@ -630,6 +670,7 @@ class SmtpProvider(Provider):
         return SendResult(
             message_id=message.message_id,
             outcome=Outcome.ACCEPTED,
+            accepted_at=datetime.now(UTC),
             code=code,
             status=parse_enhanced_status(code, reply),
             reason=reply,

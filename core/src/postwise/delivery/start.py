@@ -7,7 +7,7 @@ from typing import Any
 from postwise.delivery.atomic import supports_lua
 from postwise.delivery.campaigns import check_sendable, get_campaign
 from postwise.delivery.dispatch import dispatch_campaign
-from postwise.delivery.jobs import enqueue_dispatch
+from postwise.delivery.queue import enqueue_dispatch
 from postwise.runtime import Runtime
 
 __all__ = ["start_campaign_send"]

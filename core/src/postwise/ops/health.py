@@ -4,7 +4,8 @@
 needs to act: which process kind has no live instance (and the command that runs it), which
 consumer group is how many seconds and events behind, which queue has waited how long, and how
 many scheduled jobs (retries, deferrals, delayed sends) are overdue because no worker is
-scheduling them.
+scheduling them, and what is stuck in delivery (batches of dead workers, messages past their
+due time, a campaign dispatch that stopped: :func:`postwise.delivery.recovery.stalls`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
+from postwise.delivery.recovery import stalls
 from postwise.events import EVENT_STREAM
 from postwise.ops.heartbeat import PROCESS_KINDS, live_processes
 from postwise.runtime import Runtime
@@ -80,7 +82,19 @@ def readiness(runtime: Runtime) -> Readiness:
     _processes(runtime.redis, list(settings.required_processes), result)
     _streams(runtime.redis, settings.health_max_lag_seconds, result)
     _queues(runtime.redis, settings.health_max_lag_seconds, result)
+    _delivery(runtime, result)
     return result
+
+
+def _delivery(runtime: Runtime, result: Readiness) -> None:
+    # Batches held by dead workers, rows past their due time, dispatches that stopped.
+    try:
+        found = stalls(runtime)
+    except Exception as exc:  # reported, never raised: /health must answer
+        result.checks["delivery"] = f"error: {type(exc).__name__}"
+        return
+    result.checks["delivery"] = "stalled" if found else "ok"
+    result.problems.extend(found)
 
 
 def _processes(client: redis.Redis, required: list[str], result: Readiness) -> None:

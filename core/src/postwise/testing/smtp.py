@@ -26,6 +26,7 @@ import collections
 import datetime
 import fnmatch
 import ipaddress
+import random
 import re
 import ssl
 import tempfile
@@ -42,6 +43,7 @@ from postwise.devtools.sink import BackgroundSmtpServer
 from postwise.errors import ValidationError
 
 __all__ = [
+    "ChaosRates",
     "DropStage",
     "FaultySmtpServer",
     "ReceivedMessage",
@@ -102,6 +104,35 @@ class _Slowdown:
     remaining: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class ChaosRates:
+    """How often :meth:`FaultySmtpServer.chaos` misbehaves, each a probability per transaction.
+
+    ``shutdown``: 421 to MAIL FROM and hang up; ``greylist``: 451 4.7.1 to RCPT TO;
+    ``drop_after_354``: hang up once the content was invited; ``drop_after_content``: hang up
+    once the content arrived, before accepting it; ``drop_after_accept``: accept and record the
+    message, then hang up without the 250; ``late``: answer the end of data ``late_seconds``
+    late; ``garbage``: accept and record the message, then answer the end of data with a line
+    that is not an SMTP reply.
+    """
+
+    shutdown: float = 0.0
+    greylist: float = 0.0
+    drop_after_354: float = 0.0
+    drop_after_content: float = 0.0
+    drop_after_accept: float = 0.0
+    late: float = 0.0
+    late_seconds: float = 0.5
+    garbage: float = 0.0
+
+
+class _Chaos:
+    def __init__(self, rates: ChaosRates, seed: int) -> None:
+        self.rates = rates
+        self.rng = random.Random(seed)
+        self.counts: collections.Counter[str] = collections.Counter()
+
+
 class FaultySmtpServer(BackgroundSmtpServer):
     """An aiosmtpd server on loopback with scripted faults and a record of accepted mail.
 
@@ -139,6 +170,7 @@ class FaultySmtpServer(BackgroundSmtpServer):
         self._recipient_rules: list[_RecipientRule] = []
         self._drops: dict[str, int] = collections.Counter()
         self._slowdowns: list[_Slowdown] = []
+        self._chaos: _Chaos | None = None
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -199,9 +231,38 @@ class FaultySmtpServer(BackgroundSmtpServer):
             remaining = None if count is None else _positive(count)
             self._slowdowns.append(_Slowdown(seconds, name, remaining))
 
-    def clear_faults(self) -> None:
-        """Disarm every scripted fault; the record of accepted mail is kept."""
+    def chaos(self, rates: ChaosRates, *, seed: int = 0) -> None:
+        """Misbehave at random from now on, at ``rates`` (the dice are seeded by ``seed``)."""
         with self._lock:
+            self._chaos = _Chaos(rates, seed)
+
+    def chaos_counts(self) -> dict[str, int]:
+        """How many times each kind of random fault struck so far."""
+        with self._lock:
+            return dict(self._chaos.counts) if self._chaos is not None else {}
+
+    def _roll(self, kind: str) -> bool:
+        with self._lock:
+            chaos = self._chaos
+            if chaos is None:
+                return False
+            rate: float = getattr(chaos.rates, kind)
+            if rate <= 0 or chaos.rng.random() >= rate:
+                return False
+            chaos.counts[kind] += 1
+            return True
+
+    def _late_seconds(self) -> float:
+        with self._lock:
+            return self._chaos.rates.late_seconds if self._chaos is not None else 0.0
+
+    def clear_faults(self) -> None:
+        """Disarm every scripted fault and the chaos; the record of accepted mail is kept."""
+        with self._lock:
+            if self._chaos is not None:
+                counts = self._chaos.counts
+                self._chaos = _Chaos(ChaosRates(), 0)
+                self._chaos.counts = counts
             self._greeting_faults.clear()
             self._transaction_faults.clear()
             self._recipient_rules.clear()
@@ -354,7 +415,8 @@ class _FaultySession(SMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         ready = self.envelope is not None and self.envelope.rcpt_tos and not arg
-        if ready and self.fault_server._take_drop("data"):
+        server = self.fault_server
+        if ready and (server._take_drop("data") or server._roll("drop_after_354")):
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             _hang_up(self)
         await super().smtp_DATA(arg)
@@ -383,6 +445,8 @@ class _FaultyHandler:
     ) -> str:
         await self._server._delay("MAIL")
         fault = self._server._start_transaction()
+        if fault is None and self._server._roll("shutdown"):
+            fault = _Countdown(0, 421, "4.3.2 Service shutting down")
         if self._server._take_drop("mail"):
             _hang_up(server)
         if fault is not None:
@@ -401,6 +465,8 @@ class _FaultyHandler:
         if self._server._take_drop("rcpt"):
             _hang_up(server)
         refusal = self._server._recipient_reply(address)
+        if refusal is None and self._server._roll("greylist"):
+            refusal = "451 4.7.1 Greylisted, please try again later"
         if refusal is not None:
             if refusal.startswith("421 "):
                 await server.push(refusal)
@@ -411,13 +477,18 @@ class _FaultyHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self._server._take_drop("end_of_data"):
+        faults = self._server
+        if faults._take_drop("end_of_data") or faults._roll("drop_after_content"):
             _hang_up(server)
         assert isinstance(server, _FaultySession)
-        self._server._record(session, envelope, server.number)
-        if self._server._take_drop("after_accept"):
+        faults._record(session, envelope, server.number)
+        if faults._take_drop("after_accept") or faults._roll("drop_after_accept"):
             _hang_up(server)
-        await self._server._delay("DATA")
+        await faults._delay("DATA")
+        if faults._roll("late"):
+            await asyncio.sleep(faults._late_seconds())
+        if faults._roll("garbage"):
+            return "?!# garbled relay answer"
         return f"250 2.0.0 OK: queued as c{server.number}t{self._server.transactions}"
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:

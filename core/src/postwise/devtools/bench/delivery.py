@@ -46,7 +46,8 @@ from postwise.delivery.atomic import supports_lua
 from postwise.delivery.campaigns import create_campaign
 from postwise.delivery.dispatch import dispatch_campaign
 from postwise.delivery.dkim import generate_key
-from postwise.delivery.jobs import bind_runtime, queue_name
+from postwise.delivery.jobs import bind_runtime
+from postwise.delivery.queue import queue_name
 from postwise.delivery.services import DEFAULT_RECOMMENDER, services_for
 from postwise.delivery.templates import create_template
 from postwise.delivery.worker import drain, run_worker

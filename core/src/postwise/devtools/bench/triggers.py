@@ -48,7 +48,7 @@ from postwise.db.models import (
 )
 from postwise.delivery.dispatch import submit_send
 from postwise.delivery.frequency import KEY_PREFIX
-from postwise.delivery.jobs import queue_name
+from postwise.delivery.queue import queue_name
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
 from postwise.events import EventEnvelope, encode_event
