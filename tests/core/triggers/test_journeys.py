@@ -162,8 +162,8 @@ CART_FLOW: dict[str, Any] = {
         ),
         (
             [{"id": "a", "type": "wait", "until_local_time": "25:00"}],
-            "steps[0]",
-            "'until_local_time' must be HH:MM",
+            "steps[0].until_local_time",
+            "must be HH:MM",
         ),
         (
             [

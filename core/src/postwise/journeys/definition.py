@@ -38,8 +38,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import Session, col, select
 
@@ -82,6 +90,16 @@ _LOCAL_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 Conditions = dict[str, Any] | list[Any]
 
 
+def _check_local_time(value: str) -> str:
+    if not _LOCAL_TIME_RE.match(value):
+        raise ValueError("must be HH:MM (00:00-23:59)")
+    return value
+
+
+#: A time of day, ``HH:MM``.
+LocalTime = Annotated[str, AfterValidator(_check_local_time)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -118,16 +136,9 @@ class BestHour(_Model):
     contact opened and clicked most in the last ``window_days`` (machine opens and scanner
     clicks left out); with fewer than ``min_events`` of them, until ``fallback``."""
 
-    fallback: str = "10:00"
+    fallback: LocalTime = "10:00"
     window_days: int = Field(default=90, ge=1, le=730)
     min_events: int = Field(default=3, ge=1, le=100)
-
-    @field_validator("fallback")
-    @classmethod
-    def _check_fallback(cls, value: str) -> str:
-        if not _LOCAL_TIME_RE.match(value):
-            raise ValueError("must be HH:MM (00:00-23:59)")
-        return value
 
 
 class WaitStep(_StepBase):
@@ -136,7 +147,9 @@ class WaitStep(_StepBase):
 
     type: Literal["wait"]
     duration: int | float | str | None = None
-    until_local_time: str | None = Field(default=None, description="HH:MM in the contact's zone")
+    until_local_time: LocalTime | None = Field(
+        default=None, description="HH:MM in the contact's zone"
+    )
     until_best_hour: BestHour | None = None
     for_event: EventMatch | None = None
     timeout: int | float | str | None = None
@@ -158,8 +171,6 @@ class WaitStep(_StepBase):
             self.duration = _duration(self.duration)
             if not self.duration:
                 raise ValueError("'duration' must be > 0")
-        if self.until_local_time is not None and not _LOCAL_TIME_RE.match(self.until_local_time):
-            raise ValueError("'until_local_time' must be HH:MM (00:00-23:59)")
         if self.for_event is not None:
             if self.timeout is None:
                 raise ValueError("waiting 'for_event' needs a 'timeout' (e.g. '2d')")
@@ -275,39 +286,23 @@ class DateEntry(_Model):
 
     attribute: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
     offset_days: int = Field(default=0, ge=-366, le=366)
-    at: str = "09:00"
+    at: LocalTime = "09:00"
     yearly: bool = False
-
-    @field_validator("at")
-    @classmethod
-    def _check_at(cls, value: str) -> str:
-        if not _LOCAL_TIME_RE.match(value):
-            raise ValueError("must be HH:MM (00:00-23:59)")
-        return value
 
 
 class ScheduleEntry(_Model):
     """Enter every active contact (who passes the entry conditions) at ``at`` in ``timezone``
     on each of ``days_of_week`` (every day when omitted)."""
 
-    at: str = "09:00"
+    at: LocalTime = "09:00"
     timezone: str = "UTC"
     days_of_week: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = Field(
         default=None, min_length=1
     )
 
-    @field_validator("at")
-    @classmethod
-    def _check_at(cls, value: str) -> str:
-        if not _LOCAL_TIME_RE.match(value):
-            raise ValueError("must be HH:MM (00:00-23:59)")
-        return value
-
     @field_validator("timezone")
     @classmethod
     def _check_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
