@@ -12,8 +12,10 @@ are not constants: ``fit`` holds out the latest item of up to 2,000 contacts of 
 given, scores them with parts fitted on the rest, and picks, separately for *cold* contacts
 (1 to 3 items) and *warm* ones, the weights on a 0.1 grid that rank the held-out items best
 (NDCG@10). Every part alone is on the grid, so on those validation contacts the blend is at
-least as good as the best part for each segment: the hybrid does not lose to its parts for lack
-of a better constant. Contacts without history get the popularity ranking.
+least as good as the best part for each segment, and a blend replaces the best part alone only
+when it beats it by more than two standard errors (smaller gains are noise that would lose to
+that part on new data): the hybrid does not lose to its parts for lack of a better constant.
+Contacts without history get the popularity ranking.
 """
 
 from __future__ import annotations

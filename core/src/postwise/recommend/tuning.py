@@ -40,6 +40,9 @@ __all__ = [
 COLD_MAX_ITEMS: Final = 3
 #: Ranks are judged at this cut-off while tuning (the size of a typical block and report).
 TUNING_K: Final = 10
+#: A blend replaces the best single part only when it beats it by this many standard errors of
+#: the paired difference on the validation contacts.
+_BLEND_MARGIN: Final = 2.0
 #: Validation contacts times catalogue items scored at once, bounding tuning memory.
 _MAX_CELLS: Final = 3_000_000
 
@@ -229,11 +232,11 @@ def best_blend(
         if max(weights) > 1 - 1e-9 and (best_single is None or value > best_single[1] + 1e-12):
             best_single = (weights, value, gains)
     assert best is not None and best_single is not None
-    # A blend must beat the best part alone by more than one standard error of the paired
-    # difference: with a few hundred validation contacts, smaller gains are noise, and
+    # A blend must beat the best part alone by more than _BLEND_MARGIN standard errors of the
+    # paired difference: with a few hundred validation contacts, smaller gains are noise, and
     # choosing noise would lose to that part on new data.
     difference = best[2] - best_single[2]
     error = float(difference.std(ddof=1)) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
-    if best is not best_single and float(difference.mean()) <= error:
+    if best is not best_single and float(difference.mean()) <= _BLEND_MARGIN * error:
         return best_single[0], best_single[1]
     return best[0], best[1]
