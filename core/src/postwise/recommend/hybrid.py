@@ -33,6 +33,8 @@ from postwise.recommend.scoring import ProfileRecommender
 from postwise.recommend.tuning import (
     COLD_MAX_ITEMS,
     best_blend,
+    held_out_ranks,
+    ndcg,
     standardise,
     validation_split,
 )
@@ -104,11 +106,21 @@ class HybridRecommender(ProfileRecommender):
             content_scores = content.similarity(profiles)
             popularity = np.broadcast_to(prior_scores(validation.matrix), ease_scores.shape).copy()
             blocked = validation.blocked()
+            everything = [popularity, ease_scores, content_scores]
+            # The part best on all validation contacts is what each segment keeps unless a
+            # blend or another part beats it clearly there: near-ties go to the overall best.
+            overall = [
+                float(ndcg(held_out_ranks(part, validation.held, blocked)).mean())
+                for part in everything
+            ]
+            reference = int(np.argmax(overall))
             for segment, mask in (("cold", validation.cold), ("warm", ~validation.cold)):
                 if segment in self.fixed_blend or mask.sum() < 10:
                     continue
-                parts = [popularity[mask], ease_scores[mask], content_scores[mask]]
-                weights_chosen, value = best_blend(parts, validation.held[mask], blocked[mask])
+                parts = [part[mask] for part in everything]
+                weights_chosen, value = best_blend(
+                    parts, validation.held[mask], blocked[mask], reference=reference
+                )
                 blend[segment] = weights_chosen
                 validated[segment] = {
                     "weights": dict(zip(PARTS, weights_chosen, strict=True)),

@@ -71,28 +71,40 @@ class Validation:
     #: without times: a random order), which decides what a cold replay keeps.
     order: np.ndarray
 
-    def case_profiles(self, half_life: float | None) -> sp.csr_matrix:
-        """Profiles of every case: warm cases whole, cold cases their latest items only."""
-        full = self.matrix.profile_matrix(half_life)
-        positions = self.order
-        rows = full[self.rows]
-        position_rows = sp.csr_matrix(
-            (positions.astype(np.float64) + 1.0, full.indices, full.indptr), shape=full.shape
+    def _kept(self) -> np.ndarray:
+        """Per stored entry of ``matrix.weights[rows]``: whether the case keeps that item."""
+        positions = sp.csr_matrix(
+            (
+                self.order.astype(np.float64) + 1.0,
+                self.matrix.weights.indices,
+                self.matrix.weights.indptr,
+            ),
+            shape=self.matrix.weights.shape,
         )[self.rows]
         # position + 1 <= keep_latest keeps a case's latest ``keep_latest`` items.
-        limits = np.repeat(self.keep_latest, np.diff(position_rows.indptr))
-        keep = position_rows.data <= limits
-        data = np.where(keep, rows.data, 0.0).astype(np.float32)
+        limits = np.repeat(self.keep_latest, np.diff(positions.indptr))
+        return np.asarray(positions.data <= limits)
+
+    def case_profiles(self, half_life: float | None) -> sp.csr_matrix:
+        """Profiles of every case: warm cases whole, cold cases their latest items only."""
+        rows = self.matrix.profile_matrix(half_life)[self.rows]
+        data = np.where(self._kept(), rows.data, 0.0).astype(np.float32)
         result = sp.csr_matrix((data, rows.indices, rows.indptr), shape=rows.shape)
         result.eliminate_zeros()
         return result
 
     def blocked(self) -> sp.csr_matrix:
-        """Per case, the items its contact had (never recommended, whatever the profile)."""
+        """Per case, the items its profile holds (never recommended).
+
+        A cold replay blocks only the items it keeps, as a new contact with those items only
+        would: blocking its whole history would hand popularity the held-out item.
+        """
         seen = self.matrix.weights[self.rows]
-        return sp.csr_matrix(
-            (np.ones(seen.nnz, dtype=bool), seen.indices, seen.indptr), shape=seen.shape
+        result = sp.csr_matrix(
+            (self._kept(), seen.indices, seen.indptr), shape=seen.shape, dtype=bool
         )
+        result.eliminate_zeros()
+        return result
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -212,12 +224,15 @@ def best_blend(
     *,
     step: float = 0.1,
     judge: Callable[[np.ndarray], float] | None = None,
+    reference: int | None = None,
 ) -> tuple[tuple[float, ...], float]:
     """The weights of standardised ``parts`` whose blend ranks ``held`` best, and the score.
 
     ``judge`` turns per-case NDCG@10 into the figure to maximise (default: the mean). Every
     part alone is on the grid, so the chosen blend is never worse than the best part on these
-    cases; a blend is kept only when it beats that part clearly (see below).
+    cases; a blend is kept only when it beats that part clearly (see below). ``reference``
+    names the part to keep unless something beats it clearly (default: the best part alone on
+    these cases).
     """
     standardised = [standardise(part) for part in parts]
     best: tuple[tuple[float, ...], float, np.ndarray] | None = None
@@ -229,7 +244,11 @@ def best_blend(
         value = judge(gains) if judge is not None else float(gains.mean())
         if best is None or value > best[1] + 1e-12:
             best = (weights, value, gains)
-        if max(weights) > 1 - 1e-9 and (best_single is None or value > best_single[1] + 1e-12):
+        single = max(weights) > 1 - 1e-9
+        if reference is not None:
+            if single and weights[reference] > 1 - 1e-9:
+                best_single = (weights, value, gains)
+        elif single and (best_single is None or value > best_single[1] + 1e-12):
             best_single = (weights, value, gains)
     assert best is not None and best_single is not None
     # A blend must beat the best part alone by more than _BLEND_MARGIN standard errors of the
