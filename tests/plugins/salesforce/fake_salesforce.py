@@ -20,6 +20,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,6 +73,9 @@ class FakeSalesforce:
             "Postwise_Unsubscribed__c",
         }
         self.tokens: set[str] = set()
+        # JWT bearer: the audiences Salesforce accepts and the org's users.
+        self.audiences = {"https://login.salesforce.com", "https://test.salesforce.com"}
+        self.usernames = {"integration@example.com"}
         self.token_requests: list[dict[str, list[str]]] = []
         self.received: list[tuple[str, str, dict[str, str], Any]] = []
         self.clock = datetime.now(UTC) - timedelta(hours=1)
@@ -208,23 +212,62 @@ class FakeSalesforce:
                 CLIENT_SECRET
             ]
         elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer" and self.public_key:
-            header, claims, signature = form["assertion"][0].split(".")
-            try:
-                self.public_key.verify(
-                    _unb64(signature),
-                    f"{header}.{claims}".encode(),
-                    padding.PKCS1v15(),
-                    hashes.SHA256(),
-                )
-                ok = json.loads(_unb64(claims))["iss"] == CLIENT_ID
-            except Exception:
-                ok = False
+            return self.jwt_token(form)
         if not ok:
             return (
                 400,
                 {"error": "invalid_client", "error_description": "invalid client credentials"},
                 {},
             )
+        return self.issue_token()
+
+    def jwt_token(self, form: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+        """The documented checks of the OAuth 2.0 JWT bearer flow (Salesforce Help, "OAuth 2.0
+        JWT Bearer Flow for Server-to-Server Integration"): RS256 signature by the app's
+        certificate, ``iss`` the consumer key, ``aud`` https://login.salesforce.com,
+        https://test.salesforce.com or a community URL (a My Domain URL is refused with
+        ``invalid_grant: audience is invalid``), ``sub`` a user of the org, ``exp`` not past
+        and within three minutes."""
+        assert self.public_key is not None
+        try:
+            header, claims_b64, signature = form["assertion"][0].split(".")
+            self.public_key.verify(
+                _unb64(signature),
+                f"{header}.{claims_b64}".encode(),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
+            claims = json.loads(_unb64(claims_b64))
+        except Exception:
+            return 400, {"error": "invalid_grant", "error_description": "invalid assertion"}, {}
+        if claims.get("iss") != CLIENT_ID:
+            return (
+                400,
+                {"error": "invalid_client_id", "error_description": "client identifier invalid"},
+                {},
+            )
+        if claims.get("aud") not in self.audiences:
+            return 400, {"error": "invalid_grant", "error_description": "audience is invalid"}, {}
+        if claims.get("sub") not in self.usernames:
+            return (
+                400,
+                {
+                    "error": "invalid_grant",
+                    "error_description": "user hasn't approved this consumer",
+                },
+                {},
+            )
+        now = time.time()
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or exp < now or exp > now + 180 + 5:
+            return (
+                400,
+                {"error": "invalid_grant", "error_description": "expired authorization code"},
+                {},
+            )
+        return self.issue_token()
+
+    def issue_token(self) -> tuple[int, Any, dict[str, str]]:
         token = secrets.token_hex(12)
         self.tokens.add(token)
         return (

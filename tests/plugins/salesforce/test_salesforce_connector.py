@@ -3,6 +3,7 @@ end-to-end syncs through a running postwise."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -139,6 +140,80 @@ def test_the_jwt_bearer_flow_signs_an_assertion_salesforce_verifies(
     assert salesforce_server.token_requests[0]["grant_type"] == [
         "urn:ietf:params:oauth:grant-type:jwt-bearer"
     ]
+
+
+def _pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _claims(server: FakeSalesforce) -> dict[str, object]:
+    assertion = server.token_requests[-1]["assertion"][0]
+    body = assertion.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+
+def test_jwt_audience_is_login_salesforce_com_even_when_posting_to_my_domain(
+    salesforce_server: FakeSalesforce, jwt_key: rsa.RSAPrivateKey
+) -> None:
+    # The fake serves a My Domain URL (login_url = its own address) yet, as Salesforce does,
+    # accepts only login.salesforce.com / test.salesforce.com / a community URL as aud.
+    salesforce_server.add("ada@example.com")
+    sf = connector(
+        salesforce_server, auth="jwt", username="integration@example.com", private_key=_pem(jwt_key)
+    )
+    assert len(list(sf.fetch_changes(None))) == 1
+    claims = _claims(salesforce_server)
+    assert claims["aud"] == "https://login.salesforce.com"
+    assert claims["sub"] == "integration@example.com"
+    assert 0 < int(str(claims["exp"])) - time.time() <= 180
+
+
+def test_jwt_audience_setting_sandbox_default_and_community(
+    salesforce_server: FakeSalesforce, jwt_key: rsa.RSAPrivateKey
+) -> None:
+    assert (
+        parse_options({"login_url": "https://acme--uat.sandbox.my.salesforce.com"}).jwt_audience()
+        == "https://test.salesforce.com"
+    )
+    assert (
+        parse_options({"login_url": "https://acme.my.salesforce.com"}).jwt_audience()
+        == "https://login.salesforce.com"
+    )
+    with pytest.raises(ConfigurationError, match="audience"):
+        parse_options({"audience": "login.salesforce.com"})
+    community = "https://acme.my.site.com/partners"
+    salesforce_server.audiences.add(community)
+    salesforce_server.add("ada@example.com")
+    sf = connector(
+        salesforce_server,
+        auth="jwt",
+        username="integration@example.com",
+        private_key=_pem(jwt_key),
+        audience=community + "/",
+    )
+    assert len(list(sf.fetch_changes(None))) == 1
+    assert _claims(salesforce_server)["aud"] == community
+
+
+def test_jwt_refusals_name_the_cause(
+    salesforce_server: FakeSalesforce, jwt_key: rsa.RSAPrivateKey
+) -> None:
+    bad_aud = connector(
+        salesforce_server,
+        auth="jwt",
+        username="integration@example.com",
+        private_key=_pem(jwt_key),
+        audience=salesforce_server.url.replace("http://", "https://"),
+    )
+    with pytest.raises(ConfigurationError, match="audience is invalid"):
+        list(bad_aud.fetch_changes(None))
+    bad_sub = connector(
+        salesforce_server, auth="jwt", username="nobody@example.com", private_key=_pem(jwt_key)
+    )
+    with pytest.raises(ConfigurationError, match="invalid_grant"):
+        list(bad_sub.fetch_changes(None))
 
 
 def test_engagement_is_patched_per_record_and_deleted_records_reported(

@@ -6,7 +6,9 @@ Both post a form to ``<login_url>/services/oauth2/token`` and get back ``access_
 * client credentials: ``grant_type=client_credentials`` with the connected app's consumer key
   and secret (the app's "Run As" user acts); ``login_url`` must be the org's My Domain URL;
 * JWT bearer: ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`` with an RS256-signed
-  assertion (``iss`` consumer key, ``sub`` username, ``aud`` the login URL, ``exp`` in three
+  assertion (``iss`` consumer key, ``sub`` username, ``aud`` https://login.salesforce.com or
+  test.salesforce.com or a community URL (never the My Domain URL posted to, which Salesforce
+  refuses with ``invalid_grant: audience is invalid``), ``exp`` in three
   minutes), signed with the key whose certificate the connected app holds.
 """
 
@@ -52,7 +54,7 @@ def jwt_assertion(options: SalesforceOptions, *, now: float | None = None) -> st
             {
                 "iss": options.client_id,
                 "sub": options.username,
-                "aud": options.login_url,
+                "aud": options.jwt_audience(),
                 "exp": issued + 180,
             }
         ).encode()

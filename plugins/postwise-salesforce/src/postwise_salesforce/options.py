@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -17,6 +18,8 @@ from postwise.options import parse_options as validate_options
 
 __all__ = ["SalesforceOptions", "parse_options"]
 
+PRODUCTION_AUDIENCE = "https://login.salesforce.com"
+SANDBOX_AUDIENCE = "https://test.salesforce.com"
 ENGAGEMENT_KEYS = ("engagement_score", "last_open_at", "last_click_at", "unsubscribed")
 _FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 
@@ -30,6 +33,13 @@ class SalesforceOptions(BaseModel):
         default="https://login.salesforce.com",
         description="Where tokens come from (/services/oauth2/token). Client credentials need "
         "the org's My Domain URL (https://<domain>.my.salesforce.com).",
+    )
+    audience: str = Field(
+        default="",
+        description="The JWT bearer assertion's aud: https://login.salesforce.com for "
+        "production orgs, https://test.salesforce.com for sandboxes, or an Experience Cloud "
+        "site URL, even when the token is posted to a My Domain login_url. Empty: chosen from "
+        "login_url (test.salesforce.com or a *.sandbox.my.salesforce.com domain -> sandbox).",
     )
     auth: Literal["client_credentials", "jwt"] = Field(
         default="client_credentials", description="OAuth 2.0 flow of the connected app."
@@ -113,6 +123,26 @@ class SalesforceOptions(BaseModel):
         if bad:
             raise ValueError(f"{', '.join(bad)}: not Salesforce field API names")
         return self
+
+    @field_validator("audience")
+    @classmethod
+    def _check_audience(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?(/[^\s]*)?$", value):
+            raise ValueError(
+                "must be an https URL such as https://login.salesforce.com, "
+                "https://test.salesforce.com or an Experience Cloud site URL"
+            )
+        return value
+
+    def jwt_audience(self) -> str:
+        """The ``aud`` Salesforce accepts: never the My Domain URL the token is posted to."""
+        if self.audience:
+            return self.audience
+        host = (urlsplit(self.login_url).hostname or "").lower()
+        if host == "test.salesforce.com" or host.endswith(".sandbox.my.salesforce.com"):
+            return SANDBOX_AUDIENCE
+        return PRODUCTION_AUDIENCE
 
     def key_pem(self) -> bytes:
         """The JWT signing key."""
