@@ -139,7 +139,8 @@ def test_the_api_reports_resumes_and_pauses(client: Any, runtime: Runtime) -> No
     assert client.post("/v1/reputation/resume", json={"stream": "provider:smtp"}).status_code == 200
     assert client.post("/v1/reputation/resume", json={"stream": "provider:smtp"}).status_code == 404
     bad = client.post("/v1/reputation/resume", json={"stream": "nonsense"})
-    assert bad.status_code == 422 and "SCOPE:VALUE" in bad.json()["detail"]
+    assert bad.status_code == 422 and bad.json()["field"] == "stream"
+    assert "provider|sending_domain|recipient_domain" in bad.json()["detail"]
     assert (
         client.post(
             "/v1/reputation/pause", json={"stream": "recipient_domain:yahoo.com"}

@@ -186,3 +186,103 @@ def test_listing_contacts_returns_their_tags(client: Any) -> None:
     assert page["contacts"][0]["tags"] == ["beta", "vip"]
     rest = client.get(f"/v1/contacts?after={page['next_after']}").json()
     assert rest["contacts"][0]["tags"] == [] and rest["next_after"] is None
+
+
+def test_the_cli_creates_keys_with_scopes_and_rate_limits(runtime: Runtime) -> None:
+    from click.testing import CliRunner
+
+    from postwise.cli import cli
+
+    settings = runtime.settings
+    env = {
+        "POSTWISE_DATA_DIR": str(settings.data_dir),
+        "POSTWISE_DATABASE_URL": settings.resolved_database_url,
+        "POSTWISE_REDIS_URL": settings.redis_url,
+        "POSTWISE_SECRET_KEY": settings.secret_key.get_secret_value(),
+    }
+    runner = CliRunner()
+    made = runner.invoke(
+        cli,
+        ["apikeys", "create", "shop", "--scope", "send", "--scope", "read", "--rate-limit", "60"],
+        env=env,
+    )
+    assert made.exit_code == 0, made.output
+    assert made.output.startswith("pw_")
+    listed = runner.invoke(cli, ["apikeys", "list", "--json"], env=env)
+    [row] = [r for r in json.loads(listed.output) if r["name"] == "shop"]
+    assert row["scopes"] == ["read", "send"] and row["rate_limit"] == 60
+    bad = runner.invoke(cli, ["apikeys", "create", "x", "--scope", "root"], env=env)
+    assert bad.exit_code != 0 and "root" in bad.output
+
+
+def test_deleting_a_segment_a_campaign_uses_is_409_naming_it(client: Any) -> None:
+    client.post("/v1/contacts", json={"email": "a@example.com", "tags": ["vip"]})
+    assert client.post("/v1/segments", json={"name": "vips", "rules": {"tag": "vip"}}).is_success
+    template = client.post(
+        "/v1/templates",
+        json={
+            "name": "t",
+            "subject": "Hi",
+            "html": '<p>{{ postal_address }} <a href="{{ unsubscribe_url }}">u</a></p>',
+            "text": "{{ postal_address }} {{ unsubscribe_url }}",
+        },
+    )
+    assert template.status_code == 201, template.text
+    template_id = template.json()["id"]
+    campaign = client.post(
+        "/v1/campaigns", json={"name": "launch", "template_id": template_id, "segment": "vips"}
+    )
+    assert campaign.status_code == 201, campaign.text
+    refused = _is_problem(client.delete("/v1/segments/vips"), 409)
+    assert "launch" in refused["detail"]
+    assert client.get("/v1/segments/vips").status_code == 200
+    in_use = _is_problem(client.delete(f"/v1/templates/{template_id}"), 409)
+    assert "campaign" in in_use["detail"]
+    campaign_id = campaign.json()["id"]
+    assert client.delete(f"/v1/campaigns/{campaign_id}").status_code == 204
+    assert client.delete("/v1/segments/vips").status_code == 204
+    assert client.delete(f"/v1/templates/{template_id}").status_code == 204
+    assert client.get(f"/v1/templates/{template_id}").status_code == 404
+
+
+def test_lists_page_with_after_and_unknown_fields_are_named(client: Any) -> None:
+    for n in range(3):
+        client.post(
+            "/v1/templates",
+            json={"name": f"t{n}", "subject": "s", "html": "<p>x</p>", "kind": "transactional"},
+        )
+    first = client.get("/v1/templates?limit=2").json()
+    assert len(first["templates"]) == 2 and first["next_after"]
+    rest = client.get(f"/v1/templates?limit=2&after={first['next_after']}").json()
+    assert len(rest["templates"]) == 1 and rest["next_after"] is None
+    assert client.get("/v1/campaigns").json()["next_after"] is None
+    extra = client.post(
+        "/v1/sends", json={"contact_id": 1, "template_id": 1, "dedupe_key": "k", "x": 1}
+    )
+    body = _is_problem(extra, 422)
+    assert body["field"] == "x" and "dedupe_key" in body["detail"]
+
+
+def test_contact_attributes_are_capped(client: Any) -> None:
+    big = {"blob": "x" * 20_000}
+    refused = _is_problem(
+        client.post("/v1/contacts", json={"email": "a@example.com", "attributes": big}), 422
+    )
+    assert refused["field"] == "attributes"
+    many = {f"k{i}": i for i in range(101)}
+    _is_problem(
+        client.post("/v1/contacts", json={"email": "a@example.com", "attributes": many}), 422
+    )
+    made = client.post(
+        "/v1/contacts", json={"email": "a@example.com", "attributes": {"a": "x" * 9000}}
+    )
+    contact_id = made.json()["contact"]["id"]
+    grown = client.patch(f"/v1/contacts/{contact_id}", json={"attributes": {"b": "y" * 9000}})
+    assert _is_problem(grown, 422)["field"] == "attributes"
+    assert set(client.get(f"/v1/contacts/{contact_id}").json()["attributes"]) == {"a"}
+
+
+def test_a_lax_body_value_is_refused_not_coerced(client: Any) -> None:
+    made = client.post("/v1/contacts", json={"email": "a@example.com"}).json()["contact"]["id"]
+    coerced = client.post(f"/v1/contacts/{made}/consent", json={"granted": 0})
+    assert _is_problem(coerced, 422)["field"] == "granted"

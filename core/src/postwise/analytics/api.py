@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
@@ -24,6 +24,7 @@ from postwise.analytics.metrics import (
 from postwise.errors import NotFoundError, ValidationError
 from postwise.runtime import Runtime
 from postwise.server.errors import problem
+from postwise.server.validation import OptionalId
 
 __all__ = ["EventsController", "MetricsController"]
 
@@ -59,13 +60,60 @@ def _ingest_body(runtime: Runtime, body: bytes, partial: bool) -> Response[Any]:
     return Response(result.to_dict(), status_code=202, media_type=MediaType.JSON)
 
 
+_Id = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+_Token = Annotated[str, msgspec.Meta(pattern=r"^[^\s\x00-\x1f\x7f]+$")]
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One behaviour event (the body is one of these or an array of 1 to 1,000)."""
+
+    #: The client's unique id of the event: a repeat is reported as a duplicate, not stored.
+    event_id: Annotated[
+        str, msgspec.Meta(pattern=r"^[^\s\x00-\x1f\x7f]{1,100}$", examples=["ord-1042-paid"])
+    ]
+    type: Annotated[
+        str,
+        msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$", examples=["purchase"]),
+    ]
+    #: When it happened (ISO 8601 with a timezone; within the last ten years, not ahead of the
+    #: server's clock by more than five minutes). Absent: now.
+    occurred_at: Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})] | None = (
+        None
+    )
+    #: The contact, by id or by email (not both).
+    contact_id: _Id | None = None
+    email: (
+        Annotated[str, msgspec.Meta(max_length=254, extra_json_schema={"format": "email"})] | None
+    ) = None
+    message_id: Annotated[_Token, msgspec.Meta(max_length=64)] | None = None
+    campaign_id: _Id | None = None
+    trigger_id: _Id | None = None
+    experiment_id: _Id | None = None
+    variant: Annotated[_Token, msgspec.Meta(max_length=100)] | None = None
+    provider: Annotated[_Token, msgspec.Meta(max_length=50)] | None = None
+    #: Up to 16 KiB of JSON; a conversion's ``value`` is a number.
+    properties: dict[str, Any] | None = None
+
+
+def _event_body() -> Any:
+    """The body's type, for the OpenAPI document (the handler decodes the body itself)."""
+    return (
+        EventIn | Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH_EVENTS)]
+    )
+
+
 class EventsController(Controller):
     """Event ingestion."""
 
     path = "/v1/events"
     tags = ["events"]
 
-    @post("/", status_code=202)
+    @post(
+        "/",
+        status_code=202,
+        opt={"request_body": _event_body},
+        response_description="Accepted: counts, duplicates and (with partial) the rejected.",
+    )
     async def create(
         self,
         state: State,
@@ -97,6 +145,25 @@ def _scope_params(
     }
 
 
+Since = Annotated[
+    str | None,
+    Parameter(
+        min_length=1,
+        max_length=64,
+        schema_extra={"format": "date-time"},
+        description="Only events at or after this time (ISO 8601 with a timezone).",
+    ),
+]
+Until = Annotated[
+    str | None,
+    Parameter(
+        min_length=1,
+        max_length=64,
+        schema_extra={"format": "date-time"},
+        description="Only events before this time (ISO 8601 with a timezone).",
+    ),
+]
+
 _SEGMENTS = Parameter(
     default=None, description="Segment names (repeatable); all segments when omitted."
 )
@@ -108,15 +175,15 @@ class MetricsController(Controller):
     path = "/v1/metrics"
     tags = ["metrics"]
 
-    @get("/open-rate", sync_to_thread=True)
+    @get("/open-rate", sync_to_thread=True, opt={"problems": [404]})
     def open_rate(
         self,
         state: State,
         *,
         segment: list[str] | None = _SEGMENTS,
-        campaign_id: int | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        campaign_id: OptionalId = None,
+        since: Since = None,
+        until: Until = None,
         include_machine_opens: bool = False,
     ) -> dict[str, Any]:
         """Open rate overall and per segment; machine opens are left out unless included."""
@@ -136,10 +203,10 @@ class MetricsController(Controller):
         state: State,
         *,
         by: VariantKey = VariantKey.CAMPAIGN,
-        campaign_id: int | None = None,
-        experiment_id: int | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        campaign_id: OptionalId = None,
+        experiment_id: OptionalId = None,
+        since: Since = None,
+        until: Until = None,
     ) -> dict[str, Any]:
         """Click-through rate per campaign or per experiment variant."""
         runtime: Runtime = state.runtime
@@ -154,10 +221,10 @@ class MetricsController(Controller):
         *,
         model: AttributionModel = AttributionModel.LAST_CLICK,
         window_days: float | None = Parameter(default=None, gt=0, le=365),
-        campaign_id: int | None = None,
-        experiment_id: int | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        campaign_id: OptionalId = None,
+        experiment_id: OptionalId = None,
+        since: Since = None,
+        until: Until = None,
     ) -> dict[str, Any]:
         """Conversions credited to the last (or first) human click within the window."""
         runtime: Runtime = state.runtime
@@ -172,9 +239,9 @@ class MetricsController(Controller):
         state: State,
         *,
         by: HealthKey = HealthKey.PROVIDER,
-        campaign_id: int | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        campaign_id: OptionalId = None,
+        since: Since = None,
+        until: Until = None,
     ) -> dict[str, Any]:
         """Accepted, bounce and complaint rates per provider or recipient domain."""
         runtime: Runtime = state.runtime

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 
 from postwise import tokens
 from postwise.analytics.bots import classify_click, classify_open, record_click_burst
@@ -182,6 +183,17 @@ def _not_found_page() -> Response[str]:
     )
 
 
+#: The HTML page a bad, tampered or expired token gets (documented in the OpenAPI schema).
+_BAD_TOKEN_PAGE = {
+    404: ResponseSpec(
+        data_container=str,
+        media_type=MediaType.HTML,
+        description="The token is invalid, tampered with or expired: an HTML page saying so.",
+        generate_examples=False,
+    )
+}
+
+
 class TrackingController(Controller):
     """Open pixel and click redirect."""
 
@@ -189,7 +201,12 @@ class TrackingController(Controller):
     tags = ["tracking"]
     include_in_schema = True
 
-    @get("/o/{name:str}", sync_to_thread=True)
+    @get(
+        "/o/{name:str}",
+        sync_to_thread=True,
+        media_type="image/gif",
+        response_description="A 1x1 transparent GIF (for invalid tokens too; nothing is recorded).",
+    )
     def open_pixel(
         self, state: State, request: Request[Any, Any, Any], name: str
     ) -> Response[bytes]:
@@ -213,7 +230,14 @@ class TrackingController(Controller):
             log.exception("could not record an open")
         return Response(TRANSPARENT_GIF, media_type="image/gif", headers=_NO_CACHE)
 
-    @get("/c/{token:str}", sync_to_thread=True)
+    @get(
+        "/c/{token:str}",
+        sync_to_thread=True,
+        status_code=302,
+        media_type=MediaType.HTML,
+        response_description="A redirect (Location) to the URL the token binds.",
+        responses=_BAD_TOKEN_PAGE,
+    )
     def click(self, state: State, request: Request[Any, Any, Any], token: str) -> Response[Any]:
         """Redirect to the URL bound into the token; a bad token is a 404, never a redirect."""
         runtime: Runtime = state.runtime
@@ -310,7 +334,13 @@ class UnsubscribeController(Controller):
     path = "/u"
     tags = ["tracking"]
 
-    @get("/{token:str}", sync_to_thread=True)
+    @get(
+        "/{token:str}",
+        sync_to_thread=True,
+        media_type=MediaType.HTML,
+        response_description="An HTML page with one button that unsubscribes.",
+        responses=_BAD_TOKEN_PAGE,
+    )
     def confirm_page(self, state: State, token: str) -> Response[str]:
         """A page with a button; GET never unsubscribes (link scanners prefetch GETs)."""
         runtime: Runtime = state.runtime
@@ -330,7 +360,13 @@ class UnsubscribeController(Controller):
             _page("Unsubscribe", form), media_type=MediaType.HTML, headers=_PAGE_HEADERS
         )
 
-    @post("/{token:str}", status_code=200)
+    @post(
+        "/{token:str}",
+        status_code=200,
+        media_type=MediaType.HTML,
+        response_description="An HTML page confirming the unsubscribe (idempotent).",
+        responses=_BAD_TOKEN_PAGE,
+    )
     async def one_click(
         self, state: State, request: Request[Any, Any, Any], token: str
     ) -> Response[str]:

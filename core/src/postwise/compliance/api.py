@@ -22,8 +22,9 @@ import html
 import ipaddress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.params import Parameter
 from sqlmodel import Session
@@ -37,6 +38,8 @@ from postwise.contacts.normalize import email_hash
 from postwise.db.models import ConsentRecord, Contact, Suppression
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.runtime import Runtime
+from postwise.server.dto import Body, Email, IpAddress
+from postwise.server.pagination import After, Limit
 
 __all__ = [
     "ConsentController",
@@ -47,17 +50,28 @@ __all__ = [
 ]
 
 
-@dataclass
-class ConsentIn:
+#: A consent purpose: lower-case letters, digits, '_', '.', '-', starting with a letter.
+PURPOSE_PATTERN = r"^[a-z][a-z0-9_.-]{0,49}$"
+Purpose = Annotated[
+    str, Parameter(pattern=PURPOSE_PATTERN, description="A consent purpose ('newsletter').")
+]
+
+
+PurposeField = Annotated[
+    str, msgspec.Meta(pattern=PURPOSE_PATTERN, examples=["marketing", "newsletter"])
+]
+
+
+class ConsentIn(Body):
     """A grant (``granted: true``) or withdrawal of consent for one purpose."""
 
-    purpose: str = consent_ledger.MARKETING
+    purpose: PurposeField = consent_ledger.MARKETING
     granted: bool = True
-    source: str = "api"
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")] = "api"
     #: The IP address the person gave consent from (not the API caller's).
-    ip: str | None = None
+    ip: IpAddress | None = None
     #: Which version of the consent wording the person saw.
-    wording_version: str | None = None
+    wording_version: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     #: Record the grant unconfirmed and return a confirmation link to send to the person.
     double_opt_in: bool = False
 
@@ -168,7 +182,7 @@ class ConsentController(Controller):
 
     @delete("/{purpose:str}", sync_to_thread=True, status_code=200)
     def withdraw(
-        self, session: Session, runtime: Runtime, contact_id: int, purpose: str
+        self, session: Session, runtime: Runtime, contact_id: int, purpose: Purpose
     ) -> ConsentChange:
         """Withdraw consent for ``purpose`` in one call (withdrawing ``marketing`` unsubscribes)."""
         record = consent_ledger.withdraw_consent(session, contact_id, purpose, source="api")
@@ -194,12 +208,14 @@ class PrivacyController(Controller):
         return export_contact(runtime, contact_id=contact_id)
 
 
-@dataclass
-class SuppressionIn:
-    email: str
-    reason: str = suppression.SuppressionReason.MANUAL.value
-    scope: str = suppression.SuppressionScope.ALL.value
-    detail: str | None = None
+class SuppressionIn(Body):
+    """An address to suppress (stored only as its hash)."""
+
+    email: Email
+    #: Any reason but ``erasure`` (erasing a contact records that one).
+    reason: Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe", "manual"] = "manual"
+    scope: suppression.SuppressionScope = suppression.SuppressionScope.ALL
+    detail: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
 
 
 @dataclass
@@ -219,9 +235,8 @@ class SuppressionPage:
     next_after: int | None
 
 
-@dataclass
-class AddressIn:
-    email: str
+class AddressIn(Body):
+    email: Email
 
 
 @dataclass
@@ -255,9 +270,9 @@ class SuppressionsController(Controller):
     def list_entries(
         self,
         session: Session,
-        reason: str | None = None,
-        after: int = Parameter(default=0, ge=0),
-        limit: int = Parameter(default=100, ge=1, le=1000),
+        reason: suppression.SuppressionReason | None = None,
+        after: After = 0,
+        limit: Limit = 100,
     ) -> SuppressionPage:
         """Suppressions in id order; page with ``after``."""
         items = suppression.list_suppressions(session, reason=reason, after_id=after, limit=limit)
@@ -294,11 +309,17 @@ class SuppressionsController(Controller):
         suppression.lift_suppression(session, suppression_id)
 
 
-@dataclass
-class StreamIn:
+class StreamIn(Body):
     #: ``provider:NAME``, ``sending_domain:DOMAIN`` or ``recipient_domain:DOMAIN``.
-    stream: str
-    reason: str = "paused by an operator"
+    stream: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=300,
+            pattern=r"^(provider|sending_domain|recipient_domain):\s*\S",
+            examples=["provider:smtp", "recipient_domain:gmail.com"],
+        ),
+    ]
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = "paused by an operator"
 
 
 class ReputationController(Controller):
@@ -327,7 +348,9 @@ class ReputationController(Controller):
             "reports": counters(runtime.redis),
         }
 
-    @post("/resume", sync_to_thread=True, status_code=200, opt={"scope": "admin"})
+    @post(
+        "/resume", sync_to_thread=True, status_code=200, opt={"scope": "admin", "problems": [404]}
+    )
     def resume(self, runtime: Runtime, data: StreamIn) -> dict[str, Any]:
         """Resume a paused stream; its counters start afresh."""
         lifted = reputation.resume(runtime.redis, data.stream)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import zoneinfo
+from typing import Annotated, Any, Literal
 
+import msgspec
 import sqlalchemy as sa
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import Parameter
@@ -19,16 +20,70 @@ from postwise.contacts.segments import (
     set_consent_purpose,
     validate_rules,
 )
-from postwise.contacts.service import ContactData, contact_dict, get_contact, upsert_contact
-from postwise.db.models import Contact, ContactTag, Segment, SegmentMember
+from postwise.contacts.service import (
+    MAX_ATTRIBUTES,
+    ContactData,
+    contact_dict,
+    get_contact,
+    upsert_contact,
+)
+from postwise.db.models import Campaign, Contact, ContactStatus, ContactTag, Segment, SegmentMember
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.runtime import Runtime
+from postwise.server.dto import Body, Email, IdField, Name
 from postwise.server.pagination import After, Limit, next_after
 
 __all__ = ["ContactsController", "SegmentsController"]
 
 
+_ZONES = sorted(zoneinfo.available_timezones())
+_AttributeName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^.]*$")]
+
+
+class ContactPatch(Body):
+    """Fields of a contact to change; absent or null fields stay as they are."""
+
+    first_name: Annotated[str, msgspec.Meta(max_length=200, examples=["Ann"])] | None = None
+    last_name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    #: An IANA time zone.
+    timezone: (
+        Annotated[str, msgspec.Meta(extra_json_schema={"enum": _ZONES}, examples=["Europe/Paris"])]
+        | None
+    ) = None
+    #: ISO 3166-1 alpha-2.
+    country: Annotated[str, msgspec.Meta(pattern="^[A-Za-z]{2}$", examples=["FR"])] | None = None
+    status: ContactStatus | None = None
+    #: Replaces the contact's tags.
+    tags: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]],
+            msgspec.Meta(max_length=100, examples=[["vip", "beta"]]),
+        ]
+        | None
+    ) = None
+    #: Merged into the stored attributes: at most 100 names and 16 KiB as JSON in all.
+    attributes: (
+        Annotated[
+            dict[
+                Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^.]*$")], Any
+            ],
+            msgspec.Meta(max_length=MAX_ATTRIBUTES, examples=[{"plan": "pro", "seats": 3}]),
+        ]
+        | None
+    ) = None
+    #: Must be the contact's (it cannot change).
+    email: Email | None = None
+
+
+class ContactIn(ContactPatch, kw_only=True):
+    """A contact, matched by its normalised email: created, or updated when it exists."""
+
+    email: Email
+
+
 def _parse_contact(body: Any, *, partial_email: str | None = None) -> ContactData:
+    if isinstance(body, msgspec.Struct):
+        body = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
     if not isinstance(body, dict):
         raise ValidationError("the body must be a JSON object")
     if partial_email is not None:
@@ -58,7 +113,7 @@ class ContactsController(Controller):
         request: Request[Any, Any, Any],
         session: Session,
         runtime: Runtime,
-        data: dict[str, Any],
+        data: ContactIn,
     ) -> dict[str, Any]:
         """Create a contact, or update the one with the same normalised email."""
         contact, created = upsert_contact(
@@ -69,10 +124,25 @@ class ContactsController(Controller):
 
     @get("/", sync_to_thread=True)
     def list_contacts(
-        self, session: Session, after: After = 0, limit: Limit = 100, email: str | None = None
+        self,
+        session: Session,
+        after: After = 0,
+        limit: Limit = 100,
+        email: Annotated[
+            str | None,
+            Parameter(
+                max_length=254,
+                schema_extra={"format": "email"},
+                description="Only the contact with this address (normalised).",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Contacts in id order with their tags, paged by ``after`` (keyset pagination)."""
         query = select(Contact).where(col(Contact.id) > after)
+        if email is not None and (not email or email != email.strip()):
+            raise ValidationError(
+                "must be an email address without surrounding blanks", field="email"
+            )
         if email:
             query = query.where(Contact.email == normalize_email(email))
         rows = list(session.exec(query.order_by(col(Contact.id)).limit(limit)))
@@ -95,31 +165,52 @@ class ContactsController(Controller):
         contact = get_contact(session, contact_id)
         return contact_dict(contact, _tags(session, contact_id))
 
-    @patch("/{contact_id:int}", sync_to_thread=True)
+    @patch("/{contact_id:int}", sync_to_thread=True, opt={"problems": [409]})
     def update(
-        self, session: Session, runtime: Runtime, contact_id: int, data: dict[str, Any]
+        self, session: Session, runtime: Runtime, contact_id: int, data: ContactPatch
     ) -> dict[str, Any]:
         """Change fields of a contact; the email cannot change (create another contact)."""
         contact = get_contact(session, contact_id)
-        if "email" in data and normalize_email(str(data["email"])) != contact.email:
-            raise ValidationError("the email of a contact cannot change", field="email")
+        if data.email is not None and normalize_email(data.email) != contact.email:
+            raise ConflictError(
+                f"contact {contact_id} has email {contact.email!r}; an email cannot change "
+                "(create another contact)"
+            )
         parsed = _parse_contact(data, partial_email=contact.email)
         contact, _ = upsert_contact(session, parsed, source="api", plugins=runtime.plugins)
         return contact_dict(contact, _tags(session, contact_id))
 
 
-@dataclass
-class SegmentIn:
-    name: str
-    kind: str = "rules"
-    rules: dict[str, Any] | None = None
-    contact_ids: list[int] | None = None
+class SegmentIn(Body):
+    """A rule-based segment (``rules``, see docs/segments.md) or a static list (``contact_ids``)."""
+
+    name: Annotated[Name, msgspec.Meta(examples=["vips"])]
+    kind: Literal["rules", "static"] = "rules"
+    #: The rule tree (rule segments): ``{"tag": "vip"}``, ``{"all": [...]}``, ...
+    rules: Annotated[dict[str, Any], msgspec.Meta(examples=[{"tag": "vip"}])] | None = None
+    #: The members of a static list.
+    contact_ids: Annotated[list[IdField], msgspec.Meta(max_length=10_000)] | None = None
     #: A consent purpose every marketing send to the segment needs (``"newsletter"``).
-    consent_purpose: str | None = None
+    consent_purpose: (
+        Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,49}$", examples=["newsletter"])]
+        | None
+    ) = None
 
 
-#: The fields ``PATCH /v1/segments/{name}`` changes.
-_PATCHABLE = ("consent_purpose",)
+_Purpose = Annotated[
+    str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,49}$", examples=["newsletter"])
+]
+
+
+class SegmentPatch(Body):
+    """What ``PATCH /v1/segments/{name}`` changes."""
+
+    #: The consent purpose sends to the segment need; ``null`` removes it.
+    consent_purpose: (
+        Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,49}$", examples=["newsletter"])]
+        | msgspec.UnsetType
+        | None
+    ) = msgspec.UNSET
 
 
 def _segment_dict(segment: Segment, *, count: int | None = None) -> dict[str, Any]:
@@ -173,19 +264,14 @@ class SegmentsController(Controller):
         return _segment_dict(segment, count=count_segment(session, segment))
 
     @patch("/{name:str}", sync_to_thread=True)
-    def update(self, session: Session, name: str, data: dict[str, Any]) -> dict[str, Any]:
+    def update(self, session: Session, name: str, data: SegmentPatch) -> dict[str, Any]:
         """Change a segment's ``consent_purpose`` (``null`` removes it).
 
         Campaigns dispatched afterwards follow it; messages already queued keep the purpose
         they were queued with."""
         segment = get_segment(session, name)
-        for key in data:
-            if key not in _PATCHABLE:
-                raise ValidationError(
-                    f"unknown field; allowed: {', '.join(_PATCHABLE)}", field=str(key)
-                )
-        if "consent_purpose" in data:
-            set_consent_purpose(segment, data["consent_purpose"])
+        if data.consent_purpose is not msgspec.UNSET:
+            set_consent_purpose(segment, data.consent_purpose)
         session.add(segment)
         session.flush()
         return _segment_dict(segment, count=count_segment(session, segment))
@@ -195,8 +281,8 @@ class SegmentsController(Controller):
         self,
         session: Session,
         name: str,
-        after: int = Parameter(default=0, ge=0),
-        limit: int = Parameter(default=1000, ge=1, le=10000),
+        after: After = 0,
+        limit: Annotated[int, Parameter(ge=1, le=10000)] = 1000,
     ) -> dict[str, Any]:
         """Member ids in id order, paged by ``after``."""
         segment = get_segment(session, name)
@@ -211,7 +297,22 @@ class SegmentsController(Controller):
 
     @delete("/{name:str}", sync_to_thread=True, status_code=204)
     def remove(self, session: Session, name: str) -> None:
+        """Delete a segment no campaign uses (409 names the campaigns that do)."""
         segment = get_segment(session, name)
+        users = list(
+            session.exec(
+                select(Campaign.id, Campaign.name)
+                .where(Campaign.segment_id == segment.id)
+                .order_by(col(Campaign.id))
+                .limit(5)
+            )
+        )
+        if users:
+            named = ", ".join(f"{cid} ({cname!r})" for cid, cname in users)
+            raise ConflictError(
+                f"segment {segment.name!r} is used by campaign {named}; delete or change those "
+                "campaigns first"
+            )
         session.execute(sa.delete(SegmentMember).where(col(SegmentMember.segment_id) == segment.id))
         session.delete(segment)
 
@@ -219,7 +320,10 @@ class SegmentsController(Controller):
 def add_members(session: Session, segment: Segment, contact_ids: list[int]) -> int:
     """Add contacts to a static segment; unknown ids are an error naming them."""
     if segment.kind != "static":
-        raise ValidationError("only static segments have explicit members", field="kind")
+        raise ConflictError(
+            f"segment {segment.name!r} is rule-based: its members follow its rules; only a static "
+            "list takes members"
+        )
     ids = sorted(set(contact_ids))
     found = set(session.exec(select(Contact.id).where(col(Contact.id).in_(ids))))
     missing = [i for i in ids if i not in found]

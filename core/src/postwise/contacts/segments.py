@@ -82,7 +82,9 @@ _MAX_DEPTH = 20
 def get_segment(session: Session, name_or_id: str | int) -> Segment:
     """The segment called (or numbered) ``name_or_id``."""
     if isinstance(name_or_id, int) or str(name_or_id).isdigit():
-        segment = session.get(Segment, int(name_or_id))
+        number = int(name_or_id)
+        # Ids are 32-bit: a larger number names no segment (and PostgreSQL would refuse it).
+        segment = session.get(Segment, number) if 0 < number < 2**31 else None
     else:
         segment = session.exec(select(Segment).where(Segment.name == name_or_id)).first()
     if segment is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -89,7 +90,25 @@ class ContactData(BaseModel):
         for key in value:
             if not key or len(key) > 100 or "." in key:
                 raise ValueError(f"attribute name {key!r} must be 1-100 characters without '.'")
+        check_attributes_size(value)
         return value
+
+
+#: Caps on a contact's attributes (after merging an update into the stored ones).
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTES_BYTES = 16_384
+
+
+def check_attributes_size(attributes: dict[str, Any]) -> None:
+    """ValueError unless ``attributes`` fits the caps (100 names, 16 KiB as JSON)."""
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValueError(f"a contact has at most {MAX_ATTRIBUTES} attributes")
+    size = len(json.dumps(attributes, separators=(",", ":"), default=str).encode())
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise ValueError(
+            f"attributes take {size} bytes as JSON; at most {MAX_ATTRIBUTES_BYTES} are kept "
+            "per contact (store large data elsewhere and keep a reference)"
+        )
 
 
 def get_contact(session: Session, contact_id: int) -> Contact:
@@ -154,6 +173,10 @@ def upsert_contact(
             changes[name] = value
     if data.attributes:
         merged = {**contact.attributes, **data.attributes}
+        try:
+            check_attributes_size(merged)
+        except ValueError as exc:
+            raise ValidationError(str(exc), field="attributes") from None
         if merged != contact.attributes:
             contact.attributes = merged
             changes["attributes"] = data.attributes

@@ -84,7 +84,7 @@ class CrmWebhookController(SignedWebhookController):
     path = "/hooks/crm"
     source = "crm"
 
-    @post("/{system:str}", status_code=200, security=[])
+    @post("/{system:str}", status_code=200, security=[], opt={"problems": [400, 401, 403, 413]})
     async def events(self, state: State, request: Request[Any, Any, Any]) -> Response[Any]:
         """Apply the contact changes a signed CRM webhook announces."""
         return await self.receive(state, request, system=request.path_params["system"])

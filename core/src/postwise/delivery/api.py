@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from litestar import Controller, Response, get, post
-from litestar.params import Parameter
+import msgspec
+import sqlalchemy as sa
+from litestar import Controller, Response, delete, get, post
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from sqlmodel import Session, col, select
 
-from postwise.db.models import Contact, Message, Template
+from postwise.db.models import (
+    Campaign,
+    CampaignStatus,
+    Contact,
+    Experiment,
+    Message,
+    Template,
+    TemplateVersion,
+    Trigger,
+)
 from postwise.delivery.campaigns import (
     campaign_status,
     create_campaign,
     get_campaign,
-    list_campaigns,
 )
 from postwise.delivery.recovery import stalls
 from postwise.delivery.requests import SendRequest, SubmitStatus
@@ -28,70 +37,116 @@ from postwise.delivery.templates import (
     preview,
     template_dict,
 )
-from postwise.errors import NotFoundError, ValidationError
+from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.runtime import Runtime
+from postwise.server.dto import Body, IdField, Key, Name, Out
+from postwise.server.pagination import After, Limit, next_after
+from postwise.server.validation import MAX_ID, OptionalId
 
 __all__ = ["CampaignsController", "SendsController", "TemplatesController"]
 
 
-@dataclass
-class TemplateIn:
+Subject = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=998, examples=["Hello {{ first_name }}"])
+]
+Html = Annotated[str, msgspec.Meta(max_length=500_000, examples=["<p>Hi {{ first_name }}</p>"])]
+Variable = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+]
+Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+Provider = Annotated[str, msgspec.Meta(min_length=1, max_length=100, examples=["smtp"])]
+
+
+class TemplateIn(Body):
     """A new template with its first version."""
 
-    name: str
-    subject: str
-    html: str
-    text: str | None = None
-    kind: str = "marketing"
+    name: Name
+    subject: Subject
+    html: Html
+    text: Annotated[str, msgspec.Meta(max_length=500_000)] | None = None
+    kind: Literal["marketing", "transactional"] = "marketing"
     #: Names beyond the contact fields the template uses (attributes, send context values).
-    variables: list[str] = field(default_factory=list)
+    variables: Annotated[list[Variable], msgspec.Meta(max_length=200)] = []
 
 
-@dataclass
-class VersionIn:
+class VersionIn(Body):
     """A new version of a template."""
 
-    subject: str
-    html: str
-    text: str | None = None
-    variables: list[str] = field(default_factory=list)
+    subject: Subject
+    html: Html
+    text: Annotated[str, msgspec.Meta(max_length=500_000)] | None = None
+    variables: Annotated[list[Variable], msgspec.Meta(max_length=200)] = []
 
 
-@dataclass
-class PreviewIn:
+class PreviewIn(Body):
     """Render for a stored contact (``contact_id``) or for made-up ``fields``."""
 
-    contact_id: int | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-    version: int | None = None
-    segments: list[str] = field(default_factory=list)
+    contact_id: IdField | None = None
+    fields: dict[str, Any] = {}
+    version: Version | None = None
+    segments: Annotated[list[Name], msgspec.Meta(max_length=100)] = []
 
 
-@dataclass
-class CampaignIn:
-    name: str
-    template_id: int
-    template_version: int | None = None
+class CampaignIn(Body):
+    """A draft campaign: a template sent to a segment (or every active contact)."""
+
+    name: Name
+    template_id: IdField
+    template_version: Version | None = None
     #: A segment id or name; none means every active contact.
-    segment: int | str | None = None
-    provider: str | None = None
-    experiment_id: int | None = None
+    segment: IdField | Name | None = None
+    provider: Provider | None = None
+    experiment_id: IdField | None = None
 
 
-@dataclass
-class SendIn:
+class SendIn(Body):
     """One message: a template to a contact, identified by ``dedupe_key`` (idempotent)."""
 
-    contact_id: int
-    template_id: int
-    dedupe_key: str
-    not_before: datetime | None = None
-    context: dict[str, Any] = field(default_factory=dict)
-    provider: str | None = None
-    experiment_id: int | None = None
+    contact_id: IdField
+    template_id: IdField
+    dedupe_key: Annotated[Key, msgspec.Meta(examples=["order-1042-receipt"])]
+    #: Send no earlier than this (ISO 8601 with a timezone).
+    not_before: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=64,
+                extra_json_schema={"format": "date-time"},
+                examples=["2026-12-24T09:00:00+01:00"],
+            ),
+        ]
+        | None
+    ) = None
+    context: dict[str, Any] = {}
+    provider: Provider | None = None
+    experiment_id: IdField | None = None
     #: A consent purpose this send needs (as a list's ``consent_purpose`` does): marketing is
     #: sent only if the contact's latest record for it is granted and confirmed.
-    consent_purpose: str | None = None
+    consent_purpose: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.-]{0,49}$")] | None = None
+
+
+class SendOut(Out):
+    """Where a submitted send stands."""
+
+    message_id: str
+    #: queued (202); duplicate (the dedupe_key was seen), skipped or held (200).
+    status: str
+    #: Why it was not queued (suppressed, no consent, frequency cap, ...).
+    reason: str | None = None
+
+
+def _when(value: str | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            f"{value!r} is not an ISO 8601 time such as 2026-12-24T09:00:00Z", field=field
+        ) from None
+    if parsed.tzinfo is None:
+        raise ValidationError("add a timezone (Z or an offset such as +02:00)", field=field)
+    return parsed
 
 
 class TemplatesController(Controller):
@@ -116,14 +171,36 @@ class TemplatesController(Controller):
 
     @get("/", sync_to_thread=True)
     def list_templates(
-        self, session: Session, limit: int = Parameter(default=100, ge=1, le=1000)
+        self, session: Session, after: After = 0, limit: Limit = 100
     ) -> dict[str, Any]:
-        rows = session.exec(select(Template).order_by(col(Template.id)).limit(limit))
-        return {"templates": [template_dict(t) for t in rows]}
+        """Templates in id order, paged by ``after``."""
+        rows = list(
+            session.exec(
+                select(Template)
+                .where(col(Template.id) > after)
+                .order_by(col(Template.id))
+                .limit(limit)
+            )
+        )
+        return {
+            "templates": [template_dict(t) for t in rows],
+            "next_after": next_after(rows, limit),
+        }
+
+    @delete("/{template_id:int}", sync_to_thread=True, status_code=204, opt={"problems": [409]})
+    def remove(self, session: Session, template_id: int) -> None:
+        """Delete a template nothing uses or has sent; 409 says what does (a sent template
+        stays: the ledger and reports refer to its versions)."""
+        template = get_template(session, template_id)
+        _refuse_if_used(session, template)
+        session.execute(
+            sa.delete(TemplateVersion).where(col(TemplateVersion.template_id) == template_id)
+        )
+        session.delete(template)
 
     @get("/{template_id:int}", sync_to_thread=True)
     def show(
-        self, session: Session, template_id: int, version: int | None = None
+        self, session: Session, template_id: int, version: OptionalId = None
     ) -> dict[str, Any]:
         """The template and one version of it (the current one by default)."""
         return template_dict(
@@ -177,6 +254,35 @@ class TemplatesController(Controller):
         )
 
 
+def _refuse_if_used(session: Session, template: Template) -> None:
+    """ConflictError naming what uses ``template`` (campaigns, triggers, experiments, mail)."""
+    users: list[str] = [
+        f"campaign {cid} ({name!r})"
+        for cid, name in session.exec(
+            select(Campaign.id, Campaign.name).where(Campaign.template_id == template.id).limit(5)
+        )
+    ]
+    users += [
+        f"trigger {t.id} ({t.name!r})"
+        for t in session.exec(select(Trigger))
+        if t.action.get("template_id") == template.id
+    ][:5]
+    users += [
+        f"experiment {e.id} ({e.name!r})"
+        for e in session.exec(select(Experiment))
+        if any(v.get("template_id") == template.id for v in e.variants)
+    ][:5]
+    if users:
+        raise ConflictError(
+            f"template {template.id} is used by {', '.join(users)}; delete or change them first"
+        )
+    if session.exec(select(Message.id).where(Message.template_id == template.id).limit(1)).first():
+        raise ConflictError(
+            f"template {template.id} has been sent; it stays so the ledger and reports can refer "
+            "to its versions"
+        )
+
+
 class CampaignsController(Controller):
     path = "/v1/campaigns"
     tags = ["campaigns"]
@@ -197,15 +303,37 @@ class CampaignsController(Controller):
         return campaign_status(session, campaign.id)
 
     @get("/", sync_to_thread=True)
-    def list_all(
-        self, session: Session, limit: int = Parameter(default=100, ge=1, le=1000)
-    ) -> dict[str, Any]:
+    def list_all(self, session: Session, after: After = 0, limit: Limit = 100) -> dict[str, Any]:
+        """Campaigns in id order, paged by ``after``."""
+        rows = list(
+            session.exec(
+                select(Campaign)
+                .where(col(Campaign.id) > after)
+                .order_by(col(Campaign.id))
+                .limit(limit)
+            )
+        )
         return {
             "campaigns": [
                 {"id": c.id, "name": c.name, "status": c.status, "created_at": c.created_at}
-                for c in list_campaigns(session, limit=limit)
-            ]
+                for c in rows
+            ],
+            "next_after": next_after(rows, limit),
         }
+
+    @delete("/{campaign_id:int}", sync_to_thread=True, status_code=204, opt={"problems": [409]})
+    def remove(self, session: Session, campaign_id: int) -> None:
+        """Delete a draft campaign that has no messages; one that has sent stays (409)."""
+        campaign = get_campaign(session, campaign_id)
+        sent = session.exec(
+            select(Message.id).where(Message.campaign_id == campaign_id).limit(1)
+        ).first()
+        if campaign.status != CampaignStatus.DRAFT or sent is not None:
+            raise ConflictError(
+                f"campaign {campaign_id} is {campaign.status} and has messages; it stays for the "
+                "record (only a draft that never sent can be deleted)"
+            )
+        session.delete(campaign)
 
     @get("/{campaign_id:int}", sync_to_thread=True)
     def status(self, runtime: Runtime, session: Session, campaign_id: int) -> dict[str, Any]:
@@ -237,8 +365,20 @@ class SendsController(Controller):
     path = "/v1/sends"
     tags = ["sends"]
 
-    @post("/", sync_to_thread=True, opt={"scope": "send"})
-    def submit(self, runtime: Runtime, data: SendIn) -> Response[dict[str, Any]]:
+    @post(
+        "/",
+        sync_to_thread=True,
+        status_code=HTTP_202_ACCEPTED,
+        opt={"scope": "send"},
+        response_description="Queued.",
+        responses={
+            200: ResponseSpec(
+                data_container=SendOut,
+                description="Not queued: a duplicate of an earlier send, or skipped with a reason.",
+            )
+        },
+    )
+    def submit(self, runtime: Runtime, data: SendIn) -> Response[SendOut]:
         """Send one message. The same ``dedupe_key`` for the same contact and template is
         sent once: a repeat answers ``duplicate``. 202 when queued, 200 otherwise."""
         from postwise.delivery.dispatch import submit_send
@@ -252,7 +392,7 @@ class SendsController(Controller):
                 template_id=data.template_id,
                 dedupe_key=f"api:{data.dedupe_key}",
                 reason="api",
-                not_before=data.not_before,
+                not_before=_when(data.not_before, "not_before"),
                 transactional=False,
                 provider=data.provider,
                 experiment_id=data.experiment_id,
@@ -260,7 +400,7 @@ class SendsController(Controller):
                 consent_purpose=data.consent_purpose,
             ),
         )
-        body = {"message_id": result.message_id, "status": result.status, "reason": result.reason}
+        body = SendOut(message_id=result.message_id, status=result.status, reason=result.reason)
         code = HTTP_202_ACCEPTED if result.status == SubmitStatus.QUEUED else HTTP_200_OK
         return Response(body, status_code=code)
 

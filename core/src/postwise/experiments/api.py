@@ -1,7 +1,7 @@
 """``/v1/experiments``: create, list, show, report on and stop experiments; plan sample sizes.
 
 Bodies are validated by :func:`postwise.experiments.service.validate_definition`, so the API
-rejects exactly what the CLI and Python reject, naming the field (``{"error": "weights must
+rejects exactly what the CLI and Python reject, naming the field (``{"detail": "weights must
 sum to 1, ...", "field": "variants"}``, status 422). ``GET /v1/experiments/{id}/report`` is a
 look: while the experiment runs it is recorded (see docs/experiments.md).
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -27,6 +28,7 @@ from postwise.experiments.service import (
     stop_experiment,
 )
 from postwise.runtime import Runtime
+from postwise.server.dto import Body
 
 __all__ = ["ExperimentsController", "plan_from"]
 
@@ -70,15 +72,44 @@ def plan_from(data: Mapping[str, Any]) -> dict[str, Any]:
     relative = data.get("relative", True)
     if not isinstance(relative, bool):
         raise ValidationError(f"must be true or false, got {relative!r}", field="relative")
-    design = plan(
-        numbers["baseline"],
-        numbers["mde"],
-        alpha=numbers.get("alpha", 0.05),
-        power=numbers.get("power", 0.8),
-        relative=relative,
-        **whole,
-    )
+    try:
+        design = plan(
+            numbers["baseline"],
+            numbers["mde"],
+            alpha=numbers.get("alpha", 0.05),
+            power=numbers.get("power", 0.8),
+            relative=relative,
+            **whole,
+        )
+    except (ArithmeticError, ValueError) as exc:
+        # Extreme inputs (alpha near 0, power near 1) leave the numeric range of the solver.
+        raise ValidationError(
+            f"cannot plan for these inputs ({exc}); use an alpha and power in the usual ranges "
+            "(alpha 0.001-0.2, power 0.5-0.99)"
+        ) from None
     return design.to_dict()
+
+
+class PlanIn(Body):
+    """What to plan for: a baseline rate and the smallest lift worth detecting."""
+
+    #: The control's conversion rate (0 < baseline < 1).
+    baseline: Annotated[float, msgspec.Meta(gt=0, lt=1, examples=[0.04])]
+    #: The smallest lift worth detecting: relative (0.10 = +10%) unless ``relative`` is false.
+    mde: Annotated[float, msgspec.Meta(gt=0, le=1e6, examples=[0.1])]
+    alpha: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] | None = None
+    power: Annotated[float, msgspec.Meta(ge=0.5, lt=1)] | None = None
+    variants: Annotated[int, msgspec.Meta(ge=2, le=1000)] | None = None
+    #: Evenly spaced looks the sequential cap assumes (at most 100 here: the planner's time
+    #: grows with them, about 15 ms each; the CLI plans for up to 500).
+    looks: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    relative: bool = True
+
+
+class StopIn(Body):
+    """Optionally, the variant to roll out when nobody won."""
+
+    ship: Annotated[str, msgspec.Meta(min_length=1, max_length=100, examples=["B"])] | None = None
 
 
 class ExperimentsController(Controller):
@@ -114,17 +145,12 @@ class ExperimentsController(Controller):
 
     @post("/{experiment_id:int}/stop", sync_to_thread=True, status_code=HTTP_200_OK)
     def stop(
-        self, runtime: Runtime, experiment_id: int, data: dict[str, Any] | None = None
+        self, runtime: Runtime, experiment_id: int, data: StopIn | None = None
     ) -> dict[str, Any]:
         """Stop after a last look; ``{"ship": "B"}`` rolls B out when nobody won."""
-        body = data or {}
-        _only(body, ("ship",))
-        ship = body.get("ship")
-        if ship is not None and not isinstance(ship, str):
-            raise ValidationError(f"must be a variant name, got {ship!r}", field="ship")
-        return stop_experiment(runtime, experiment_id, ship=ship)
+        return stop_experiment(runtime, experiment_id, ship=data.ship if data else None)
 
     @post("/plan", sync_to_thread=True, status_code=HTTP_200_OK, opt={"scope": "read"})
-    def plan(self, data: dict[str, Any]) -> dict[str, Any]:
+    def plan(self, data: PlanIn) -> dict[str, Any]:
         """Exposures per arm: fixed horizon, and the cap the always-valid test needs."""
-        return plan_from(data)
+        return plan_from({k: v for k, v in msgspec.structs.asdict(data).items() if v is not None})

@@ -176,6 +176,13 @@ def plan(
             f"baseline {baseline} lifted by {mde} gives a rate of {treatment:.4g}, not below 1",
             field="mde",
         )
+    gap = treatment - baseline
+    if not gap * gap * 1e12 > baseline * (1 - baseline):
+        # Detecting the lift would take more than ~10^12 exposures per arm (or none at all).
+        raise StatsError(
+            f"mde {mde} is too small to detect on a rate of {baseline}; plan for a larger lift",
+            field="mde",
+        )
     if not 0.5 <= power < 1.0:
         raise StatsError(f"power must lie in [0.5, 1), got {power}", field="power")
     if isinstance(variants, bool) or not isinstance(variants, int) or variants < 2:

@@ -2,7 +2,7 @@
 
 ``POST /v1/items`` upserts up to 1,000 items by id: ``{"items": [{"id": "sku-1", "title":
 ..., "url": ..., "image_url": ..., "attributes": {...}, "active": true}]}``. Errors name the
-item and field (``{"error": "must be an absolute http:// or https:// URL", "field":
+item and field (``{"detail": "must be an absolute http:// or https:// URL", "field":
 "items[3].url"}``, status 422) and nothing is written. A new or changed catalogue reaches
 recommendations at the next training (``postwise recommend train``).
 

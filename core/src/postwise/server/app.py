@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
@@ -26,6 +26,7 @@ from postwise.server.deps import provide_runtime, provide_session
 from postwise.server.errors import EXCEPTION_HANDLERS, KINDS, PROBLEM_MEDIA_TYPE, Problem
 from postwise.server.health import health, live
 from postwise.server.observability import metrics, observe_requests
+from postwise.server.openapi import refine_openapi
 from postwise.server.validation import check_request
 from postwise.settings import Settings
 
@@ -57,7 +58,8 @@ def _problem_statuses(route: HTTPRoute, method: str, handler: Any) -> list[int]:
     if is_protected(route.path):
         statuses += [401, 403, 429]
         if method in _BODY_METHODS:
-            statuses += [400, 409, 413, 415, 422]
+            # 404: a body can name an object (a template, an experiment) that does not exist.
+            statuses += [400, 404, 409, 413, 415, 422]
         elif method == "DELETE":
             statuses.append(409)
     return sorted(set(statuses))
@@ -94,6 +96,27 @@ def document_problems(app: Litestar) -> None:
                 handler.security = [{"apiKey": []}]
 
 
+async def _before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
+    if request.method == "OPTIONS":
+        # Litestar's automatic OPTIONS answer lists the methods of the first handler registered
+        # on a path; answer with every method the path has.
+        allow: dict[str, str] = request.app.state.allow
+        handler_paths = request.scope["route_handler"].paths
+        methods = allow.get(next(iter(handler_paths), ""), "")
+        if methods:
+            return Response(None, status_code=204, headers={"Allow": methods})
+    await check_request(request)
+    return None
+
+
+def _allow_by_path(app: Litestar) -> dict[str, str]:
+    return {
+        route.path: ", ".join(sorted(route.methods))
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+    }
+
+
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
     """The postwise server. Pass ``runtime`` to share connections and plugins with a host."""
     owned = runtime is None
@@ -118,7 +141,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         },
         guards=[require_api_key],
         middleware=[observe_requests],
-        before_request=check_request,
+        before_request=_before_request,
         request_max_body_size=runtime.settings.api_max_body_bytes,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -133,4 +156,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         debug=False,
     )
     document_problems(app)
+    refine_openapi(app)
+    app.state.allow = _allow_by_path(app)
     return app

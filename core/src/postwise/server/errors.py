@@ -182,6 +182,26 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 _AT_PATH = re.compile(r" - at `\$(\.?[^`]*)`$")
 
 
+_PLAIN: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^Expected `str` matching regex '(.*)'$"), "must match the pattern {0}"),
+    (re.compile(r"^Expected `str` of length <= (\d+)$"), "must be at most {0} characters"),
+    (re.compile(r"^Expected `str` of length >= (\d+)$"), "must be at least {0} characters"),
+    (re.compile(r"^Expected `(?:int|float|number)` <= (\S+)$"), "must be at most {0}"),
+    (re.compile(r"^Expected `(?:int|float|number)` >= (\S+)$"), "must be at least {0}"),
+    (re.compile(r"^Expected `array` of length <= (\d+)$"), "must have at most {0} items"),
+    (re.compile(r"^Expected `object` of length <= (\d+)$"), "must have at most {0} entries"),
+]
+_MISSING = re.compile(r"^Object missing required field `([^`]*)`$")
+
+
+def _plain(message: str) -> str:
+    for pattern, template in _PLAIN:
+        match = pattern.match(message)
+        if match:
+            return template.format(*match.groups())
+    return message
+
+
 def _field_of(item: Mapping[str, Any]) -> tuple[str | None, str]:
     """The field path and message of one of litestar's validation ``extra`` entries."""
     message = str(item.get("message", "invalid value"))
@@ -192,6 +212,11 @@ def _field_of(item: Mapping[str, Any]) -> tuple[str | None, str]:
     if at:
         message = message[: at.start()]
         path = at.group(1).lstrip(".")
+    missing = _MISSING.match(message)
+    if missing:
+        name = missing.group(1)
+        return (f"{path}.{name}" if path else name), "is required"
+    message = _plain(message)
     unknown = _UNKNOWN_FIELD.search(message)
     if unknown:
         name = unknown.group(1)

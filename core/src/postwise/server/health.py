@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from postwise import __version__
@@ -15,7 +16,19 @@ from postwise.runtime import Runtime
 __all__ = ["health", "live"]
 
 
-@get("/health", sync_to_thread=True, tags=["health"], security=[])
+@get(
+    "/health",
+    sync_to_thread=True,
+    tags=["health"],
+    security=[],
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, Any],
+            description="Not ready: the same body, listing the problems and what to do.",
+            generate_examples=False,
+        )
+    },
+)
 def health(state: State) -> Response[dict[str, Any]]:
     """Ready: the database and Redis answer, every required process beats, nothing lags.
 

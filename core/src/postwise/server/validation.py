@@ -20,6 +20,7 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 from litestar import Request
+from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
 from postwise.errors import ValidationError
@@ -110,6 +111,56 @@ def reject_unknown(data: Mapping[str, Any], allowed: Iterable[str], *, prefix: s
         raise ValidationError(f"unknown field; allowed: {', '.join(allowed)}", field=field)
 
 
+_TYPED: dict[int, Any] = {}
+_UNKNOWN_AT_TOP = re.compile(r"^Object contains unknown field `([^`]*)`(?: - at `\$`)?$")
+
+
+def _body_type(handler: Any) -> Any:
+    """The annotation of ``handler``'s ``data`` when it involves a msgspec struct, else None."""
+    key = id(handler)
+    if key not in _TYPED:
+        field = handler.parsed_data_field
+        annotation = field.annotation if field is not None else None
+        text = repr(annotation)
+        structs = (
+            [cls for cls in _struct_types(annotation) if issubclass(cls, msgspec.Struct)]
+            if annotation is not None
+            else []
+        )
+        _TYPED[key] = annotation if structs and "Any" not in text else None
+    return _TYPED[key]
+
+
+def _struct_types(annotation: Any) -> list[type]:
+    args = getattr(annotation, "__args__", None)
+    if args:
+        return [t for arg in args for t in _struct_types(arg)]
+    return [annotation] if isinstance(annotation, type) else []
+
+
+def _check_typed_body(request: Request[Any, Any, Any], body: bytes) -> None:
+    """Decode a struct-typed body strictly (litestar converts laxly: ``0`` for ``false``)."""
+    annotation = _body_type(request.scope["route_handler"])
+    if annotation is None:
+        return
+    try:
+        msgspec.json.decode(body, type=annotation, strict=True)
+    except msgspec.ValidationError as exc:
+        unknown = _UNKNOWN_AT_TOP.match(str(exc))
+        structs = [t for t in _struct_types(annotation) if issubclass(t, msgspec.Struct)]
+        if unknown and len(structs) == 1:
+            allowed = ", ".join(structs[0].__struct_fields__)
+            raise ProblemError(
+                422, f"unknown field; allowed: {allowed}", field=unknown.group(1)
+            ) from None
+        raise ValidationException(
+            detail="the body does not match its schema",
+            extra=[{"message": str(exc), "key": "data", "source": "body"}],
+        ) from None
+    except msgspec.DecodeError:
+        return  # litestar reports the syntax error
+
+
 async def check_request(request: Request[Any, Any, Any]) -> None:
     """The shared checks of ``/v1`` requests (see the module docstring)."""
     path: str = request.scope["path"]
@@ -151,6 +202,7 @@ async def check_request(request: Request[Any, Any, Any]) -> None:
         ) from None
     if json_depth(body) > MAX_DEPTH:
         raise ProblemError(400, f"the body is nested deeper than {MAX_DEPTH} levels; flatten it")
+    _check_typed_body(request, body)
     if b"\\u0000" in body:
         try:
             decoded = msgspec.json.decode(body)

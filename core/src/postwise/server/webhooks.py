@@ -153,7 +153,7 @@ class SignedWebhookController(Controller):
         """The replay window in seconds; override to read it from the plugin's options."""
         return self.max_age_seconds
 
-    @post("/events", status_code=200, security=[])
+    @post("/events", status_code=200, security=[], opt={"problems": [400, 401, 403, 413]})
     async def events(self, state: State, request: Request[Any, Any, Any]) -> Response[Any]:
         """Verify, then record the vendor's events."""
         return await self.receive(state, request)

@@ -2,7 +2,7 @@
 
 Bodies are validated by :func:`~postwise.triggers.definitions.validate_definition`, so the API
 rejects exactly what the CLI and Python reject, with the same field paths
-(``{"error": "must be > 0", "field": "conditions.all[1].config.hours"}``, status 422).
+(``{"detail": "must be > 0", "field": "conditions.all[1].config.hours"}``, status 422).
 """
 
 from __future__ import annotations
