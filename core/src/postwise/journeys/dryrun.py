@@ -302,18 +302,14 @@ def journey_report(runtime: Runtime, ref: int | str) -> dict[str, Any]:
                 sa.select(col(JourneyRun.step), sa.func.count())
                 .where(col(JourneyRun.journey_id) == journey.id, col(JourneyRun.status) == "active")
                 .group_by(col(JourneyRun.step))
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         exits = dict(
             session.execute(
                 sa.select(col(JourneyRun.exit_reason), sa.func.count())
                 .where(col(JourneyRun.journey_id) == journey.id, col(JourneyRun.status) == "done")
                 .group_by(col(JourneyRun.exit_reason))
-            )
-            .tuples()
-            .all()
+            ).all()
         )
     counters = read_journey_stats(runtime.redis, keys, [journey.id])[journey.id]
     steps = []

@@ -1357,7 +1357,7 @@ class JourneyEngine(StreamConsumer):
                 col(JourneyRun.id).in_([work.run.id for work in moved])
             )
         )
-        current = dict(rows.tuples().all())
+        current = {row[0]: row[1] for row in rows}
         kept = [work for work in moved if current.get(work.run.id or 0) == work.run.seq]
         report.conflicts += len(moved) - len(kept)
         return kept
