@@ -7,18 +7,86 @@ and Python: a bad flow is a 422 problem naming the field (``steps[2].then: no st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import Controller, get, post, put
 from litestar.status_codes import HTTP_200_OK
 from sqlmodel import Session
 
-from postwise.errors import ValidationError
 from postwise.journeys.dryrun import dry_run_journey, journey_report, simulate_journey
 from postwise.journeys.store import JourneyStore, journey_to_dict
 from postwise.runtime import Runtime
+from postwise.server.dto import Body, IdField, Name
 
-__all__ = ["JourneysController"]
+__all__ = [
+    "DryRunIn",
+    "JourneyIn",
+    "JourneysController",
+    "MigrateIn",
+    "SimulateIn",
+]
+
+_Object = dict[str, Any]
+
+
+class JourneyIn(Body):
+    """A journey definition (docs/journeys.md). Steps, entry and conditions are checked in full
+    when it is saved; a refusal is a 422 naming the field (``steps[2].then``)."""
+
+    name: Annotated[Name, msgspec.Meta(examples=["abandoned-cart"])]
+    #: ``{"event": TYPE}``, ``{"date_attribute": {...}}``, ``{"schedule": {...}}`` or
+    #: ``{"segment": {...}}``, with optional ``conditions``.
+    entry: Annotated[_Object, msgspec.Meta(examples=[{"event": "cart_abandoned"}])]
+    steps: Annotated[
+        list[_Object],
+        msgspec.Meta(
+            min_length=1,
+            max_length=200,
+            examples=[[{"id": "hello", "type": "send", "template": "welcome"}]],
+        ),
+    ]
+    start: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    reentry: Literal["once", "always"] | _Object = "once"
+    goal: _Object | None = None
+    exit_on: Annotated[list[_Object], msgspec.Meta(max_length=20)] | None = None
+    quiet_hours: Annotated[str, msgspec.Meta(max_length=20, examples=["21-8"])] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    active: bool = True
+
+    def to_definition(self) -> dict[str, Any]:
+        return {
+            name: value for name, value in msgspec.structs.asdict(self).items() if value is not None
+        }
+
+
+class MigrateIn(Body):
+    """Move the contacts of an older version at the mapped steps to the current version."""
+
+    from_version: Annotated[int, msgspec.Meta(ge=1, le=1_000_000, examples=[1])]
+    mapping: Annotated[
+        dict[Annotated[str, msgspec.Meta(min_length=1, max_length=100)], str],
+        msgspec.Meta(min_length=1, examples=[{"wait": "pause"}]),
+    ]
+
+
+class DryRunIn(Body):
+    """Dry-run the journey for a contact."""
+
+    contact_id: IdField
+    #: The entry event (``type``, ``properties``); a made-up one of the entry type if omitted.
+    event: _Object | None = None
+    #: Event types assumed to arrive while the contact waits for them.
+    assume_events: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]],
+        msgspec.Meta(max_length=50),
+    ] = msgspec.field(default_factory=list)
+
+
+class SimulateIn(Body):
+    """Dry-run a random sample of contacts."""
+
+    sample: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
 
 def _to_dict(store: JourneyStore, ref: int | str) -> dict[str, Any]:
@@ -31,10 +99,10 @@ class JourneysController(Controller):
     tags = ["journeys"]
 
     @post("/", sync_to_thread=True)
-    def create(self, session: Session, runtime: Runtime, data: dict[str, Any]) -> dict[str, Any]:
+    def create(self, session: Session, runtime: Runtime, data: JourneyIn) -> dict[str, Any]:
         """Create a journey from a definition (see docs/journeys.md)."""
         store = JourneyStore(session, runtime)
-        journey = store.create(data)
+        journey = store.create(data.to_definition())
         assert journey.id is not None
         return _to_dict(store, journey.id)
 
@@ -51,11 +119,11 @@ class JourneysController(Controller):
 
     @put("/{journey_id:int}", sync_to_thread=True)
     def replace(
-        self, session: Session, runtime: Runtime, journey_id: int, data: dict[str, Any]
+        self, session: Session, runtime: Runtime, journey_id: int, data: JourneyIn
     ) -> dict[str, Any]:
         """Save a new version: new entrants get it; contacts inside stay on theirs."""
         store = JourneyStore(session, runtime)
-        store.replace(journey_id, data)
+        store.replace(journey_id, data.to_definition())
         return _to_dict(store, journey_id)
 
     @post("/{journey_id:int}/pause", sync_to_thread=True, status_code=HTTP_200_OK)
@@ -73,23 +141,12 @@ class JourneysController(Controller):
 
     @post("/{journey_id:int}/migrate", sync_to_thread=True, status_code=HTTP_200_OK)
     def migrate(
-        self, session: Session, runtime: Runtime, journey_id: int, data: dict[str, Any]
+        self, session: Session, runtime: Runtime, journey_id: int, data: MigrateIn
     ) -> dict[str, Any]:
         """Move contacts of an older version: ``{"from_version": 1, "mapping": {old: new}}``."""
-        version = data.get("from_version")
-        mapping = data.get("mapping")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ValidationError(
-                "is required: the version to move contacts from", field="from_version"
-            )
-        if not isinstance(mapping, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
-        ):
-            raise ValidationError(
-                'must map old step ids to new step ids, e.g. {"wait": "pause"}',
-                field="mapping",
-            )
-        moved = JourneyStore(session, runtime).migrate(journey_id, version, mapping)
+        moved = JourneyStore(session, runtime).migrate(
+            journey_id, data.from_version, dict(data.mapping)
+        )
         return {"journey_id": journey_id, "moved": moved}
 
     @get("/{journey_id:int}/report", sync_to_thread=True)
@@ -103,20 +160,15 @@ class JourneysController(Controller):
         status_code=HTTP_200_OK,
         opt={"scope": "read"},
     )
-    def test_contact(
-        self, runtime: Runtime, journey_id: int, data: dict[str, Any]
-    ) -> dict[str, Any]:
+    def test_contact(self, runtime: Runtime, journey_id: int, data: DryRunIn) -> dict[str, Any]:
         """Dry-run the journey for ``contact_id`` (with ``event`` and ``assume_events``)."""
-        contact_id = data.get("contact_id")
-        if not isinstance(contact_id, int) or isinstance(contact_id, bool):
-            raise ValidationError("is required: the id of the contact", field="contact_id")
-        event = data.get("event")
-        if event is not None and not isinstance(event, dict):
-            raise ValidationError("must be an object (type, properties)", field="event")
-        assume = data.get("assume_events") or []
-        if not isinstance(assume, list) or not all(isinstance(a, str) for a in assume):
-            raise ValidationError("must be a list of event types", field="assume_events")
-        return dry_run_journey(runtime, journey_id, contact_id, event=event, assume_events=assume)
+        return dry_run_journey(
+            runtime,
+            journey_id,
+            data.contact_id,
+            event=data.event,
+            assume_events=data.assume_events,
+        )
 
     @post(
         "/{journey_id:int}/simulate",
@@ -124,9 +176,6 @@ class JourneysController(Controller):
         status_code=HTTP_200_OK,
         opt={"scope": "read"},
     )
-    def simulate(self, runtime: Runtime, journey_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    def simulate(self, runtime: Runtime, journey_id: int, data: SimulateIn) -> dict[str, Any]:
         """Dry-run a random sample of contacts (``{"sample": 1000}``): counts per step."""
-        sample = data.get("sample", 1000)
-        if not isinstance(sample, int) or isinstance(sample, bool) or not 1 <= sample <= 100_000:
-            raise ValidationError("must be an integer from 1 to 100000", field="sample")
-        return simulate_journey(runtime, journey_id, sample=sample)
+        return simulate_journey(runtime, journey_id, sample=data.sample)
