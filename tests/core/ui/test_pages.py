@@ -140,7 +140,7 @@ def test_a_viewer_cannot_edit_send_erase_or_manage_users(
     attempts = {
         "/ui/templates": {"name": "x", "subject": "s", "html": HTML, "action": "save"},
         "/ui/campaigns": {"name": "c", "template_id": "1"},
-        "/ui/segments": {"name": "s", "field": "plan", "op": "eq", "value": "pro"},
+        "/ui/segments": {"name": "s", "field": "attributes.plan", "op": "eq", "value": "pro"},
         "/ui/campaigns/1/send": {"confirm": "yes"},
         "/ui/contacts/1/erase": {"confirm": "a@example.org"},
         "/ui/users": {"email": "new@example.org", "password": PASSWORD, "role": "admin"},

@@ -419,7 +419,7 @@ class UiController(Controller):
             start_campaign_send(runtime, _int(campaign_id, "campaign_id"))
         except PostwiseError as exc:
             return self._campaign_error(runtime, me, exc)
-        return Redirect(f"/ui/campaigns/{campaign_id}", status_code=303)
+        return Redirect(f"/ui/campaigns/{campaign_id}?sent=1", status_code=303)
 
     # Templates -------------------------------------------------------------------------
 
