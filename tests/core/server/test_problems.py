@@ -286,3 +286,10 @@ def test_a_lax_body_value_is_refused_not_coerced(client: Any) -> None:
     made = client.post("/v1/contacts", json={"email": "a@example.com"}).json()["contact"]["id"]
     coerced = client.post(f"/v1/contacts/{made}/consent", json={"granted": 0})
     assert _is_problem(coerced, 422)["field"] == "granted"
+
+
+def test_experiments_page_like_every_list(client: Any) -> None:
+    page = client.get("/v1/experiments?limit=1").json()
+    assert page == {"experiments": [], "next_after": None}
+    _is_problem(client.get("/v1/experiments?status=sideways"), 422)
+    _is_problem(client.get("/v1/experiments?after=2147483648"), 422)

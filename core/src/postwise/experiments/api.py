@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
+from postwise.db.models import Experiment
 from postwise.errors import ValidationError
 from postwise.experiments.service import (
     create_experiment,
     experiment_dict,
     experiment_report,
     get_experiment,
-    list_experiments,
     stop_experiment,
 )
 from postwise.runtime import Runtime
 from postwise.server.dto import Body
+from postwise.server.pagination import After, Limit, next_after
 
 __all__ = ["ExperimentsController", "plan_from"]
 
@@ -126,12 +126,19 @@ class ExperimentsController(Controller):
     def list_all(
         self,
         session: Session,
-        status: str | None = None,
-        limit: int = Parameter(default=100, ge=1, le=1000),
+        status: Literal["running", "decided", "stopped"] | None = None,
+        after: After = 0,
+        limit: Limit = 100,
     ) -> dict[str, Any]:
-        """Experiments, newest first; ``status`` filters (running, decided, stopped)."""
-        rows = list_experiments(session, status=status, limit=limit)
-        return {"experiments": [experiment_dict(session, e) for e in rows]}
+        """Experiments in id order, paged by ``after``; ``status`` filters."""
+        query = select(Experiment).where(col(Experiment.id) > after)
+        if status is not None:
+            query = query.where(Experiment.status == status)
+        rows = list(session.exec(query.order_by(col(Experiment.id)).limit(limit)))
+        return {
+            "experiments": [experiment_dict(session, e) for e in rows],
+            "next_after": next_after(rows, limit),
+        }
 
     @get("/{experiment_id:int}", sync_to_thread=True)
     def show(self, session: Session, experiment_id: int) -> dict[str, Any]:
