@@ -102,6 +102,17 @@ class FakeHubSpot:
             "postwise_unsubscribed",
         }
         self.result_limit = 10_000
+        #: From this many received requests on, every answer is ``outage`` (a vendor down
+        #: mid-sync: an HTML error page, truncated JSON, a 503...).
+        self.outage_after: int | None = None
+        #: The burst limit HubSpot enforces on private apps ("TEN_SECONDLY_ROLLING": at most
+        #: ``max`` calls in any rolling window of ``seconds``), answered as HubSpot does: 429
+        #: with the X-HubSpot-RateLimit-* headers and no Retry-After. Time is ``now``, moved by
+        #: ``advance`` (the connector's sleep) so tests do not wait.
+        self.burst: tuple[int, float] | None = None
+        self.now = 0.0
+        self._hits: deque[float] = deque()
+        self.outage = Reply(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>")
         self.received: list[Received] = []
         self.clock = datetime.now(UTC) - timedelta(hours=1)
         self._next_id = 1000
@@ -131,6 +142,11 @@ class FakeHubSpot:
     def archive(self, cid: str) -> None:
         with self._lock:
             self.contacts[cid].archived_at = self.tick()
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the fake's clock (pass as the connector's sleep)."""
+        with self._lock:
+            self.now += seconds
 
     def reply(self, path_prefix: str, *replies: Reply) -> None:
         """Answer the next requests whose path starts with ``path_prefix`` with ``replies``."""
@@ -164,9 +180,16 @@ class FakeHubSpot:
                     method, parts.path, parse_qs(parts.query), dict(self.headers), body
                 )
                 status, payload, headers = fake.handle(received)
-                data = json.dumps(payload).encode() if payload is not None else b""
+                raw_reply = isinstance(payload, bytes)  # an HTML page, truncated JSON...
+                if raw_reply:
+                    data = payload
+                else:
+                    data = json.dumps(payload).encode() if payload is not None else b""
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json;charset=utf-8")
+                self.send_header(
+                    "Content-Type",
+                    "text/html" if raw_reply else "application/json;charset=utf-8",
+                )
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -192,6 +215,26 @@ class FakeHubSpot:
     def handle(self, request: Received) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
             self.received.append(request)
+            if self.outage_after is not None and len(self.received) > self.outage_after:
+                return self.outage.status, self.outage.body, self.outage.headers
+            if self.burst is not None:
+                limit, seconds = self.burst
+                while self._hits and self._hits[0] <= self.now - seconds:
+                    self._hits.popleft()
+                limit_headers = {
+                    "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(seconds * 1000)),
+                    "X-HubSpot-RateLimit-Max": str(limit),
+                    "X-HubSpot-RateLimit-Remaining": str(max(0, limit - len(self._hits) - 1)),
+                }
+                if len(self._hits) >= limit:
+                    body = {
+                        "status": "error",
+                        "message": "You have reached your ten_secondly_rolling limit.",
+                        "errorType": "RATE_LIMIT",
+                        "policyName": "TEN_SECONDLY_ROLLING",
+                    }
+                    return 429, body, {**limit_headers, "X-HubSpot-RateLimit-Remaining": "0"}
+                self._hits.append(self.now)
             if self._script and request.path.startswith(self._script[0][0]):
                 scripted = self._script.popleft()[1]
                 return scripted.status, scripted.body, scripted.headers

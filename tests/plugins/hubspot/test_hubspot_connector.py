@@ -5,12 +5,13 @@ from __future__ import annotations
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from fake_hubspot import BASE, FakeHubSpot, Reply
 from hubspot_helpers import BASE_URL, CLIENT_SECRET, options
 
-from postwise.crm.connector import CrmUnavailableError, EngagementUpdate
+from postwise.crm.connector import CrmLimitReachedError, CrmUnavailableError, EngagementUpdate
 from postwise.errors import ConfigurationError
 from postwise.testing.contracts import CrmConnectorContract
 from postwise_hubspot.connector import HubSpotConnector
@@ -77,7 +78,9 @@ def test_archived_contacts_come_as_deletions(hubspot_server: FakeHubSpot) -> Non
     gone = hubspot_server.add("gone@example.com")
     hubspot_server.archive(gone)
 
-    changes = list(connector(hubspot_server).fetch_changes(datetime.now(UTC) - timedelta(days=1)))
+    hs = connector(hubspot_server)
+    since = datetime.now(UTC) - timedelta(days=1)
+    changes = [*hs.fetch_changes(since), *hs.reconcile_deletions(since)]
 
     assert [(c.external_id, c.deleted) for c in changes] == [(kept, False), (gone, True)]
 
@@ -234,3 +237,45 @@ class TestHubSpotConnectorContract(CrmConnectorContract):
 
     def delete_contact(self, external_id: str) -> None:
         self.crm.archive(external_id)
+
+
+def test_the_ten_second_burst_limit_is_outlasted_not_retried_into(
+    hubspot_server: FakeHubSpot,
+) -> None:
+    for n in range(1000):
+        hubspot_server.add(f"p{n}@example.com")
+    hubspot_server.burst = (3, 10.0)  # 3 calls per rolling 10 s: 10 pages need 3 windows
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        hubspot_server.advance(seconds)
+
+    hs = HubSpotConnector(
+        parse_options({**options(hubspot_server), "max_retry_wait": 60}), sleep=sleep
+    )
+    changes = list(hs.fetch_changes(None))
+
+    assert len(changes) == 1000
+    assert waits and all(w >= 10.0 for w in waits), waits  # a whole window each time
+
+
+def test_the_daily_limit_is_told_apart_and_ends_the_run_with_its_reset_time(
+    hubspot_server: FakeHubSpot,
+) -> None:
+    daily = {
+        "status": "error",
+        "message": "You have reached your daily limit.",
+        "errorType": "RATE_LIMIT",
+        "policyName": "DAILY",
+    }
+    hubspot_server.reply(SEARCH, Reply(429, daily, {"X-HubSpot-RateLimit-Daily-Remaining": "0"}))
+    sleeps: list[float] = []
+    hs = connector(hubspot_server, sleeps, account_timezone="America/New_York")
+    with pytest.raises(CrmLimitReachedError, match="daily API limit") as caught:
+        list(hs.fetch_changes(None))
+    assert sleeps == []  # retrying a daily limit only burns calls
+    reset = caught.value.until.astimezone(ZoneInfo("America/New_York"))
+    assert (reset.hour, reset.minute) == (0, 0)
+    assert timedelta(0) < caught.value.until - datetime.now(UTC) <= timedelta(days=1)
+    assert len(hubspot_server.requests(SEARCH)) == 1

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from postwise.errors import PostwiseError
@@ -35,6 +35,7 @@ __all__ = [
     "PROFILE_FIELDS",
     "CrmConnector",
     "CrmContact",
+    "CrmLimitReachedError",
     "CrmUnavailableError",
     "EngagementUpdate",
     "PushFailure",
@@ -46,6 +47,15 @@ PROFILE_FIELDS = ("first_name", "last_name", "country", "timezone")
 
 class CrmUnavailableError(PostwiseError):
     """The CRM could not be reached, or kept refusing, after retries; try again later."""
+
+
+class CrmLimitReachedError(CrmUnavailableError):
+    """The CRM's daily API limit is used up: calling again before ``until`` only fails (and
+    counts against the limit), so the connector is paused until then."""
+
+    def __init__(self, message: str, until: datetime) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,13 @@ class CrmConnector(abc.ABC):
     #: The header carrying the webhook signature: a signature seen before within the replay
     #: window is refused (see :class:`postwise.server.webhooks.SignedWebhookController`).
     webhook_signature_header: ClassVar[str] = ""
+    #: Whether :meth:`fetch_changes` yields records in ascending ``updated_at`` order; the core
+    #: then checkpoints the cursor as each chunk commits, so a killed sync resumes there.
+    changes_ascending: ClassVar[bool] = False
+    #: How often :meth:`reconcile_deletions` runs (``None``: never). A CRM whose deletions can
+    #: only be found by listing all deleted records (HubSpot's recycle bin) gets them from
+    #: webhooks and lists them only this often, not on every poll.
+    reconcile_interval: timedelta | None = None
 
     @abc.abstractmethod
     def fetch_changes(self, since: datetime | None) -> Iterator[CrmContact]:
@@ -103,6 +120,11 @@ class CrmConnector(abc.ABC):
         Records changed exactly at ``since`` may be returned again; the core skips what it has
         seen. Raise :class:`CrmUnavailableError` when the CRM cannot be read.
         """
+
+    def reconcile_deletions(self, since: datetime | None) -> Iterator[CrmContact]:
+        """Records deleted since ``since`` that :meth:`fetch_changes` does not report, listed
+        every :attr:`reconcile_interval`. The default: none."""
+        return iter(())
 
     @abc.abstractmethod
     def push_engagement(self, updates: Sequence[EngagementUpdate]) -> Sequence[PushFailure] | None:

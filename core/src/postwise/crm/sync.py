@@ -30,9 +30,11 @@ and engagement are postwise's own and never taken from a CRM.
 
 Polling: :func:`poll` asks the connector for changes since the stored cursor (less
 :data:`POLL_OVERLAP`, because CRM search indexes lag and long transactions commit late), applies
-them in chunks, and stores the newest ``updated_at`` seen as the new cursor once the whole
-window is applied, so a failed poll is simply repeated. One poll per CRM runs at a time (a
-Redis lock).
+them in chunks, and stores the newest ``updated_at`` seen as the new cursor: after each chunk
+when the connector reads oldest first (a killed poll resumes there), else once the whole window
+is applied, so a failed poll is simply repeated. Deletions a CRM's change feed lacks are
+reconciled every :attr:`~postwise.crm.connector.CrmConnector.reconcile_interval`. One poll per
+CRM runs at a time (a Redis lock).
 """
 
 from __future__ import annotations
@@ -512,12 +514,55 @@ def _parse_cursor(cursor: str | None) -> datetime | None:
         return None
 
 
+def _reconciled_key(system: str) -> str:
+    return f"postwise:crm:{system}:reconciled_at"
+
+
+def _save_cursor(runtime: Runtime, system: str, newest: datetime | None) -> None:
+    with runtime.session() as session:
+        state = session.get(CrmSyncState, system) or CrmSyncState(system=system)
+        if newest is not None:
+            state.cursor = newest.isoformat()
+        state.last_polled_at = utcnow()
+        session.add(state)
+
+
+def _reconcile(
+    runtime: Runtime, system: str, connector: CrmConnector, lock: RunLock, *, full: bool
+) -> SyncReport | None:
+    """List the CRM's deleted records when :attr:`CrmConnector.reconcile_interval` has passed
+    since the last listing (always when ``full``); ``None`` when it was not due.
+
+    The time of the last listing lives in Redis: losing it costs one extra listing, never a
+    missed deletion (the listing then starts from the beginning)."""
+    interval = connector.reconcile_interval
+    if interval is None:
+        return None
+    raw = runtime.redis.get(_reconciled_key(system))
+    last = _parse_cursor(raw.decode() if isinstance(raw, bytes) else raw)
+    started = utcnow()
+    if not full and last is not None and started - last < interval:
+        return None
+    report = SyncReport(system)
+    since = None if full or last is None else last - POLL_OVERLAP
+    for chunk in _chunks(connector.reconcile_deletions(since), CHUNK_SIZE):
+        apply_changes(runtime, system, chunk, report=report)
+        lock.refresh()
+    runtime.redis.set(_reconciled_key(system), started.isoformat())
+    return report
+
+
 def poll(runtime: Runtime, system: str, *, full: bool = False) -> SyncReport:
     """Fetch and apply what changed in ``system`` since the last poll (everything if ``full``).
 
+    When the connector yields changes in ascending order (:attr:`CrmConnector.changes_ascending`)
+    the cursor is checkpointed as each chunk commits, so a poll that dies (killed, the CRM gone)
+    resumes where it stopped; otherwise it moves once the whole window is applied. Deletions the
+    changes do not carry are reconciled every :attr:`CrmConnector.reconcile_interval`.
+
     Raises ConflictError when a poll of ``system`` is already running and
     :class:`~postwise.crm.connector.CrmUnavailableError` when the CRM cannot be read; the cursor
-    then stays where it was and the next poll covers the same window again.
+    then stays at the last committed chunk and the next poll covers the rest again.
     """
     connector = connector_for(runtime, system)
     report = SyncReport(system)
@@ -538,14 +583,16 @@ def poll(runtime: Runtime, system: str, *, full: bool = False) -> SyncReport:
 
         for chunk in _chunks(tracked(), CHUNK_SIZE):
             apply_changes(runtime, system, chunk, report=report)
+            if connector.changes_ascending:
+                # Everything older than ``newest`` is committed; the next poll starts
+                # POLL_OVERLAP before it, so records sharing its timestamp are read again.
+                _save_cursor(runtime, system, newest)
             lock.refresh()
-        with runtime.session() as session:
-            state = session.get(CrmSyncState, system) or CrmSyncState(system=system)
-            if newest is not None:
-                state.cursor = newest.isoformat()
-            state.last_polled_at = utcnow()
-            session.add(state)
+        _save_cursor(runtime, system, newest)
         report.cursor = newest.isoformat() if newest is not None else None
+        reconciled = _reconcile(runtime, system, connector, lock, full=full)
+        if reconciled is not None:
+            report.merge(reconciled)
     log.info(
         "crm %s: polled %d records: %d created, %d updated, %d unlinked, %d unsubscribed",
         system,

@@ -497,6 +497,7 @@ class CrmConnectorContract:
         connector = self.make_connector()
         try:
             changes = list(connector.fetch_changes(since))
+            changes += list(connector.reconcile_deletions(since))
         finally:
             connector.close()
         for change in changes:

@@ -6,8 +6,11 @@ Wire format (CRM v3 contacts API):
   the poll's start (epoch milliseconds), sorted ascending, paged with ``after``. HubSpot's
   search returns at most 10,000 results per query, so a longer window is read as several
   queries, each starting at the last ``lastmodifieddate`` seen;
-* **deletions**: ``GET /crm/v3/objects/contacts?archived=true`` (archived contacts are not
-  searchable), those archived since the poll's start;
+* **deletions**: ``contact.deletion`` webhooks, and a reconciliation every
+  ``archived_reconcile_hours`` listing ``GET /crm/v3/objects/contacts?archived=true`` (archived
+  contacts are not searchable and the listing is by id, so it must be read whole: 1 call per 100
+  archived contacts; doing that on every poll exhausts the daily limit of a large account). An
+  idle poll costs one search call;
 * **webhooks**: the payload is a JSON array of events carrying ids only (``contact.creation``,
   ``contact.propertyChange``, ``contact.restore``, ``contact.merge``, ``contact.deletion``,
   ``contact.privacyDeletion`` and their ``object.*`` forms for ``objectTypeId`` ``0-1``); the
@@ -27,8 +30,10 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any, ClassVar, TypeVar
+from zoneinfo import ZoneInfo
 
 import urllib3
 from hubspot import HubSpot
@@ -47,6 +52,7 @@ from urllib3.util.retry import Retry
 from postwise.crm.connector import (
     CrmConnector,
     CrmContact,
+    CrmLimitReachedError,
     CrmUnavailableError,
     EngagementUpdate,
     PushFailure,
@@ -109,6 +115,7 @@ class HubSpotConnector(CrmConnector):
     #: Most results HubSpot's search returns for one query (paging stops there).
     search_result_limit: ClassVar[int] = 10_000
     read_batch_size: ClassVar[int] = 100
+    changes_ascending = True  # sorted by lastmodifieddate ASCENDING
 
     def __init__(
         self, options: HubSpotOptions, *, sleep: Callable[[float], None] = time.sleep
@@ -121,6 +128,9 @@ class HubSpotConnector(CrmConnector):
                 "POSTWISE_CRM_OPTIONS__HUBSPOT__ACCESS_TOKEN"
             )
         self.options = options
+        self.reconcile_interval = (
+            timedelta(hours=options.archived_reconcile_hours) if options.poll_archived else None
+        )
         self.retry = RetryPolicy(
             attempts=options.max_attempts, max_wait=options.max_retry_wait, sleep=sleep
         )
@@ -146,11 +156,13 @@ class HubSpotConnector(CrmConnector):
     def _call(self, call: Callable[[], T], what: str) -> T:
         def attempt() -> T:
             try:
-                return call()
+                result = call()
             except ApiException as exc:
                 status = int(exc.status or 0)
                 message = str(_error_body(exc).get("message") or exc.reason or "")[:300]
-                if status == 429 or status >= 500 or status == 0:
+                if status == 429:
+                    self._rate_limited(exc, message)
+                if status >= 500 or status == 0:
                     wait = retry_after_seconds(dict(exc.headers or {}))
                     raise Retryable(f"HubSpot answered HTTP {status}: {message}", wait) from None
                 if status in (401, 403):
@@ -162,8 +174,39 @@ class HubSpotConnector(CrmConnector):
                 raise
             except urllib3.exceptions.HTTPError as exc:
                 raise Retryable(f"cannot reach HubSpot at {self.options.base_url}: {exc}") from None
+            if result is None or getattr(result, "results", ()) is None:
+                # The client turns a body that is not JSON (an HTML maintenance page, a
+                # truncated answer) into an empty object: taking it as "no more results" would
+                # end the sync early, so it is an error.
+                raise Retryable("HubSpot answered HTTP 200 with a body that is not valid JSON")
+            return result
 
         return self.retry.run(attempt, what)
+
+    def _rate_limited(self, exc: ApiException, message: str) -> None:
+        """A 429: the daily limit pauses the connector until midnight in the account's time
+        zone (when HubSpot resets it); the burst limit (``TEN_SECONDLY_ROLLING``, or
+        ``SECONDLY`` for the search API) is waited out for a whole window, since HubSpot sends
+        no ``Retry-After``: shorter backoffs would all land inside the same window."""
+        headers = {str(k).lower(): str(v) for k, v in dict(exc.headers or {}).items()}
+        policy = str(_error_body(exc).get("policyName") or "").upper()
+        if policy == "DAILY" or headers.get("x-hubspot-ratelimit-daily-remaining") == "0":
+            zone = ZoneInfo(self.options.account_timezone)
+            local = datetime.now(zone)
+            reset = datetime.combine(local.date() + timedelta(days=1), dt_time(), zone)
+            raise CrmLimitReachedError(
+                f"HubSpot's daily API limit is used up ({message}); it resets at midnight "
+                f"{self.options.account_timezone}",
+                reset.astimezone(UTC),
+            ) from None
+        wait = retry_after_seconds(headers)
+        if wait is None:
+            try:
+                interval = int(headers.get("x-hubspot-ratelimit-interval-milliseconds", ""))
+            except ValueError:
+                interval = 0
+            wait = interval / 1000 if interval > 0 else (1.0 if policy == "SECONDLY" else 10.0)
+        raise Retryable(f"HubSpot answered HTTP 429 ({policy or 'rate limit'}): {message}", wait)
 
     def _contact(self, obj: Any) -> CrmContact | None:
         props: Mapping[str, Any] = obj.properties or {}
@@ -206,7 +249,8 @@ class HubSpotConnector(CrmConnector):
         )
 
     def fetch_changes(self, since: datetime | None) -> Iterator[CrmContact]:
-        """Changed contacts by search (ascending), then contacts archived since ``since``."""
+        """Changed contacts by search, ascending by ``lastmodifieddate`` (deletions: webhooks
+        and :meth:`reconcile_deletions`)."""
         floor = since
         while True:
             after: str | None = None
@@ -240,10 +284,9 @@ class HubSpotConnector(CrmConnector):
                     "lastmodifieddate; HubSpot's search cannot page past them"
                 )
             floor = last  # the next query starts where this one could not go on
-        if self.options.poll_archived:
-            yield from self._archived(since)
 
-    def _archived(self, since: datetime | None) -> Iterator[CrmContact]:
+    def reconcile_deletions(self, since: datetime | None) -> Iterator[CrmContact]:
+        """Contacts archived since ``since``, from the whole recycle bin."""
         after: str | None = None
         while True:
             page = self._call(

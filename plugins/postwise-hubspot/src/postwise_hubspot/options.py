@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -60,12 +61,37 @@ class HubSpotOptions(BaseModel):
     )
     poll_archived: bool = Field(
         default=True,
-        description="Each poll also lists archived (deleted) contacts, to unlink them.",
+        description="Reconcile deletions by listing archived (deleted) contacts every "
+        "archived_reconcile_hours (deletions otherwise come from contact.deletion webhooks).",
+    )
+    archived_reconcile_hours: float = Field(
+        default=24.0,
+        ge=0,
+        le=24 * 30,
+        description="Hours between listings of the recycle bin. HubSpot can only list all "
+        "archived contacts (100 per call, by id), so this is not done on every poll; 0: every "
+        "poll (1 call per 100 archived contacts each time).",
+    )
+    account_timezone: str = Field(
+        default="UTC",
+        description="The HubSpot account's time zone (Settings > Account defaults): its daily "
+        "API limit resets at midnight there, and a connector that used it up waits until then.",
     )
     max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per API call.")
     max_retry_wait: float = Field(
         default=60.0, ge=0, le=3600, description="Longest Retry-After honoured, in seconds."
     )
+
+    @field_validator("account_timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone such as America/New_York"
+            ) from None
+        return value
 
     @field_validator("properties")
     @classmethod

@@ -98,6 +98,7 @@ class SalesforceConnector(CrmConnector):
 
     name = "salesforce"
     webhook_signature_header = SIGNATURE_HEADER
+    changes_ascending = True  # ORDER BY SystemModstamp ASC
     push_batch_size = 200
 
     def __init__(
