@@ -8,7 +8,9 @@ implement any of these hooks with ``@postwise.hookimpl``. Two families:
   component by name (``provider = "sendgrid"``).
 * **Lifecycle hooks** let plugins observe sends, events and contact changes, and veto a send.
 
-The built-in components are registered through these same hooks by ``postwise.builtins``.
+The built-in components are registered through these same hooks, by each subsystem's own plugin
+module (``postwise.<subsystem>.plugin``, entry points ``contacts``, ``delivery``, ``triggers``...
+in core/pyproject.toml), exactly as third-party plugins register theirs.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Plugin discovery and the registries they fill.
 
 There is one discovery path: the entry-point group ``postwise``. stevedore loads each entry point
-(the built-ins are one of them: ``builtins = postwise.builtins``); each loaded module or object is
-registered with a fresh pluggy :class:`~pluggy.PluginManager`. A plugin that fails to import, or
+(the built-ins are among them, one per subsystem: ``delivery = postwise.delivery.plugin``...);
+each loaded module or object is registered with a fresh pluggy :class:`~pluggy.PluginManager`.
+A plugin that fails to import, or
 that implements a hook no spec defines (a typo), is reported with its name and error and skipped:
 the host keeps running. The ``disabled_plugins`` setting keeps named plugins from loading at all.
 

@@ -7,10 +7,15 @@ from typing import Any
 
 import redis
 
-__all__ = ["connect_redis"]
+__all__ = ["as_text", "connect_redis"]
 
 _fake_servers: dict[str, Any] = {}
 _lock = threading.Lock()
+
+
+def as_text(value: bytes | str | int | float) -> str:
+    """A Redis reply (bytes unless the client decodes) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def connect_redis(url: str, *, decode_responses: bool = False) -> redis.Redis:

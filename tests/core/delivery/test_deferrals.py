@@ -13,9 +13,9 @@ import pytest
 from delivery_helpers import add_campaign, add_contacts, add_template, ledger, statuses
 from esp_fakes import PROVIDER, SERVICE, EspApi, use_esp
 
+from postwise.compliance.gate import PAUSED_KEY
 from postwise.db.models import utcnow
 from postwise.delivery.dispatch import dispatch_campaign
-from postwise.delivery.gate import PAUSED_KEY
 from postwise.delivery.ledger import MESSAGE, campaign_message_id
 from postwise.delivery.queue import enqueue_batches, queue_name
 from postwise.delivery.worker import drain

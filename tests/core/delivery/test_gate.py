@@ -7,9 +7,9 @@ from datetime import timedelta
 import fakeredis
 from delivery_helpers import add_contacts, grant_consent
 
+from postwise.compliance.gate import PAUSED_KEY, ComplianceGate, Pauses, Recipient, SkipReason
 from postwise.contacts.normalize import email_hash
 from postwise.db.models import ContactStatus, Suppression, utcnow
-from postwise.delivery.gate import PAUSED_KEY, ComplianceGate, Pauses, Recipient, SkipReason
 from postwise.runtime import Runtime
 
 

@@ -17,10 +17,10 @@ from delivery_helpers import add_campaign, add_contacts, add_template, ledger
 from rq import Queue
 
 from postwise.compliance import consent
+from postwise.compliance.gate import ComplianceGate, Recipient, SkipReason
 from postwise.contacts.segments import set_consent_purpose
 from postwise.db.models import Segment, SegmentMember
 from postwise.delivery.dispatch import dispatch_campaign, submit_send
-from postwise.delivery.gate import ComplianceGate, Recipient, SkipReason
 from postwise.delivery.ledger import campaign_message_id
 from postwise.delivery.queue import enqueue_batches, queue_name
 from postwise.delivery.requests import SendRequest, SubmitStatus

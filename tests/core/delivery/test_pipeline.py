@@ -24,9 +24,9 @@ from delivery_helpers import (
 )
 
 from postwise import hookimpl
+from postwise.compliance.gate import PAUSED_KEY
 from postwise.db.models import ContactStatus, Message
 from postwise.delivery.dispatch import dispatch_campaign, submit_send
-from postwise.delivery.gate import PAUSED_KEY
 from postwise.delivery.journal import Journal
 from postwise.delivery.ledger import campaign_message_id
 from postwise.delivery.provider import Outcome, OutgoingMessage, SendResult

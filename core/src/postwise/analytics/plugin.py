@@ -10,12 +10,11 @@ from postwise import hookimpl
 @hookimpl
 def postwise_register_routes(register: Any) -> None:
     from postwise.analytics.api import EventsController, MetricsController
-    from postwise.analytics.tracking import TrackingController, UnsubscribeController
+    from postwise.analytics.tracking import TrackingController
 
     register("events-api", EventsController)
     register("metrics-api", MetricsController)
     register("tracking", TrackingController)
-    register("unsubscribe", UnsubscribeController)
 
 
 @hookimpl

@@ -13,6 +13,7 @@ import click
 
 from postwise.cli.common import emit_json, get_runtime
 from postwise.errors import ValidationError
+from postwise.redis_client import as_text
 
 
 @click.group()
@@ -235,7 +236,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     consumers: Any = client.xinfo_consumers(EVENT_STREAM, GROUP)
     consumers_report = [
         {
-            "name": c["name"].decode() if isinstance(c["name"], bytes) else c["name"],
+            "name": as_text(c["name"]),
             "pending": int(c["pending"]),
             "idle_seconds": round(int(c["idle"]) / 1000, 1),
         }

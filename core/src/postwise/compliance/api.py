@@ -8,34 +8,26 @@ Under ``/v1`` (API key required):
 * ``/v1/suppressions``: list, add, check an address, lift an entry;
 * ``/v1/reputation``: rates and pauses; ``POST /v1/reputation/resume`` and ``/pause``.
 
-Public (authenticated by the signed token in the path):
-
-* ``/c/{token}``: the double opt-in confirmation. GET shows a page with one button, POST
-  confirms. Confirming on GET would let mail scanners that prefetch links (corporate security
-  gateways do) confirm on the person's behalf, which is not consent.
-* ``/c/{token}/withdraw``: the one-click withdrawal link, likewise GET page and POST.
+The public pages behind links in email (consent confirmation and withdrawal, unsubscribe) are in
+:mod:`postwise.compliance.pages`.
 """
 
 from __future__ import annotations
 
-import html
-import ipaddress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, MediaType, Request, Response, delete, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from sqlmodel import Session
 
-from postwise import tokens
 from postwise.compliance import consent as consent_ledger
 from postwise.compliance import reputation, suppression
 from postwise.compliance.erasure import erase_contact, export_contact
 from postwise.compliance.processing import counters
 from postwise.contacts.normalize import email_hash
-from postwise.db.models import ConsentRecord, Contact, Suppression
+from postwise.db.models import ConsentRecord, Contact, Suppression, iso
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.runtime import Runtime
 from postwise.server.dto import Body, Email, IpAddress
@@ -43,7 +35,6 @@ from postwise.server.pagination import After, Limit
 
 __all__ = [
     "ConsentController",
-    "ConsentLinkController",
     "PrivacyController",
     "ReputationController",
     "SuppressionsController",
@@ -109,11 +100,6 @@ class ConsentLedger:
     marketing_consent: bool
 
 
-def _iso(value: datetime) -> str:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-
-
 def _consent_out(record: ConsentRecord) -> ConsentOut:
     assert record.id is not None
     return ConsentOut(
@@ -121,7 +107,7 @@ def _consent_out(record: ConsentRecord) -> ConsentOut:
         purpose=record.purpose,
         granted=record.granted,
         confirmed=record.confirmed,
-        at=_iso(record.at),
+        at=iso(record.at),
         source=record.source,
         ip=record.ip,
         wording_version=record.wording_version,
@@ -257,7 +243,7 @@ def _suppression_out(entry: Suppression) -> SuppressionOut:
         scope=entry.scope,
         reason=entry.reason,
         detail=entry.detail,
-        created_at=_iso(entry.created_at),
+        created_at=iso(entry.created_at),
     )
 
 
@@ -362,115 +348,3 @@ class ReputationController(Controller):
         if not reputation.pause(runtime.redis, data.stream, reason=data.reason):
             raise ConflictError(f"stream {data.stream!r} is paused already")
         return {"paused": data.stream, "reason": data.reason}
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport"
-content="width=device-width, initial-scale=1"><meta name="robots" content="noindex">
-<title>{title}</title></head>
-<body style="font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em">
-<h1 style="font-size:1.4em">{title}</h1><p>{body}</p>{form}</body></html>"""
-
-
-def _page(
-    title: str, body: str, *, status: int = 200, button: str | None = None, action: str = ""
-) -> Response[str]:
-    form = ""
-    if button is not None:
-        form = (
-            f'<form method="post" action="{html.escape(action)}">'
-            f'<button type="submit" style="font-size:1.1em;padding:.5em 1.2em">'
-            f"{html.escape(button)}</button></form>"
-        )
-    return Response(
-        _PAGE.format(title=html.escape(title), body=html.escape(body), form=form),
-        status_code=status,
-        media_type=MediaType.HTML,
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
-    )
-
-
-def _client_ip(request: Request[Any, Any, Any]) -> str | None:
-    """The peer's IP address, or None when the peer is not an IP socket (a test client)."""
-    host = request.client.host if request.client is not None else None
-    try:
-        return str(ipaddress.ip_address(host)) if host else None
-    except ValueError:
-        return None
-
-
-_BAD_LINK = (
-    "This link is not valid",
-    "The link is incomplete, altered or has expired. Please use the most recent email we sent you.",
-)
-
-
-class ConsentLinkController(Controller):
-    """The public double opt-in and withdrawal links (no API key: the token is the proof)."""
-
-    path = "/c"
-    tags = ["compliance"]
-    include_in_schema = False
-
-    @get("/{token:str}", sync_to_thread=True)
-    def confirm_page(self, runtime: Runtime, token: str) -> Response[str]:
-        try:
-            consent_ledger.verify_consent_token(
-                runtime.settings, token, consent_ledger.ConsentAction.CONFIRM
-            )
-        except tokens.InvalidToken:
-            return _page(*_BAD_LINK, status=404)
-        return _page(
-            "Confirm your subscription",
-            "Press the button to confirm that you want to receive our emails.",
-            button="Confirm",
-        )
-
-    @post("/{token:str}", sync_to_thread=True, status_code=200)
-    def confirm(
-        self, request: Request[Any, Any, Any], session: Session, runtime: Runtime, token: str
-    ) -> Response[str]:
-        try:
-            consent_ledger.confirm_consent(session, runtime.settings, token, ip=_client_ip(request))
-        except tokens.InvalidToken:
-            return _page(*_BAD_LINK, status=404)
-        except NotFoundError:
-            return _page("Nothing to confirm", "This request no longer exists.", status=404)
-        except ConflictError:
-            return _page(
-                "Nothing was confirmed",
-                "Your choice changed after this email was sent, so this link no longer applies.",
-                status=409,
-            )
-        return _page(
-            "Subscription confirmed",
-            "Thank you. You can withdraw at any time with the link in every email we send.",
-        )
-
-    @get("/{token:str}/withdraw", sync_to_thread=True)
-    def withdraw_page(self, runtime: Runtime, token: str) -> Response[str]:
-        try:
-            consent_ledger.verify_consent_token(
-                runtime.settings, token, consent_ledger.ConsentAction.WITHDRAW
-            )
-        except tokens.InvalidToken:
-            return _page(*_BAD_LINK, status=404)
-        return _page(
-            "Withdraw your consent",
-            "Press the button and we will stop sending you these emails.",
-            button="Withdraw",
-        )
-
-    @post("/{token:str}/withdraw", sync_to_thread=True, status_code=200)
-    def withdraw(
-        self, request: Request[Any, Any, Any], session: Session, runtime: Runtime, token: str
-    ) -> Response[str]:
-        try:
-            consent_ledger.withdraw_by_token(
-                session, runtime.settings, token, ip=_client_ip(request)
-            )
-        except tokens.InvalidToken:
-            return _page(*_BAD_LINK, status=404)
-        except NotFoundError:
-            return _page("Nothing to withdraw", "We hold no data about you any more.", status=404)
-        return _page("Consent withdrawn", "Done. You will not receive these emails any more.")

@@ -8,7 +8,7 @@ purpose is the one in force.
 go to a contact that needs consent only if the latest ``marketing`` record of that contact is
 ``granted`` *and* ``confirmed``. :func:`has_valid_consent` is that rule. Whether a contact needs
 consent at all is the gate's call: ``require_consent``, or the contact's country listed in
-``consent_regions`` (:mod:`postwise.delivery.gate`). A list (segment) with a
+``consent_regions`` (:mod:`postwise.compliance.gate`). A list (segment) with a
 ``consent_purpose``, or a send request naming one, adds the same rule for that purpose.
 
 Double opt-in: :func:`grant_consent` with ``double_opt_in=True`` records an unconfirmed grant
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from postwise import tokens
@@ -34,6 +35,8 @@ from postwise.compliance.suppression import (
     suppress,
     suppressions_for,
 )
+from postwise.contacts.normalize import check_purpose
+from postwise.db.engine import id_in
 from postwise.db.models import ConsentRecord, Contact, ContactStatus, as_utc, utcnow
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.settings import Settings
@@ -49,6 +52,7 @@ __all__ = [
     "confirm_consent",
     "confirmation_url",
     "consent_history",
+    "consented_pairs",
     "current_consent",
     "grant_consent",
     "has_valid_consent",
@@ -67,7 +71,6 @@ CONFIRMATION_TTL_SECONDS = 14 * 86400
 WITHDRAWAL_TTL_SECONDS = 10 * 365 * 86400
 WITHDRAW_PURPOSE = "withdraw-consent"
 
-_PURPOSE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,49}$")
 _SOURCE_MAX = 100
 _WORDING_MAX = 50
 
@@ -83,25 +86,6 @@ class ConsentGrant:
 
     record: ConsentRecord
     confirmation_url: str | None
-
-
-def check_purpose(purpose: object, *, field: str = "purpose") -> str:
-    """``purpose`` if it is a consent purpose name the ledger can record, else ValidationError.
-
-    Everything that names a purpose (a grant, a list's required consent, a send request) uses
-    this one rule, so a list can never require a purpose no record could ever have.
-    """
-    if not isinstance(purpose, str) or not _PURPOSE_RE.match(purpose):
-        shown = repr(purpose)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        raise ValidationError(
-            f"{shown} is not a consent purpose; start with a lower-case letter and use "
-            "lower-case letters, digits, '_', '.', '-' (at most 50 characters), for example "
-            "'marketing' or 'newsletter'",
-            field=field,
-        )
-    return purpose
 
 
 def _check_ip(ip: str | None) -> str | None:
@@ -150,10 +134,41 @@ def consent_history(session: Session, contact_id: int) -> list[ConsentRecord]:
     )
 
 
+def consented_pairs(
+    session: Session, contact_ids: Collection[int], purposes: Collection[str]
+) -> set[tuple[int, str]]:
+    """The consent rule: the (contact, purpose) pairs whose latest consent record is granted
+    and confirmed. One query for any number of contacts and purposes; the send gate applies it
+    to a page of recipients, :func:`has_valid_consent` to one."""
+    purpose_column = col(ConsentRecord.purpose)
+    query = (
+        sa.select(
+            col(ConsentRecord.contact_id),
+            purpose_column,
+            col(ConsentRecord.granted),
+            col(ConsentRecord.confirmed),
+        )
+        .where(
+            id_in(col(ConsentRecord.contact_id), list(contact_ids), session.connection()),
+            purpose_column.in_(sorted(purposes)),
+        )
+        .order_by(
+            col(ConsentRecord.contact_id),
+            purpose_column,
+            col(ConsentRecord.at),
+            col(ConsentRecord.id),
+        )
+    )
+    latest: dict[tuple[int, str], bool] = {}
+    for contact_id, purpose, granted, confirmed in session.execute(query):
+        latest[(contact_id, purpose)] = bool(granted and confirmed)
+    return {pair for pair, ok in latest.items() if ok}
+
+
 def has_valid_consent(session: Session, contact_id: int, purpose: str = MARKETING) -> bool:
-    """The gate's rule: the latest record for ``purpose`` is granted and confirmed."""
-    record = current_consent(session, contact_id, purpose)
-    return record is not None and record.granted and record.confirmed
+    """The gate's rule for one contact: the latest record for ``purpose`` is granted and
+    confirmed (:func:`consented_pairs`)."""
+    return (contact_id, purpose) in consented_pairs(session, (contact_id,), (purpose,))
 
 
 def _append(

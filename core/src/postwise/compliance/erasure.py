@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -47,6 +48,7 @@ from postwise.db.models import (
     Segment,
     SegmentMember,
     Suppression,
+    iso,
     utcnow,
 )
 from postwise.db.models import ConsentRecord as ConsentRow
@@ -234,7 +236,7 @@ def erase_email(runtime: Runtime, email: str, *, actor: str = "api") -> ErasureR
 
 
 def _iso(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    return iso(value) if isinstance(value, datetime) else value
 
 
 def export_contact(

@@ -11,14 +11,15 @@ from postwise import hookimpl
 def postwise_register_routes(register: Any) -> None:
     from postwise.compliance.api import (
         ConsentController,
-        ConsentLinkController,
         PrivacyController,
         ReputationController,
         SuppressionsController,
     )
+    from postwise.compliance.pages import ConsentLinkController, UnsubscribeController
 
     register("consent-api", ConsentController)
     register("privacy-api", PrivacyController)
     register("suppressions-api", SuppressionsController)
     register("reputation-api", ReputationController)
     register("consent-links", ConsentLinkController)
+    register("unsubscribe", UnsubscribeController)

@@ -73,6 +73,7 @@ from postwise.db.models import Contact, ContactStatus, utcnow
 from postwise.db.models import Message as LedgerRow
 from postwise.errors import PostwiseError, ValidationError
 from postwise.events import EventEnvelope
+from postwise.redis_client import as_text
 from postwise.streams.consumer import Entry, StreamConsumer
 from postwise.streams.publish import publish
 
@@ -189,10 +190,7 @@ def _count_recent(redis_client: redis.Redis, key: str, member: str, now: float, 
 
 def counters(redis_client: redis.Redis) -> dict[str, int]:
     """How many reports of each kind were handled, and how many acted on (for status pages)."""
-    return {
-        (k.decode() if isinstance(k, bytes) else k): int(v)
-        for k, v in redis_client.hgetall(_COUNTERS).items()
-    }
+    return {as_text(k): int(v) for k, v in redis_client.hgetall(_COUNTERS).items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from postwise.errors import NotFoundError, ValidationError
 from postwise.events import EventEnvelope
+from postwise.redis_client import as_text
 from postwise.settings import Settings
 from postwise.streams.publish import publish
 
@@ -105,10 +106,6 @@ def parse_stream(text: str) -> tuple[Scope, str]:
     if parsed is not Scope.PROVIDER:
         value = value.lower()
     return parsed, value
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _stream_key(scope: Scope, value: str) -> str:
@@ -210,7 +207,7 @@ def _window_counts(
     counts = {m.value: 0 for m in Metric}
     stale: list[bytes | str] = []
     for name, value in raw.items():
-        bucket_text, _, metric = _text(name).partition(":")
+        bucket_text, _, metric = as_text(name).partition(":")
         if int(bucket_text) < first:
             stale.append(name)
         elif metric in counts:
@@ -389,7 +386,7 @@ def resume(redis_client: redis.Redis, stream: str) -> dict[str, Any]:
 def paused_streams(redis_client: redis.Redis) -> dict[str, dict[str, Any]]:
     """Every paused stream (``"provider:smtp"``) with the JSON describing its pause."""
     return {
-        _text(name): json.loads(value) for name, value in redis_client.hgetall(PAUSED_KEY).items()
+        as_text(name): json.loads(value) for name, value in redis_client.hgetall(PAUSED_KEY).items()
     }
 
 
@@ -425,7 +422,7 @@ def report(
         since = now - settings.reputation_window_hours * _BUCKET_SECONDS
         redis_client.zremrangebyscore(_INDEX, "-inf", since)
         members: list[bytes | str] = redis_client.zrange(_INDEX, 0, -1)  # type: ignore[assignment]
-        names = {_text(n) for n in members} | set(paused)
+        names = {as_text(n) for n in members} | set(paused)
     else:
         names = {_stream_key(*parse_stream(s)) for s in streams}
     reports = []

@@ -1,4 +1,5 @@
-"""Email address normalisation and the hash suppressions are kept under.
+"""Email address normalisation and the hash suppressions are kept under; the names of consent
+purposes.
 
 Normalising: trim, lower-case the domain (IDNA-encoded), keep the local part as written except
 that it is compared case-insensitively by every mailbox provider that matters, so it is
@@ -12,8 +13,9 @@ import re
 
 from postwise.errors import ValidationError
 
-__all__ = ["email_domain", "email_hash", "normalize_email"]
+__all__ = ["check_purpose", "email_domain", "email_hash", "normalize_email"]
 
+_PURPOSE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,49}$")
 _LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -65,3 +67,22 @@ def email_domain(normalized: str) -> str:
 def email_hash(value: str) -> str:
     """SHA-256 of the normalised address: how suppressions remember an erased address."""
     return hashlib.sha256(normalize_email(value).encode()).hexdigest()
+
+
+def check_purpose(purpose: object, *, field: str = "purpose") -> str:
+    """``purpose`` if it is a consent purpose name the ledger can record, else ValidationError.
+
+    Everything that names a purpose (a grant, a list's required consent, a send request) uses
+    this one rule, so a list can never require a purpose no record could ever have.
+    """
+    if not isinstance(purpose, str) or not _PURPOSE_RE.match(purpose):
+        shown = repr(purpose)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        raise ValidationError(
+            f"{shown} is not a consent purpose; start with a lower-case letter and use "
+            "lower-case letters, digits, '_', '.', '-' (at most 50 characters), for example "
+            "'marketing' or 'newsletter'",
+            field=field,
+        )
+    return purpose

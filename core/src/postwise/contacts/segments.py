@@ -15,7 +15,7 @@ millions never loads every contact into memory. The rule language:
 
 A segment's ``consent_purpose`` (``"newsletter"``) makes it a consent list: every marketing send to
 it needs the contact's latest consent record for that purpose to be granted and confirmed, on top
-of the global and regional rules (:mod:`postwise.delivery.gate`).
+of the global and regional rules (:mod:`postwise.compliance.gate`).
 
 Later work adds rules over event history through the same compiler.
 """
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
-from postwise.compliance.consent import check_purpose
+from postwise.contacts.normalize import check_purpose
 from postwise.db.models import ConsentRecord, Contact, ContactTag, Segment, SegmentMember
 from postwise.errors import NotFoundError, ValidationError
 
@@ -96,7 +96,7 @@ def set_consent_purpose(segment: Segment, purpose: object) -> None:
     """Make marketing to ``segment`` need valid consent for ``purpose`` (None: no list consent).
 
     The purpose must be one the consent ledger can record (see
-    :func:`postwise.compliance.consent.check_purpose`); a bad one raises ValidationError naming
+    :func:`postwise.contacts.normalize.check_purpose`); a bad one raises ValidationError naming
     ``consent_purpose``. Campaigns dispatched afterwards enforce it; messages already queued keep
     the purpose they were queued with.
     """

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from postwise.db.models import Installation
 
-__all__ = ["create_db_engine", "installation_uid", "is_sqlite", "session_scope", "upgrade"]
+__all__ = [
+    "create_db_engine",
+    "id_in",
+    "installation_uid",
+    "is_sqlite",
+    "session_scope",
+    "upgrade",
+]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -96,3 +104,10 @@ def installation_uid(session: Session) -> str:
     stored = session.get(Installation, 1, populate_existing=True)
     assert stored is not None
     return stored.uid
+
+
+def id_in(column: Any, values: Sequence[Any], connection: Connection) -> Any:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(array)``, one parameter for all."""
+    if connection.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))

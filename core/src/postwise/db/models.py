@@ -41,6 +41,8 @@ __all__ = [
     "Template",
     "TemplateVersion",
     "Trigger",
+    "as_utc",
+    "iso",
     "utcnow",
 ]
 
@@ -60,6 +62,15 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+def iso(value: datetime | None) -> str | None:
+    """A stored timestamp in ISO 8601 with its zone (UTC; see :func:`as_utc`), or None."""
+    return None if value is None else as_utc(value).isoformat()
 
 
 def _json(default: Any = None) -> Any:

@@ -1,7 +1,7 @@
 """Delivery: from a campaign or a send request to a message accepted by a provider.
 
 The path (see docs/delivery.md): :mod:`~postwise.delivery.dispatch` gates each recipient
-(:mod:`~postwise.delivery.gate`, :mod:`~postwise.delivery.frequency`), writes ledger rows
+(:mod:`~postwise.compliance.gate`, :mod:`~postwise.delivery.frequency`), writes ledger rows
 (:mod:`~postwise.delivery.ledger`) and enqueues batches on ``send.<provider>`` RQ queues
 (:mod:`~postwise.delivery.queue`); a worker (:mod:`~postwise.delivery.worker`) runs each job
 through its entry point (:mod:`~postwise.delivery.jobs`), claims the batch,

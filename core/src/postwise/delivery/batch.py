@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING
 import redis
 import sqlalchemy as sa
 
+from postwise.compliance.gate import Pauses, Recipient, SkipReason
 from postwise.contacts.normalize import email_domain
 from postwise.db.models import utcnow
 from postwise.delivery.compose import ContactData, load_contacts
-from postwise.delivery.gate import Pauses, Recipient, SkipReason
 from postwise.delivery.journal import Fenced, Journal
 from postwise.delivery.ledger import ClaimedRow, claim, record_acceptances
 from postwise.delivery.liveness import current_owner, stop_requested

@@ -20,6 +20,7 @@ from postwise.db.models import (
     Message,
     MessageStatus,
     Segment,
+    iso,
     utcnow,
 )
 from postwise.delivery.ledger import PENDING_STATES
@@ -127,9 +128,9 @@ def campaign_status(
         "segment_id": campaign.segment_id,
         "experiment_id": campaign.experiment_id,
         "provider": campaign.provider,
-        "created_at": _iso(campaign.created_at),
-        "started_at": _iso(campaign.started_at),
-        "finished_at": _iso(campaign.finished_at),
+        "created_at": iso(campaign.created_at),
+        "started_at": iso(campaign.started_at),
+        "finished_at": iso(campaign.finished_at),
         "dispatch": {
             "audience": counts.get("audience", 0),
             "queued": counts.get("queued", 0),
@@ -142,7 +143,3 @@ def campaign_status(
         "unfinished": unfinished,
         "stalled": list(stalled or []),
     }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None

@@ -23,9 +23,10 @@ from postwise.content import AssetConfig, TemplateCache, TemplateSource, Trackin
 from postwise.content.limits import limits_from_settings
 from postwise.content.recommendations import RecommenderFn
 from postwise.content.templates import CONTACT_FIELDS
+from postwise.db.engine import id_in
 from postwise.db.models import Contact, Template, TemplateVersion
 from postwise.delivery.dkim import DkimSigner
-from postwise.delivery.ledger import ClaimedRow, id_in
+from postwise.delivery.ledger import ClaimedRow
 from postwise.delivery.message import Mailbox, build_message
 from postwise.delivery.provider import OutgoingMessage
 from postwise.errors import ConfigurationError, NotFoundError

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from postwise.compliance.consent import check_purpose
+from postwise.compliance.gate import Recipient, SkipReason
 from postwise.db.models import (
     Campaign,
     CampaignStatus,
@@ -45,7 +46,6 @@ from postwise.db.models import (
     utcnow,
 )
 from postwise.delivery.campaigns import check_sendable
-from postwise.delivery.gate import Recipient, SkipReason
 from postwise.delivery.ledger import campaign_message_id, insert_rows, ledger_row
 from postwise.delivery.queue import enqueue_at, enqueue_batches
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus

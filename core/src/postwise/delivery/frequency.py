@@ -21,6 +21,7 @@ from redis.client import Pipeline
 
 from postwise.delivery.atomic import AtomicScript
 from postwise.errors import ConfigurationError
+from postwise.redis_client import as_text
 
 __all__ = ["KEY_PREFIX", "FrequencyCap", "parse_frequency_cap"]
 
@@ -66,7 +67,7 @@ def _count_watched(
         reads.zrangebyscore(key, now - window, "+inf")
     current: dict[str, set[str]] = {}
     for key, found in zip(keys, reads.execute(), strict=True):
-        current[key] = {m.decode() if isinstance(m, bytes) else m for m in found}
+        current[key] = {as_text(m) for m in found}
     result: list[int] = []
     adds: list[tuple[str, str]] = []
     for key, member in zip(keys, members, strict=True):

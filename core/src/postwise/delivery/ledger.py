@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from postwise.db.engine import id_in
 from postwise.db.models import Message, MessageStatus, as_utc, utcnow
 from postwise.delivery.requests import message_id_for
 
@@ -163,15 +164,6 @@ def _insert_unnest(connection: Connection, rows: Sequence[Mapping[str, Any]]) ->
         arrays,
     )
     return {row[0] for row in result}
-
-
-def id_in(column: Any, values: Sequence[Any], connection: Connection) -> Any:
-    """``column IN (values)``; on PostgreSQL ``column = ANY(array)``, one parameter for all."""
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
-    return column.in_(list(values))
 
 
 @dataclass(frozen=True, slots=True)

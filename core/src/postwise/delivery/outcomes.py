@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from postwise.compliance.gate import SkipReason
 from postwise.db.models import MessageStatus, utcnow
-from postwise.delivery.gate import SkipReason
 from postwise.delivery.ledger import ClaimedRow, RowUpdate, apply_updates, pending_status
 from postwise.delivery.provider import Outcome, SendResult
 from postwise.delivery.queue import enqueue_later

@@ -13,11 +13,11 @@ import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from postwise.compliance.gate import ComplianceGate
 from postwise.content.recommendations import RecommenderFn
 from postwise.db.engine import installation_uid
 from postwise.delivery.compose import Composer, no_recommendations, recommender_function
 from postwise.delivery.frequency import FrequencyCap
-from postwise.delivery.gate import ComplianceGate
 from postwise.delivery.ratelimit import TokenBucket
 from postwise.errors import UnknownComponentError
 

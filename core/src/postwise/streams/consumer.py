@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import redis as redis_module
 
 from postwise.events import EVENT_STREAM, EventEnvelope, decode_event
+from postwise.redis_client import as_text
 
 if TYPE_CHECKING:
     import redis
@@ -106,7 +107,7 @@ class StreamConsumer:
             consumers: Any = self.redis.xinfo_consumers(self.stream, self.group)
             for consumer in consumers:
                 name = consumer["name"]
-                name = name.decode() if isinstance(name, bytes) else name
+                name = as_text(name)
                 idle = int(consumer.get("idle", 0))
                 if consumer["pending"] == 0 and (
                     name == self.consumer or idle > CONSUMER_RETENTION_MS

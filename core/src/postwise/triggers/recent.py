@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from postwise.events import EVENT_STREAM, decode_event
+from postwise.redis_client import as_text
 
 __all__ = ["COLLECTOR_GROUP", "RecentEvent", "StreamTail", "parse_stream_id"]
 
@@ -107,7 +108,7 @@ class StreamTail:
             return (0, 0)
         if isinstance(groups, Exception):
             return (0, 0)  # no stream yet
-        info = next((g for g in groups if _text(g.get("name")) == self.group), None)
+        info = next((g for g in groups if as_text(g.get("name")) == self.group), None)
         if info is None:
             return (0, 0)  # no collector has ever run: nothing is stored
         if not isinstance(pending, Exception) and pending and int(pending.get("pending") or 0):
@@ -192,7 +193,3 @@ class StreamTail:
                 if kept:
                     found[contact_id] = kept
         return found
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from postwise.ops.metrics import TRIGGER_COUNTS
+from postwise.redis_client import as_text
 from postwise.triggers.cooldown import TriggerKeys
 
 __all__ = ["COUNTERS", "StatsBatch", "read_stats", "reset_stats"]
@@ -86,14 +87,10 @@ def read_stats(
         pipe.hgetall(keys.stats(trigger_id))
     result: dict[int, dict[str, int]] = {}
     for trigger_id, raw in zip(ids, pipe.execute(), strict=True):
-        values = {_text(k): int(v) for k, v in raw.items()}
+        values = {as_text(k): int(v) for k, v in raw.items()}
         result[trigger_id] = {name: values.get(name, 0) for name in COUNTERS}
     return result
 
 
 def reset_stats(client: redis.Redis, keys: TriggerKeys, trigger_id: int) -> None:
     client.delete(keys.stats(trigger_id))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

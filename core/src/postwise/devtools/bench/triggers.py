@@ -619,10 +619,6 @@ def run_benchmark(
         runtime.close()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _cleanup(runtime: Runtime, run: _Run) -> None:
     client = runtime.redis
     client.delete(run.stream)

@@ -7,7 +7,8 @@ Rules, for a page of recipients at a time (one query per rule, never one per con
 * suppressions by address hash: scope ``all`` blocks everything, ``marketing`` blocks marketing;
 * consent, for marketing to a contact who needs it (``require_consent``, or the contact's country
   in ``consent_regions``): the latest ``marketing`` consent record must be granted and
-  confirmed, the rule :func:`postwise.compliance.consent.has_valid_consent` states;
+  confirmed: the one rule of :func:`postwise.compliance.consent.consented_pairs`, which
+  :func:`~postwise.compliance.consent.has_valid_consent` applies to one contact;
 * list consent, for marketing that names a consent purpose (a campaign to a list with a
   ``consent_purpose``, recorded on the ledger row as ``message.consent_purpose``, or a send
   request's ``consent_purpose``): the same rule for that purpose, for every contact, in addition
@@ -23,25 +24,23 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from postwise.compliance.consent import MARKETING, consented_pairs
+from postwise.compliance.reputation import PAUSED_KEY
 from postwise.contacts.normalize import email_domain, email_hash
-from postwise.db.models import ConsentRecord, ContactStatus, Suppression
-from postwise.delivery.ledger import id_in
+from postwise.db.engine import id_in
+from postwise.db.models import ContactStatus, Suppression
 from postwise.errors import ValidationError
+from postwise.redis_client import as_text
 from postwise.settings import Settings
 
 __all__ = ["PAUSED_KEY", "ComplianceGate", "Pauses", "Recipient", "SkipReason"]
-
-#: The Redis hash of reputation pauses the compliance monitor maintains.
-PAUSED_KEY = "postwise:reputation:paused"
-
-_MARKETING_PURPOSE = "marketing"
 
 
 class SkipReason(enum.StrEnum):
@@ -161,14 +160,14 @@ class ComplianceGate:
                 continue
             purposes = every
             if self.needs_consent(recipient):
-                purposes = (_MARKETING_PURPOSE, *purposes)
+                purposes = (MARKETING, *purposes)
             if recipient.consent_purpose:
                 purposes = (*purposes, recipient.consent_purpose)
             if purposes:
                 needing.append((index, purposes))
         if not needing:
             return
-        consented = _consented(
+        consented = consented_pairs(
             session,
             {recipients[index].contact_id for index, _ in needing},
             {purpose for _, purposes in needing for purpose in purposes},
@@ -197,35 +196,6 @@ def _status_reason(status: str, *, marketing: bool) -> SkipReason | None:
     return SkipReason.INVALID_CONTACT
 
 
-def _consented(
-    session: Session, contact_ids: Collection[int], purposes: Collection[str]
-) -> set[tuple[int, str]]:
-    """The (contact, purpose) pairs whose latest consent record is granted and confirmed."""
-    purpose_column = col(ConsentRecord.purpose)
-    query = (
-        sa.select(
-            col(ConsentRecord.contact_id),
-            purpose_column,
-            col(ConsentRecord.granted),
-            col(ConsentRecord.confirmed),
-        )
-        .where(
-            id_in(col(ConsentRecord.contact_id), list(contact_ids), session.connection()),
-            purpose_column.in_(sorted(purposes)),
-        )
-        .order_by(
-            col(ConsentRecord.contact_id),
-            purpose_column,
-            col(ConsentRecord.at),
-            col(ConsentRecord.id),
-        )
-    )
-    latest: dict[tuple[int, str], bool] = {}
-    for contact_id, purpose, granted, confirmed in session.execute(query):
-        latest[(contact_id, purpose)] = bool(granted and confirmed)
-    return {pair for pair, ok in latest.items() if ok}
-
-
 @dataclass(frozen=True, slots=True)
 class Pauses:
     """A snapshot of the reputation pauses: field → reason."""
@@ -237,7 +207,7 @@ class Pauses:
         raw = client.hgetall(PAUSED_KEY)
         if not raw:
             return cls()
-        return cls({_text(k): _reason(v) for k, v in raw.items()})
+        return cls({as_text(k): _reason(v) for k, v in raw.items()})
 
     def __bool__(self) -> bool:
         return bool(self.fields)
@@ -255,12 +225,8 @@ class Pauses:
         return self.fields.get(f"recipient_domain:{email_domain(address).lower()}")
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _reason(value: bytes | str) -> str:
-    text = _text(value)
+    text = as_text(value)
     try:
         data = json.loads(text)
     except ValueError:
