@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from postwise.plugins import CONDITIONS
 from postwise.recommend.base import Recommender
 from postwise.recommend.popularity import PopularityRecommender
 from postwise.testing.contracts import ConditionContract, RecommenderContract, StaticContext
@@ -51,7 +52,7 @@ def test_the_example_plugin_is_discovered_and_usable_by_name(runtime: Any) -> No
     plugin = next(p for p in described["plugins"] if p["name"] == "example-ltv")
     assert plugin["distribution"] == "postwise-example-ltv"
     assert plugin["contributes"] == {"conditions": ["lifetime_value"]}
-    condition = runtime.component("conditions", "lifetime_value")
+    condition = runtime.component(CONDITIONS, "lifetime_value")
     config = condition.parse_config({"at_least": 10})
     assert condition.evaluate(
         config,

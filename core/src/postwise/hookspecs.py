@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
     from postwise.analytics.sinks import AnalyticsSink
     from postwise.crm.connector import CrmConnector
     from postwise.delivery.provider import OutgoingMessage, Provider, SendResult
@@ -53,6 +55,8 @@ ProviderFactory = Callable[["Settings", Mapping[str, Any]], "Provider"]
 CrmConnectorFactory = Callable[["Settings", Mapping[str, Any]], "CrmConnector"]
 #: A factory building an analytics sink from settings and the sink's own options.
 AnalyticsSinkFactory = Callable[["Settings", Mapping[str, Any]], "AnalyticsSink"]
+#: A zero-argument factory (usually the class) of a recommender.
+RecommenderFactory = Callable[[], "Recommender"]
 
 
 @hookspec
@@ -83,7 +87,7 @@ def postwise_register_conditions(register: Register[ConditionType[Any]]) -> None
 
 
 @hookspec
-def postwise_register_recommenders(register: Register[Callable[[], Recommender]]) -> None:
+def postwise_register_recommenders(register: Register[RecommenderFactory]) -> None:
     """Register recommenders: ``register("popularity", PopularityRecommender)``.
 
     The component is a zero-argument factory (usually the class) of
@@ -110,7 +114,7 @@ def postwise_register_analytics_sinks(register: Register[AnalyticsSinkFactory]) 
 
 
 @hookspec
-def postwise_register_routes(register: Register[Any]) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     """Register HTTP routes: ``register("sendgrid-webhooks", WebhookController)``.
 
     The component is a Litestar route handler, ``Controller`` subclass or ``Router``. Handlers

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import pluggy
 
@@ -26,13 +26,30 @@ from postwise.errors import PluginError
 from postwise.registry import Register, Registry
 
 if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
     from stevedore.extension import Extension
 
+    from postwise.experiments.stats import StatsTest
+    from postwise.hookspecs import (
+        AnalyticsSinkFactory,
+        CrmConnectorFactory,
+        ProviderFactory,
+        RecommenderFactory,
+    )
     from postwise.settings import Settings
+    from postwise.triggers.conditions import ConditionType
 
 __all__ = [
+    "ANALYTICS_SINKS",
+    "CONDITIONS",
+    "CRM_CONNECTORS",
     "ENTRY_POINT_GROUP",
     "KINDS",
+    "PROVIDERS",
+    "RECOMMENDERS",
+    "ROUTES",
+    "STATS_TESTS",
+    "Kind",
     "PluginFailure",
     "PluginHost",
     "PluginInfo",
@@ -43,15 +60,50 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "postwise"
 
-#: Extension kinds, by registry name, with the register-style hook that fills each.
-KINDS: dict[str, tuple[str, str]] = {
-    "providers": ("provider", "postwise_register_providers"),
-    "crm_connectors": ("CRM connector", "postwise_register_crm_connectors"),
-    "conditions": ("condition", "postwise_register_conditions"),
-    "recommenders": ("recommender", "postwise_register_recommenders"),
-    "stats_tests": ("stats test", "postwise_register_stats_tests"),
-    "analytics_sinks": ("analytics sink", "postwise_register_analytics_sinks"),
-    "routes": ("route", "postwise_register_routes"),
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[T]):
+    """One extension kind: its registry's name, a label for messages, the hook that fills it.
+
+    The type parameter is what its components are, so a lookup is typed:
+    ``runtime.component(PROVIDERS, "smtp")`` is a :data:`~postwise.hookspecs.ProviderFactory`.
+    """
+
+    name: str
+    label: str
+    hook: str
+
+
+PROVIDERS: Kind[ProviderFactory] = Kind("providers", "provider", "postwise_register_providers")
+CRM_CONNECTORS: Kind[CrmConnectorFactory] = Kind(
+    "crm_connectors", "CRM connector", "postwise_register_crm_connectors"
+)
+CONDITIONS: Kind[ConditionType[Any]] = Kind(
+    "conditions", "condition", "postwise_register_conditions"
+)
+RECOMMENDERS: Kind[RecommenderFactory] = Kind(
+    "recommenders", "recommender", "postwise_register_recommenders"
+)
+STATS_TESTS: Kind[StatsTest] = Kind("stats_tests", "stats test", "postwise_register_stats_tests")
+ANALYTICS_SINKS: Kind[AnalyticsSinkFactory] = Kind(
+    "analytics_sinks", "analytics sink", "postwise_register_analytics_sinks"
+)
+ROUTES: Kind[ControllerRouterHandler] = Kind("routes", "route", "postwise_register_routes")
+
+#: Every extension kind, by registry name.
+KINDS: dict[str, Kind[Any]] = {
+    kind.name: kind
+    for kind in (
+        PROVIDERS,
+        CRM_CONNECTORS,
+        CONDITIONS,
+        RECOMMENDERS,
+        STATS_TESTS,
+        ANALYTICS_SINKS,
+        ROUTES,
+    )
 }
 
 
@@ -153,9 +205,13 @@ class PluginHost:
         log.error("plugin %r was skipped: %s", name, message)
         self.failures.append(PluginFailure(name, message, distribution))
 
-    def registry(self, kind: str) -> Registry[Any]:
-        """The registry of ``kind`` (a key of :data:`KINDS`), filled on first use."""
-        return self.registries()[kind]
+    @overload
+    def registry(self, kind: Kind[T]) -> Registry[T]: ...
+    @overload
+    def registry(self, kind: str) -> Registry[Any]: ...
+    def registry(self, kind: Kind[Any] | str) -> Registry[Any]:
+        """The registry of ``kind`` (:data:`PROVIDERS`..., or its name), filled on first use."""
+        return self.registries()[kind if isinstance(kind, str) else kind.name]
 
     def registries(self) -> dict[str, Registry[Any]]:
         if self._registries is None:
@@ -164,9 +220,9 @@ class PluginHost:
 
     def _collect(self) -> dict[str, Registry[Any]]:
         registries: dict[str, Registry[Any]] = {}
-        for kind, (label, hookname) in KINDS.items():
-            registry: Registry[Any] = Registry(label)
-            caller = getattr(self.pm.hook, hookname)
+        for kind, spec in KINDS.items():
+            registry: Registry[Any] = Registry(spec.label)
+            caller = getattr(self.pm.hook, spec.hook)
             # Call each plugin's implementation with a register bound to that plugin, so every
             # entry records who contributed it.
             for impl in caller.get_hookimpls():

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from postwise.db.engine import create_db_engine, session_scope
+from postwise.db.engine import create_db_engine, session_scope, upgrade
+from postwise.plugins import create_plugin_host
 from postwise.redis_client import connect_redis
 from postwise.settings import Settings, load_settings
 
@@ -23,12 +24,13 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlmodel import Session
 
-    from postwise.delivery.provider import Provider
-    from postwise.plugins import PluginHost
+    from postwise.plugins import Kind, PluginHost
 
 __all__ = ["Runtime"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -38,9 +40,9 @@ class Runtime:
         self.settings = settings if settings is not None else load_settings()
         if plugins is not None:
             self.__dict__["plugins"] = plugins
-        self._providers: dict[str, Provider] = {}
+        self._shared: dict[Hashable, Any] = {}
         self._closers: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @cached_property
     def engine(self) -> Engine:
@@ -52,7 +54,6 @@ class Runtime:
 
     @cached_property
     def plugins(self) -> PluginHost:
-        from postwise.plugins import create_plugin_host
 
         return create_plugin_host(self.settings)
 
@@ -64,25 +65,31 @@ class Runtime:
 
     def migrate(self) -> None:
         """Bring the database schema up to date."""
-        from postwise.db.engine import upgrade
 
         upgrade(self.engine)
 
-    def component(self, kind: str, name: str) -> Any:
-        """The registered component ``name`` of ``kind``; unknown names list what is installed."""
+    def component(self, kind: Kind[T], name: str) -> T:
+        """The registered component ``name`` of ``kind`` (:data:`postwise.plugins.PROVIDERS`...);
+        an unknown name lists what is installed."""
         return self.plugins.registry(kind).get(name)
 
-    def provider(self, name: str | None = None) -> Provider:
-        """The configured provider (or ``name``), built once per runtime and reused (pooling)."""
-        name = name or self.settings.provider
+    def shared(
+        self, key: Hashable, build: Callable[[], T], *, close: Callable[[T], None] | None = None
+    ) -> T:
+        """The one object this runtime keeps under ``key``, built by ``build()`` on first use.
+
+        This is the one per-runtime cache: pooled providers, CRM connectors, delivery services
+        and recommender servings live here, built once per process and thread-safely, and
+        ``close`` (when given) is called on the object by :meth:`close`.
+        """
         with self._lock:
-            provider = self._providers.get(name)
-            if provider is None:
-                factory = self.component("providers", name)
-                options = self.settings.provider_options.get(name, {})
-                provider = factory(self.settings, options)
-                self._providers[name] = provider
-            return provider
+            if key in self._shared:
+                return cast(T, self._shared[key])
+            value = build()
+            self._shared[key] = value
+            if close is not None:
+                self._closers.append(lambda: close(value))
+            return value
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Have :meth:`close` call ``closer`` (before the database and Redis close, so it may
@@ -100,9 +107,8 @@ class Runtime:
                 closer()
             except Exception:  # one failing client must not keep the others open
                 log.exception("closing %r failed", closer)
-        for provider in self._providers.values():
-            provider.close()
-        self._providers.clear()
+        with self._lock:
+            self._shared.clear()
         if "engine" in self.__dict__:
             self.engine.dispose()
         if "redis" in self.__dict__:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from postwise.plugins import RECOMMENDERS
 from postwise.recommend.als import AlsRecommender, implicit_available
 from postwise.recommend.base import Recommender
 from postwise.recommend.collaborative import CollaborativeRecommender
@@ -52,9 +53,9 @@ class TestAls(RecommenderContract):
 
 
 def test_the_plugin_registers_all_six_by_name(runtime: Runtime) -> None:
-    registry = runtime.plugins.registry("recommenders")
+    registry = runtime.plugins.registry(RECOMMENDERS)
     expected = {"popularity", "collaborative", "content", "ease", "als", "hybrid"}
     assert expected <= set(registry.names())
     for name in ("collaborative", "content", "ease", "als", "hybrid"):
-        recommender = runtime.component("recommenders", name)()
+        recommender = runtime.component(RECOMMENDERS, name)()
         assert isinstance(recommender, Recommender) and recommender.name == name

@@ -11,7 +11,7 @@ from fake_mailchimp import API_KEY, FakeMailchimp, Reply, error
 
 from postwise.delivery.dkim import DkimSigner, generate_key
 from postwise.delivery.message import Mailbox, build_message
-from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage
+from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage, get_provider
 from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
 from postwise.settings import load_settings
@@ -222,7 +222,7 @@ def test_settings_from_the_environment_pick_and_configure_the_provider(
     )
     runtime = Runtime(settings)
     try:
-        provider = runtime.provider()
+        provider = get_provider(runtime)
         assert isinstance(provider, MailchimpProvider)
         results = provider.send_batch([plain(1)])
     finally:

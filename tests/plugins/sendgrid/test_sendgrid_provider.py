@@ -10,7 +10,7 @@ from fake_sendgrid import API_KEY, FakeSendGrid, Reply, errors
 
 from postwise.delivery.dkim import DkimSigner, generate_key
 from postwise.delivery.message import Mailbox, build_message
-from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage
+from postwise.delivery.provider import BounceKind, Outcome, OutgoingMessage, get_provider
 from postwise.errors import ConfigurationError
 from postwise.runtime import Runtime
 from postwise.settings import load_settings
@@ -221,7 +221,7 @@ def test_settings_from_the_environment_pick_and_configure_the_provider(
     )
     runtime = Runtime(settings)
     try:
-        provider = runtime.provider()
+        provider = get_provider(runtime)
         assert isinstance(provider, SendGridProvider)
         assert provider.options.concurrency == 2
         results = provider.send_batch([plain(1), plain(2)])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from postwise import hookimpl
 
+if TYPE_CHECKING:
+    from postwise.hookspecs import AnalyticsSinkFactory
+    from postwise.registry import Register
+
 
 @hookimpl
-def postwise_register_analytics_sinks(register: Any) -> None:
+def postwise_register_analytics_sinks(register: Register[AnalyticsSinkFactory]) -> None:
     from postwise_clickhouse.sink import clickhouse_sink_factory
 
     register("clickhouse", clickhouse_sink_factory)

@@ -36,6 +36,7 @@ from postwise.analytics.engagement import EngagementModel, apply_engagement
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
 from postwise.errors import ValidationError
 from postwise.events import EventEnvelope, decode_event
+from postwise.plugins import ANALYTICS_SINKS
 from postwise.streams.consumer import Entry, StreamConsumer
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def open_sink(runtime: Runtime, name: str | None = None) -> AnalyticsSink:
     Its options come from ``provider_options.<name>`` like every named component's.
     """
     name = name or runtime.settings.analytics_sink
-    factory = runtime.component("analytics_sinks", name)
+    factory = runtime.component(ANALYTICS_SINKS, name)
     sink: AnalyticsSink = factory(runtime.settings, runtime.settings.provider_options.get(name, {}))
     return sink
 

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlmodel import Session, col, select
 
+from postwise.analytics.collector import open_sink
+from postwise.contacts.segments import get_segment
 from postwise.db.models import Segment
 from postwise.errors import ConfigurationError, ValidationError
 
@@ -237,7 +239,6 @@ def sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def segments_by_name(session: Session, names: Sequence[str]) -> list[Segment]:
     """The segments called ``names`` (all segments when empty), in the order given."""
-    from postwise.contacts.segments import get_segment
 
     if names:
         return [get_segment(session, name) for name in names]
@@ -296,8 +297,6 @@ def metrics_backend(runtime: Runtime) -> MetricsBackend:
     with _BACKENDS_LOCK:
         cached = _BACKENDS.get(runtime)
         if cached is None:
-            from postwise.analytics.collector import open_sink
-
             sink = open_sink(runtime)
             backend = sink.metrics()
             if backend is None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from postwise import hookimpl
 
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
+    from postwise.hookspecs import AnalyticsSinkFactory
+    from postwise.registry import Register
+
 
 @hookimpl
-def postwise_register_routes(register: Any) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     from postwise.analytics.api import EventsController, MetricsController
     from postwise.analytics.tracking import TrackingController
 
@@ -18,7 +24,7 @@ def postwise_register_routes(register: Any) -> None:
 
 
 @hookimpl
-def postwise_register_analytics_sinks(register: Any) -> None:
+def postwise_register_analytics_sinks(register: Register[AnalyticsSinkFactory]) -> None:
     from postwise.analytics.sql_sink import sql_sink_factory
 
     register("sql", sql_sink_factory)

@@ -38,6 +38,7 @@ from postwise.analytics.metrics import (
     ratio,
     sort_key,
 )
+from postwise.contacts.segments import segment_condition
 from postwise.db.models import Contact, Event, Segment
 
 __all__ = ["SqlMetrics"]
@@ -106,7 +107,6 @@ class SqlMetrics:
     ) -> OpenRateReport:
         """One pass for the overall rate and every segment: a row per message (was it sent,
         opened by a person, opened at all, and whose is it), then counts per segment."""
-        from postwise.contacts.segments import segment_condition
 
         def flag(condition: Any) -> Any:
             return sa.func.max(sa.case((condition, 1), else_=0))

@@ -11,6 +11,7 @@ import click
 from postwise.cli.common import emit_json, get_runtime
 from postwise.content.recommendations import MAX_RECOMMENDATIONS
 from postwise.errors import ValidationError
+from postwise.plugins import RECOMMENDERS
 from postwise.recommend.catalogue import (
     DEFAULT_EVENT_WEIGHTS,
     InteractionSource,
@@ -216,9 +217,9 @@ def evaluate(
     from postwise.recommend.synthetic import clustered
 
     runtime = get_runtime(ctx)
-    registry = runtime.plugins.registry("recommenders")
+    registry = runtime.plugins.registry(RECOMMENDERS)
     chosen = list(names) or registry.names()
-    factories = {name: runtime.component("recommenders", name) for name in chosen}
+    factories = {name: runtime.component(RECOMMENDERS, name) for name in chosen}
     if synthetic is not None and dataset is not None:
         raise click.UsageError("give --synthetic or --dataset, not both")
     if synthetic is not None:

@@ -33,11 +33,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from postwise.analytics.collector import open_sink
+from postwise.analytics.erasure import erase_contact_events
 from postwise.compliance.consent import consent_history
 from postwise.compliance.processing import bounce_keys
 from postwise.compliance.suppression import SuppressionReason, suppress_hash
 from postwise.compliance.unsubscribe import PENDING_STATES
 from postwise.contacts.normalize import email_hash, normalize_email
+from postwise.contacts.service import contact_dict
 from postwise.db.models import (
     AuditRecord,
     Contact,
@@ -157,7 +160,6 @@ def _erase_rows(session: Session, contact: Contact) -> dict[str, int]:
 
 def _erase_events(runtime: Runtime, contact_id: int, report: ErasureReport) -> None:
     """Stored events, the stream and events in flight, through the analytics subsystem."""
-    from postwise.analytics.erasure import erase_contact_events
 
     try:
         counts = erase_contact_events(runtime, contact_id)
@@ -243,7 +245,6 @@ def export_contact(
     runtime: Runtime, *, contact_id: int | None = None, email: str | None = None
 ) -> dict[str, Any]:
     """Everything postwise holds about one contact, as a JSON-ready dict."""
-    from postwise.contacts.service import contact_dict
 
     with runtime.session() as session:
         contact = find_contact(session, contact_id=contact_id, email=email)
@@ -323,7 +324,6 @@ def _export_events(runtime: Runtime, contact_id: int, data: dict[str, Any]) -> N
     A sink that is down or cannot read events back leaves ``incomplete.events`` saying so:
     an access request must never get a silently partial answer.
     """
-    from postwise.analytics.collector import open_sink
 
     try:
         sink = open_sink(runtime)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from postwise import hookimpl
 
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
+    from postwise.registry import Register
+
 
 @hookimpl
-def postwise_register_routes(register: Any) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     from postwise.contacts.api import ContactsController, SegmentsController
 
     register("contacts-api", ContactsController)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from postwise.db.models import CrmLink, CrmSyncState, utcnow
+from postwise.plugins import CRM_CONNECTORS
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -53,7 +54,7 @@ def crm_status(runtime: Runtime, system: str) -> dict[str, Any]:
     from postwise.crm.engagement import pending_count
     from postwise.crm.sync import configured_systems
 
-    installed = system in runtime.plugins.registry("crm_connectors")
+    installed = system in runtime.plugins.registry(CRM_CONNECTORS)
     with runtime.session() as session:
         state = session.get(CrmSyncState, system)
         links = session.exec(

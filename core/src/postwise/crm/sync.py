@@ -39,13 +39,10 @@ CRM runs at a time (a Redis lock).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import secrets
-import threading
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -62,6 +59,7 @@ from postwise.contacts.service import ContactData, notify_changed, upsert_contac
 from postwise.crm.connector import PROFILE_FIELDS, CrmConnector, CrmContact
 from postwise.db.models import Contact, CrmLink, CrmSyncState, Suppression, as_utc, utcnow
 from postwise.errors import ConflictError, NotFoundError, ValidationError
+from postwise.plugins import CRM_CONNECTORS
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -102,11 +100,6 @@ RESERVED_PROPERTIES = frozenset(
     }
 )
 
-_connectors: weakref.WeakKeyDictionary[Runtime, dict[str, CrmConnector]] = (
-    weakref.WeakKeyDictionary()
-)
-_connectors_lock = threading.Lock()
-
 
 def source_for(system: str) -> str:
     """The ``source`` of contact changes made by syncing ``system``."""
@@ -132,23 +125,12 @@ def connector_for(runtime: Runtime, system: str) -> CrmConnector:
             f"e.g. POSTWISE_CRM_OPTIONS__{system.upper()}__..., in the environment or the "
             f"[crm_options.{system}] table of the config file"
         )
-    with _connectors_lock:
-        built = _connectors.setdefault(runtime, {})
-        connector = built.get(system)
-        if connector is None:
-            factory = runtime.component("crm_connectors", system)
-            connector = factory(runtime.settings, dict(options))
-            built[system] = connector
-            runtime.on_close(functools.partial(close_connectors, runtime))
-        return connector
 
+    def build() -> CrmConnector:
+        factory = runtime.component(CRM_CONNECTORS, system)
+        return factory(runtime.settings, dict(options))
 
-def close_connectors(runtime: Runtime) -> None:
-    """Close the connectors built for ``runtime``."""
-    with _connectors_lock:
-        built = _connectors.pop(runtime, {})
-    for connector in built.values():
-        connector.close()
+    return runtime.shared(("crm-connector", system), build, close=lambda c: c.close())
 
 
 @dataclass(slots=True)

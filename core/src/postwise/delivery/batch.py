@@ -48,6 +48,7 @@ import sqlalchemy as sa
 
 from postwise.compliance.gate import Pauses, Recipient, SkipReason
 from postwise.contacts.normalize import email_domain
+from postwise.contacts.segments import contacts_in_segment
 from postwise.db.models import utcnow
 from postwise.delivery.compose import ContactData, load_contacts
 from postwise.delivery.journal import Fenced, Journal
@@ -61,6 +62,7 @@ from postwise.delivery.provider import (
     Provider,
     SendObserver,
     SendResult,
+    get_provider,
     throttles_sender,
 )
 from postwise.delivery.recovery import recover_stale
@@ -307,7 +309,7 @@ class _Attempt:
             by_provider.setdefault(row.provider, []).append(row)
         for provider_name, group in by_provider.items():
             try:
-                provider = self.runtime.provider(provider_name)
+                provider = get_provider(self.runtime, provider_name)
             except ConfigurationError as exc:
                 # The operator's to fix, not the messages' fault: they wait, using up nothing,
                 # and nothing is lost (a dead letter per message would be).
@@ -329,7 +331,6 @@ class _Attempt:
     def _gate(
         self, rows: list[ClaimedRow]
     ) -> tuple[dict[int, ContactData], dict[int, set[str]], list[ClaimedRow]]:
-        from postwise.contacts.segments import contacts_in_segment
 
         settlement = self.settlement
         with self.runtime.session() as session:

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from postwise.contacts.segments import get_segment
 from postwise.db.models import (
     Campaign,
     CampaignStatus,
@@ -49,7 +50,6 @@ def create_campaign(
     experiment_id: int | None = None,
 ) -> Campaign:
     """A draft campaign; ``segment`` None means every active contact."""
-    from postwise.contacts.segments import get_segment
 
     name = name.strip()
     if not name or len(name) > 200:

@@ -32,6 +32,7 @@ from sqlmodel import Session, col
 
 from postwise.compliance.consent import check_purpose
 from postwise.compliance.gate import Recipient, SkipReason
+from postwise.contacts.segments import segment_condition
 from postwise.db.models import (
     Campaign,
     CampaignStatus,
@@ -52,6 +53,7 @@ from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.delivery.services import services_for
 from postwise.errors import ConflictError, NotFoundError, ValidationError
 from postwise.experiments.arms import HOLDOUT, Arms
+from postwise.plugins import PROVIDERS
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -90,7 +92,7 @@ def submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
     services = services_for(runtime)
     message_id = request.message_id
     provider = request.provider or settings.provider
-    runtime.component("providers", provider)  # an unknown provider fails here, loudly
+    runtime.component(PROVIDERS, provider)  # an unknown provider fails here, loudly
     now = utcnow()
     not_before = as_utc(request.not_before) if request.not_before else None
     purpose = request.consent_purpose
@@ -277,7 +279,7 @@ class _Dispatcher:
             marketing = template.kind != "transactional"
             provider = campaign.provider or self.runtime.settings.provider
             counts = dict(campaign.counts or {})
-        self.runtime.component("providers", provider)
+        self.runtime.component(PROVIDERS, provider)
         report = DispatchReport(
             self.campaign_id,
             audience=int(counts.get("audience", 0)),
@@ -349,7 +351,6 @@ class _Dispatcher:
         return campaign, template, segment, arms
 
     def _pages(self, segment: Segment | None, after: int) -> Iterator[list[Recipient]]:
-        from postwise.contacts.segments import segment_condition
 
         last = after
         while True:

@@ -16,7 +16,11 @@ from postwise.errors import ConfigurationError
 if TYPE_CHECKING:
     import ssl
 
+    from litestar.types import ControllerRouterHandler
+
     from postwise.delivery.smtp import SmtpProvider
+    from postwise.hookspecs import ProviderFactory
+    from postwise.registry import Register
     from postwise.settings import Settings
 
 
@@ -54,12 +58,12 @@ def _trusting(ca_file: Path) -> ssl.SSLContext:
 
 
 @hookimpl
-def postwise_register_providers(register: Any) -> None:
+def postwise_register_providers(register: Register[ProviderFactory]) -> None:
     register("smtp", smtp_provider)
 
 
 @hookimpl
-def postwise_register_routes(register: Any) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     from postwise.delivery.api import CampaignsController, SendsController, TemplatesController
 
     register("templates-api", TemplatesController)

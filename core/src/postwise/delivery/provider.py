@@ -27,9 +27,13 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from postwise.compliance.bounces import BounceKind
+from postwise.plugins import PROVIDERS
+
+if TYPE_CHECKING:
+    from postwise.runtime import Runtime
 
 __all__ = [
     "NOT_HANDED_OVER",
@@ -39,6 +43,7 @@ __all__ = [
     "Provider",
     "SendObserver",
     "SendResult",
+    "get_provider",
     "not_handed_over",
     "throttles_sender",
 ]
@@ -187,3 +192,15 @@ class Provider(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sound no-op default
         """Release pooled connections. The default has nothing to release."""
+
+
+def get_provider(runtime: Runtime, name: str | None = None) -> Provider:
+    """The configured provider (or ``name``) of ``runtime``, built once and reused (pooling);
+    closed when the runtime closes."""
+    name = name or runtime.settings.provider
+
+    def build() -> Provider:
+        factory = runtime.component(PROVIDERS, name)
+        return factory(runtime.settings, runtime.settings.provider_options.get(name, {}))
+
+    return runtime.shared(("provider", name), build, close=lambda provider: provider.close())

@@ -30,6 +30,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from postwise.analytics.bots import classify_click, classify_open
+from postwise.analytics.ingest import ingest
+from postwise.compliance.processing import record_provider_feedback
+from postwise.compliance.unsubscribe import unsubscribe, unsubscribe_email
+from postwise.db.models import Message as LedgerRow
+from postwise.errors import NotFoundError, ValidationError
+
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
 
@@ -131,7 +138,6 @@ def engagement_properties(
     user agent and IP) or a link scanner's click is flagged, and a click keeps its URL.
     Returns False for a click without a URL, which the vendor event cannot be recorded without.
     """
-    from postwise.analytics.bots import classify_click, classify_open
 
     if kind == "open":
         machine = machine or classify_open(user_agent, ip, sent_at=None, now=occurred_at)
@@ -173,8 +179,6 @@ def record_events(
     summary: WebhookSummary,
 ) -> WebhookSummary:
     """Act on ``events`` (see the module docs) and add the counts to ``summary``."""
-    from postwise.analytics.ingest import ingest
-    from postwise.compliance.processing import record_provider_feedback
 
     acting = [event for event in events if event.acts]
     summary.ignored += len(events) - len(acting)
@@ -275,9 +279,6 @@ def _analytics_item(provider: str, event: MappedEvent) -> dict[str, Any]:
 
 def _unsubscribe(runtime: Runtime, provider: str, event: MappedEvent) -> None:
     """Unsubscribe the contact the ledger names for the message, else the address."""
-    from postwise.compliance.unsubscribe import unsubscribe, unsubscribe_email
-    from postwise.db.models import Message as LedgerRow
-    from postwise.errors import NotFoundError, ValidationError
 
     source = f"webhook:{provider}"
     with runtime.session() as session:

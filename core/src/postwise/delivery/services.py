@@ -8,8 +8,6 @@ worker compiles each template version once and reuses its SMTP connections acros
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +18,7 @@ from postwise.delivery.compose import Composer, no_recommendations, recommender_
 from postwise.delivery.frequency import FrequencyCap
 from postwise.delivery.ratelimit import TokenBucket
 from postwise.errors import UnknownComponentError
+from postwise.recommend.service import recommender_for
 
 if TYPE_CHECKING:
     from postwise.runtime import Runtime
@@ -31,18 +30,10 @@ log = logging.getLogger(__name__)
 #: The recommender that fills ``recommendations(n)`` blocks.
 DEFAULT_RECOMMENDER = "popularity"
 
-_services: weakref.WeakKeyDictionary[Runtime, DeliveryServices] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-
 
 def services_for(runtime: Runtime) -> DeliveryServices:
     """The delivery services of ``runtime`` (built once)."""
-    with _lock:
-        services = _services.get(runtime)
-        if services is None:
-            services = DeliveryServices(runtime)
-            _services[runtime] = services
-        return services
+    return runtime.shared(DeliveryServices, lambda: DeliveryServices(runtime))
 
 
 class DeliveryServices:
@@ -88,7 +79,6 @@ class DeliveryServices:
     def _recommender_fn(self) -> RecommenderFn:
         if self._recommender is not None:
             return recommender_function(self._recommender, name=DEFAULT_RECOMMENDER)
-        from postwise.recommend.service import recommender_for
 
         try:
             # The configured recommender (setting "recommender"), trained once and shared by

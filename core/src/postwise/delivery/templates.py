@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from postwise.compliance.canspam import require_marketing_template
 from postwise.content import TemplateCache, TemplateSource, assert_valid_template
 from postwise.content.limits import TemplateLimitError, limits_from_settings
 from postwise.content.recommendations import RecommenderFn
@@ -67,8 +68,6 @@ def check_template(
     assert_valid_template(subject, html, text, known_variables=names, kind=kind)
     _trial_render(settings, subject=subject, html=html, text=text, kind=kind, names=names)
     if kind == TemplateKind.MARKETING:
-        from postwise.compliance.canspam import require_marketing_template
-
         require_marketing_template(html, text, postal_address=settings.postal_address)
 
 

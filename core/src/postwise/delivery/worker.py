@@ -63,6 +63,7 @@ from postwise.delivery.queue import (
     queue_name,
 )
 from postwise.delivery.recovery import sweep
+from postwise.plugins import PROVIDERS
 from postwise.runtime import Runtime
 
 __all__ = [
@@ -83,7 +84,7 @@ DEFAULT_QUEUE = DISPATCH_QUEUE
 
 def default_queues(runtime: Runtime) -> list[str]:
     """The send queue of every installed provider, then ``default``."""
-    names = [queue_name(name) for name in runtime.plugins.registry("providers").names()]
+    names = [queue_name(name) for name in runtime.plugins.registry(PROVIDERS).names()]
     return [*names, DEFAULT_QUEUE]
 
 

@@ -46,6 +46,7 @@ from postwise.delivery.templates import create_template
 from postwise.delivery.worker import drain
 from postwise.devtools.sink import SmtpSink
 from postwise.errors import UnknownComponentError
+from postwise.plugins import RECOMMENDERS
 from postwise.recommend.base import Interaction, Item
 from postwise.runtime import Runtime
 from postwise.settings import Settings
@@ -406,7 +407,7 @@ def _install_recommender(runtime: Runtime) -> None:
     """Fit the registry's popularity recommender on a small catalogue and made-up history."""
 
     try:
-        factory = runtime.component("recommenders", DEFAULT_RECOMMENDER)
+        factory = runtime.component(RECOMMENDERS, DEFAULT_RECOMMENDER)
     except UnknownComponentError as exc:
         log.warning("demo recommendation blocks will be empty: %s", exc)
         return

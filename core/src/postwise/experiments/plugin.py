@@ -7,13 +7,19 @@ other, and an experiment picks its test from the same registry whoever contribut
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from postwise import hookimpl
 
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
+    from postwise.experiments.stats import StatsTest
+    from postwise.registry import Register
+
 
 @hookimpl
-def postwise_register_stats_tests(register: Any) -> None:
+def postwise_register_stats_tests(register: Register[StatsTest]) -> None:
     from postwise.experiments.stats import builtin_tests
 
     for name, test in builtin_tests().items():
@@ -21,7 +27,7 @@ def postwise_register_stats_tests(register: Any) -> None:
 
 
 @hookimpl
-def postwise_register_routes(register: Any) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     from postwise.experiments.api import ExperimentsController
 
     register("experiments-api", ExperimentsController)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from postwise import hookimpl
 
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
+    from postwise.hookspecs import RecommenderFactory
+    from postwise.registry import Register
+
 
 @hookimpl
-def postwise_register_recommenders(register: Any) -> None:
+def postwise_register_recommenders(register: Register[RecommenderFactory]) -> None:
     from postwise.recommend.als import AlsRecommender
     from postwise.recommend.collaborative import CollaborativeRecommender
     from postwise.recommend.content import ContentRecommender
@@ -25,7 +31,7 @@ def postwise_register_recommenders(register: Any) -> None:
 
 
 @hookimpl
-def postwise_register_routes(register: Any) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     from postwise.recommend.api import ItemsController, RecommendationsController
 
     register("items-api", ItemsController)

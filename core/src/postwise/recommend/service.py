@@ -25,7 +25,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from postwise.db.models import utcnow
 from postwise.errors import ConfigurationError
+from postwise.plugins import RECOMMENDERS
 from postwise.recommend.base import Interaction, Item, Recommender
 from postwise.recommend.catalogue import (
     InteractionSource,
@@ -107,7 +107,7 @@ def fit_from_database(
     Returns the recommender and what went into it (items, pairs, seconds, parameters).
     """
     source = source or InteractionSource()
-    factory = runtime.component("recommenders", name)
+    factory = runtime.component(RECOMMENDERS, name)
     started = time.perf_counter()
     items = load_items(runtime.engine)
     recommender: Recommender = factory()
@@ -160,7 +160,7 @@ def recommend_block(
 ) -> list[Item]:
     """What a recommendation block shows the contact: the served model, rules applied."""
     name = name or runtime.settings.recommender
-    runtime.component("recommenders", name)
+    runtime.component(RECOMMENDERS, name)
     return _serving(runtime, name, None).block(contact_id, n, rules_from_settings(runtime.settings))
 
 
@@ -201,7 +201,7 @@ def serving_recommender(runtime: Runtime, name: str | None = None) -> Recommende
     ranks without the business rules; :func:`recommend_block` applies them.
     """
     name = name or runtime.settings.recommender
-    runtime.component("recommenders", name)  # an unknown name fails here, listing the known
+    runtime.component(RECOMMENDERS, name)  # an unknown name fails here, listing the known
     served = _serving(runtime, name, None).recommender()
     # The fitted recommender itself; business rules apply in recommend_block.
     return served.inner if isinstance(served, RuledModel) else served
@@ -214,7 +214,7 @@ def recommender_for(runtime: Runtime) -> RecommenderFn:
     setting names nothing installed; the model itself is loaded on the first call.
     """
     name = runtime.settings.recommender
-    runtime.component("recommenders", name)
+    runtime.component(RECOMMENDERS, name)
     serving = _serving(runtime, name, None)
     rules = rules_from_settings(runtime.settings)
 
@@ -358,14 +358,5 @@ class _Serving:
                 return
 
 
-_servings: weakref.WeakKeyDictionary[Runtime, dict[str, _Serving]] = weakref.WeakKeyDictionary()
-_servings_lock = threading.Lock()
-
-
 def _serving(runtime: Runtime, name: str, store: ModelStore | None) -> _Serving:
-    with _servings_lock:
-        by_name = _servings.setdefault(runtime, {})
-        serving = by_name.get(name)
-        if serving is None:
-            serving = by_name[name] = _Serving(runtime, name, store)
-        return serving
+    return runtime.shared((_Serving, name), lambda: _Serving(runtime, name, store))

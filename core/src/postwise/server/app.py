@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 
 from postwise import __version__
+from postwise.plugins import ROUTES
 from postwise.runtime import Runtime
 from postwise.server.auth import is_protected, require_api_key, required_scopes
 from postwise.server.deps import provide_runtime, provide_session
@@ -131,7 +132,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 runtime.close()
 
     handlers: list[Any] = [health, live, metrics]
-    handlers.extend(entry.component for entry in runtime.plugins.registry("routes"))
+    handlers.extend(entry.component for entry in runtime.plugins.registry(ROUTES))
     app = Litestar(
         route_handlers=handlers,
         state=State({"runtime": runtime}),

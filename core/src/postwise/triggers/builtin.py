@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, select
 
+from postwise.db.models import Segment
 from postwise.errors import ValidationError
 from postwise.triggers.conditions import (
     ConditionContext,
@@ -315,7 +316,6 @@ class SegmentMembership(ConditionType[SegmentMembershipConfig]):
         return context.in_segment(config.segment) is config.member
 
     def check_references(self, config: SegmentMembershipConfig, session: Session) -> None:
-        from postwise.db.models import Segment
 
         if session.exec(select(Segment.id).where(Segment.name == config.segment)).first() is None:
             raise ValidationError(

@@ -21,6 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from postwise.analytics.engagement import EngagementModel
+from postwise.contacts.segments import contacts_in_segment
 from postwise.db.models import Contact, ContactTag, Event, as_utc
 from postwise.settings import Settings
 from postwise.triggers.conditions import HistoryEvent, TriggerEvent
@@ -176,8 +178,6 @@ class BatchContext:
     def in_segment(self, contact_id: int, segment: str) -> bool:
         members = self._segments.get(segment)
         if members is None:
-            from postwise.contacts.segments import contacts_in_segment
-
             try:
                 self.queries += 1
                 members = contacts_in_segment(self.session, segment, self.contact_ids)
@@ -376,6 +376,5 @@ class EventContext:
 
 def engagement_decay(settings: Settings) -> ScoreFunction:
     """The analytics subsystem's decay of stored engagement scores to the time of reading."""
-    from postwise.analytics.engagement import EngagementModel
 
     return EngagementModel.from_settings(settings).current

@@ -39,6 +39,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlmodel import Session, select
 
 from postwise.compliance.consent import check_purpose
+from postwise.db.models import Campaign, CampaignStatus, Experiment, Template
 from postwise.errors import ValidationError
 from postwise.triggers.conditions import (
     ConditionContext,
@@ -497,7 +498,6 @@ def validate_definition(
 
     Raises :class:`~postwise.errors.ValidationError` naming the field.
     """
-    from postwise.db.models import Campaign, CampaignStatus, Experiment, Template
 
     definition = data if isinstance(data, TriggerDefinition) else TriggerDefinition.from_raw(data)
     compile_conditions(definition.conditions, registry, session=session)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from postwise.errors import ValidationError
 from postwise.events import EventEnvelope
+from postwise.plugins import CONDITIONS
 from postwise.triggers.builtin import contact_zone
 from postwise.triggers.compiled import CompiledTrigger, load_trigger_set
 from postwise.triggers.conditions import TriggerEvent
@@ -96,7 +97,7 @@ def dry_run(
     keys = keys or TriggerKeys()
     now = now or datetime.now(UTC)
     quiet = QuietHours.parse(runtime.settings.quiet_hours)
-    registry = runtime.plugins.registry("conditions")
+    registry = runtime.plugins.registry(CONDITIONS)
     with runtime.session() as session:
         triggers = load_trigger_set(session, registry)
         context = BatchContext(

@@ -39,9 +39,11 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy.exc import DBAPIError
 
+from postwise.delivery.dispatch import submit_send
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
 from postwise.events import EVENT_STREAM, decode_event
+from postwise.plugins import CONDITIONS
 from postwise.streams.consumer import Entry, StreamConsumer, default_consumer_name
 from postwise.triggers.builtin import contact_zone
 from postwise.triggers.compiled import (
@@ -114,7 +116,6 @@ def to_trigger_event(envelope: Any) -> TriggerEvent | None:
 
 
 def _submit_send(runtime: Runtime, request: SendRequest) -> SubmitResult:
-    from postwise.delivery.dispatch import submit_send
 
     result: SubmitResult = submit_send(runtime, request)
     return result
@@ -196,7 +197,7 @@ class TriggerEngine(StreamConsumer):
         self.score = score if score is not None else engagement_decay(runtime.settings)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.quiet = QuietHours.parse(runtime.settings.quiet_hours)
-        self.registry = runtime.plugins.registry("conditions")
+        self.registry = runtime.plugins.registry(CONDITIONS)
         self.triggers = TriggerSet()
         #: The stream's entries the collector has not stored yet: history conditions (exit
         #: checks above all) count them, so an event accepted before a check is never missed.

@@ -8,13 +8,19 @@ removes them like any other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from postwise import hookimpl
 
+if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
+    from postwise.registry import Register
+    from postwise.triggers.conditions import ConditionType
+
 
 @hookimpl
-def postwise_register_conditions(register: Any) -> None:
+def postwise_register_conditions(register: Register[ConditionType[Any]]) -> None:
     from postwise.triggers.builtin import BUILTIN_CONDITIONS
 
     for condition in BUILTIN_CONDITIONS:
@@ -22,7 +28,7 @@ def postwise_register_conditions(register: Any) -> None:
 
 
 @hookimpl
-def postwise_register_routes(register: Any) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     from postwise.journeys.api import JourneysController
     from postwise.triggers.api import TriggersController
 

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from postwise.db.models import Message, Trigger, utcnow
 from postwise.errors import ConflictError, NotFoundError
+from postwise.plugins import CONDITIONS
 from postwise.triggers.cooldown import TriggerKeys
 from postwise.triggers.definitions import TriggerDefinition, ValidatedTrigger, validate_definition
 from postwise.triggers.stats import reset_stats
@@ -66,7 +67,7 @@ class TriggerStore:
 
     @property
     def _registry(self) -> Any:
-        return self.runtime.plugins.registry("conditions")
+        return self.runtime.plugins.registry(CONDITIONS)
 
     def create(self, data: Mapping[str, Any] | TriggerDefinition) -> Trigger:
         """Validate and store a new trigger; a taken name is a ConflictError."""

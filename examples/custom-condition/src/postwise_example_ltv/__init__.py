@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 import postwise
 from postwise.triggers.conditions import ConditionContext, ConditionType, TriggerEvent
+
+if TYPE_CHECKING:
+    from postwise.registry import Register
+    from postwise.triggers.conditions import ConditionType
+
 
 __all__ = ["LifetimeValue", "LifetimeValueConfig"]
 
@@ -43,5 +48,5 @@ class LifetimeValue(ConditionType[LifetimeValueConfig]):
 
 
 @postwise.hookimpl
-def postwise_register_conditions(register: Any) -> None:
+def postwise_register_conditions(register: Register[ConditionType[Any]]) -> None:
     register(LifetimeValue.name, LifetimeValue())

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from postwise import hookimpl
 
 if TYPE_CHECKING:
+    from postwise.hookspecs import CrmConnectorFactory
+    from postwise.registry import Register
     from postwise.settings import Settings
     from postwise_hubspot.connector import HubSpotConnector
 
@@ -24,5 +26,5 @@ def hubspot_connector(settings: Settings, options: Mapping[str, Any]) -> HubSpot
 
 
 @hookimpl
-def postwise_register_crm_connectors(register: Any) -> None:
+def postwise_register_crm_connectors(register: Register[CrmConnectorFactory]) -> None:
     register("hubspot", hubspot_connector)

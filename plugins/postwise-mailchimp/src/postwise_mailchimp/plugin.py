@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 from postwise import hookimpl
 
 if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
+    from postwise.hookspecs import ProviderFactory
+    from postwise.registry import Register
     from postwise.settings import Settings
     from postwise_mailchimp.provider import MailchimpProvider
 
@@ -24,12 +28,12 @@ def mailchimp_provider(settings: Settings, options: Mapping[str, Any]) -> Mailch
 
 
 @hookimpl
-def postwise_register_providers(register: Any) -> None:
+def postwise_register_providers(register: Register[ProviderFactory]) -> None:
     register("mailchimp", mailchimp_provider)
 
 
 @hookimpl
-def postwise_register_routes(register: Any) -> None:
+def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
     from postwise_mailchimp.webhook import MailchimpWebhookController
 
     register("mailchimp-webhooks", MailchimpWebhookController)

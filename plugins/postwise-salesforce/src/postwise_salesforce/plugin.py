@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from postwise import hookimpl
 
 if TYPE_CHECKING:
+    from postwise.hookspecs import CrmConnectorFactory
+    from postwise.registry import Register
     from postwise.settings import Settings
     from postwise_salesforce.connector import SalesforceConnector
 
@@ -24,5 +26,5 @@ def salesforce_connector(settings: Settings, options: Mapping[str, Any]) -> Sale
 
 
 @hookimpl
-def postwise_register_crm_connectors(register: Any) -> None:
+def postwise_register_crm_connectors(register: Register[CrmConnectorFactory]) -> None:
     register("salesforce", salesforce_connector)

@@ -53,6 +53,7 @@ from postwise.delivery.templates import create_template
 from postwise.delivery.worker import drain, run_worker
 from postwise.devtools.sink import BackgroundSmtpServer, SmtpSink
 from postwise.errors import DeliveryError, UnknownComponentError
+from postwise.plugins import RECOMMENDERS
 from postwise.recommend.base import Interaction, Item
 from postwise.runtime import Runtime
 from postwise.settings import Settings
@@ -177,7 +178,7 @@ def _worker_process(settings_json: str, ready: Any, stats: Any) -> None:
 def _fit_recommender(runtime: Any) -> None:
 
     try:
-        factory = runtime.component("recommenders", DEFAULT_RECOMMENDER)
+        factory = runtime.component(RECOMMENDERS, DEFAULT_RECOMMENDER)
     except UnknownComponentError:
         return
     items = [Item(id=k, title=t, url=f"https://www.example.com/{k}") for k, t in _CATALOGUE]
