@@ -135,7 +135,7 @@ def test_postwise_run_supervises_restarts_and_stops_every_process(
         POSTWISE_SECRET_KEY="s" * 40,
         POSTWISE_LOG_LEVEL="WARNING",
     )
-    command = [sys.executable, "-m", "postwise", "run", "--port", str(port)]
+    command = [sys.executable, "-m", "postwise.cli", "run", "--port", str(port)]
     command += ["--server-workers", "1", "--workers", "1", "--grace", "20"]
     supervisor = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     try:

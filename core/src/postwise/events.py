@@ -1,10 +1,13 @@
-"""The event envelope every subsystem shares, and its encoding on the Redis stream.
+"""The one event shape every subsystem shares, and its encoding on the Redis stream.
 
 Product events (``signup``, ``purchase``, ...) and email events (``delivered``, ``open``,
-``click``, ``conversion``, ``unsubscribe``, ``bounce``, ``complaint``) travel as one
-:class:`EventEnvelope` through the stream :data:`EVENT_STREAM`. Each consumer (the analytics
-batch writer, the trigger engine) reads it through its own consumer group. Contacts are referred
-to by id, never by address, so erasure can remove them.
+``click``, ``conversion``, ``unsubscribe``, ``bounce``, ``complaint``) are one
+:class:`EventEnvelope` from ingestion to the stream :data:`EVENT_STREAM` to the analytics sinks
+(which store it as it is: ``postwise.analytics.sinks.StoredEvent`` is this class) and the
+consumers (the batch writer, the trigger engine, the compliance consumer), each reading through
+its own consumer group. Conversions happen only at the edges: client JSON in ingestion, a
+vendor's webhook payload in its plugin, a sink's columns in the sink. Contacts are referred to
+by id, never by address, so erasure can remove them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,25 @@ class EventEnvelope:
     variant: str | None = None
     provider: str | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def automated(self) -> bool:
+        """Made by a machine, not a person: an image proxy's open or a link scanner's click."""
+        return bool(self.properties.get("machine_open") or self.properties.get("scanner"))
+
+    @property
+    def recipient_domain(self) -> str | None:
+        """The recipient's domain, which ingestion records on email events."""
+        domain = self.properties.get("recipient_domain")
+        return str(domain) if domain else None
+
+    @property
+    def stored_properties(self) -> Mapping[str, Any]:
+        """The properties a sink stores: with ``trigger_id``, for sinks that have no column
+        for it (the built-in ones keep it in the properties)."""
+        if self.trigger_id is None or "trigger_id" in self.properties:
+            return self.properties
+        return {**self.properties, "trigger_id": self.trigger_id}
 
     def to_dict(self) -> dict[str, Any]:
         return {

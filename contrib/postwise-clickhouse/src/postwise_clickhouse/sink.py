@@ -94,7 +94,7 @@ def _row(event: StoredEvent, now: datetime) -> tuple[Any, ...]:
         event.recipient_domain or "",
         1 if event.automated else 0,
         _value(event),
-        json.dumps(dict(event.properties), separators=(",", ":"), default=str),
+        json.dumps(dict(event.stored_properties), separators=(",", ":"), default=str),
     )
 
 

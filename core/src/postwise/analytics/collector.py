@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from postwise.analytics.engagement import EngagementModel, apply_engagement
 from postwise.analytics.sinks import AnalyticsSink, StoredEvent
 from postwise.errors import ValidationError
-from postwise.events import EventEnvelope, decode_event
+from postwise.events import decode_event
 from postwise.plugins import ANALYTICS_SINKS
 from postwise.streams.consumer import Entry, StreamConsumer
 
@@ -52,7 +52,6 @@ __all__ = [
     "CollectorStats",
     "ensure_group",
     "open_sink",
-    "stored_event",
 ]
 
 log = logging.getLogger(__name__)
@@ -123,25 +122,6 @@ class CollectorStats:
             "seconds_writing": round(self.seconds_writing, 3),
             "last_errors": self.errors[-5:],
         }
-
-
-def stored_event(envelope: EventEnvelope) -> StoredEvent:
-    """The sink's form of an event (the trigger id, which has no column, goes in properties)."""
-    properties = envelope.properties
-    if envelope.trigger_id is not None and "trigger_id" not in properties:
-        properties = {**properties, "trigger_id": envelope.trigger_id}
-    return StoredEvent(
-        event_id=envelope.event_id,
-        type=envelope.type,
-        occurred_at=envelope.occurred_at,
-        contact_id=envelope.contact_id,
-        message_id=envelope.message_id,
-        campaign_id=envelope.campaign_id,
-        experiment_id=envelope.experiment_id,
-        variant=envelope.variant,
-        provider=envelope.provider,
-        properties=properties,
-    )
 
 
 def open_sink(runtime: Runtime, name: str | None = None) -> AnalyticsSink:
@@ -270,7 +250,7 @@ class Collector(StreamConsumer):
                 # Deleted from the stream while pending (erasure): nothing to store.
                 continue
             try:
-                batch.events.append(stored_event(decode_event(fields)))
+                batch.events.append(decode_event(fields))
                 batch.ids.append(entry_id)
             except (ValueError, KeyError, TypeError) as exc:
                 batch.dead.append((entry_id, fields, f"undecodable: {type(exc).__name__}: {exc}"))

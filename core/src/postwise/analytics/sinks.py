@@ -7,10 +7,10 @@ The built-in sink writes to the SQL database (PostgreSQL in production); the Cli
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from postwise.events import EventEnvelope
 
 if TYPE_CHECKING:
     from postwise.analytics.metrics import MetricsBackend
@@ -18,31 +18,10 @@ if TYPE_CHECKING:
 __all__ = ["AnalyticsSink", "StoredEvent"]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as sinks store it. Contacts are referred to by id, never by address."""
-
-    event_id: str
-    type: str
-    occurred_at: datetime
-    contact_id: int | None = None
-    message_id: str | None = None
-    campaign_id: int | None = None
-    experiment_id: int | None = None
-    variant: str | None = None
-    provider: str | None = None
-    properties: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def automated(self) -> bool:
-        """Made by a machine, not a person: an image proxy's open or a link scanner's click."""
-        return bool(self.properties.get("machine_open") or self.properties.get("scanner"))
-
-    @property
-    def recipient_domain(self) -> str | None:
-        """The recipient's domain, which ingestion records on email events."""
-        domain = self.properties.get("recipient_domain")
-        return str(domain) if domain else None
+#: The event a sink stores is the one event shape, :class:`postwise.events.EventEnvelope` (the
+#: name stays for sink plugins). Sinks without a ``trigger_id`` column store
+#: :attr:`~postwise.events.EventEnvelope.stored_properties`.
+StoredEvent = EventEnvelope
 
 
 class AnalyticsSink(abc.ABC):

@@ -136,7 +136,7 @@ class SqlSink(AnalyticsSink):
                         e.experiment_id,
                         e.variant,
                         e.provider,
-                        _properties_json(e.properties),
+                        _properties_json(e.stored_properties),
                         e.automated,
                         e.recipient_domain,
                     )
@@ -165,7 +165,7 @@ class SqlSink(AnalyticsSink):
                 "experiment_id": e.experiment_id,
                 "variant": e.variant,
                 "provider": e.provider,
-                "properties": dict(e.properties),
+                "properties": dict(e.stored_properties),
                 "automated": e.automated,
                 "recipient_domain": e.recipient_domain,
             }

@@ -1,6 +1,6 @@
 """``postwise run``: every long-running process of one machine, supervised.
 
-The supervisor starts each process as a child (``python -m postwise ...``), restarts any that
+The supervisor starts each process as a child (``python -m postwise.cli ...``), restarts any that
 dies (after 1 s, doubling up to 30 s while it keeps dying young, back to 1 s once it has lived a
 minute), and on SIGTERM or SIGINT asks every child to stop with SIGTERM, waits up to the grace
 period, then kills what is left. Children write their own logs to the supervisor's standard
@@ -71,7 +71,7 @@ class Supervisor:
             self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
-        command = [sys.executable, "-m", "postwise", *child.spec.args]
+        command = [sys.executable, "-m", "postwise.cli", *child.spec.args]
         env = {**(self.env or os.environ), **(child.spec.env or {})}
         child.process = subprocess.Popen(command, env=env)  # noqa: S603 - our own command
         child.started_at = time.monotonic()

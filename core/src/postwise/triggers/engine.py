@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError
 from postwise.delivery.dispatch import submit_send
 from postwise.delivery.requests import SendRequest, SubmitResult, SubmitStatus
 from postwise.errors import PostwiseError
-from postwise.events import EVENT_STREAM, decode_event
+from postwise.events import EVENT_STREAM, EventEnvelope, decode_event
 from postwise.plugins import CONDITIONS
 from postwise.streams.consumer import Entry, StreamConsumer, default_consumer_name
 from postwise.triggers.builtin import contact_zone
@@ -99,8 +99,9 @@ def dedupe_key(trigger_id: int, event_id: str) -> str:
     return f"trigger:{trigger_id}:event:{event_id}"
 
 
-def to_trigger_event(envelope: Any) -> TriggerEvent | None:
-    """The trigger view of an :class:`~postwise.events.EventEnvelope` (None without contact)."""
+def to_trigger_event(envelope: EventEnvelope) -> TriggerEvent | None:
+    """The conditions' view of an event (None without a contact): the one conversion, at the
+    edge where events meet condition plugins, whose API names a contact id that is never None."""
     if envelope.contact_id is None:
         return None
     occurred = envelope.occurred_at

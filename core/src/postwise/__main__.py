@@ -1,5 +1,0 @@
-"""``python -m postwise``: the same as the ``postwise`` command."""
-
-from postwise.cli import main
-
-main()
