@@ -16,7 +16,7 @@ in core/pyproject.toml), exactly as third-party plugins register theirs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pluggy
 
@@ -57,6 +57,9 @@ CrmConnectorFactory = Callable[["Settings", Mapping[str, Any]], "CrmConnector"]
 AnalyticsSinkFactory = Callable[["Settings", Mapping[str, Any]], "AnalyticsSink"]
 #: A zero-argument factory (usually the class) of a recommender.
 RecommenderFactory = Callable[[], "Recommender"]
+#: A Litestar route handler, ``Controller`` subclass or ``Router`` (a plugin that registers
+#: routes needs no import of Litestar's types for the annotation).
+RouteHandler: TypeAlias = "ControllerRouterHandler"
 
 
 @hookspec
@@ -114,7 +117,7 @@ def postwise_register_analytics_sinks(register: Register[AnalyticsSinkFactory]) 
 
 
 @hookspec
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     """Register HTTP routes: ``register("sendgrid-webhooks", WebhookController)``.
 
     The component is a Litestar route handler, ``Controller`` subclass or ``Router``. Handlers

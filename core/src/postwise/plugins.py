@@ -26,7 +26,6 @@ from postwise.errors import PluginError
 from postwise.registry import Register, Registry
 
 if TYPE_CHECKING:
-    from litestar.types import ControllerRouterHandler
     from stevedore.extension import Extension
 
     from postwise.experiments.stats import StatsTest
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
         CrmConnectorFactory,
         ProviderFactory,
         RecommenderFactory,
+        RouteHandler,
     )
     from postwise.settings import Settings
     from postwise.triggers.conditions import ConditionType
@@ -90,7 +90,7 @@ STATS_TESTS: Kind[StatsTest] = Kind("stats_tests", "stats test", "postwise_regis
 ANALYTICS_SINKS: Kind[AnalyticsSinkFactory] = Kind(
     "analytics_sinks", "analytics sink", "postwise_register_analytics_sinks"
 )
-ROUTES: Kind[ControllerRouterHandler] = Kind("routes", "route", "postwise_register_routes")
+ROUTES: Kind[RouteHandler] = Kind("routes", "route", "postwise_register_routes")
 
 #: Every extension kind, by registry name.
 KINDS: dict[str, Kind[Any]] = {

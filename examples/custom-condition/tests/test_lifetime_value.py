@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from postwise.plugins import CONDITIONS
 from postwise.runtime import Runtime
 from postwise.testing.contracts import ConditionContract, StaticContext
 from postwise.triggers.conditions import ConditionType
@@ -37,7 +38,7 @@ class TestLifetimeValueContract(ConditionContract):
 
 def test_postwise_loads_the_installed_plugin(runtime: Runtime) -> None:
     # Registered through the entry point in pyproject.toml, as a user's installation loads it.
-    assert isinstance(runtime.component("conditions", "lifetime_value"), LifetimeValue)
+    assert isinstance(runtime.component(CONDITIONS, "lifetime_value"), LifetimeValue)
 
 
 def test_the_api_validates_triggers_with_the_condition(client: Any) -> None:

@@ -7,14 +7,12 @@ from typing import TYPE_CHECKING
 from postwise import hookimpl
 
 if TYPE_CHECKING:
-    from litestar.types import ControllerRouterHandler
-
-    from postwise.hookspecs import AnalyticsSinkFactory
+    from postwise.hookspecs import AnalyticsSinkFactory, RouteHandler
     from postwise.registry import Register
 
 
 @hookimpl
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     from postwise.analytics.api import EventsController, MetricsController
     from postwise.analytics.tracking import TrackingController
 

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING
 from postwise import hookimpl
 
 if TYPE_CHECKING:
-    from litestar.types import ControllerRouterHandler
-
+    from postwise.hookspecs import RouteHandler
     from postwise.registry import Register
 
 
 @hookimpl
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     from postwise.contacts.api import ContactsController, SegmentsController
 
     register("contacts-api", ContactsController)

@@ -16,10 +16,8 @@ from postwise.errors import ConfigurationError
 if TYPE_CHECKING:
     import ssl
 
-    from litestar.types import ControllerRouterHandler
-
     from postwise.delivery.smtp import SmtpProvider
-    from postwise.hookspecs import ProviderFactory
+    from postwise.hookspecs import ProviderFactory, RouteHandler
     from postwise.registry import Register
     from postwise.settings import Settings
 
@@ -63,7 +61,7 @@ def postwise_register_providers(register: Register[ProviderFactory]) -> None:
 
 
 @hookimpl
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     from postwise.delivery.api import CampaignsController, SendsController, TemplatesController
 
     register("templates-api", TemplatesController)

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 from postwise import hookimpl
 
 if TYPE_CHECKING:
-    from litestar.types import ControllerRouterHandler
-
     from postwise.experiments.stats import StatsTest
+    from postwise.hookspecs import RouteHandler
     from postwise.registry import Register
 
 
@@ -27,7 +26,7 @@ def postwise_register_stats_tests(register: Register[StatsTest]) -> None:
 
 
 @hookimpl
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     from postwise.experiments.api import ExperimentsController
 
     register("experiments-api", ExperimentsController)

@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING
 from postwise import hookimpl
 
 if TYPE_CHECKING:
-    from litestar.types import ControllerRouterHandler
-
-    from postwise.hookspecs import RecommenderFactory
+    from postwise.hookspecs import RecommenderFactory, RouteHandler
     from postwise.registry import Register
 
 
@@ -31,7 +29,7 @@ def postwise_register_recommenders(register: Register[RecommenderFactory]) -> No
 
 
 @hookimpl
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     from postwise.recommend.api import ItemsController, RecommendationsController
 
     register("items-api", ItemsController)

@@ -1,5 +1,4 @@
-"""The built-in triggers plugin: the built-in condition types and the ``/v1/triggers`` and
-``/v1/journeys`` APIs.
+"""The built-in triggers plugin: the built-in condition types and the ``/v1/triggers`` API.
 
 The conditions are registered through ``postwise_register_conditions`` exactly as a third-party
 plugin registers its own (see examples/custom-condition), so disabling this plugin by name
@@ -13,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 from postwise import hookimpl
 
 if TYPE_CHECKING:
-    from litestar.types import ControllerRouterHandler
-
+    from postwise.hookspecs import RouteHandler
     from postwise.registry import Register
     from postwise.triggers.conditions import ConditionType
 
@@ -28,9 +26,7 @@ def postwise_register_conditions(register: Register[ConditionType[Any]]) -> None
 
 
 @hookimpl
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
-    from postwise.journeys.api import JourneysController
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     from postwise.triggers.api import TriggersController
 
     register("triggers-api", TriggersController)
-    register("journeys-api", JourneysController)

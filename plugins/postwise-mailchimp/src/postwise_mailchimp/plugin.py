@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any
 from postwise import hookimpl
 
 if TYPE_CHECKING:
-    from litestar.types import ControllerRouterHandler
-
-    from postwise.hookspecs import ProviderFactory
+    from postwise.hookspecs import ProviderFactory, RouteHandler
     from postwise.registry import Register
     from postwise.settings import Settings
     from postwise_mailchimp.provider import MailchimpProvider
@@ -33,7 +31,7 @@ def postwise_register_providers(register: Register[ProviderFactory]) -> None:
 
 
 @hookimpl
-def postwise_register_routes(register: Register[ControllerRouterHandler]) -> None:
+def postwise_register_routes(register: Register[RouteHandler]) -> None:
     from postwise_mailchimp.webhook import MailchimpWebhookController
 
     register("mailchimp-webhooks", MailchimpWebhookController)
