@@ -29,6 +29,7 @@ TOOLING = frozenset({"cli", "devtools", "testing"})
 
 #: Product layers, highest first.
 LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"ui"}),  # the dashboard: pages over every subsystem
     frozenset({"journeys"}),  # multi-step flows, built on triggers
     frozenset({"triggers"}),  # decides when to send
     frozenset({"delivery"}),  # turns a decision into a settled message

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from postwise.content.templates import Part, known_variables, validate_template
 from postwise.db.models import (
     Campaign,
     CampaignStatus,
@@ -551,7 +552,6 @@ def _check_subject(
     variables: Sequence[str],
     where: str,
 ) -> None:
-    from postwise.content.templates import Part, known_variables, validate_template
 
     try:
         known = known_variables(variables)

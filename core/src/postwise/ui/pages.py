@@ -25,6 +25,13 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from sqlmodel import col, select
 
+from postwise.analytics.metrics import HealthKey, Scope, metrics_backend
+from postwise.compliance.erasure import erase_contact, export_contact
+from postwise.compliance.reputation import paused_streams, resume
+from postwise.contacts.segments import count_segment, get_segment, validate_rules
+from postwise.content import TemplateCache, TemplateSource
+from postwise.content.limits import limits_from_settings
+from postwise.crm.status import crm_status
 from postwise.db.models import (
     Campaign,
     ConsentRecord,
@@ -38,8 +45,17 @@ from postwise.db.models import (
     TemplateVersion,
     Trigger,
 )
+from postwise.delivery.campaigns import campaign_status, create_campaign
+from postwise.delivery.compose import no_recommendations
+from postwise.delivery.start import start_campaign_send
+from postwise.delivery.templates import add_version, check_template, create_template
 from postwise.errors import PostwiseError, ValidationError
+from postwise.experiments.service import experiment_report
+from postwise.ops.health import readiness
 from postwise.runtime import Runtime
+from postwise.triggers.cooldown import TriggerKeys
+from postwise.triggers.dryrun import dry_run, event_from_json
+from postwise.triggers.stats import COUNTERS, read_stats
 from postwise.ui import charts
 from postwise.ui.session import (
     COOKIE,
@@ -237,10 +253,8 @@ class UiController(Controller):
             )
             for i in range(days * 24 // bucket_hours)
         ]
-        from postwise.ops.health import readiness
 
         health = readiness(runtime)
-        from postwise.compliance.reputation import paused_streams
 
         paused = paused_streams(runtime.redis)
         chart = charts.line_chart(
@@ -294,7 +308,6 @@ class UiController(Controller):
     ) -> Any:
         runtime, me = _me(state, request)
         require(me, Role.EDITOR, form=data)
-        from postwise.delivery.campaigns import create_campaign
 
         try:
             with runtime.session() as session:
@@ -323,7 +336,6 @@ class UiController(Controller):
     @get("/campaigns/{campaign_id:int}", sync_to_thread=True)
     def campaign(self, state: State, request: Request[Any, Any, Any], campaign_id: int) -> Any:
         runtime, me = _me(state, request)
-        from postwise.delivery.campaigns import campaign_status
 
         try:
             with runtime.session() as session:
@@ -352,7 +364,6 @@ class UiController(Controller):
         )
 
     def _audience(self, session: Any, segment_id: int | None) -> int | None:
-        from postwise.contacts.segments import count_segment, get_segment
 
         if segment_id is None:
             return int(
@@ -380,7 +391,6 @@ class UiController(Controller):
         self, state: State, request: Request[Any, Any, Any], campaign_id: int
     ) -> dict[str, Any]:
         runtime, _ = _me(state, request)
-        from postwise.delivery.campaigns import campaign_status
 
         with runtime.session() as session:
             status = campaign_status(session, _int(campaign_id, "campaign_id"))
@@ -401,7 +411,6 @@ class UiController(Controller):
             return self._campaign_error(
                 runtime, me, ValidationError("confirm the audience before sending")
             )
-        from postwise.delivery.start import start_campaign_send
 
         try:
             start_campaign_send(runtime, _int(campaign_id, "campaign_id"))
@@ -432,7 +441,6 @@ class UiController(Controller):
     ) -> Any:
         runtime, me = _me(state, request)
         require(me, Role.EDITOR, form=data)
-        from postwise.delivery.templates import add_version, create_template
 
         variables = [v.strip() for v in str(data.get("variables", "")).split(",") if v.strip()]
         action = data.get("action", "save")
@@ -510,10 +518,6 @@ class UiController(Controller):
     def _preview(
         self, runtime: Runtime, me: SignedIn, data: dict[str, str], variables: list[str]
     ) -> Response[str]:
-        from postwise.content import TemplateCache, TemplateSource
-        from postwise.content.limits import limits_from_settings
-        from postwise.delivery.compose import no_recommendations
-        from postwise.delivery.templates import check_template
 
         try:
             check_template(
@@ -623,7 +627,6 @@ class UiController(Controller):
     @get("/segments", sync_to_thread=True)
     def segments(self, state: State, request: Request[Any, Any, Any]) -> Any:
         runtime, me = _me(state, request)
-        from postwise.contacts.segments import count_segment
 
         with runtime.session() as session:
             rows = list(session.exec(select(Segment).order_by(col(Segment.name)).limit(500)))
@@ -650,7 +653,6 @@ class UiController(Controller):
     ) -> dict[str, Any]:
         runtime, me = _me(state, request)
         require(me, Role.VIEWER, form=data)
-        from postwise.contacts.segments import count_segment
 
         try:
             rules = _rules(data)
@@ -666,7 +668,6 @@ class UiController(Controller):
     ) -> Any:
         runtime, me = _me(state, request)
         require(me, Role.EDITOR, form=data)
-        from postwise.contacts.segments import count_segment, validate_rules
 
         try:
             name = str(data.get("name", "")).strip()
@@ -701,8 +702,6 @@ class UiController(Controller):
     @get("/triggers", sync_to_thread=True)
     def triggers(self, state: State, request: Request[Any, Any, Any]) -> Any:
         runtime, me = _me(state, request)
-        from postwise.triggers.cooldown import TriggerKeys
-        from postwise.triggers.stats import COUNTERS, read_stats
 
         with runtime.session() as session:
             rows = list(session.exec(select(Trigger).order_by(col(Trigger.id)).limit(500)))
@@ -729,7 +728,6 @@ class UiController(Controller):
     ) -> Any:
         runtime, me = _me(state, request)
         require(me, Role.VIEWER, form=data)
-        from postwise.triggers.dryrun import dry_run, event_from_json
 
         try:
             event = event_from_json(json.loads(data.get("event", "")))
@@ -773,7 +771,6 @@ class UiController(Controller):
     @get("/experiments/{experiment_id:int}", sync_to_thread=True)
     def experiment(self, state: State, request: Request[Any, Any, Any], experiment_id: int) -> Any:
         runtime, me = _me(state, request)
-        from postwise.experiments.service import experiment_report
 
         try:
             report = experiment_report(runtime, _int(experiment_id, "experiment_id"))
@@ -899,7 +896,6 @@ class UiController(Controller):
     def export(self, state: State, request: Request[Any, Any, Any], contact_id: int) -> Any:
         runtime, me = _me(state, request)
         require(me, Role.ADMIN)
-        from postwise.compliance.erasure import export_contact
 
         data = export_contact(runtime, contact_id=_int(contact_id, "contact_id"))
         return Response(
@@ -921,7 +917,6 @@ class UiController(Controller):
     ) -> Any:
         runtime, me = _me(state, request)
         require(me, Role.ADMIN, form=data)
-        from postwise.compliance.erasure import erase_contact
 
         with runtime.session() as session:
             contact = session.get(Contact, _int(contact_id, "contact_id"))
@@ -960,8 +955,6 @@ class UiController(Controller):
     @get("/deliverability", sync_to_thread=True)
     def deliverability(self, state: State, request: Request[Any, Any, Any], days: int = 30) -> Any:
         runtime, me = _me(state, request)
-        from postwise.analytics.metrics import HealthKey, Scope, metrics_backend
-        from postwise.compliance.reputation import paused_streams
 
         days = days if days in (1, 7, 30) else 30
         scope = Scope(since=_since(days))
@@ -1002,7 +995,6 @@ class UiController(Controller):
     ) -> Any:
         runtime, me = _me(state, request)
         require(me, Role.ADMIN, form=data)
-        from postwise.compliance.reputation import resume
 
         resume(runtime.redis, str(data.get("stream", "")))
         return Redirect("/ui/deliverability", status_code=303)
@@ -1012,7 +1004,6 @@ class UiController(Controller):
     @get("/crm", sync_to_thread=True)
     def crm(self, state: State, request: Request[Any, Any, Any]) -> Any:
         runtime, me = _me(state, request)
-        from postwise.crm.status import crm_status
 
         systems: list[tuple[str, dict[str, Any] | None, str | None]] = []
         for system in sorted(runtime.settings.crm_options):
