@@ -68,8 +68,6 @@ LAYERS: tuple[frozenset[str], ...] = (
 KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
 #: Imports inside functions still to move to the top of their modules.
 KNOWN_LAZY: frozenset[tuple[str, str]] = KNOWN_UPWARD | {
-    # RQ entry points inside delivery/jobs.py (the enqueue / entry-point split, issue 18)
-    ("postwise.delivery.jobs", "postwise.runtime"),
     # the journey engine's submit (issue 20)
     ("postwise.journeys.engine", "postwise.delivery.dispatch"),
 }

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from postwise.experiments.stats import StatsTest
     from postwise.recommend.base import Recommender
     from postwise.registry import Register
+    from postwise.runtime import Runtime
     from postwise.settings import Settings
     from postwise.triggers.conditions import ConditionType
 
@@ -41,6 +42,7 @@ __all__ = [
     "postwise_register_analytics_sinks",
     "postwise_register_conditions",
     "postwise_register_crm_connectors",
+    "postwise_register_health_checks",
     "postwise_register_providers",
     "postwise_register_recommenders",
     "postwise_register_routes",
@@ -57,6 +59,8 @@ CrmConnectorFactory = Callable[["Settings", Mapping[str, Any]], "CrmConnector"]
 AnalyticsSinkFactory = Callable[["Settings", Mapping[str, Any]], "AnalyticsSink"]
 #: A zero-argument factory (usually the class) of a recommender.
 RecommenderFactory = Callable[[], "Recommender"]
+#: A readiness check: what is wrong right now, in words an operator can act on (empty: ok).
+HealthCheck = Callable[["Runtime"], list[str]]
 #: A Litestar route handler, ``Controller`` subclass or ``Router`` (a plugin that registers
 #: routes needs no import of Litestar's types for the annotation).
 RouteHandler: TypeAlias = "ControllerRouterHandler"
@@ -113,6 +117,16 @@ def postwise_register_analytics_sinks(register: Register[AnalyticsSinkFactory]) 
 
     ``factory(settings, options)`` returns a :class:`postwise.analytics.sinks.AnalyticsSink`;
     the ``analytics_sink`` setting picks one.
+    """
+
+
+@hookspec
+def postwise_register_health_checks(register: Register[HealthCheck]) -> None:
+    """Register readiness checks: ``register("delivery", stalls)``.
+
+    ``check(runtime)`` returns the problems it finds (empty when all is well); ``/health``
+    reports each under its name and answers 503 while any finds one. A check that raises is
+    reported as an error, never raised.
     """
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from postwise.hookspecs import (
         AnalyticsSinkFactory,
         CrmConnectorFactory,
+        HealthCheck,
         ProviderFactory,
         RecommenderFactory,
         RouteHandler,
@@ -44,6 +45,7 @@ __all__ = [
     "CONDITIONS",
     "CRM_CONNECTORS",
     "ENTRY_POINT_GROUP",
+    "HEALTH_CHECKS",
     "KINDS",
     "PROVIDERS",
     "RECOMMENDERS",
@@ -91,6 +93,9 @@ ANALYTICS_SINKS: Kind[AnalyticsSinkFactory] = Kind(
     "analytics_sinks", "analytics sink", "postwise_register_analytics_sinks"
 )
 ROUTES: Kind[RouteHandler] = Kind("routes", "route", "postwise_register_routes")
+HEALTH_CHECKS: Kind[HealthCheck] = Kind(
+    "health_checks", "health check", "postwise_register_health_checks"
+)
 
 #: Every extension kind, by registry name.
 KINDS: dict[str, Kind[Any]] = {
@@ -103,6 +108,7 @@ KINDS: dict[str, Kind[Any]] = {
         STATS_TESTS,
         ANALYTICS_SINKS,
         ROUTES,
+        HEALTH_CHECKS,
     )
 }
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import ssl
 
     from postwise.delivery.smtp import SmtpProvider
-    from postwise.hookspecs import ProviderFactory, RouteHandler
+    from postwise.hookspecs import HealthCheck, ProviderFactory, RouteHandler
     from postwise.registry import Register
     from postwise.settings import Settings
 
@@ -58,6 +58,14 @@ def _trusting(ca_file: Path) -> ssl.SSLContext:
 @hookimpl
 def postwise_register_providers(register: Register[ProviderFactory]) -> None:
     register("smtp", smtp_provider)
+
+
+@hookimpl
+def postwise_register_health_checks(register: Register[HealthCheck]) -> None:
+    from postwise.delivery.recovery import stalls
+
+    # Batches held by dead workers, rows past their due time, dispatches that stopped.
+    register("delivery", stalls)
 
 
 @hookimpl

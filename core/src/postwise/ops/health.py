@@ -5,7 +5,8 @@ needs to act: which process kind has no live instance (and the command that runs
 consumer group is how many seconds and events behind, which queue has waited how long, and how
 many scheduled jobs (retries, deferrals, delayed sends) are overdue because no worker is
 scheduling them, and what is stuck in delivery (batches of dead workers, messages past their
-due time, a campaign dispatch that stopped: :func:`postwise.delivery.recovery.stalls`).
+due time, a campaign dispatch that stopped: :func:`postwise.delivery.recovery.stalls`, which
+delivery contributes through ``postwise_register_health_checks`` like any subsystem's check).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import sqlalchemy as sa
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
-from postwise.delivery.recovery import stalls
 from postwise.events import EVENT_STREAM
 from postwise.ops.heartbeat import PROCESS_KINDS, live_processes
+from postwise.plugins import HEALTH_CHECKS
 from postwise.runtime import Runtime
 
 __all__ = ["Readiness", "readiness"]
@@ -82,19 +83,20 @@ def readiness(runtime: Runtime) -> Readiness:
     _processes(runtime.redis, list(settings.required_processes), result)
     _streams(runtime.redis, settings.health_max_lag_seconds, result)
     _queues(runtime.redis, settings.health_max_lag_seconds, result)
-    _delivery(runtime, result)
+    _contributed(runtime, result)
     return result
 
 
-def _delivery(runtime: Runtime, result: Readiness) -> None:
-    # Batches held by dead workers, rows past their due time, dispatches that stopped.
-    try:
-        found = stalls(runtime)
-    except Exception as exc:  # reported, never raised: /health must answer
-        result.checks["delivery"] = f"error: {type(exc).__name__}"
-        return
-    result.checks["delivery"] = "stalled" if found else "ok"
-    result.problems.extend(found)
+def _contributed(runtime: Runtime, result: Readiness) -> None:
+    """The subsystems' own checks (``postwise_register_health_checks``): delivery's stalls..."""
+    for entry in runtime.plugins.registry(HEALTH_CHECKS):
+        try:
+            found = entry.component(runtime)
+        except Exception as exc:  # reported, never raised: /health must answer
+            result.checks[entry.name] = f"error: {type(exc).__name__}"
+            continue
+        result.checks[entry.name] = "stalled" if found else "ok"
+        result.problems.extend(found)
 
 
 def _processes(client: redis.Redis, required: list[str], result: Readiness) -> None:
