@@ -47,6 +47,31 @@ HOSTILE = {
     ),
     "endless recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
     "output flood": "{% set s = 'x' * 900000 %}{% for i in range(50) %}{{ s }}{% endfor %}",
+    # Small lists holding many references to one large value: each is within the length
+    # limits, but printing, joining or summing them walks every element of every reference.
+    "repeated reference to a large list": (
+        "{% set a = [0] * 999999 %}{% set b = [a] * 999999 %}{{ b }}"
+    ),
+    "nested list literals": (
+        "{% set a = 'x' * 999999 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+        "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{% set d = [c, c, c, c, c, c, c, c, c, c] %}"
+        "{% set e = [d, d, d, d, d, d, d, d, d, d] %}{{ e }}"
+    ),
+    "nested list literals joined": (
+        "{% set a = 'x' * 999999 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+        "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ c|map('join')|join }}"
+    ),
+    "nested list literals concatenated": (
+        "{% set a = [0] * 999999 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+        "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ c ~ c }}"
+    ),
+    "sum of repeated lists": (
+        "{% set a = [0] * 999 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+        "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{% set d = [c, c, c, c, c, c, c, c, c, c] %}"
+        "{{ (d|sum(start=[]))|sum(start=[])|length }}"
+    ),
+    "indent by a long string": "{{ ('x\\n' * 499999)|indent('y' * 999999) }}",
+    "slow filter chain": "{{ range(99999)|map('center', 999999)|map('length')|sum }}",
 }
 
 

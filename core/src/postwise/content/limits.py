@@ -44,6 +44,7 @@ __all__ = [
     "checked_concat",
     "checked_filter",
     "checked_format",
+    "checked_output",
     "limits_from_settings",
     "stream",
     "tick",
@@ -89,7 +90,7 @@ def limits_from_settings(settings: Settings) -> RenderLimits:
 class Budget:
     """The running cost of one render; lives in a context variable while the render runs."""
 
-    __slots__ = ("_check_every", "deadline", "iterations", "limits", "output")
+    __slots__ = ("_check_every", "deadline", "iterations", "limits", "output", "weights")
 
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
@@ -97,6 +98,9 @@ class Budget:
         self.iterations = 0
         self.output = 0
         self._check_every = 256
+        # Weights of the containers measured so far (the sandbox is immutable, so a container
+        # keeps its weight for the render); each entry holds the container so its id stays its.
+        self.weights: dict[int, tuple[Any, int]] = {}
 
     def tick(self) -> None:
         self.iterations += 1
@@ -179,6 +183,55 @@ def _too_big(what: str, size: int) -> TemplateLimitError:
     )
 
 
+_CONTAINERS: Final = (list, tuple, dict, set, frozenset)
+
+
+def _weight(value: Any, memo: dict[int, tuple[Any, int]], limit: int) -> int:
+    """Characters and items ``value`` holds, counting a shared element once per reference.
+
+    ``[a] * n`` and ``[b, b, b]`` are small lists whose printing, joining or summing walks every
+    element of every reference; their weight is what that walk costs. Stops past ``limit``.
+    """
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if not isinstance(value, _CONTAINERS):
+        return 1
+    known = memo.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    total = len(value)
+    children = (
+        (x for pair in value.items() for x in pair) if isinstance(value, dict) else iter(value)
+    )
+    for child in children:
+        if isinstance(child, (str, bytes, *_CONTAINERS)):
+            total += _weight(child, memo, limit)
+            if total > limit:
+                break
+    memo[id(value)] = (value, total)
+    return total
+
+
+def _check_weight(what: str, *values: Any) -> None:
+    """Refuse values that would cost more than the limit to print, join or walk."""
+    budget = _CURRENT.get()
+    memo = budget.weights if budget is not None else {}
+    limit = _limits().max_value_chars
+    for value in values:
+        if isinstance(value, _CONTAINERS):
+            weight = _weight(value, memo, limit)
+            if weight > limit:
+                raise _too_big(what, weight)
+    if budget is not None:
+        budget.check_time()
+
+
+def checked_output(value: Any) -> Any:
+    """Jinja's ``finalize``: a value is measured before it is turned into text."""
+    _check_weight("printing a value", value)
+    return value
+
+
 def _size(value: Any) -> int | None:
     if isinstance(value, (str, bytes, list, tuple)):
         return len(value)
@@ -195,6 +248,8 @@ def _mul(left: Any, right: Any) -> Any:
         length = _size(seq)
         if length is not None and isinstance(count, int):
             _check_size("'*'", length * max(count, 0))
+            if isinstance(seq, (list, tuple)) and count > 0:
+                _check_size("'*'", _weight(seq, {}, _limits().max_value_chars) * count)
     return left * right
 
 
@@ -215,6 +270,7 @@ def _add(left: Any, right: Any) -> Any:
     left_size, right_size = _size(left), _size(right)
     if left_size is not None and right_size is not None:
         _check_size("'+'", left_size + right_size)
+    _check_weight("'+'", left, right)
     return left + right
 
 
@@ -234,6 +290,7 @@ def _check_format_spec(spec: Any) -> None:
 
 def _mod(left: Any, right: Any) -> Any:
     _check_format_spec(left)
+    _check_weight("'%'", right)
     return left % right
 
 
@@ -252,6 +309,7 @@ def checked_binop(op: str, left: Any, right: Any) -> Any:
 
 def checked_concat(*values: Any) -> Any:
     """``a ~ b ~ c`` with Jinja's semantics (markup-aware), refused when too long."""
+    _check_weight("'~'", *values)
     texts = [soft_str(v) for v in values]
     _check_size("'~'", sum(len(t) for t in texts))
     if any(hasattr(v, "__html__") for v in texts):
@@ -293,6 +351,7 @@ def checked_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any
         # Jinja passes the environment or context first to some filters: check values only.
         values = [a for a in args if isinstance(a, (int, str))]
         _check_args(f"the {name!r} filter", [*values, *kwargs.values()])
+        _check_weight(f"the {name!r} filter", *args, *kwargs.values())
         if name == "replace":
             strings = [a for a in args if isinstance(a, str)]
             if len(strings) >= 3:
@@ -301,6 +360,12 @@ def checked_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any
                 _check_replace("the 'replace' filter", text, old, new, count)
         elif name == "format":
             _check_format_spec(next((a for a in args if isinstance(a, str)), None))
+        elif name == "indent":
+            # indent(text, width): a string width is put before every line.
+            strings = [a for a in [*args, kwargs.get("width")] if isinstance(a, str)]
+            if len(strings) >= 2:
+                text, width = strings[0], strings[1]
+                _check_size("the 'indent' filter", len(text) + (text.count("\n") + 1) * len(width))
         result = function(*args, **kwargs)
         size = _size(result)
         if size is not None:
@@ -312,6 +377,7 @@ def checked_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any
 
 def _bounded_join(function: Callable[..., Any]) -> Callable[..., Any]:
     def join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        _check_weight("the 'join' filter", value)
         listed = _check_join("the 'join' filter", d, value if attribute is None else list(value))
         result = function(eval_ctx, listed, d, attribute)
         _check_size("the 'join' filter", len(result))
@@ -339,6 +405,7 @@ def checked_call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
     Returns the positional arguments to call with (an iterator given to ``join`` is read once
     here to measure it, so the call gets the list).
     """
+    _check_weight("a method call", *args, *kwargs.values())
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")
     if not isinstance(owner, (str, bytes)):

@@ -220,6 +220,7 @@ def _make_environment(*, autoescape: bool) -> _Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,
+        finalize=limits.checked_output,
     )
     env.globals.pop("lipsum", None)
     env.filters = {name: limits.checked_filter(name, f) for name, f in env.filters.items()}
