@@ -71,6 +71,11 @@ HOSTILE = {
         "{{ (d|sum(start=[]))|sum(start=[])|length }}"
     ),
     "indent by a long string": "{{ ('x\\n' * 499999)|indent('y' * 999999) }}",
+    "printf width from the arguments": "{{ '%*s' % (999999999, 'x') }}",
+    "printf precision from the arguments": "{{ '%.*f' % (999999999, 1.0) }}",
+    "format width from a nested field": "{{ '{:{}}'.format(1, 999999999) }}",
+    "format width from a keyword": "{{ '{:{w}}'.format(1, w=999999999) }}",
+    "format_map width": "{{ '{x:{w}}'.format_map({'x': 1, 'w': 999999999}) }}",
     "slow filter chain": "{{ range(99999)|map('center', 999999)|map('length')|sum }}",
 }
 
@@ -97,11 +102,12 @@ def test_ordinary_templates_render_as_before() -> None:
         "<p>Hi {{ first_name }}{% for i in range(3) %}<b>{{ i ~ '!' }}</b>{% endfor %}</p>"
         "{{ ('a' ~ '<b>')|upper }} {{ 'a'|replace('a', 'bb') }} {{ [1, 2]|join(',') }} "
         "{{ '%s-%d'|format('a', 3) }} {{ 'x' * 3 }} {{ 2 ** 10 }} {{ [1] + [2] }} "
-        "{{ '{}!'.format(first_name) }}"
+        "{{ '{}!'.format(first_name) }} {{ '%*s' % (3, 'x') }} {{ '{:{}}'.format(1, 2) }} "
+        "{{ '%d' % 5000000 }}"
     )
     out = _render(html, first_name="<Zoë>")
     assert "Hi &lt;Zoë&gt;<b>0!</b><b>1!</b><b>2!</b>" in out
-    assert "A&lt;B&gt; bb 1,2 a-3 xxx 1024 [1, 2] &lt;Zoë&gt;!" in out
+    assert "A&lt;B&gt; bb 1,2 a-3 xxx 1024 [1, 2] &lt;Zoë&gt;!   x  1 5000000" in out
 
 
 def test_the_iteration_limit_counts_every_loop_of_one_render() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import re
+import string
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = [
     "checked_concat",
     "checked_filter",
     "checked_format",
+    "checked_format_args",
     "checked_output",
     "limits_from_settings",
     "stream",
@@ -291,6 +293,9 @@ def _check_format_spec(spec: Any) -> None:
 def _mod(left: Any, right: Any) -> Any:
     _check_format_spec(left)
     _check_weight("'%'", right)
+    if isinstance(left, str) and "*" in left:
+        # "%*s" and "%.*f" take the width or precision from the arguments.
+        _check_args("'%'", right if isinstance(right, tuple) else (right,))
     return left % right
 
 
@@ -425,3 +430,13 @@ def checked_call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
 def checked_format(value: Any) -> None:
     """Refuse a format string with a width or precision beyond the limits."""
     _check_format_spec(value)
+
+
+def checked_format_args(value: str, args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``str.format`` arguments that a nested field (``{:{}}``) makes a width."""
+    try:
+        nested = any(spec and "{" in spec for _, _, spec, _ in string.Formatter().parse(value))
+    except ValueError:
+        return  # str.format itself reports the malformed string
+    if nested:
+        _check_args("str.format()", [*args, *kwargs.values()])

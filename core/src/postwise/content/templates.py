@@ -14,7 +14,7 @@ contact, ``{{ contact.plan }}``), ``segments`` (``{% if "vip" in segments %}``),
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -199,9 +199,20 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def wrap_str_format(self, value: Any) -> Any:
         wrapped = super().wrap_str_format(value)
-        if wrapped is not None:
-            limits.checked_format(value.__self__)
-        return wrapped
+        if wrapped is None:
+            return None
+        text: str = value.__self__
+        limits.checked_format(text)
+        is_map = value.__name__ == "format_map"
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            if is_map and len(args) == 1 and isinstance(args[0], Mapping):
+                limits.checked_format_args(text, (), args[0])
+            else:
+                limits.checked_format_args(text, args, kwargs)
+            return wrapped(*args, **kwargs)
+
+        return bounded
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
