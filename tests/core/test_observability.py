@@ -67,3 +67,16 @@ def test_json_logs_carry_the_request_id_and_hide_addresses(caplog: Any) -> None:
     assert line["request_id"] == "req-1"
     assert line["process"] == "worker"
     assert line["level"] == "INFO"
+
+
+def test_an_address_in_a_logged_exception_is_masked_in_text_logs(caplog: Any) -> None:
+    configure_logging("INFO", "text")
+    logger = logging.getLogger("postwise.test")
+    with caplog.at_level(logging.INFO):
+        try:
+            raise ValueError("550 5.1.1 <jane.doe@example.org>: no such mailbox")
+        except ValueError:
+            logger.exception("send failed")
+    assert "send failed" in caplog.text
+    assert "j***@example.org" in caplog.text
+    assert "jane.doe@example.org" not in caplog.text

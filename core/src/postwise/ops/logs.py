@@ -26,6 +26,7 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 _ADDRESS: Final = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _NOISY: Final = ("alembic", "httpx", "rq.worker")
+_PLAIN: Final = logging.Formatter()
 
 
 def mask_addresses(text: str) -> str:
@@ -45,6 +46,12 @@ class _Privacy(logging.Filter):
             record.args = None
         if isinstance(record.msg, str):
             record.msg = mask_addresses(record.msg)
+        if record.exc_info and not record.exc_text:
+            # Formatters print the cached exc_text: an SMTP answer or a bad-input error in a
+            # traceback names the recipient as often as a message does.
+            record.exc_text = mask_addresses(_PLAIN.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = mask_addresses(record.stack_info)
         record.request_id = REQUEST_ID.get()
         return True
 
