@@ -95,6 +95,7 @@ class FakeHubSpot:
             "lastname",
             "country",
             "hs_email_optout",
+            "hs_merged_object_ids",
             "plan",
             "postwise_engagement_score",
             "postwise_last_open",
@@ -102,6 +103,9 @@ class FakeHubSpot:
             "postwise_unsubscribed",
         }
         self.result_limit = 10_000
+        #: Ids merged into other records; a write to one is a client bug (recorded).
+        self.merged_away: set[str] = set()
+        self.writes_to_merged: list[str] = []
         #: From this many received requests on, every answer is ``outage`` (a vendor down
         #: mid-sync: an HTML error page, truncated JSON, a 503...).
         self.outage_after: int | None = None
@@ -142,6 +146,28 @@ class FakeHubSpot:
     def archive(self, cid: str) -> None:
         with self._lock:
             self.contacts[cid].archived_at = self.tick()
+
+    def merge(self, primary: str, secondary: str, *, new_id: str | None = None) -> str:
+        """Merge ``secondary`` into ``primary`` as HubSpot does: the merged-away record is gone
+        (its id now resolves to the survivor), the survivor lists it in
+        ``hs_merged_object_ids``; with ``new_id`` the survivor gets a new id as well."""
+        with self._lock:
+            survivor = self.contacts.pop(primary)
+            gone = self.contacts.pop(secondary)
+            if new_id is not None:
+                survivor.id = new_id
+            merged = [
+                *str(survivor.properties.get("hs_merged_object_ids") or "").split(";"),
+                secondary,
+                *([primary] if new_id else []),
+            ]
+            survivor.properties["hs_merged_object_ids"] = ";".join(m for m in merged if m)
+            for key, value in gone.properties.items():
+                survivor.properties.setdefault(key, value)
+            survivor.updated_at = self.tick()
+            self.contacts[survivor.id] = survivor
+            self.merged_away.update({secondary, primary} - {survivor.id})
+            return survivor.id
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass on the fake's clock (pass as the connector's sleep)."""
@@ -343,6 +369,7 @@ class FakeHubSpot:
 
     def batch_update(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         inputs = body.get("inputs") or []
+        self.writes_to_merged.extend(i["id"] for i in inputs if i.get("id") in self.merged_away)
         if len(inputs) > 100:
             return 400, self.error("VALIDATION_ERROR", "at most 100 inputs"), {}
         for item in inputs:

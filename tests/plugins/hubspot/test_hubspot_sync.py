@@ -253,3 +253,61 @@ def test_a_used_up_daily_limit_pauses_the_connector_until_reset_with_an_alert(
     assert any("ALERT crm hubspot: daily API limit" in r.getMessage() for r in caplog.records)
     until = paused_until(runtime, "hubspot")
     assert until is not None and until > utcnow()
+
+
+def _engage_everyone(runtime: Runtime) -> None:
+    with runtime.session() as session:
+        for contact in session.exec(select(Contact)):
+            contact.engagement_score = (contact.engagement_score or 0) + 1.0
+            contact.engagement_updated_at = utcnow()
+            session.add(contact)
+
+
+def _links(runtime: Runtime) -> dict[str, int]:
+    with runtime.session() as session:
+        return {link.external_id: link.contact_id for link in session.exec(select(CrmLink))}
+
+
+def test_a_merge_seen_by_poll_relinks_to_the_survivor_and_nothing_goes_to_the_merged_id(
+    runtime: Runtime, hubspot_server: FakeHubSpot
+) -> None:
+    ada = hubspot_server.add("ada@example.com", firstname="Ada")
+    dup = hubspot_server.add("ada.l@example.com", firstname="Ada L")
+    poll(runtime, "hubspot")
+    hubspot_server.merge(ada, dup)
+
+    poll(runtime, "hubspot")
+    _engage_everyone(runtime)
+    push_engagement(runtime, "hubspot")
+
+    assert set(_links(runtime)) == {ada}  # the merged-away id's link is gone
+    assert len(contacts(runtime)) == 2  # both people kept in postwise
+    assert hubspot_server.writes_to_merged == []
+
+
+def test_a_merge_webhook_with_a_new_object_id_moves_the_link(
+    runtime: Runtime, hubspot_server: FakeHubSpot, client: Any
+) -> None:
+    ada = hubspot_server.add("ada@example.com", firstname="Ada")
+    dup = hubspot_server.add("ada.l@example.com", firstname="Ada L")
+    poll(runtime, "hubspot")
+    ada_contact = _links(runtime)[ada]
+    new = hubspot_server.merge(ada, dup, new_id="99001")
+    event = {
+        "subscriptionType": "contact.merge",
+        "objectId": int(ada),
+        "primaryObjectId": int(ada),
+        "mergedObjectIds": [int(dup)],
+        "newObjectId": int(new),
+        "numberOfPropertiesMoved": 1,
+        "occurredAt": int(time.time() * 1000),
+        "eventId": 7,
+    }
+    body = json.dumps([event]).encode()
+
+    assert client.post(HOOK, content=body, headers=signed(body)).status_code in (200, 202, 204)
+    _engage_everyone(runtime)
+    push_engagement(runtime, "hubspot")
+
+    assert _links(runtime) == {new: ada_contact}  # moved to the new id, same person
+    assert hubspot_server.writes_to_merged == []

@@ -65,6 +65,8 @@ class CrmContact:
     ``updated_at`` is the CRM's last-modified time of the record (aware); ``deleted`` says the
     record is gone from the CRM (``email`` may then be empty). ``unsubscribed`` is ``True`` when
     the CRM says the person opted out of email, ``None`` when the CRM does not say.
+    ``merged_ids`` are the ids of records merged into this one (HubSpot's
+    ``hs_merged_object_ids``): their links move to this record, and nothing is pushed to them.
     """
 
     external_id: str
@@ -73,6 +75,7 @@ class CrmContact:
     properties: Mapping[str, Any] = field(default_factory=dict)
     deleted: bool = False
     unsubscribed: bool | None = None
+    merged_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

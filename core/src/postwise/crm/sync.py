@@ -255,12 +255,53 @@ def _merge_field(
     return False
 
 
+def _relink_merged(session: Session, system: str, change: CrmContact) -> None:
+    """Records merged into ``change`` in the CRM: the first link to one of them moves to the
+    surviving id (unless it is linked already), the others are removed, so no link, and no
+    push, is left on a merged-away id. The contacts are kept."""
+    merged = [i for i in change.merged_ids if i and i != change.external_id]
+    if not merged:
+        return
+    links = session.exec(
+        select(CrmLink)
+        .where(CrmLink.system == system, CrmLink.external_id.in_(merged))  # type: ignore[attr-defined]
+        .order_by(CrmLink.id)  # type: ignore[arg-type]
+    ).all()
+    survivor = session.exec(
+        select(CrmLink).where(CrmLink.system == system, CrmLink.external_id == change.external_id)
+    ).first()
+    for old in links:
+        if survivor is None:
+            log.info(
+                "crm %s: record %s merged into %s; link moved",
+                system,
+                old.external_id,
+                change.external_id,
+            )
+            old.external_id = change.external_id
+            old.remote_updated_at = None  # the survivor's values are applied next
+            session.add(old)
+            session.flush()
+            survivor = old
+        else:
+            log.info(
+                "crm %s: record %s merged into %s; link removed",
+                system,
+                old.external_id,
+                change.external_id,
+            )
+            session.delete(old)
+    session.flush()
+
+
 def _apply_one(
     runtime: Runtime, session: Session, system: str, change: CrmContact, report: SyncReport
 ) -> str:
     """Apply one record; returns ``created``, ``updated``, ``unchanged``, ``unlinked`` or
     ``skipped`` (invalid or erased, already counted)."""
     source = source_for(system)
+    if change.merged_ids and not change.deleted:
+        _relink_merged(session, system, change)
     link = session.exec(
         select(CrmLink).where(CrmLink.system == system, CrmLink.external_id == change.external_id)
     ).first()

@@ -26,6 +26,7 @@ loggers are kept at INFO.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -71,6 +72,8 @@ T = TypeVar("T")
 #: Contacts the v3 contact object type is known as in ``object.*`` webhook events.
 CONTACT_TYPE_ID = "0-1"
 _CHANGE_EVENTS = frozenset({"creation", "propertyChange", "restore", "merge"})
+#: The ids of the contacts merged into this one, ";"-separated (read-only, set by HubSpot).
+MERGED_PROPERTY = "hs_merged_object_ids"
 _DELETE_EVENTS = frozenset({"deletion", "privacyDeletion"})
 
 
@@ -147,7 +150,7 @@ class HubSpotConnector(CrmConnector):
         self._search = contacts.search_api
         self._batch = contacts.batch_api
         self._basic = contacts.basic_api
-        read = {"email", "lastmodifieddate", *options.properties.values()}
+        read = {"email", "lastmodifieddate", MERGED_PROPERTY, *options.properties.values()}
         read.update(options.attribute_properties)
         if options.unsubscribed_property:
             read.add(options.unsubscribed_property)
@@ -222,12 +225,18 @@ class HubSpotConnector(CrmConnector):
         flag = props.get(self.options.unsubscribed_property)
         if self.options.unsubscribed_property and flag not in (None, ""):
             unsubscribed = str(flag).lower() == "true"
+        merged = tuple(
+            part.strip()
+            for part in str(props.get(MERGED_PROPERTY) or "").split(";")
+            if part.strip()
+        )
         return CrmContact(
             external_id=str(obj.id),
             email=email,
             updated_at=updated,
             properties=properties,
             unsubscribed=unsubscribed,
+            merged_ids=merged,
         )
 
     def _search_request(self, floor: datetime | None, after: str | None) -> Any:
@@ -393,6 +402,7 @@ class HubSpotConnector(CrmConnector):
         if not isinstance(events, list):
             raise ValueError("HubSpot sends a JSON array of events")
         latest: dict[str, tuple[int, bool]] = {}
+        merged_into: dict[str, set[str]] = {}
 
         def note(object_id: Any, at: int, deleted: bool) -> None:
             key = str(object_id)
@@ -411,11 +421,16 @@ class HubSpotConnector(CrmConnector):
             at = int(event.get("occurredAt") or 0)
             if action in _DELETE_EVENTS:
                 note(event["objectId"], at, True)
+            elif action == "merge":
+                # The survivor is newObjectId when the merge gave it a new id, else the
+                # primary; every other id is merged away: its links move to the survivor.
+                primary = str(event.get("primaryObjectId") or event["objectId"])
+                survivor = str(event.get("newObjectId") or primary)
+                note(survivor, at, False)
+                gone = {str(m) for m in event.get("mergedObjectIds") or []} | {primary}
+                merged_into.setdefault(survivor, set()).update(gone - {survivor})
             elif action in _CHANGE_EVENTS:
-                note(event.get("primaryObjectId") or event["objectId"], at, False)
-                for merged in event.get("mergedObjectIds") or []:
-                    if str(merged) != str(event.get("primaryObjectId")):
-                        note(merged, at, True)
+                note(event["objectId"], at, False)
         changes = [
             CrmContact(cid, "", datetime.fromtimestamp(at / 1000, UTC), deleted=True)
             for cid, (at, deleted) in latest.items()
@@ -440,6 +455,10 @@ class HubSpotConnector(CrmConnector):
             for obj in result.results or []:
                 contact = self._contact(obj)
                 if contact is not None:
+                    extra = merged_into.get(contact.external_id, set())
+                    if extra - set(contact.merged_ids):
+                        merged = tuple(sorted({*contact.merged_ids, *extra}))
+                        contact = dataclasses.replace(contact, merged_ids=merged)
                     changes.append(contact)
         return changes
 
