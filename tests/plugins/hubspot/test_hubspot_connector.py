@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -279,3 +280,15 @@ def test_the_daily_limit_is_told_apart_and_ends_the_run_with_its_reset_time(
     assert (reset.hour, reset.minute) == (0, 0)
     assert timedelta(0) < caught.value.until - datetime.now(UTC) <= timedelta(days=1)
     assert len(hubspot_server.requests(SEARCH)) == 1
+
+
+def test_a_deletion_without_occurred_at_is_dated_now_not_1970(hubspot_server: FakeHubSpot) -> None:
+    body = json.dumps([{"subscriptionType": "contact.deletion", "objectId": 5}]).encode()
+    (change,) = connector(hubspot_server).parse_webhook(body)
+    assert change.deleted and abs((datetime.now(UTC) - change.updated_at).total_seconds()) < 60
+    with pytest.raises(ValueError, match="epoch milliseconds"):
+        connector(hubspot_server).parse_webhook(
+            json.dumps(
+                [{"subscriptionType": "contact.deletion", "objectId": 5, "occurredAt": "yesterday"}]
+            ).encode()
+        )

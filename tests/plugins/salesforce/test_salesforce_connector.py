@@ -380,3 +380,17 @@ class TestSalesforceConnectorContract(CrmConnectorContract):
 
     def delete_contact(self, external_id: str) -> None:
         self.crm.delete(external_id)
+
+
+def test_a_change_event_without_commit_timestamp_is_dated_now_not_1970(
+    salesforce_server: FakeSalesforce,
+) -> None:
+    event = {
+        "ChangeEventHeader": {
+            "entityName": "Contact",
+            "changeType": "DELETE",
+            "recordIds": ["003000000000001AAA"],
+        }
+    }
+    (change,) = connector(salesforce_server).parse_webhook(json.dumps([event]).encode())
+    assert change.deleted and abs((datetime.now(UTC) - change.updated_at).total_seconds()) < 60

@@ -77,6 +77,20 @@ MERGED_PROPERTY = "hs_merged_object_ids"
 _DELETE_EVENTS = frozenset({"deletion", "privacyDeletion"})
 
 
+def _event_millis(value: Any) -> int:
+    """An event's time in epoch milliseconds; a missing one is the time it is received (never
+    1970, which would date the change before everything else)."""
+    if value in (None, "", 0, "0"):
+        return int(time.time() * 1000)
+    try:
+        millis = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{str(value)[:40]!r} is not a time in epoch milliseconds") from None
+    if millis <= 0:
+        return int(time.time() * 1000)
+    return millis
+
+
 def _ms(value: datetime) -> str:
     return str(int(value.timestamp() * 1000))
 
@@ -418,7 +432,7 @@ class HubSpotConnector(CrmConnector):
                 continue
             if scope not in ("contact", "object") or event.get("objectId") is None:
                 continue
-            at = int(event.get("occurredAt") or 0)
+            at = _event_millis(event.get("occurredAt"))
             if action in _DELETE_EVENTS:
                 note(event["objectId"], at, True)
             elif action == "merge":

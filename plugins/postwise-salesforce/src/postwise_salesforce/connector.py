@@ -71,6 +71,18 @@ def parse_timestamp(value: Any) -> datetime | None:
     return None
 
 
+def _event_millis(value: Any) -> int:
+    """A change event's ``commitTimestamp`` (epoch ms); a missing one is the time it is
+    received (never 1970, which would date the change before everything else)."""
+    if value in (None, "", 0, "0"):
+        return int(time.time() * 1000)
+    try:
+        millis = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"commitTimestamp {str(value)[:40]!r} is not epoch milliseconds") from None
+    return millis if millis > 0 else int(time.time() * 1000)
+
+
 def _soql_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -286,7 +298,7 @@ class SalesforceConnector(CrmConnector):
             if not isinstance(header, Mapping) or header.get("entityName") != "Contact":
                 continue
             change = str(header.get("changeType") or "")
-            at = int(header.get("commitTimestamp") or 0)
+            at = _event_millis(header.get("commitTimestamp"))
             for record_id in header.get("recordIds") or []:
                 if not isinstance(record_id, str) or not _ID_RE.match(record_id):
                     raise ValueError(f"{str(record_id)[:40]!r} is not a Salesforce record id")
