@@ -88,6 +88,21 @@ def test_a_tampered_session_cookie_is_no_session(browser: Browser, users: dict[s
     assert client.get("/ui/", follow_redirects=False).status_code == 303
 
 
+def test_a_session_cookie_is_worthless_after_signing_out(
+    browser: Browser, users: dict[str, str]
+) -> None:
+    client = browser("admin")
+    cookie = client.cookies.get("postwise_session")
+    token = csrf(client.get("/ui/").text)
+    other = browser("admin")  # the same user on another device stays signed in
+    assert client.post("/ui/logout", data={"csrf_token": token}).status_code == 200
+    # A copy of the cookie (a shared computer, a stolen one) no longer opens a page.
+    client.cookies.clear()
+    client.cookies.set("postwise_session", cookie)
+    assert client.get("/ui/users", follow_redirects=False).status_code == 303
+    assert other.get("/ui/users", follow_redirects=False).status_code == 200
+
+
 def test_the_session_cookie_is_http_only_and_same_site(
     browser: Browser, users: dict[str, str]
 ) -> None:

@@ -63,6 +63,7 @@ from postwise.ui.session import (
     Forbidden,
     SignedIn,
     current_user,
+    end_session,
     new_session_cookie,
     require,
 )
@@ -229,8 +230,9 @@ class UiController(Controller):
     def logout(
         self, state: State, request: Request[Any, Any, Any], data: dict[str, str] = _Form
     ) -> Any:
-        _, me = _me(state, request)
+        runtime, me = _me(state, request)
         require(me, Role.VIEWER, form=data)
+        end_session(runtime, me)
         return Redirect(
             "/ui/login",
             status_code=303,

@@ -2,9 +2,10 @@
 
 The session cookie holds a token signed with the installation's secret key (the same mechanism
 as tracking links, purpose ``ui-session``): the user id, the user's ``session_version`` and a
-random session id, valid for ``ui_session_hours``. It is ``HttpOnly``, ``SameSite=Lax`` and
-``Secure`` when the base URL is https. A password or role change bumps ``session_version``,
-which ends every session of that user.
+random session id, valid for ``ui_session_hours``. Signing out records the session id in Redis
+until the cookie would have expired, so a copy of the cookie is refused too. It is
+``HttpOnly``, ``SameSite=Lax`` and ``Secure`` when the base URL is https. A password or role
+change bumps ``session_version``, which ends every session of that user.
 
 Every form carries a CSRF token, an HMAC of the session id: a token from another session, or
 none, is refused with 403 and nothing changes.
@@ -32,11 +33,14 @@ __all__ = [
     "Forbidden",
     "SignedIn",
     "current_user",
+    "end_session",
     "new_session_cookie",
     "require",
 ]
 
 COOKIE: Final = "postwise_session"
+#: Sessions signed out before their cookie expires (the cookie itself cannot be taken back).
+_ENDED: Final = "postwise:ui:ended-session:"
 
 
 class Forbidden(PostwiseError):
@@ -90,12 +94,20 @@ def current_user(runtime: Runtime, request: Request[Any, Any, Any]) -> SignedIn 
     user_id, version, session_id = payload.get("u"), payload.get("v"), payload.get("s")
     if not isinstance(user_id, int) or not isinstance(session_id, str):
         return None
+    if runtime.redis.exists(_ENDED + session_id[:64]):
+        return None
     with runtime.session() as session:
         user = session.get(UiUser, user_id)
         if user is None or user.disabled or user.session_version != version:
             return None
         session.expunge(user)
     return SignedIn(user=user, session_id=session_id, csrf_token=_csrf(runtime, session_id))
+
+
+def end_session(runtime: Runtime, signed_in: SignedIn) -> None:
+    """Sign this session out: its cookie, even a copy of it, opens nothing any more."""
+    ttl = max(1, int(runtime.settings.ui_session_hours * 3600))
+    runtime.redis.set(_ENDED + signed_in.session_id[:64], b"1", ex=ttl)
 
 
 def require(signed_in: SignedIn, role: Role, *, form: dict[str, Any] | None = None) -> None:
