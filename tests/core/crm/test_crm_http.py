@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from postwise.cli.crm import crm
 from postwise.db.models import Contact, CrmLink
+from postwise.delivery.worker import drain
 from postwise.runtime import Runtime
 
 
@@ -65,13 +66,22 @@ def test_the_sync_api_polls_and_pushes_and_status_shows_it(
 ) -> None:
     memory_crm.put("c1", "ada@example.com", unsubscribed=True)
 
-    synced = client.post("/v1/crm/memory/sync", json={})
+    queued = client.post("/v1/crm/memory/sync", json={})
+    assert queued.status_code == 202, queued.text
+    url = queued.json()["status_url"]
+    assert queued.headers["location"] == url
+    assert client.get(url).json()["status"] == "queued"
+    assert memory_crm.fetches == []  # nothing read from the CRM inside the request
+    drain(runtime)  # a worker runs it
+    done = client.get(url).json()
     status = client.get("/v1/crm/memory")
     listing = client.get("/v1/crm")
 
-    assert synced.status_code == 200
-    assert synced.json()["poll"]["created"] == 1
-    assert synced.json()["push"]["pushed"] == 1
+    assert done["status"] == "finished", done
+    assert done["result"]["poll"]["created"] == 1
+    assert done["result"]["push"]["pushed"] == 1
+    assert client.get("/v1/crm/memory/sync/nope").status_code == 404
+    assert client.get(url.replace("/memory/", "/other/")).status_code == 404
     body = status.json()
     assert (body["links"], body["pending_push"], body["installed"]) == (1, 0, True)
     assert body["last"]["poll"]["ok"] is True and body["last"]["push"]["pushed"] == 1
