@@ -395,3 +395,44 @@ def test_campaign_progress_is_served_as_json(
     data = editor.get(f"/ui/campaigns/{campaign_id}/progress.json").json()
     assert set(data) >= {"percent", "done", "text", "sent", "failed"}
     assert re.match(r"\d+% · \d+ sent", data["text"])
+
+
+def test_the_last_admin_cannot_give_up_the_role(
+    browser: Browser, users: dict[str, str], runtime: Runtime
+) -> None:
+    from postwise.db.models import UiUser
+
+    admin = browser("admin")
+    with runtime.session() as session:
+        me = session.exec(select(UiUser).where(UiUser.email == "admin@example.org")).one()
+    token = csrf(admin.get("/ui/users").text)
+    answer = admin.post(
+        "/ui/users", data={"csrf_token": token, "user_id": str(me.id), "role": "viewer"}
+    )
+    assert answer.status_code == 422
+    assert "last admin" in answer.text
+
+
+def test_failed_sign_ins_elsewhere_do_not_lock_a_user_out(
+    browser: Browser, users: dict[str, str], runtime: Runtime
+) -> None:
+    from postwise.ui.users import authenticate
+
+    with runtime.session() as session:
+        for _ in range(5):
+            with pytest.raises(Exception, match="do not match"):
+                authenticate(
+                    session,
+                    runtime.redis,
+                    email="admin@example.org",
+                    password="x",
+                    remote="203.0.113.9",
+                )
+        user = authenticate(
+            session,
+            runtime.redis,
+            email="admin@example.org",
+            password=PASSWORD,
+            remote="198.51.100.1",
+        )
+        assert user.email == "admin@example.org"

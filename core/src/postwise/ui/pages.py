@@ -1075,7 +1075,7 @@ def _event_counts(
         if set(stored) == set(types):
             return stored
     seconds = bucket_hours * 3600
-    epoch = sa.func.extract("epoch", col(Event.occurred_at))
+    epoch: Any = sa.func.extract("epoch", col(Event.occurred_at))
     if runtime.engine.dialect.name == "sqlite":
         epoch = sa.func.strftime("%s", col(Event.occurred_at))
     bucket = sa.cast(

@@ -8,9 +8,10 @@ Roles, each including the one before:
 * ``admin`` also manages users, erases and exports contacts, and resumes or pauses sending.
 
 Passwords are hashed with scrypt (memory-hard: 2^15 x 8 x 128 bytes = 32 MiB per hash) and a
-random salt per user. Sign-in is throttled per address and per client: after
-:data:`MAX_FAILURES` failures within :data:`WINDOW_SECONDS`, further attempts are refused until
-the window passes, whether or not the password is right.
+random salt per user. Sign-in is throttled: after :data:`MAX_FAILURES` failures for one address
+from one client within :data:`WINDOW_SECONDS`, or four times as many from one client over all
+addresses, further attempts from that client are refused until the window passes, whether or
+not the password is right. Other clients are not affected, so nobody can lock a user out.
 """
 
 from __future__ import annotations
@@ -135,7 +136,14 @@ def set_role(session: Session, user_id: int, role: str) -> UiUser:
     user = session.get(UiUser, user_id)
     if user is None:
         raise NotFoundError(f"user {user_id} does not exist")
-    user.role = _role(role).value
+    new_role = _role(role)
+    if user.role == Role.ADMIN and new_role is not Role.ADMIN:
+        admins = session.exec(
+            select(UiUser).where(UiUser.role == Role.ADMIN.value, col(UiUser.disabled).is_(False))
+        ).all()
+        if len(admins) <= 1:
+            raise ConflictError("this is the last admin: make another user admin first")
+    user.role = new_role.value
     user.session_version += 1
     session.add(user)
     session.flush()
@@ -151,9 +159,12 @@ def authenticate(
     who has an account.
     """
     address = email.strip().lower()
-    keys = [_THROTTLE + "a:" + address[:320], _THROTTLE + "c:" + remote[:100]]
+    # Per address *from this client*, so nobody can lock a user out of every other machine by
+    # guessing wrong five times; and per client over all addresses, so one client cannot try
+    # many accounts.
+    keys = [_THROTTLE + "a:" + remote[:100] + ":" + address[:320], _THROTTLE + "c:" + remote[:100]]
     counts = [int(v or 0) for v in client.mget(keys)]
-    if max(counts) >= MAX_FAILURES:
+    if counts[0] >= MAX_FAILURES or counts[1] >= MAX_FAILURES * 4:
         raise SignInThrottled(
             "too many failed sign-ins: wait 15 minutes and try again", field="password"
         )
