@@ -32,9 +32,10 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"ui"}),  # the dashboard: pages over every subsystem
     frozenset({"journeys"}),  # multi-step flows, built on triggers
     frozenset({"triggers"}),  # decides when to send
+    frozenset({"crm"}),  # CRM sync; its jobs run on delivery's RQ workers
     frozenset({"delivery"}),  # turns a decision into a settled message
     frozenset({"experiments"}),  # assignment, statistics, decisions
-    frozenset({"crm", "recommend"}),  # integrations content and delivery read from
+    frozenset({"recommend"}),  # recommendations that content and delivery read from
     frozenset({"compliance", "content"}),  # the rules every send passes; rendering
     frozenset({"analytics"}),  # events in and out, metrics
     frozenset({"streams"}),  # the event stream: publish and the consumer-group base
