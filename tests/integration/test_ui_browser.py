@@ -104,9 +104,10 @@ def site(
     )
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "postwise", "serve", "--no-migrate", "--port", str(port)], env=env
+        [sys.executable, "-m", "postwise.cli", "serve", "--no-migrate", "--port", str(port)],
+        env=env,
     )
-    worker = subprocess.Popen([sys.executable, "-m", "postwise", "worker"], env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "postwise.cli", "worker"], env=env)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
