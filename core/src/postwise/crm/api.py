@@ -31,8 +31,8 @@ __all__ = ["CrmController", "SyncRequest"]
 
 #: The queue sync jobs go to: every ``postwise worker`` works it.
 SYNC_QUEUE = "default"
-#: Named by dotted path only (postwise.crm.jobs imports this module).
-SYNC_FUNC = "postwise.crm.jobs.sync_job"
+#: Named by dotted path only (postwise.cli.crm_jobs imports this module).
+SYNC_FUNC = "postwise.cli.crm_jobs.sync_job"
 _RESULT_TTL = 86400
 
 

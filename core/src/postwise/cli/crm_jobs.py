@@ -2,7 +2,9 @@
 
 ``POST /v1/crm/{system}/sync`` answers at once with the job's id and status URL; a
 ``postwise worker`` (which works the ``default`` queue) runs the poll and push here, with its
-retry sleeps, outside any HTTP request.
+retry sleeps, outside any HTTP request. It lives with the entry points (the tooling layer,
+like ``postwise worker`` that runs it) because it runs with the worker's bound runtime
+(:mod:`postwise.delivery.jobs`), which the crm package, a layer below delivery, may not import.
 """
 
 from __future__ import annotations
