@@ -68,6 +68,8 @@ def test_a_connection_lost_after_data_leaves_the_message_in_doubt_and_never_rese
     [dead_letter] = _events(runtime, "dead_letter")
     assert dead_letter.message_id == doubtful
     assert dead_letter.properties["in_doubt"] is True
+    # Delivery health per recipient domain files it under its domain, not "(unknown)".
+    assert dead_letter.properties["recipient_domain"] == "example.org"
     assert not _events(runtime, "bounce")
     # The relay took it before the connection dropped: it has every message exactly once.
     assert set(_received(smtp_server).values()) == {1}
@@ -127,6 +129,8 @@ def test_a_plain_try_again_later_stays_transient(
     assert Counter(rows.values()) == {"accepted": 1, "dead": 1}
     [dead] = [message_id for message_id, status in rows.items() if status == "dead"]
     assert ledger(runtime, dead).last_error == "gave up after 1 attempts: 4.7.0 Try again later"
+    [dead_letter] = _events(runtime, "dead_letter")
+    assert dead_letter.properties["recipient_domain"] == "example.org"
 
 
 @pytest.mark.parametrize(

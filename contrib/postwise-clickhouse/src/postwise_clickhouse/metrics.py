@@ -10,23 +10,26 @@ decided in the state database and sent along as an external table of contact ids
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
 from postwise.analytics.metrics import (
+    DEFAULT_CONVERSION_TYPES,
+    FUNNEL_FIELDS,
+    FUNNEL_TYPES,
     AttributionModel,
     AttributionReport,
-    AttributionRow,
     ClickThrough,
     DeliveryHealth,
+    FunnelCounts,
     HealthKey,
     OpenRate,
     OpenRateReport,
     Scope,
     VariantKey,
-    ratio,
+    attribution_report,
     sort_key,
 )
 from postwise.db.models import Segment
@@ -35,6 +38,15 @@ if TYPE_CHECKING:
     from postwise_clickhouse.sink import ClickHouseSink
 
 __all__ = ["ClickHouseMetrics"]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(when: datetime) -> int:
+    """``when`` in microseconds since the epoch (the driver would cut a datetime parameter to
+    the second)."""
+    return (when - _EPOCH) // timedelta(microseconds=1)
 
 
 def _scope(scope: Scope, params: dict[str, Any], *, time: bool = True) -> str:
@@ -46,11 +58,14 @@ def _scope(scope: Scope, params: dict[str, Any], *, time: bool = True) -> str:
         where.append("experiment_id = %(experiment_id)s")
         params["experiment_id"] = scope.experiment_id
     if time and scope.since is not None:
-        where.append("occurred_at >= %(since)s")
-        params["since"] = scope.since
+        # The second-precision key column narrows the read; the microseconds decide.
+        where.append("occurred_at >= toDateTime(%(since_s)s) AND occurred_us >= %(since)s")
+        params["since"] = _micros(scope.since)
+        params["since_s"] = params["since"] // 1_000_000
     if time and scope.until is not None:
-        where.append("occurred_at < %(until)s")
-        params["until"] = scope.until
+        where.append("occurred_at <= toDateTime(%(until_s)s) AND occurred_us < %(until)s")
+        params["until"] = _micros(scope.until)
+        params["until_s"] = params["until"] // 1_000_000
     return "".join(f" AND {clause}" for clause in where)
 
 
@@ -65,33 +80,86 @@ class ClickHouseMetrics:
         self.sink = sink
         self.table = sink.table
 
-    def _open_rate(
-        self, name: str | None, scope: Scope, machine: bool, members: list[int] | None
-    ) -> OpenRate:
+    def _funnels(
+        self, scope: Scope, keys: Sequence[str], groups: Sequence[list[int] | None]
+    ) -> dict[tuple[Any, ...], list[FunnelCounts]]:
+        """:class:`FunnelCounts` per value of ``keys`` (columns of the ``sent`` event), one per
+        group of contacts (``None``: every message); the same construction as the SQL
+        backend's: the sends first, then only their other events, joined onto them."""
         params: dict[str, Any] = {}
         where = _scope(scope, params)
-        external = None
-        if members is not None:
-            where += " AND contact_id IN members"
-            external = [
-                {
-                    "name": "members",
-                    "structure": [("contact_id", "UInt32")],
-                    "data": [{"contact_id": c} for c in members],
-                }
-            ]
-        [(sent, human, anyone)] = self.sink.execute(
+        external = []
+        steps = [
+            "1",
+            "bounced",
+            "delivered AND (pixel OR click)",
+            "delivered AND click AND NOT pixel",
+            "delivered AND (any_open OR click)",
+            "delivered AND click",
+            "delivered AND scanner",
+            "delivered AND unsubscribed",
+            "delivered AND complained",
+        ]
+        assert len(steps) == len(FUNNEL_FIELDS)
+        columns: list[str] = []
+        for i, members in enumerate(groups):
+            condition = "1" if members is None else f"key_contact IN members{i}"
+            if members is not None:
+                external.append(
+                    {
+                        "name": f"members{i}",
+                        "structure": [("contact_id", "UInt32")],
+                        "data": [{"contact_id": c} for c in members],
+                    }
+                )
+            columns.extend(f"countIf(({step}) AND {condition})" for step in steps)
+        # Keys are renamed so that the scope's conditions still read the event's own columns.
+        key_list = "".join(f"key_{k}, " for k in keys)
+        key_select = "".join(f"any({k}) AS key_{k}, " for k in keys)
+        group_by = f"GROUP BY {', '.join(f'key_{k}' for k in keys)}" if keys else ""
+        rows = self.sink.execute(
             f"""
-            SELECT uniqExactIf(message_hash, type = 'sent'),
-                   uniqExactIf(message_hash, type = 'open' AND automated = 0),
-                   uniqExactIf(message_hash, type = 'open')
-            FROM {self.table}
-            WHERE type IN ('sent', 'open') AND message_hash != cityHash64(''){where}
+            SELECT {key_list}{", ".join(columns)}
+            FROM (
+                SELECT *, NOT bounced AS delivered
+                FROM (
+                    SELECT message_hash, {key_select}any(contact_id) AS key_contact
+                    FROM {self.table}
+                    WHERE type = 'sent' AND message_hash != cityHash64(''){where}
+                    GROUP BY message_hash
+                ) AS sends
+                LEFT JOIN (
+                    SELECT message_hash,
+                           max(type = 'bounce') AS bounced,
+                           max(type = 'open' AND automated = 0) AS pixel,
+                           max(type = 'open') AS any_open,
+                           max(type = 'click' AND automated = 0) AS click,
+                           max(type = 'click' AND automated = 1) AS scanner,
+                           max(type = 'unsubscribe') AS unsubscribed,
+                           max(type = 'complaint') AS complained
+                    FROM {self.table}
+                    WHERE type IN %(later)s AND message_hash IN (
+                        SELECT message_hash FROM {self.table}
+                        WHERE type = 'sent' AND message_hash != cityHash64(''){where}
+                    )
+                    GROUP BY message_hash
+                ) AS later USING (message_hash)
+            )
+            {group_by}
             """,  # noqa: S608 - names are fixed identifiers; values go as parameters
-            params,
-            external_tables=external,
+            {**params, "later": FUNNEL_TYPES},
+            external_tables=external or None,
         )
-        return OpenRate(name, sent, human, anyone, ratio(anyone if machine else human, sent))
+        width = len(FUNNEL_FIELDS)
+        result: dict[tuple[Any, ...], list[FunnelCounts]] = {}
+        for row in rows:
+            values = [int(v) for v in row[len(keys) :]]
+            if not values[0] and not keys:
+                continue  # no sends at all: the aggregate still returns a row of zeros
+            result[tuple(row[: len(keys)])] = [
+                FunnelCounts(*values[i * width : (i + 1) * width]) for i in range(len(groups))
+            ]
+        return result
 
     def open_rates(
         self,
@@ -103,61 +171,53 @@ class ClickHouseMetrics:
     ) -> OpenRateReport:
         from postwise.contacts.segments import iter_segment_ids
 
-        overall = self._open_rate(None, scope, include_machine_opens, None)
-        rows = []
+        groups: list[list[int] | None] = [None]
         for segment in segments:
-            members = [cid for page in iter_segment_ids(session, segment) for cid in page]
-            rows.append(self._open_rate(segment.name, scope, include_machine_opens, members))
-        return OpenRateReport(include_machine_opens, overall, rows)
+            groups.append([cid for page in iter_segment_ids(session, segment) for cid in page])
+        counts = self._funnels(scope, [], groups).get((), [FunnelCounts()] * len(groups))
+        labels = [None, *(segment.name for segment in segments)]
+        rates = [
+            OpenRate.of(label, c, include_machine_opens)
+            for label, c in zip(labels, counts, strict=True)
+        ]
+        return OpenRateReport(include_machine_opens, rates[0], rates[1:])
 
     def click_through(self, by: VariantKey, scope: Scope) -> list[ClickThrough]:
-        params: dict[str, Any] = {}
-        where = _scope(scope, params)
-        if by is VariantKey.CAMPAIGN:
-            keys, where = "campaign_id", where + " AND campaign_id != 0"
-        else:
-            keys, where = "experiment_id, variant", where + " AND experiment_id != 0"
-        rows = self.sink.execute(
-            f"""
-            SELECT {keys},
-                   uniqExactIf(message_hash, type = 'sent'),
-                   uniqExactIf(message_hash, type = 'click' AND automated = 0),
-                   uniqExactIf(message_hash, type = 'click' AND automated = 1)
-            FROM {self.table}
-            WHERE type IN ('sent', 'click') AND message_hash != cityHash64(''){where}
-            GROUP BY {keys}
-            """,  # noqa: S608 - names are fixed identifiers; values go as parameters
-            params,
-        )
+        keys = ["campaign_id"] if by is VariantKey.CAMPAIGN else ["experiment_id", "variant"]
         result = []
-        for row in rows:
+        for key, [counts] in self._funnels(scope, keys, [None]).items():
+            if not key[0]:
+                continue  # sends outside any campaign (or experiment)
             if by is VariantKey.CAMPAIGN:
-                key: tuple[Any, ...] = (row[0], None, None)
-                sent, clicked, scanner = row[1:]
+                result.append(ClickThrough.of(key[0], None, None, counts))
             else:
-                key = (None, row[0], _none(row[1]))
-                sent, clicked, scanner = row[2:]
-            result.append(
-                ClickThrough(key[0], key[1], key[2], sent, clicked, scanner, ratio(clicked, sent))
-            )
+                result.append(ClickThrough.of(None, key[0], _none(key[1]), counts))
         return sorted(result, key=lambda r: sort_key((r.campaign_id, r.experiment_id, r.variant)))
 
     def attribution(
-        self, model: AttributionModel, window: timedelta, scope: Scope
+        self,
+        model: AttributionModel,
+        window: timedelta,
+        scope: Scope,
+        conversion_types: Sequence[str] = DEFAULT_CONVERSION_TYPES,
     ) -> AttributionReport:
-        params: dict[str, Any] = {"window": int(window.total_seconds())}
+        # Times in microseconds, so the window's edge is as exact as on PostgreSQL.
+        params: dict[str, Any] = {
+            "window": int(window / timedelta(microseconds=1)),
+            "conversion_types": tuple(conversion_types),
+        }
         conversion_time = ""
         click_time = ""
         if scope.since is not None:
-            params["since"] = scope.since
-            params["clicks_since"] = scope.since - window
-            conversion_time += " AND occurred_at >= %(since)s"
-            click_time += " AND occurred_at >= %(clicks_since)s"
+            params["since"] = _micros(scope.since)
+            params["clicks_since"] = _micros(scope.since - window)
+            conversion_time += " AND occurred_us >= %(since)s"
+            click_time += " AND occurred_us >= %(clicks_since)s"
         if scope.until is not None:
-            params["until"] = scope.until
-            conversion_time += " AND occurred_at < %(until)s"
-            click_time += " AND occurred_at < %(until)s"
-        order = "-toInt64(c.1)" if model is AttributionModel.LAST_CLICK else "toInt64(c.1)"
+            params["until"] = _micros(scope.until)
+            conversion_time += " AND occurred_us < %(until)s"
+            click_time += " AND occurred_us < %(until)s"
+        order = "-c.1" if model is AttributionModel.LAST_CLICK else "c.1"
         rows = self.sink.execute(
             f"""
             SELECT untouched, touch.2, touch.3, touch.4, count(), sum(conversion.2)
@@ -167,18 +227,18 @@ class ClickHouseMetrics:
                            c -> c.1 <= conversion.1 AND c.1 >= conversion.1 - %(window)s, clicks
                        ) AS candidates,
                        length(candidates) = 0 AS untouched,
-                       if(untouched, (toUInt32(0), toUInt32(0), toUInt32(0), ''),
+                       if(untouched, (toInt64(0), toUInt32(0), toUInt32(0), ''),
                           arraySort(c -> {order}, candidates)[1]) AS touch
                 FROM (
                     SELECT contact_id,
                            groupArrayIf(
-                               (toUInt32(occurred_at), campaign_id, experiment_id, variant),
+                               (occurred_us, campaign_id, experiment_id, variant),
                                type = 'click') AS clicks,
-                           groupArrayIf((toUInt32(occurred_at), value), type = 'conversion')
-                               AS conversions
+                           groupArrayIf((occurred_us, value),
+                                        type != 'click') AS conversions
                     FROM {self.table}
                     WHERE contact_id != 0
-                      AND ((type = 'conversion'{conversion_time})
+                      AND ((type IN %(conversion_types)s{conversion_time})
                            OR (type = 'click' AND automated = 0{click_time}))
                     GROUP BY contact_id
                     HAVING length(conversions) > 0
@@ -189,33 +249,15 @@ class ClickHouseMetrics:
             """,  # noqa: S608 - names are fixed identifiers; values go as parameters
             params,
         )
-        total = unattributed = 0
-        total_value = 0.0
-        result: list[AttributionRow] = []
-        for untouched, campaign_id, experiment_id, variant, count, amount in rows:
-            total += count
-            total_value += amount
-            if untouched:
-                unattributed += count
-                continue
-            if scope.campaign_id is not None and campaign_id != scope.campaign_id:
-                continue
-            if scope.experiment_id is not None and experiment_id != scope.experiment_id:
-                continue
-            result.append(
-                AttributionRow(
-                    _none(campaign_id), _none(experiment_id), _none(variant), count, amount
-                )
-            )
-        result.sort(key=lambda r: (-r.conversions, sort_key((r.campaign_id, r.variant))))
-        return AttributionReport(
-            model=model.value,
-            window_days=window.total_seconds() / 86400,
-            conversions=total,
-            attributed=total - unattributed,
-            unattributed=unattributed,
-            value=round(total_value, 6),
-            rows=result,
+        return attribution_report(
+            model,
+            window,
+            scope,
+            conversion_types,
+            [
+                (bool(untouched), _none(campaign), _none(experiment), _none(variant), n, amount)
+                for untouched, campaign, experiment, variant, n, amount in rows
+            ],
         )
 
     def delivery_health(self, by: HealthKey, scope: Scope) -> list[DeliveryHealth]:

@@ -8,13 +8,18 @@ Table layout (created on first use)::
         contact_id UInt32, message_id String, campaign_id UInt32, experiment_id UInt32,
         variant String, provider String, recipient_domain String,
         automated UInt8, value Float64, properties String,
-        message_hash UInt64 MATERIALIZED cityHash64(message_id))
+        message_hash UInt64 MATERIALIZED cityHash64(message_id),
+        occurred_us Int64 DEFAULT toInt64(toUInt32(occurred_at)) * 1000000)
     ENGINE = ReplacingMergeTree()
     PARTITION BY toYYYYMM(occurred_at)
     ORDER BY (type, occurred_at, event_id)
 
 Absent ids are 0 and absent strings empty (ClickHouse's ``Nullable`` costs speed). ``value`` is
-a conversion's ``properties.value``. Times are stored to the second. ``message_hash`` lets the
+an event's numeric ``properties.value`` (conversions, purchases). ``occurred_at`` is to the
+second (the sort and partition key; ClickHouse before 20.1 has no ``DateTime64``) and
+``occurred_us`` is the same time in microseconds since the epoch, which the metrics compare so
+that window edges fall as on PostgreSQL (a table created before it gets the column, filled to the
+second, on first use). ``message_hash`` lets the
 metrics count and group distinct messages by 8-byte integers instead of strings (two of 3
 million messages share a 64-bit hash with a probability of about 2e-7).
 
@@ -31,7 +36,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -61,6 +66,7 @@ COLUMNS = (
     "automated",
     "value",
     "properties",
+    "occurred_us",
 )
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _MUTATION_TIMEOUT = 60.0
@@ -74,8 +80,16 @@ def _identifier(value: str, name: str) -> str:
     return value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(when: datetime) -> int:
+    """Microseconds since the epoch (a datetime parameter would be cut to the second)."""
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
 def _value(event: StoredEvent) -> float:
-    amount: Any = event.properties.get("value") if event.type == "conversion" else None
+    amount: Any = event.properties.get("value")
     return float(amount) if type(amount) in (int, float) else 0.0
 
 
@@ -95,6 +109,7 @@ def _row(event: StoredEvent, now: datetime) -> tuple[Any, ...]:
         1 if event.automated else 0,
         _value(event),
         json.dumps(dict(event.stored_properties), separators=(",", ":"), default=str),
+        _micros(event.occurred_at),
     )
 
 
@@ -157,13 +172,25 @@ class ClickHouseSink(AnalyticsSink):
                 automated UInt8,
                 value Float64,
                 properties String,
-                message_hash UInt64 MATERIALIZED cityHash64(message_id)
+                message_hash UInt64 MATERIALIZED cityHash64(message_id),
+                occurred_us Int64 DEFAULT toInt64(toUInt32(occurred_at)) * 1000000
             )
             ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMM(occurred_at)
             ORDER BY (type, occurred_at, event_id)
             """
         )
+        database, table = self.table.split(".")
+        [(has_micros,)] = self._client.execute(
+            "SELECT count() FROM system.columns WHERE database = %(d)s AND table = %(t)s "
+            "AND name = 'occurred_us'",
+            {"d": database, "t": table},
+        )
+        if not has_micros:  # a table of an earlier release: its times to the second
+            self._client.execute(
+                f"ALTER TABLE {self.table} ADD COLUMN occurred_us Int64 "
+                "DEFAULT toInt64(toUInt32(occurred_at)) * 1000000"
+            )
         self._ready = True
 
     def recreate(self) -> None:
@@ -225,7 +252,7 @@ class ClickHouseSink(AnalyticsSink):
     def events_of_contact(self, contact_id: int) -> list[StoredEvent]:
         """The contact's events, oldest first; ``FINAL`` collapses copies not merged yet."""
         query = (
-            "SELECT event_id, type, occurred_at, message_id, campaign_id, experiment_id, "  # noqa: S608 - validated identifier
+            "SELECT event_id, type, occurred_us, message_id, campaign_id, experiment_id, "  # noqa: S608 - validated identifier
             f"variant, provider, properties FROM {self.table} FINAL "
             "WHERE contact_id = %(c)s ORDER BY occurred_at, event_id"
         )
@@ -234,9 +261,7 @@ class ClickHouseSink(AnalyticsSink):
             StoredEvent(
                 event_id=event_id,
                 type=kind,
-                occurred_at=occurred_at.replace(tzinfo=UTC)
-                if occurred_at.tzinfo is None
-                else occurred_at.astimezone(UTC),
+                occurred_at=_EPOCH + timedelta(microseconds=occurred_at),
                 contact_id=contact_id,
                 message_id=message_id or None,
                 campaign_id=campaign_id or None,

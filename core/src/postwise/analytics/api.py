@@ -16,7 +16,10 @@ from postwise.analytics.ingest import MAX_BATCH_EVENTS, EventBatchError, ingest
 from postwise.analytics.metrics import (
     AttributionModel,
     HealthKey,
+    Scope,
     VariantKey,
+    check_scope,
+    conversion_types_of,
     metrics_backend,
     parse_scope,
     segments_by_name,
@@ -169,6 +172,19 @@ _SEGMENTS = Parameter(
 )
 
 
+def _check(runtime: Runtime, scope: Scope) -> None:
+    """404 for an unknown campaign or experiment id, rather than a silent zero (asked only
+    when nothing was found: events may name campaigns deleted since)."""
+    with runtime.session() as session:
+        check_scope(session, scope)
+
+
+_CONVERSION_TYPES = Parameter(
+    default=None,
+    description="Event types counted as conversions (repeatable); default: conversion, purchase.",
+)
+
+
 class MetricsController(Controller):
     """Metrics over stored events (definitions in docs/analytics.md)."""
 
@@ -195,6 +211,8 @@ class MetricsController(Controller):
             report = backend.open_rates(
                 session, segments, scope, include_machine_opens=include_machine_opens
             )
+            if not report.overall.sent:
+                check_scope(session, scope)
         return report.to_dict()
 
     @get("/click-through", sync_to_thread=True)
@@ -212,6 +230,8 @@ class MetricsController(Controller):
         runtime: Runtime = state.runtime
         scope = parse_scope(_scope_params(campaign_id, experiment_id, since, until))
         rows = metrics_backend(runtime).click_through(by, scope)
+        if not rows:
+            _check(runtime, scope)
         return {"by": by.value, "rows": [row.to_dict() for row in rows]}
 
     @get("/attribution", sync_to_thread=True)
@@ -225,12 +245,17 @@ class MetricsController(Controller):
         experiment_id: OptionalId = None,
         since: Since = None,
         until: Until = None,
+        conversion_type: list[str] | None = _CONVERSION_TYPES,
     ) -> dict[str, Any]:
         """Conversions credited to the last (or first) human click within the window."""
         runtime: Runtime = state.runtime
         scope = parse_scope(_scope_params(campaign_id, experiment_id, since, until))
         days = window_days or runtime.settings.attribution_window_days
-        report = metrics_backend(runtime).attribution(model, timedelta(days=days), scope)
+        report = metrics_backend(runtime).attribution(
+            model, timedelta(days=days), scope, conversion_types_of(conversion_type)
+        )
+        if not report.rows:
+            _check(runtime, scope)
         return report.to_dict()
 
     @get("/delivery", sync_to_thread=True)
@@ -247,6 +272,8 @@ class MetricsController(Controller):
         runtime: Runtime = state.runtime
         scope = parse_scope(_scope_params(campaign_id, None, since, until))
         rows = metrics_backend(runtime).delivery_health(by, scope)
+        if not rows:
+            _check(runtime, scope)
         return {"by": by.value, "rows": [row.to_dict() for row in rows]}
 
     @get("/engagement/{contact_id:int}", sync_to_thread=True)

@@ -8,7 +8,8 @@ index (index-only on PostgreSQL) and collapses duplicates on the way, instead of
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -21,27 +22,35 @@ from postwise.analytics.metrics import (
     BOUNCE,
     CLICK,
     COMPLAINT,
-    CONVERSION,
     DEAD_LETTER,
+    DEFAULT_CONVERSION_TYPES,
+    FUNNEL_FIELDS,
+    FUNNEL_TYPES,
     OPEN,
     SENT,
+    UNSUBSCRIBE,
     AttributionModel,
     AttributionReport,
-    AttributionRow,
     ClickThrough,
     DeliveryHealth,
+    FunnelCounts,
     HealthKey,
     OpenRate,
     OpenRateReport,
     Scope,
     VariantKey,
-    ratio,
+    attribution_report,
     sort_key,
 )
 from postwise.contacts.segments import segment_condition
 from postwise.db.models import Contact, Event, Segment
 
 __all__ = ["SqlMetrics"]
+
+
+def _member_of(members: Any, contact: Any) -> Any:
+    return contact.in_(members)
+
 
 _E = Event.__table__  # type: ignore[attr-defined]
 _C = Contact.__table__  # type: ignore[attr-defined]
@@ -80,22 +89,92 @@ class SqlMetrics:
             where.append(_E.c.occurred_at < scope.until)
         return where
 
-    def _distinct_messages(
+    def _funnels(
         self,
         connection: Connection,
-        event_type: str,
-        where: Sequence[Any],
-        keys: Sequence[Any] = (),
-        automated: bool | None = None,
-    ) -> dict[tuple[Any, ...], int]:
-        """Distinct messages with an event of ``event_type``, grouped by ``keys``."""
-        conditions = [_E.c.type == event_type, _E.c.message_id.is_not(None), *where]
-        if automated is not None:
-            conditions.append(_E.c.automated.is_(automated))
-        inner = sa.select(*keys, _E.c.message_id).where(*conditions).distinct().subquery()
-        outer_keys = [inner.c[k.name] for k in keys]
-        query = sa.select(*outer_keys, sa.func.count()).select_from(inner).group_by(*outer_keys)
-        return {tuple(row[:-1]): int(row[-1]) for row in connection.execute(query)}
+        scope: Scope,
+        keys: Sequence[str],
+        groups: Sequence[Callable[[Any], Any] | None],
+    ) -> dict[tuple[Any, ...], list[FunnelCounts]]:
+        """:class:`FunnelCounts` per value of ``keys`` (columns of the ``sent`` event), one per
+        condition of ``groups`` on the message's contact (``None``: every message).
+
+        The sends come first (``sent`` events in the scope); the other events are read only for
+        those messages and joined onto them, so each count is a subset of the sends.
+        """
+        sends = (
+            sa.select(
+                _E.c.message_id,
+                sa.func.max(_E.c.contact_id).label("contact_id"),
+                *(sa.func.max(_E.c[k]).label(k) for k in keys),
+            )
+            .where(_E.c.type == SENT, _E.c.message_id.is_not(None), *self._where(scope))
+            .group_by(_E.c.message_id)
+            .subquery("sends")
+        )
+
+        def flag(condition: Any) -> Any:
+            return sa.func.max(sa.case((condition, 1), else_=0))
+
+        human = _E.c.automated.is_(False)
+        machine = _E.c.automated.is_(True)
+        later = (
+            sa.select(
+                _E.c.message_id,
+                flag(_E.c.type == BOUNCE).label("bounced"),
+                flag(sa.and_(_E.c.type == OPEN, human)).label("pixel"),
+                flag(_E.c.type == OPEN).label("any_open"),
+                flag(sa.and_(_E.c.type == CLICK, human)).label("click"),
+                flag(sa.and_(_E.c.type == CLICK, machine)).label("scanner"),
+                flag(_E.c.type == UNSUBSCRIBE).label("unsubscribed"),
+                flag(_E.c.type == COMPLAINT).label("complained"),
+            )
+            .where(
+                _E.c.type.in_(FUNNEL_TYPES),
+                _E.c.message_id.in_(sa.select(sends.c.message_id)),
+            )
+            .group_by(_E.c.message_id)
+            .subquery("later")
+        )
+
+        def of(name: str) -> Any:
+            return sa.func.coalesce(later.c[name], 0)
+
+        delivered = 1 - of("bounced")
+        click = of("click")
+        pixel = of("pixel")
+        steps: list[Any] = [
+            sa.literal(1),
+            of("bounced"),
+            delivered * sa.case((pixel + click > 0, 1), else_=0),
+            delivered * click * (1 - pixel),
+            delivered * sa.case((of("any_open") + click > 0, 1), else_=0),
+            delivered * click,
+            delivered * of("scanner"),
+            delivered * of("unsubscribed"),
+            delivered * of("complained"),
+        ]
+        assert len(steps) == len(FUNNEL_FIELDS)
+        columns: list[Any] = []
+        for group in groups:
+            member = None if group is None else group(sends.c.contact_id)
+            for step in steps:
+                counted = step if member is None else sa.case((member, step), else_=0)
+                columns.append(sa.func.coalesce(sa.func.sum(counted), 0))
+        key_columns = [sends.c[k] for k in keys]
+        query = (
+            sa.select(*key_columns, *columns)
+            .select_from(sends.outerjoin(later, later.c.message_id == sends.c.message_id))
+            .group_by(*key_columns)
+        )
+        width = len(FUNNEL_FIELDS)
+        result: dict[tuple[Any, ...], list[FunnelCounts]] = {}
+        for row in connection.execute(query):
+            values = [int(v) for v in row[len(keys) :]]
+            result[tuple(row[: len(keys)])] = [
+                FunnelCounts(*values[i * width : (i + 1) * width]) for i in range(len(groups))
+            ]
+        return result
 
     def open_rates(
         self,
@@ -105,77 +184,43 @@ class SqlMetrics:
         *,
         include_machine_opens: bool = False,
     ) -> OpenRateReport:
-        """One pass for the overall rate and every segment: a row per message (was it sent,
-        opened by a person, opened at all, and whose is it), then counts per segment."""
+        """One pass for the overall funnel and every segment's."""
 
-        def flag(condition: Any) -> Any:
-            return sa.func.max(sa.case((condition, 1), else_=0))
-
-        messages = (
-            sa.select(
-                sa.func.max(_E.c.contact_id).label("contact_id"),
-                flag(_E.c.type == SENT).label("sent"),
-                flag(sa.and_(_E.c.type == OPEN, _E.c.automated.is_(False))).label("human"),
-                flag(_E.c.type == OPEN).label("anyone"),
-            )
-            .where(_E.c.type.in_([SENT, OPEN]), _E.c.message_id.is_not(None), *self._where(scope))
-            .group_by(_E.c.message_id)
-            .subquery()
-        )
-        groups: list[tuple[str | None, Any]] = [(None, None)]
+        groups: list[Callable[[Any], Any] | None] = [None]
         for segment in segments:
             members = sa.select(_C.c.id).where(segment_condition(session, segment))
-            groups.append((segment.name, messages.c.contact_id.in_(members)))
-        columns = []
-        for _, member in groups:
-            for flag_name in ("sent", "human", "anyone"):
-                counted: Any = messages.c[flag_name]
-                if member is not None:
-                    counted = sa.case((member, counted), else_=0)
-                columns.append(sa.func.coalesce(sa.func.sum(counted), 0))
+            groups.append(functools.partial(_member_of, members))
         with self._connect() as connection:
-            counts = [int(v) for v in connection.execute(sa.select(*columns)).one()]
-        rates = []
-        for i, (label, _) in enumerate(groups):
-            sent, human, anyone = counts[3 * i : 3 * i + 3]
-            opened = anyone if include_machine_opens else human
-            rates.append(OpenRate(label, sent, human, anyone, ratio(opened, sent)))
+            found = self._funnels(connection, scope, [], groups)
+        counts = found.get((), [FunnelCounts()] * len(groups))
+        labels = [None, *(segment.name for segment in segments)]
+        rates = [
+            OpenRate.of(label, c, include_machine_opens)
+            for label, c in zip(labels, counts, strict=True)
+        ]
         return OpenRateReport(include_machine_opens, rates[0], rates[1:])
 
     def click_through(self, by: VariantKey, scope: Scope) -> list[ClickThrough]:
-        where = self._where(scope)
-        if by is VariantKey.CAMPAIGN:
-            keys = [_E.c.campaign_id]
-            where.append(_E.c.campaign_id.is_not(None))
-        else:
-            keys = [_E.c.experiment_id, _E.c.variant]
-            where.append(_E.c.experiment_id.is_not(None))
+        keys = ["campaign_id"] if by is VariantKey.CAMPAIGN else ["experiment_id", "variant"]
         with self._connect() as connection:
-            sent = self._distinct_messages(connection, SENT, where, keys)
-            human = self._distinct_messages(connection, CLICK, where, keys, automated=False)
-            scanner = self._distinct_messages(connection, CLICK, where, keys, automated=True)
+            found = self._funnels(connection, scope, keys, [None])
         result = []
-        for key in sorted(set(sent) | set(human) | set(scanner), key=sort_key):
-            campaign, experiment, variant = (
-                (key[0], None, None) if by is VariantKey.CAMPAIGN else (None, key[0], key[1])
-            )
-            n_sent = sent.get(key, 0)
-            n_human = human.get(key, 0)
-            result.append(
-                ClickThrough(
-                    campaign,
-                    experiment,
-                    variant,
-                    n_sent,
-                    n_human,
-                    scanner.get(key, 0),
-                    ratio(n_human, n_sent),
-                )
-            )
+        for key in sorted(found, key=sort_key):
+            if key[0] is None:
+                continue  # sends outside any campaign (or experiment)
+            [counts] = found[key]
+            if by is VariantKey.CAMPAIGN:
+                result.append(ClickThrough.of(key[0], None, None, counts))
+            else:
+                result.append(ClickThrough.of(None, key[0], key[1], counts))
         return result
 
     def attribution(
-        self, model: AttributionModel, window: timedelta, scope: Scope
+        self,
+        model: AttributionModel,
+        window: timedelta,
+        scope: Scope,
+        conversion_types: Sequence[str] = DEFAULT_CONVERSION_TYPES,
     ) -> AttributionReport:
         conversion = _E.alias("conversion")
         click = _E.alias("touch")
@@ -217,7 +262,10 @@ class SqlMetrics:
                 click.c.occurred_at <= conversion.c.occurred_at,
                 click.c.occurred_at >= earliest,
             ]
-            where = [conversion.c.type == CONVERSION, conversion.c.contact_id.is_not(None)]
+            where = [
+                conversion.c.type.in_(list(conversion_types)),
+                conversion.c.contact_id.is_not(None),
+            ]
             if scope.since is not None:
                 where.append(conversion.c.occurred_at >= scope.since)
             if scope.until is not None:
@@ -276,31 +324,12 @@ class SqlMetrics:
                 sa.func.coalesce(sa.func.sum(credited.c.value), 0.0),
             ).group_by(*group)
             grouped: list[Any] = list(connection.execute(query).all())
-        rows: list[AttributionRow] = []
-        total = unattributed = 0
-        total_value = 0.0
-        for is_untouched, campaign_id, experiment_id, variant, count, amount in grouped:
-            total += int(count)
-            total_value += float(amount)
-            if is_untouched:
-                unattributed += int(count)
-                continue
-            if scope.campaign_id is not None and campaign_id != scope.campaign_id:
-                continue
-            if scope.experiment_id is not None and experiment_id != scope.experiment_id:
-                continue
-            rows.append(
-                AttributionRow(campaign_id, experiment_id, variant, int(count), float(amount))
-            )
-        rows.sort(key=lambda r: (-r.conversions, sort_key((r.campaign_id, r.variant))))
-        return AttributionReport(
-            model=model.value,
-            window_days=window.total_seconds() / 86400,
-            conversions=total,
-            attributed=total - unattributed,
-            unattributed=unattributed,
-            value=round(total_value, 6),
-            rows=rows,
+        return attribution_report(
+            model,
+            window,
+            scope,
+            conversion_types,
+            [(bool(r[0]), r[1], r[2], r[3], int(r[4]), float(r[5])) for r in grouped],
         )
 
     def delivery_health(self, by: HealthKey, scope: Scope) -> list[DeliveryHealth]:

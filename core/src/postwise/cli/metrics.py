@@ -31,6 +31,23 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
+def _funnel(row: Any) -> str:
+    return (
+        f"click rate {_rate(row.click_rate)}, click-to-open {_rate(row.click_to_open_rate)}, "
+        f"unsubscribe {_rate(row.unsubscribe_rate)}, complaint {_rate(row.complaint_rate)}, "
+        f"bounce {_rate(row.bounce_rate)} of sent"
+    )
+
+
+def _check(runtime: Any, scope: Any) -> None:
+    """A clear message for an unknown campaign or experiment id (not a silent zero); asked
+    only when nothing was found, since events may name campaigns deleted since."""
+    from postwise.analytics.metrics import check_scope
+
+    with runtime.session() as session:
+        check_scope(session, scope)
+
+
 @click.group()
 def metrics() -> None:
     """Open rate, click-through rate, attribution, engagement and delivery health."""
@@ -53,7 +70,12 @@ def open_rate(
     as_json: bool,
 ) -> None:
     """Open rate overall and per segment (all segments unless --segment is given)."""
-    from postwise.analytics.metrics import metrics_backend, parse_scope, segments_by_name
+    from postwise.analytics.metrics import (
+        check_scope,
+        metrics_backend,
+        parse_scope,
+        segments_by_name,
+    )
 
     runtime = get_runtime(ctx)
     scope = parse_scope({"campaign_id": campaign_id, "since": since, "until": until})
@@ -62,15 +84,20 @@ def open_rate(
         report = metrics_backend(runtime).open_rates(
             session, chosen, scope, include_machine_opens=include_machine_opens
         )
+        if not report.overall.sent:
+            check_scope(session, scope)
     if as_json:
         emit_json(report.to_dict())
         return
     for row in [report.overall, *report.segments]:
         click.echo(
             f"{row.segment or '(all contacts)'}: {_rate(row.rate)} "
-            f"({row.opened} opened of {row.sent} sent; {row.opened_including_machine} "
-            "including machine opens)"
+            f"({row.opened_including_machine if include_machine_opens else row.opened} opened "
+            f"of {row.delivered} delivered = {row.sent} sent - {row.bounced} bounced; "
+            f"{row.opened_by_click_only} of them shown only by a click; "
+            f"{row.opened_including_machine} including machine opens)"
         )
+        click.echo(f"  {_funnel(row)}")
 
 
 @metrics.command(name="ctr")
@@ -99,6 +126,8 @@ def ctr(
         {"campaign_id": campaign_id, "experiment_id": experiment_id, "since": since, "until": until}
     )
     rows = metrics_backend(runtime).click_through(VariantKey(by), scope)
+    if not rows:
+        _check(runtime, scope)
     if as_json:
         emit_json({"by": by, "rows": [row.to_dict() for row in rows]})
         return
@@ -109,9 +138,10 @@ def ctr(
             else f"experiment {row.experiment_id} variant {row.variant}"
         )
         click.echo(
-            f"{label}: {_rate(row.rate)} ({row.clicked} clicked of {row.sent} sent; "
-            f"{row.scanner_clicked} scanner clicks)"
+            f"{label}: {_rate(row.rate)} ({row.clicked} clicked of {row.delivered} delivered "
+            f"= {row.sent} sent - {row.bounced} bounced; {row.scanner_clicked} scanner clicks)"
         )
+        click.echo(f"  open rate {_rate(row.open_rate)}, {_funnel(row)}")
 
 
 @metrics.command()
@@ -123,6 +153,12 @@ def ctr(
 )
 @click.option("--window-days", type=float, default=None, help="Default: attribution_window_days.")
 @click.option("--experiment", "experiment_id", type=int, default=None)
+@click.option(
+    "--type",
+    "conversion_types",
+    multiple=True,
+    help="Event type counted as a conversion (repeatable; default: conversion and purchase).",
+)
 @_scope_options
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -132,13 +168,19 @@ def attribution(
     model: str,
     window_days: float | None,
     experiment_id: int | None,
+    conversion_types: tuple[str, ...],
     campaign_id: int | None,
     since: str | None,
     until: str | None,
     as_json: bool,
 ) -> None:
     """Conversions credited to the last (or first) human click within the window."""
-    from postwise.analytics.metrics import AttributionModel, metrics_backend, parse_scope
+    from postwise.analytics.metrics import (
+        AttributionModel,
+        conversion_types_of,
+        metrics_backend,
+        parse_scope,
+    )
 
     runtime = get_runtime(ctx)
     scope = parse_scope(
@@ -146,16 +188,26 @@ def attribution(
     )
     days = window_days or runtime.settings.attribution_window_days
     report = metrics_backend(runtime).attribution(
-        AttributionModel(model), timedelta(days=days), scope
+        AttributionModel(model), timedelta(days=days), scope, conversion_types_of(conversion_types)
     )
+    if not report.rows:
+        _check(runtime, scope)
     if as_json:
         emit_json(report.to_dict())
         return
-    click.echo(
-        f"{report.conversions} conversions (value {report.value:g}); {report.attributed} "
-        f"attributed by {report.model} within {report.window_days:g} days, "
-        f"{report.unattributed} without a click"
-    )
+    kinds = ", ".join(report.conversion_types)
+    if scope.campaign_id is not None or scope.experiment_id is not None:
+        click.echo(
+            f"{report.conversions} conversions ({kinds}; value {report.value:g}) attributed by "
+            f"{report.model} within {report.window_days:g} days to the chosen campaign/experiment,"
+            f" of {report.all_conversions} in the window"
+        )
+    else:
+        click.echo(
+            f"{report.conversions} conversions ({kinds}; value {report.value:g}); "
+            f"{report.attributed} attributed by {report.model} within "
+            f"{report.window_days:g} days, {report.unattributed} without a click"
+        )
     for row in report.rows:
         variant = f" variant {row.variant}" if row.variant else ""
         click.echo(
@@ -185,6 +237,8 @@ def delivery(
     runtime = get_runtime(ctx)
     scope = parse_scope({"campaign_id": campaign_id, "since": since, "until": until})
     rows = metrics_backend(runtime).delivery_health(HealthKey(by), scope)
+    if not rows:
+        _check(runtime, scope)
     if as_json:
         emit_json({"by": by, "rows": [row.to_dict() for row in rows]})
         return

@@ -107,7 +107,7 @@ class Settlement:
     ) -> None:
         """Record the provider's outcome for ``row``'s message."""
         if result.outcome is Outcome.DEFERRED:
-            self._provider_deferred(row, result)
+            self._provider_deferred(row, result, recipient_domain)
             return
         attempts = row.attempts + 1
         common: dict[str, Any] = {
@@ -151,13 +151,14 @@ class Settlement:
                 sending_domain=self.sending_domain,
             )
         elif result.outcome is Outcome.UNKNOWN:
-            self.in_doubt(row, detail=result.reason, **common)
+            self.in_doubt(row, detail=result.reason, recipient_domain=recipient_domain, **common)
         elif result.outcome is Outcome.FAILED:
-            self._dead(row, result.reason, **common)
+            self._dead(row, result.reason, recipient_domain=recipient_domain, **common)
         elif is_exhausted(attempts, self.settings):
             self._dead(
                 row,
                 f"gave up after {attempts} attempts: {result.reason}",
+                recipient_domain=recipient_domain,
                 **common,
             )
         else:
@@ -223,7 +224,9 @@ class Settlement:
         )
         self._later(row, delay)
 
-    def _provider_deferred(self, row: ClaimedRow, result: SendResult) -> None:
+    def _provider_deferred(
+        self, row: ClaimedRow, result: SendResult, recipient_domain: str | None = None
+    ) -> None:
         # A deferral uses up no attempt, so only time ends a throttle that never lifts: like an
         # MTA's queue lifetime, counted from the provider's first deferral of the message (a
         # wait of postwise's own making, a schedule or a rate limit, does not count).
@@ -243,6 +246,7 @@ class Settlement:
                 f"gave up: deferred by the provider for {hours:.1f} h "
                 f"(delivery_max_defer_hours is {limit:g}): {reason}",
                 attempts=row.attempts,
+                recipient_domain=recipient_domain,
                 **replies,
             )
             return
@@ -275,6 +279,7 @@ class Settlement:
         reason: str,
         *,
         in_doubt: bool | None = None,
+        recipient_domain: str | None = None,
         **fields: Any,
     ) -> None:
         self._update(row, MessageStatus.DEAD, last_error=reason, **fields)
@@ -282,6 +287,7 @@ class Settlement:
             "dead_letter",
             row,
             reason=reason[:500],
+            recipient_domain=recipient_domain,
             attempts=fields.get("attempts"),
             in_doubt=in_doubt,
             smtp_code=fields.get("last_code"),
