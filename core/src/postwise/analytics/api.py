@@ -215,7 +215,7 @@ class MetricsController(Controller):
                 check_scope(session, scope)
         return report.to_dict()
 
-    @get("/click-through", sync_to_thread=True)
+    @get("/click-through", sync_to_thread=True, opt={"problems": [404]})
     def click_through(
         self,
         state: State,
@@ -234,7 +234,7 @@ class MetricsController(Controller):
             _check(runtime, scope)
         return {"by": by.value, "rows": [row.to_dict() for row in rows]}
 
-    @get("/attribution", sync_to_thread=True)
+    @get("/attribution", sync_to_thread=True, opt={"problems": [404]})
     def attribution(
         self,
         state: State,
@@ -258,7 +258,7 @@ class MetricsController(Controller):
             _check(runtime, scope)
         return report.to_dict()
 
-    @get("/delivery", sync_to_thread=True)
+    @get("/delivery", sync_to_thread=True, opt={"problems": [404]})
     def delivery(
         self,
         state: State,
