@@ -198,3 +198,15 @@ def test_unknown_campaigns_and_empty_windows_are_clear_messages(
     )  # fmt: skip
     assert result.exit_code != 0
     assert "before 'until'" in str(result.exception)
+
+
+def test_a_conversion_type_that_is_no_event_type_is_refused_naming_it(client: Any) -> None:
+    answer = client.get("/v1/metrics/attribution", params={"conversion_type": ["purchase", "['Y"]})
+    assert answer.status_code == 422
+    assert answer.json()["field"] == "conversion_type"
+    assert (
+        client.get(
+            "/v1/metrics/attribution", params={"conversion_type": ["purchase", "signup"]}
+        ).status_code
+        == 200
+    )

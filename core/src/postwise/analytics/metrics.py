@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -417,9 +418,21 @@ def check_scope(session: Session, scope: Scope) -> None:
 
 
 def conversion_types_of(values: Sequence[str] | None) -> tuple[str, ...]:
-    """The event types to count as conversions (the defaults when none are given)."""
+    """The event types to count as conversions (the defaults when none are given).
+
+    Each must be an event type as ingestion accepts them; anything else is refused, naming it.
+    """
     chosen = tuple(dict.fromkeys(v.strip() for v in values or () if v.strip()))
+    for value in chosen:
+        if not _EVENT_TYPE.match(value):
+            raise ValidationError(
+                f"{value[:40]!r} is not an event type (1 to 100 letters, digits or _ . : -)",
+                field="conversion_type",
+            )
     return chosen or DEFAULT_CONVERSION_TYPES
+
+
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
 
 
 def sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
